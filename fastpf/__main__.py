@@ -1,0 +1,3 @@
+from fastpf.cli import main
+
+raise SystemExit(main())
