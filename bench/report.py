@@ -1,0 +1,245 @@
+"""Turns a bench/run.py result (JSON) into the targets table, Markdown and a PNG chart.
+
+    python3 bench/report.py bench/results/latest.json     # re-render latest.md / latest.png
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+KUBECTL = "kubectl-1.33"  # "kubectl 1.33" in the goals: its default, the WebSocket tunnel
+FASTPF_ROWS = ("fastpf-spdy", "fastpf-websocket", "fastpf-ws-channel")
+
+# (name, metric, reference row, goal, higher_is_better)
+# ratio = row metric / reference metric; passes when >= goal (higher) or <= goal (lower)
+GOALS: list[tuple[str, str, str, float, bool]] = [
+    ("download 1 conn vs kubectl 1.33", "down1_MBps", KUBECTL, 3.0, True),
+    ("upload 1 conn vs kubectl 1.33", "up1_MBps", KUBECTL, 2.0, True),
+    ("download 8 conns vs kubectl 1.33", "down8_MBps", KUBECTL, 3.0, True),
+    ("upload 8 conns vs kubectl 1.33", "up8_MBps", KUBECTL, 2.0, True),
+    ("download 1 conn vs socat (whole chain)", "down1_MBps", "socat", 1.0, True),
+    ("upload 1 conn vs socat (whole chain)", "up1_MBps", "socat", 1.0, True),
+    ("client CPU s/GiB download vs kubectl 1.33", "cpu_client_down_s_per_GiB", KUBECTL, 0.5, False),
+    ("client CPU s/GiB upload vs kubectl 1.33", "cpu_client_up_s_per_GiB", KUBECTL, 0.5, False),
+    ("churn conn/s vs direct", "churn_per_s", "direct", 0.8, True),
+    ("churn p99 vs kubectl 1.33", "churn_p99_ms", KUBECTL, 0.5, False),
+    ("ping-pong p99 vs kubectl 1.33", "pp_p99_ms", KUBECTL, 0.5, False),
+    ("peak RSS @1000 conns vs kubectl 1.33", "rss_hwm_MiB", KUBECTL, 1.0, False),
+]
+
+
+def _metric(result: dict[str, Any], row: str, key: str) -> float | None:
+    r = result.get("rows", {}).get(row)
+    if not r or r.get("status") != "ok":
+        return None
+    v = r.get("metrics", {}).get(key)
+    return float(v) if isinstance(v, (int, float)) else None
+
+
+def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    rows = [k for k in FASTPF_ROWS if k in result.get("rows", {})]
+    for name, key, ref, goal, higher in GOALS:
+        entry: dict[str, Any] = {"target": name, "metric": key, "reference": ref,
+                                 "goal": f"{'≥' if higher else '≤'} {goal:g}×", "by_row": {}}
+        for row in rows:
+            v, base = _metric(result, row, key), _metric(result, ref, key)
+            if v is None or base is None or base <= 0:
+                why = "row unavailable" if v is None else f"{ref} unavailable"
+                entry["by_row"][row] = {"ratio": None, "pass": None, "detail": why}
+                continue
+            ratio = v / base
+            ok = ratio >= goal if higher else ratio <= goal
+            entry["by_row"][row] = {"ratio": ratio, "pass": ok, "detail": f"{v:.4g} vs {base:.4g}"}
+        out.append(entry)
+    errs: dict[str, Any] = {"target": "errors (failed or corrupted transfers)", "metric": "errors",
+                            "reference": "", "goal": "= 0", "by_row": {}}
+    for row in rows:
+        r = result["rows"][row]
+        if r.get("status") != "ok":
+            errs["by_row"][row] = {"ratio": None, "pass": None, "detail": "row unavailable"}
+        else:
+            n = int(r.get("errors", 0))
+            errs["by_row"][row] = {"ratio": float(n), "pass": n == 0, "detail": str(n)}
+    out.append(errs)
+    return out
+
+
+def _f(v: Any, digits: int = 0) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, (int, float)):
+        return f"{v:,.{digits}f}"
+    return str(v)
+
+
+def _pair(m: dict[str, Any], a: str, b: str, digits: int) -> str:
+    if m.get(a) is None and m.get(b) is None:
+        return "–"
+    return f"{_f(m.get(a), digits)} / {_f(m.get(b), digits)}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    meta = result.get("meta", {})
+    mach = meta.get("machine", {})
+    d = meta.get("durations", {})
+    lines = [
+        f"# fastpf end-to-end benchmark — {meta.get('started', '?')} ({meta.get('mode', '?')} mode)",
+        "",
+        f"Machine: {mach.get('cpus')} CPU ({mach.get('cpu', '?')}), Python {mach.get('python')}, "
+        f"uvloop {mach.get('uvloop')}; kubectl {mach.get('kubectl.1.33')} / {mach.get('kubectl.1.29')}; "
+        f"{mach.get('socat') or 'socat ?'}; fastpf {mach.get('fastpf_commit')}. "
+        f"fastpf serve with {'TLS' if meta.get('tls') else 'no TLS'}. Run took {meta.get('seconds')} s"
+        + (" (INTERRUPTED: partial)" if meta.get("interrupted") else "") + ".",
+        "",
+        f"Bulk: 1 connection {d.get('bulk1_seconds')} s × {d.get('bulk1_reps')} (median), "
+        f"8 connections {d.get('bulk8_seconds')} s × {d.get('bulk8_reps')} (median); churn "
+        f"{d.get('churn_seconds')} s at concurrency {d.get('churn_concurrency')} "
+        f"(5-byte request, 128-byte response per connection); ping-pong 1 byte "
+        f"{d.get('pingpong_seconds')} s; RSS with {d.get('hold_conns')} connections open "
+        "(fresh forwarder; VmHWM of its process tree). MB = 10^6 bytes. CPU s/GiB from "
+        "/proc/PID/stat utime+stime (+ reaped children) over all bulk runs of that direction.",
+        "",
+        "## Results (medians)",
+        "",
+        "| row | down 1c MB/s | up 1c MB/s | down 8c MB/s | up 8c MB/s | client CPU s/GiB ↓ / ↑ "
+        "| serve CPU s/GiB ↓ / ↑ | churn conn/s | churn p50 / p99 ms | ping-pong p50 / p99 ms "
+        "| RSS idle / peak @1000 MiB | errors |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    unavailable = []
+    for key, r in result.get("rows", {}).items():
+        if r.get("status") != "ok":
+            unavailable.append((key, r))
+            lines.append(f"| {r.get('label', key)} | unavailable | | | | | | | | | | |")
+            continue
+        m = r.get("metrics", {})
+        lines.append(
+            f"| {r.get('label', key)} | {_f(m.get('down1_MBps'))} | {_f(m.get('up1_MBps'))} "
+            f"| {_f(m.get('down8_MBps'))} | {_f(m.get('up8_MBps'))} "
+            f"| {_pair(m, 'cpu_client_down_s_per_GiB', 'cpu_client_up_s_per_GiB', 2)} "
+            f"| {_pair(m, 'cpu_serve_down_s_per_GiB', 'cpu_serve_up_s_per_GiB', 2)} "
+            f"| {_f(m.get('churn_per_s'))} | {_pair(m, 'churn_p50_ms', 'churn_p99_ms', 2)} "
+            f"| {_pair(m, 'pp_p50_ms', 'pp_p99_ms', 3)} | {_pair(m, 'rss_idle_MiB', 'rss_hwm_MiB', 1)} "
+            f"| {r.get('errors', 0)} |"
+        )
+    tg = result.get("targets") or targets(result)
+    rows = [k for k in FASTPF_ROWS if k in result.get("rows", {})]
+    if tg and rows:
+        lines += ["", "## Targets (ratio = fastpf / reference; kubectl 1.33 = its default WebSocket tunnel)", "",
+                  "| target | goal | " + " | ".join(rows) + " |",
+                  "|---|---|" + "---|" * len(rows)]
+        for t in tg:
+            cells = []
+            for row in rows:
+                e = t["by_row"].get(row, {})
+                if e.get("pass") is None:
+                    cells.append(f"n/a ({e.get('detail', '')})")
+                elif t["metric"] == "errors":
+                    cells.append(f"{'✅' if e['pass'] else '❌'} {e['detail']}")
+                else:
+                    cells.append(f"{'✅' if e['pass'] else '❌'} {e['ratio']:.2f}× ({e['detail']})")
+            lines.append(f"| {t['target']} | {t['goal']} | " + " | ".join(cells) + " |")
+    if unavailable:
+        lines += ["", "## Unavailable rows", ""]
+        lines += [f"- **{r.get('label', k)}**: {r.get('reason', '?')}" for k, r in unavailable]
+    errs = [(k, r) for k, r in result.get("rows", {}).items() if r.get("errors")]
+    if errs:
+        lines += ["", "## Errors", ""]
+        for k, r in errs:
+            lines.append(f"- **{r.get('label', k)}** ({r['errors']}): "
+                         + "; ".join(str(s)[:300] for s in r.get("error_samples", [])))
+    micro = result.get("micro")
+    if micro:
+        lines += ["", "## Micro benchmarks (bench/bench_frames.py)", ""]
+        if micro.get("benchmarks"):
+            lines += ["| benchmark | median µs | ops/s |", "|---|--:|--:|"]
+            for b in micro["benchmarks"]:
+                lines.append(f"| {b['name']} | {_f(b.get('median_us'), 2)} | {_f(b.get('ops'))} |")
+            if micro.get("status") != "ok":
+                lines.append(f"\nstatus: {micro.get('status')}")
+        else:
+            lines.append(f"{micro.get('status')}: {micro.get('reason', '')}")
+    lines += ["", "## Topology", "", meta.get("topology", ""), "",
+              "Commands: `python3 bench/run.py` (full), `python3 bench/run.py --quick`; "
+              "see `python3 bench/run.py --help`.", ""]
+    cmds = [(r.get("label", k), r.get("command")) for k, r in result.get("rows", {}).items() if r.get("command")]
+    if cmds:
+        lines += ["Forwarder command lines (ports vary per run):", ""]
+        lines += [f"- {label}: `{c}`" for label, c in cmds]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def chart(result: dict[str, Any], path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = [(k, r) for k, r in result.get("rows", {}).items()]
+    labels = [r.get("label", k).replace(" (", "\n(") for k, r in rows]
+
+    def vals(key: str) -> list[float]:
+        return [float(r.get("metrics", {}).get(key) or 0) if r.get("status") == "ok" else 0.0
+                for _, r in rows]
+
+    panels = [
+        ("Bulk throughput, 1 connection (MB/s)", [("download", "down1_MBps"), ("upload", "up1_MBps")]),
+        ("Bulk throughput, 8 connections (MB/s)", [("download", "down8_MBps"), ("upload", "up8_MBps")]),
+        ("Client CPU s/GiB (lower is better)", [("download", "cpu_client_down_s_per_GiB"),
+                                                ("upload", "cpu_client_up_s_per_GiB")]),
+        ("Connection churn (conn/s, c=50)", [("conn/s", "churn_per_s")]),
+        ("p99 latency (ms, lower is better)", [("churn", "churn_p99_ms"), ("ping-pong", "pp_p99_ms")]),
+        ("Peak RSS with 1,000 connections (MiB)", [("VmHWM", "rss_hwm_MiB")]),
+    ]
+    fig, axes = plt.subplots(3, 2, figsize=(15, 14))
+    x = list(range(len(rows)))
+    for ax, (title, series) in zip(axes.flat, panels, strict=False):
+        w = 0.8 / len(series)
+        for i, (name, key) in enumerate(series):
+            v = vals(key)
+            bars = ax.bar([xi + (i - (len(series) - 1) / 2) * w for xi in x], v, w, label=name)
+            for b, val, (_, r) in zip(bars, v, rows, strict=True):
+                if r.get("status") != "ok":
+                    ax.annotate("n/a", (b.get_x() + b.get_width() / 2, 0), ha="center", va="bottom",
+                                fontsize=7, color="grey")
+                elif val:
+                    ax.annotate(f"{val:.3g}", (b.get_x() + b.get_width() / 2, val), ha="center",
+                                va="bottom", fontsize=6)
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks(x)
+        ax.set_xticklabels(labels, rotation=35, ha="right", fontsize=7)
+        if len(series) > 1:
+            ax.legend(fontsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    meta = result.get("meta", {})
+    fig.suptitle(f"fastpf benchmark {meta.get('started', '')} ({meta.get('mode', '')}, "
+                 f"{'TLS' if meta.get('tls') else 'no TLS'}; medians)", fontsize=12)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print("usage: python3 bench/report.py RESULT.json", file=sys.stderr)
+        return 2
+    src = Path(argv[0])
+    result = json.loads(src.read_text())
+    result["targets"] = targets(result)
+    out = src.parent
+    (out / "latest.md").write_text(markdown(result))
+    chart(result, out / "latest.png")
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,577 @@
+"""End-to-end benchmark: fastpf against kubectl, socat and a direct connection, in one run.
+
+    python3 bench/run.py            # full suite (~10 min) + micro benchmarks (bench/bench_frames.py)
+    python3 bench/run.py --quick    # about a minute
+    python3 bench/run.py --rows direct,socat,fastpf-spdy --no-tls --bulk-seconds 3
+
+Writes bench/results/<UTC timestamp>[-quick].{json,md}, bench/results/latest.{json,md,png}.
+
+Topology (everything on loopback, 2 cores shared by all processes):
+
+    loadgen worker ──> [forwarder: kubectl / fastpf / socat] ──> fastpf serve ──> target
+    (uvloop, 1 proc)    local port L                             (API stand-in)   (uvloop, 1 proc)
+
+The direct row connects the load generator straight to the target (the machine's limit), the
+socat row goes through one socat hop (no fastpf serve). All kubectl and fastpf rows go through
+the same `fastpf serve`. Each measurement runs in the warm load-generator process (bench/loadgen.py
+worker) while this harness only samples /proc. Every byte is verified (pattern + announced
+totals, see loadgen.py); any failed or corrupted transfer counts as an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import report  # noqa: E402
+from procs import (  # noqa: E402
+    LineChannel,
+    Proc,
+    Registry,
+    cpu_seconds,
+    free_port,
+    peak_rss_kib,
+    port_open,
+    vm_kib,
+)
+
+KUBECTL_DIR = Path(os.environ.get("FASTPF_KUBECTL_DIR", "/usr/lib/google-cloud-sdk/bin"))
+POD = "pod/bench"
+GIB = float(1 << 30)
+
+
+@dataclass
+class Mode:
+    bulk1_seconds: float
+    bulk1_reps: int
+    bulk8_seconds: float
+    bulk8_reps: int
+    churn_seconds: float
+    pingpong_seconds: float
+    hold_conns: int = 1000
+    churn_concurrency: int = 50
+
+
+FULL = Mode(bulk1_seconds=5.0, bulk1_reps=3, bulk8_seconds=4.0, bulk8_reps=3,
+            churn_seconds=5.0, pingpong_seconds=3.0)
+QUICK = Mode(bulk1_seconds=1.0, bulk1_reps=1, bulk8_seconds=0.8, bulk8_reps=1,
+             churn_seconds=1.0, pingpong_seconds=0.5)
+
+
+@dataclass
+class RowSpec:
+    key: str
+    label: str
+    kind: str  # direct | socat | kubectl | fastpf
+    binary: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    protocol: str = ""
+
+    @property
+    def via_serve(self) -> bool:
+        return self.kind in ("kubectl", "fastpf")
+
+
+ROWS = [
+    RowSpec("direct", "direct (no forwarder)", "direct"),
+    RowSpec("socat", "socat (1 hop)", "socat"),
+    RowSpec("kubectl-1.33", "kubectl 1.33 (WS tunnel)", "kubectl", "kubectl.1.33"),
+    RowSpec("kubectl-1.33-spdy", "kubectl 1.33 (SPDY)", "kubectl", "kubectl.1.33",
+            {"KUBECTL_PORT_FORWARD_WEBSOCKETS": "false"}),
+    RowSpec("kubectl-1.29", "kubectl 1.29 (SPDY)", "kubectl", "kubectl.1.29"),
+    RowSpec("fastpf-spdy", "fastpf spdy", "fastpf", protocol="spdy"),
+    RowSpec("fastpf-websocket", "fastpf websocket", "fastpf", protocol="websocket"),
+    RowSpec("fastpf-ws-channel", "fastpf ws-channel", "fastpf", protocol="ws-channel"),
+]
+
+
+class Unavailable(Exception):
+    """A component this row needs is not there (yet); the message says why."""
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    # `python3 -m fastpf` must run the working tree, whatever else is installed
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.pop("KUBECONFIG", None)
+    env.update(extra or {})
+    return env
+
+
+def ensure_built() -> str | None:
+    """Build fastpf._frames in place when missing or stale; returns a reason when impossible."""
+    pyx = ROOT / "fastpf" / "_frames.pyx"
+    if not pyx.exists():
+        return "fastpf/_frames.pyx not written yet"
+    sos = list((ROOT / "fastpf").glob("_frames*.so"))
+    if not sos or min(s.stat().st_mtime for s in sos) < pyx.stat().st_mtime:
+        log("building fastpf._frames in place (setup.py build_ext --inplace)")
+        r = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace", "-q"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=600)
+        if r.returncode != 0:
+            return "fastpf._frames does not build: " + (r.stderr.strip().splitlines() or ["?"])[-1]
+    r = subprocess.run([sys.executable, "-c", "import fastpf._frames"], cwd=ROOT,
+                       capture_output=True, text=True, env=child_env(), timeout=60)
+    if r.returncode != 0:
+        return "fastpf._frames does not import: " + (r.stderr.strip().splitlines() or ["?"])[-1]
+    return None
+
+
+class Harness:
+    def __init__(self, args: argparse.Namespace, reg: Registry, workdir: Path) -> None:
+        self.args = args
+        self.mode = dataclasses.replace(QUICK if args.quick else FULL)
+        if args.bulk_seconds:
+            self.mode.bulk1_seconds = self.mode.bulk8_seconds = args.bulk_seconds
+        if args.reps:
+            self.mode.bulk1_reps = self.mode.bulk8_reps = args.reps
+        self.reg = reg
+        self.workdir = workdir
+        self.target_port = 0
+        self.serve: Proc | None = None
+        self.serve_reason = ""
+        self.kubeconfig = workdir / "kubeconfig"
+        self.worker: Proc | None = None
+        self.chan: LineChannel | None = None
+        self.frames_reason: str | None = None
+
+    # -- fixed parts -----------------------------------------------------------------------
+    def start_target(self) -> None:
+        p = self.reg.start("target", [sys.executable, str(HERE / "loadgen.py"), "target"])
+        m = p.wait_for_line(r"PORT (\d+)", 15)
+        if not m:
+            raise RuntimeError(f"benchmark target did not start: {p.tail()}")
+        self.target_port = int(m.group(1))
+
+    def start_worker(self) -> None:
+        self.worker = self.reg.start("loadgen", [sys.executable, str(HERE / "loadgen.py"), "worker"],
+                                     pipes=True)
+        self.chan = LineChannel(self.worker)
+        if "pong" not in self.call({"op": "ping"}, 15):
+            raise RuntimeError(f"load generator did not start: {self.worker.tail()}")
+
+    def call(self, cmd: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Run one load-generator command; a hung worker is replaced and the call fails."""
+        assert self.chan is not None
+        out = self.chan.call(json.dumps(cmd).encode(), timeout)
+        if out is None:
+            assert self.worker is not None
+            tail = self.worker.tail()
+            self.reg.stop(self.worker)
+            self.start_worker()
+            return {"exception": f"load generator timed out after {timeout:.0f}s {tail}"}
+        res: dict[str, Any] = json.loads(out)
+        return res
+
+    def start_serve(self) -> None:
+        self.frames_reason = ensure_built()
+        if self.frames_reason:
+            self.serve_reason = self.frames_reason
+            return
+        if self.kubeconfig.exists():
+            self.kubeconfig.unlink()
+        argv = [sys.executable, "-m", "fastpf", "serve", "--listen", "127.0.0.1:0",
+                "--kubeconfig-out", str(self.kubeconfig)]
+        if self.args.no_tls:
+            argv.append("--no-tls")
+        p = self.reg.start("fastpf-serve", argv, env=child_env(), cwd=str(ROOT))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # bounded: serve writes the kubeconfig when ready
+            if not p.alive():
+                break
+            if self.kubeconfig.exists() and self._kubeconfig_server():
+                problem = self.probe_serve()
+                if problem is None:
+                    self.serve = p
+                    return
+                self.serve_reason = f"fastpf serve is up but {problem}"
+                self.reg.stop(p)
+                return
+            time.sleep(0.1)
+        self.serve_reason = "fastpf serve did not come up: " + (
+            p.tail(1)[-300:] or f"no kubeconfig after 30 s (exit {p.popen.poll()})")
+        self.reg.stop(p)
+
+    def probe_serve(self) -> str | None:
+        """GET /api/v1/namespaces/default/pods/bench with the kubeconfig's CA and token: when even
+        that fails, every row through serve is unavailable (saves each forwarder's retries)."""
+        import base64
+        import ssl
+        import urllib.request
+
+        import yaml
+
+        try:
+            doc = yaml.safe_load(self.kubeconfig.read_text())
+            cluster, user = doc["clusters"][0]["cluster"], doc["users"][0]["user"]
+            ctx = None
+            if cluster["server"].startswith("https"):
+                ctx = ssl.create_default_context()
+                ctx.load_verify_locations(
+                    cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
+            req = urllib.request.Request(cluster["server"] + "/api/v1/namespaces/default/pods/bench")
+            if user.get("token"):
+                req.add_header("Authorization", "Bearer " + user["token"])
+            with urllib.request.urlopen(req, timeout=10, context=ctx) as resp:
+                body = json.loads(resp.read())
+            phase = body.get("status", {}).get("phase")
+            return None if phase == "Running" else f"pod/bench is not Running ({phase})"
+        except Exception as exc:  # any failure is the reason shown in the report
+            return f"GET pod/bench failed: {exc!r}"[:300]
+
+    def _kubeconfig_server(self) -> str | None:
+        try:
+            import yaml
+
+            doc = yaml.safe_load(self.kubeconfig.read_text())
+            return str(doc["clusters"][0]["cluster"]["server"])
+        except Exception:
+            return None
+
+    # -- forwarders ------------------------------------------------------------------------
+    def forwarder_argv(self, row: RowSpec, local: int) -> tuple[list[str], dict[str, str]]:
+        remote = self.target_port
+        if row.kind == "socat":
+            sb = shutil.which("socat")
+            if not sb:
+                raise Unavailable("socat not installed")
+            return [sb, f"TCP-LISTEN:{local},bind=127.0.0.1,reuseaddr,fork,backlog=4096",
+                    f"TCP:127.0.0.1:{remote}"], child_env()
+        if self.serve is None:
+            raise Unavailable(self.serve_reason or "fastpf serve not running")
+        if row.kind == "kubectl":
+            binary = KUBECTL_DIR / row.binary
+            if not binary.exists():
+                raise Unavailable(f"{binary} not installed")
+            return [str(binary), "--kubeconfig", str(self.kubeconfig), "--cache-dir",
+                    str(self.workdir / "kcache"), "port-forward", "--address", "127.0.0.1", POD,
+                    f"{local}:{remote}"], child_env(row.env)
+        return [sys.executable, "-m", "fastpf", "--kubeconfig", str(self.kubeconfig),
+                "--address", "127.0.0.1", "--protocol", row.protocol, POD,
+                f"{local}:{remote}"], child_env(row.env)
+
+    def start_forwarder(self, row: RowSpec) -> tuple[Proc, int]:
+        local = free_port()
+        argv, env = self.forwarder_argv(row, local)
+        p = self.reg.start(row.key, argv, env=env, cwd=str(ROOT))
+        if row.kind == "socat":
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and p.alive():
+                if port_open("127.0.0.1", local):
+                    return p, local
+                time.sleep(0.05)
+        elif p.wait_for_line(r"Forwarding from 127\.0\.0\.1:\d+", 30):
+            return p, local
+        reason = p.tail(1)[-300:] or f"not ready after 30 s (exit {p.popen.poll()})"
+        self.reg.stop(p)
+        raise Unavailable(f"{row.label} did not start: {reason}")
+
+    # -- one row -----------------------------------------------------------------------------
+    def run_row(self, row: RowSpec) -> dict[str, Any]:
+        res: dict[str, Any] = {"label": row.label, "kind": row.kind, "status": "ok", "metrics": {},
+                               "errors": 0, "error_samples": []}
+        m: dict[str, Any] = res["metrics"]
+        fwd: Proc | None = None
+        try:
+            if row.kind == "direct":
+                port = self.target_port
+            else:
+                fwd, port = self.start_forwarder(row)
+                res["command"] = " ".join(fwd.popen.args)  # type: ignore[arg-type]
+        except Unavailable as exc:
+            res.update(status="unavailable", reason=str(exc))
+            log(f"{row.key}: unavailable: {exc}")
+            return res
+
+        def note_errors(tag: str, r: dict[str, Any]) -> None:
+            n = int(r.get("errors", 0)) + (1 if "exception" in r else 0)
+            if n:
+                res["errors"] += n
+                res["error_samples"].append(f"{tag}: {r.get('exception') or r.get('error_samples')}")
+
+        def ensure_fwd(tag: str) -> None:
+            """A dead forwarder is an error; restart it so the next measurement still runs."""
+            nonlocal fwd, port
+            if fwd is not None and not fwd.alive():
+                res["errors"] += 1
+                res["error_samples"].append(f"{tag}: forwarder exited: {fwd.tail(3)}")
+                self.reg.stop(fwd)
+                fwd, port = self.start_forwarder(row)
+
+        mode = self.mode
+        try:
+            # warm-up: the first connection of a session pays for dialling and lazy setup
+            self.call({"op": "bulk", "port": port, "dir": "down", "conns": 1, "duration": 0.2}, 60)
+            for direction in ("down", "up"):
+                c0 = cpu_seconds(fwd.pid) if fwd else None
+                s0 = cpu_seconds(self.serve.pid) if (self.serve and row.via_serve) else None
+                moved = 0
+                for conns, secs, reps in ((1, mode.bulk1_seconds, mode.bulk1_reps),
+                                          (8, mode.bulk8_seconds, mode.bulk8_reps)):
+                    rates = []
+                    for _ in range(reps):
+                        ensure_fwd(f"bulk {direction} x{conns}")
+                        r = self.call({"op": "bulk", "port": port, "dir": direction, "conns": conns,
+                                       "duration": secs}, secs + 90)
+                        note_errors(f"bulk {direction} x{conns}", r)
+                        if "MBps" in r:
+                            rates.append(r["MBps"])
+                            moved += r["bytes"]
+                    key = f"{direction}{conns}"
+                    m[f"{key}_runs_MBps"] = rates
+                    m[f"{key}_MBps"] = statistics.median(rates) if rates else None
+                    log(f"{row.key}: {direction} x{conns}: " + ", ".join(f"{x:.0f}" for x in rates)
+                        + " MB/s")
+                m[f"{direction}_GiB_moved"] = moved / GIB
+                if moved and fwd is not None and c0 is not None and fwd.alive():
+                    m[f"cpu_client_{direction}_s_per_GiB"] = (cpu_seconds(fwd.pid) - c0) / (moved / GIB)
+                if moved and s0 is not None and self.serve is not None:
+                    m[f"cpu_serve_{direction}_s_per_GiB"] = (cpu_seconds(self.serve.pid) - s0) / (moved / GIB)
+
+            ensure_fwd("churn")
+            r = self.call({"op": "churn", "port": port, "concurrency": mode.churn_concurrency,
+                           "duration": mode.churn_seconds}, mode.churn_seconds + 120)
+            note_errors("churn", r)
+            m["churn_per_s"], m["churn_p50_ms"], m["churn_p99_ms"] = (
+                r.get("per_s"), r.get("p50_ms"), r.get("p99_ms"))
+            m["churn_conns"] = r.get("conns")
+            log(f"{row.key}: churn {r.get('per_s') or 0:.0f}/s p50 {r.get('p50_ms')} p99 {r.get('p99_ms')} ms")
+
+            ensure_fwd("pingpong")
+            r = self.call({"op": "pingpong", "port": port, "duration": mode.pingpong_seconds},
+                          mode.pingpong_seconds + 60)
+            note_errors("pingpong", r)
+            m["pp_p50_ms"], m["pp_p99_ms"], m["pp_count"] = r.get("p50_ms"), r.get("p99_ms"), r.get("count")
+            log(f"{row.key}: ping-pong p50 {r.get('p50_ms')} p99 {r.get('p99_ms')} ms")
+            ensure_fwd("end")
+        except Unavailable as exc:
+            res["errors"] += 1
+            res["error_samples"].append(f"forwarder could not be restarted: {exc}")
+        finally:
+            if fwd is not None:
+                self.reg.stop(fwd)
+
+        if row.kind != "direct":
+            self.measure_rss(row, res)
+        res["error_samples"] = res["error_samples"][:8]
+        return res
+
+    def measure_rss(self, row: RowSpec, res: dict[str, Any]) -> None:
+        """Fresh forwarder, 1,000 connections held open (each proven by an echo), VmHWM."""
+        m = res["metrics"]
+        try:
+            fwd, port = self.start_forwarder(row)
+        except Unavailable as exc:
+            res["errors"] += 1
+            res["error_samples"].append(f"rss: {exc}")
+            return
+        try:
+            time.sleep(0.2)
+            m["rss_idle_MiB"] = vm_kib(fwd.pid, "VmRSS") / 1024
+            n = self.mode.hold_conns
+            r = self.call({"op": "hold", "port": port, "n": n}, 180)
+            m["hold_open"] = r.get("open")
+            if "exception" in r or r.get("errors"):
+                res["errors"] += int(r.get("errors", 0)) + (1 if "exception" in r else 0)
+                res["error_samples"].append(f"hold {n}: {r.get('exception') or r.get('error_samples')}")
+            time.sleep(0.3)
+            if fwd.alive():
+                kib, how = peak_rss_kib(fwd.pid)
+                m["rss_hwm_MiB"], m["rss_how"] = kib / 1024, how
+                m["rss_1000_MiB"] = vm_kib(fwd.pid, "VmRSS") / 1024
+            else:
+                res["errors"] += 1
+                res["error_samples"].append(f"hold {n}: forwarder exited: {fwd.tail(3)}")
+            log(f"{row.key}: {r.get('open')} conns open, VmHWM {m.get('rss_hwm_MiB') or 0:.1f} MiB")
+        finally:
+            self.call({"op": "release"}, 60)
+            self.reg.stop(fwd)
+
+
+def run_micro(workdir: Path) -> dict[str, Any]:
+    """pytest-benchmark micro benchmarks of the codec (owned by the codec engineer)."""
+    path = HERE / "bench_frames.py"
+    if not path.exists():
+        return {"status": "unavailable", "reason": "bench/bench_frames.py not written yet"}
+    out = workdir / "micro.json"
+    cmd = [sys.executable, "-m", "pytest", str(path), "--benchmark-only", "-q", "-p", "no:cacheprovider",
+           f"--benchmark-json={out}"]
+    log("micro benchmarks: " + " ".join(cmd[1:]))
+    try:
+        r = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        return {"status": "error", "reason": "timed out after 900 s"}
+    if not out.exists():
+        tail = (r.stdout + r.stderr).strip().splitlines()[-3:]
+        return {"status": "error", "reason": " | ".join(tail)}
+    data = json.loads(out.read_text())
+    rows = []
+    for b in data.get("benchmarks", []):
+        st = b.get("stats", {})
+        rows.append({"name": b.get("fullname") or b.get("name"), "median_us": st.get("median", 0) * 1e6,
+                     "ops": st.get("ops"), "extra": b.get("extra_info", {})})
+    return {"status": "ok" if r.returncode == 0 else f"pytest exit {r.returncode}", "benchmarks": rows}
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
+                            "cpus": os.cpu_count()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import uvloop
+
+        info["uvloop"] = uvloop.__version__
+    except ImportError:
+        info["uvloop"] = None
+    for b in ("kubectl.1.33", "kubectl.1.29"):
+        try:
+            out = subprocess.run([str(KUBECTL_DIR / b), "version", "--client", "-o", "json"],
+                                 capture_output=True, text=True, timeout=20).stdout
+            info[b] = json.loads(out)["clientVersion"]["gitVersion"]
+        except Exception:
+            info[b] = None
+    try:
+        info["socat"] = subprocess.run(["socat", "-V"], capture_output=True, text=True,
+                                       timeout=10).stdout.splitlines()[1].strip()
+    except Exception:
+        info["socat"] = None
+    try:
+        info["fastpf_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except Exception:
+        info["fastpf_commit"] = None
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="fastpf end-to-end benchmark (see module docstring)")
+    ap.add_argument("--quick", action="store_true", help="short durations, one repetition (~1 min)")
+    ap.add_argument("--rows", default="", help="comma list of row keys: " + ",".join(r.key for r in ROWS))
+    ap.add_argument("--no-tls", action="store_true", help="fastpf serve without TLS (default: TLS)")
+    ap.add_argument("--bulk-seconds", type=float, default=0.0, help="override bulk durations")
+    ap.add_argument("--reps", type=int, default=0, help="override bulk repetitions")
+    ap.add_argument("--no-micro", action="store_true", help="skip the micro benchmarks in full mode")
+    ap.add_argument("--out", default=str(HERE / "results"), help="results directory")
+    ap.add_argument("--keep-logs", action="store_true", help="keep child logs (printed path)")
+    args = ap.parse_args(argv)
+
+    rows = ROWS
+    if args.rows:
+        want = [k.strip() for k in args.rows.split(",") if k.strip()]
+        unknown = set(want) - {r.key for r in ROWS}
+        if unknown:
+            ap.error(f"unknown rows: {', '.join(sorted(unknown))}")
+        rows = [r for r in ROWS if r.key in want]
+
+    # 1,000 held connections pass through up to four processes; children inherit this limit
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # same clean-up path as Ctrl-C
+
+    signal.signal(signal.SIGTERM, on_term)
+    started = dt.datetime.now(dt.timezone.utc)
+    workdir = Path(tempfile.mkdtemp(prefix="fastpf-bench-"))
+    reg = Registry(workdir)
+    h = Harness(args, reg, workdir)
+    result: dict[str, Any] = {
+        "meta": {
+            "started": started.isoformat(timespec="seconds"),
+            "mode": "quick" if args.quick else "full",
+            "durations": vars(h.mode),
+            "tls": not args.no_tls,
+            "machine": machine_info(),
+            "topology": "loadgen worker (uvloop, 1 process) -> forwarder -> fastpf serve -> target "
+                        "(uvloop, 1 process); direct: loadgen -> target; socat: loadgen -> socat -> "
+                        "target. All on loopback, sharing the machine's cores.",
+            "rlimit_nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+        },
+        "rows": {},
+    }
+    t_start = time.monotonic()
+    interrupted = False
+    try:
+        h.start_target()
+        h.start_worker()
+        if any(r.via_serve for r in rows):
+            h.start_serve()
+            if h.serve is None:
+                log(f"fastpf serve unavailable: {h.serve_reason}")
+        for row in rows:
+            log(f"--- {row.label}")
+            result["rows"][row.key] = h.run_row(row)
+            if h.serve is not None and not h.serve.alive():
+                h.serve_reason = f"fastpf serve exited during the run: {h.serve.tail(3)}"
+                log(h.serve_reason)
+                reg.stop(h.serve)
+                h.serve = None
+                h.start_serve()  # later rows get a fresh one
+        if not args.quick and not args.no_micro:
+            result["micro"] = run_micro(workdir)
+    except KeyboardInterrupt:
+        interrupted = True
+        log("interrupted: stopping every child and writing partial results")
+    finally:
+        if h.chan is not None:
+            with contextlib.suppress(Exception):
+                h.chan.call(b'{"op": "quit"}', 2)
+        reg.stop_all()
+    result["meta"]["seconds"] = round(time.monotonic() - t_start, 1)
+    result["meta"]["interrupted"] = interrupted
+    result["targets"] = report.targets(result)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = started.strftime("%Y-%m-%dT%H%M%SZ") + ("-quick" if args.quick else "")
+    js = json.dumps(result, indent=1, default=str)
+    md = report.markdown(result)
+    (out / f"{stamp}.json").write_text(js)
+    (out / f"{stamp}.md").write_text(md)
+    (out / "latest.json").write_text(js)
+    (out / "latest.md").write_text(md)
+    chart = report.chart(result, out / "latest.png")
+    print()
+    print(md)
+    log(f"wrote {out / (stamp + '.json')}, {out / (stamp + '.md')}, latest.md"
+        + (", latest.png" if chart else f" (no chart: {chart is None and 'matplotlib missing'})"))
+    if args.keep_logs:
+        log(f"child logs kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 130 if interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,310 @@
+"""kubeconfig loading and merging with clientcmd's rules, plus flag overrides and in-cluster config.
+
+Rules (client-go clientcmd): `--kubeconfig FILE` alone (must exist); else every file of
+$KUBECONFIG (missing ones skipped), where the first file to define a name or current-context
+wins; else ~/.kube/config. Relative file references resolve against the defining file's
+directory. Without any kubeconfig: in-cluster service account when running in a pod, else
+http://localhost:8080 as kubectl does.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from fastpf.client.args import Options
+from fastpf.client.errors import ConfigError
+
+# Overridable by tests: where a pod's service-account credentials live.
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+@dataclass
+class ExecConfig:
+    command: str
+    args: list[str] = field(default_factory=list)
+    env: list[dict[str, str]] = field(default_factory=list)
+    api_version: str = ""
+    install_hint: str = ""
+    provide_cluster_info: bool = False
+    interactive_mode: str = "IfAvailable"
+
+
+@dataclass
+class ClientConfig:
+    """Everything needed to reach and authenticate to one API server."""
+
+    server: str = "http://localhost:8080"
+    namespace: str = "default"
+    # TLS
+    ca_file: str | None = None
+    ca_data: bytes | None = None
+    insecure: bool = False
+    tls_server_name: str | None = None
+    client_cert_file: str | None = None
+    client_cert_data: bytes | None = None
+    client_key_file: str | None = None
+    client_key_data: bytes | None = None
+    # auth
+    token: str | None = None
+    token_file: str | None = None
+    username: str | None = None
+    password: str | None = None
+    exec: ExecConfig | None = None
+    auth_provider: str | None = None
+    # transport
+    proxy_url: str | None = None
+    cluster_info: dict[str, Any] = field(default_factory=dict)  # for exec provideClusterInfo
+    in_cluster: bool = False
+
+
+def _decode_b64(value: Any, what: str) -> bytes | None:
+    import base64
+    import binascii
+
+    if not value:
+        return None
+    try:
+        return base64.b64decode(str(value), validate=False)
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"invalid base64 in {what}") from None
+
+
+def _resolve(path: Any, base: str) -> str | None:
+    if not path:
+        return None
+    path = os.path.expanduser(str(path))
+    return path if os.path.isabs(path) else os.path.join(base, path)
+
+
+def _load_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise ConfigError(f'error loading config file "{path}": yaml: {where}{problem}') from None
+    except OSError as exc:
+        raise ConfigError(f'error loading config file "{path}": {exc.strerror}') from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f'error loading config file "{path}": not a kubeconfig mapping')
+    return data
+
+
+def _named(items: Any) -> list[tuple[str, dict[str, Any]]]:
+    out: list[tuple[str, dict[str, Any]]] = []
+    if isinstance(items, list):
+        for item in items:
+            if isinstance(item, dict) and item.get("name") is not None:
+                out.append((str(item["name"]), item))
+    return out
+
+
+@dataclass
+class MergedConfig:
+    current_context: str = ""
+    contexts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    clusters: dict[str, dict[str, Any]] = field(default_factory=dict)  # each with "_base"
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+
+
+def kubeconfig_files(explicit: str | None) -> list[str]:
+    if explicit:
+        if not os.path.exists(explicit):
+            raise ConfigError(f"stat {explicit}: no such file or directory")
+        return [explicit]
+    env = os.environ.get("KUBECONFIG")
+    if env:
+        seen: list[str] = []
+        for part in env.split(os.pathsep):
+            if part and part not in seen and os.path.exists(part):
+                seen.append(part)
+        return seen
+    home = os.path.join(os.path.expanduser("~"), ".kube", "config")
+    return [home] if os.path.exists(home) else []
+
+
+def load_merged(files: list[str]) -> MergedConfig:
+    merged = MergedConfig(files=list(files))
+    for path in files:
+        data = _load_file(path)
+        base = os.path.dirname(os.path.abspath(path))
+        if not merged.current_context and data.get("current-context"):
+            merged.current_context = str(data["current-context"])
+        for key, target in (("contexts", merged.contexts), ("clusters", merged.clusters),
+                            ("users", merged.users)):
+            inner = {"contexts": "context", "clusters": "cluster", "users": "user"}[key]
+            for name, item in _named(data.get(key)):
+                if name not in target:  # first definition wins
+                    body = item.get(inner) or {}
+                    if not isinstance(body, dict):
+                        body = {}
+                    target[name] = dict(body, _base=base)
+    return merged
+
+
+def _in_cluster_config() -> ClientConfig | None:
+    host = os.environ.get("KUBERNETES_SERVICE_HOST")
+    port = os.environ.get("KUBERNETES_SERVICE_PORT")
+    token_path = os.path.join(SERVICE_ACCOUNT_DIR, "token")
+    if not host or not port or not os.path.exists(token_path):
+        return None
+    hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    cfg = ClientConfig(server=f"https://{hostport}", token_file=token_path, in_cluster=True)
+    ca = os.path.join(SERVICE_ACCOUNT_DIR, "ca.crt")
+    if os.path.exists(ca):
+        cfg.ca_file = ca
+    ns_path = os.path.join(SERVICE_ACCOUNT_DIR, "namespace")
+    try:
+        with open(ns_path, encoding="utf-8") as fh:
+            ns = fh.read().strip()
+        if ns:
+            cfg.namespace = ns
+    except OSError:
+        pass
+    return cfg
+
+
+def load_config(opts: Options) -> ClientConfig:
+    """Resolve flags + kubeconfig files (+ in-cluster) into one ClientConfig."""
+    files = kubeconfig_files(opts.kubeconfig)
+    merged = load_merged(files)
+
+    context_name = opts.context or merged.current_context
+    context: dict[str, Any] = {}
+    if opts.context and opts.context not in merged.contexts:
+        raise ConfigError(
+            f"context was not found for specified context: {opts.context}",
+            prefix="Error in configuration: ",
+        )
+    if context_name and context_name in merged.contexts:
+        context = merged.contexts[context_name]
+
+    cluster_name = opts.cluster or str(context.get("cluster") or "")
+    user_name = opts.user or str(context.get("user") or "")
+
+    if opts.user and opts.user not in merged.users:
+        raise ConfigError(f'auth info "{opts.user}" does not exist')
+    if opts.cluster and opts.cluster not in merged.clusters and not opts.server:
+        raise ConfigError(f'no server found for cluster "{opts.cluster}"')
+
+    cluster = merged.clusters.get(cluster_name, {})
+    user = merged.users.get(user_name, {})
+
+    cfg: ClientConfig | None = None
+    if not files and not opts.server:
+        cfg = _in_cluster_config()
+    if cfg is None:
+        cfg = _from_entries(cluster, user)
+        if context.get("namespace"):
+            cfg.namespace = str(context["namespace"])
+    _apply_overrides(cfg, opts)
+    if not cfg.server:
+        raise ConfigError(
+            "invalid configuration: no configuration has been provided, try setting "
+            "KUBERNETES_MASTER environment variable"
+        )
+    return cfg
+
+
+def _from_entries(cluster: dict[str, Any], user: dict[str, Any]) -> ClientConfig:
+    cbase = cluster.get("_base", ".")
+    ubase = user.get("_base", ".")
+    cfg = ClientConfig()
+    if cluster:
+        cfg.server = str(cluster.get("server") or "")
+        if not cfg.server:
+            cfg.server = "http://localhost:8080"
+    cfg.ca_file = _resolve(cluster.get("certificate-authority"), cbase)
+    cfg.ca_data = _decode_b64(cluster.get("certificate-authority-data"), "certificate-authority-data")
+    cfg.insecure = bool(cluster.get("insecure-skip-tls-verify") or False)
+    cfg.tls_server_name = cluster.get("tls-server-name") or None
+    cfg.proxy_url = cluster.get("proxy-url") or None
+    cfg.cluster_info = {
+        k: v for k, v in cluster.items() if k in (
+            "server", "tls-server-name", "insecure-skip-tls-verify",
+            "certificate-authority-data", "proxy-url", "disable-compression")
+    }
+    if cfg.ca_file and not cfg.ca_data and "certificate-authority-data" not in cfg.cluster_info:
+        try:
+            import base64
+
+            with open(cfg.ca_file, "rb") as fh:
+                cfg.cluster_info["certificate-authority-data"] = base64.b64encode(fh.read()).decode()
+        except OSError:
+            pass
+
+    cfg.client_cert_file = _resolve(user.get("client-certificate"), ubase)
+    cfg.client_cert_data = _decode_b64(user.get("client-certificate-data"), "client-certificate-data")
+    cfg.client_key_file = _resolve(user.get("client-key"), ubase)
+    cfg.client_key_data = _decode_b64(user.get("client-key-data"), "client-key-data")
+    cfg.token = user.get("token") or None
+    cfg.token_file = _resolve(user.get("tokenFile"), ubase)
+    cfg.username = user.get("username") or None
+    cfg.password = user.get("password") or None
+    ex = user.get("exec")
+    if isinstance(ex, dict) and ex.get("command"):
+        command = str(ex["command"])
+        if os.sep in command and not os.path.isabs(command):
+            command = os.path.join(ubase, command)
+        env = ex.get("env") or []
+        cfg.exec = ExecConfig(
+            command=command,
+            args=[str(a) for a in (ex.get("args") or [])],
+            env=[{"name": str(e.get("name")), "value": str(e.get("value", ""))}
+                 for e in env if isinstance(e, dict)],
+            api_version=str(ex.get("apiVersion") or ""),
+            install_hint=str(ex.get("installHint") or ""),
+            provide_cluster_info=bool(ex.get("provideClusterInfo") or False),
+            interactive_mode=str(ex.get("interactiveMode") or "IfAvailable"),
+        )
+    ap = user.get("auth-provider")
+    if isinstance(ap, dict) and ap.get("name"):
+        cfg.auth_provider = str(ap["name"])
+        # The oidc provider's cached id-token is a usable bearer token without refresh logic.
+        conf = ap.get("config") or {}
+        if isinstance(conf, dict) and conf.get("id-token") and not cfg.token:
+            cfg.token = str(conf["id-token"])
+    return cfg
+
+
+def _apply_overrides(cfg: ClientConfig, opts: Options) -> None:
+    if opts.server:
+        cfg.server = opts.server
+    if opts.namespace:
+        cfg.namespace = opts.namespace
+    if opts.certificate_authority:
+        cfg.ca_file = opts.certificate_authority
+        cfg.ca_data = None
+    if opts.insecure_skip_tls_verify is not None:
+        cfg.insecure = opts.insecure_skip_tls_verify
+    if opts.tls_server_name:
+        cfg.tls_server_name = opts.tls_server_name
+    if opts.client_certificate:
+        cfg.client_cert_file = opts.client_certificate
+        cfg.client_cert_data = None
+    if opts.client_key:
+        cfg.client_key_file = opts.client_key
+        cfg.client_key_data = None
+    if opts.token:
+        # An explicit token replaces every other credential kind of the user entry.
+        cfg.token = opts.token
+        cfg.token_file = None
+        cfg.exec = None
+        cfg.username = cfg.password = None
+    if opts.username:
+        cfg.username = opts.username
+    if opts.password:
+        cfg.password = opts.password
+    if opts.insecure_skip_tls_verify and not opts.certificate_authority:
+        # As clientcmd: an explicit --insecure-skip-tls-verify clears the kubeconfig's CA.
+        cfg.ca_file = None
+        cfg.ca_data = None

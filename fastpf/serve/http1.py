@@ -1,0 +1,191 @@
+"""HTTP/1.1 for `fastpf serve`: h11 on an asyncio protocol, so a port-forward upgrade can hand
+the very transport (and the bytes already read behind the request head) to the engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING
+
+import h11
+
+from fastpf.serve.api import Forward, Request, Response, Watch, status_response
+from fastpf.types import UpgradeRequest
+
+if TYPE_CHECKING:
+    from fastpf.serve.server import HttpProtocol
+
+MAX_BODY = 1 << 20  # REST bodies are ignored (read-only server); refuse big ones
+MAX_HEAD = 64 * 1024
+_EVENTS_PER_CALL = 256  # bound on pipelined requests handled in one data_received
+
+
+class Http1Handler:
+    def __init__(self, proto: HttpProtocol) -> None:
+        self.proto = proto
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self._request: h11.Request | None = None
+        self._body = 0
+        self._watch_timer: asyncio.TimerHandle | None = None
+        self.busy = False  # a request is being received or a watch is streaming
+        self.handed_over = False
+
+    # ---- input ----------------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        self.conn.receive_data(data)
+        self._process()
+
+    def eof_received(self) -> None:
+        self.conn.receive_data(b"")
+        self._process()
+
+    def _process(self) -> None:
+        for _ in range(_EVENTS_PER_CALL):
+            if self.handed_over or self._watch_timer is not None or self.proto.closing:
+                return
+            try:
+                event = self.conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._fail(exc.error_status_hint, f"malformed HTTP request: {exc}")
+                return
+            if event is h11.NEED_DATA:
+                return
+            if isinstance(event, h11.Request):
+                self._request = event
+                self._body = 0
+                self.busy = True
+            elif isinstance(event, h11.Data):
+                self._body += len(event.data)
+                if self._body > MAX_BODY:
+                    self._fail(413, "request body too large")
+                    return
+            elif isinstance(event, h11.EndOfMessage):
+                self._dispatch()
+            elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                self.proto.close()
+                return
+        # More pipelined input than one call should handle: continue on the next loop turn.
+        asyncio.get_running_loop().call_soon(self._process)
+
+    # ---- dispatch -------------------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        req = self._request
+        assert req is not None
+        request = Request(
+            method=req.method.decode("ascii", "replace"),
+            target=req.target.decode("latin-1"),
+            headers=[(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in req.headers],
+        )
+        reply = self.proto.server.api.handle(request)
+        if isinstance(reply, Forward):
+            self._forward(request, reply)
+        elif isinstance(reply, Watch):
+            self._start_watch(reply)
+        else:
+            self._respond(reply, head_only=request.method.upper() == "HEAD")
+
+    def _forward(self, request: Request, reply: Forward) -> None:
+        accept = self.proto.server.engine_accept()
+        if accept is None:
+            self._respond(status_response(503, "ServiceUnavailable", "port-forward engine not available"))
+            return
+        trailing, _closed = self.conn.trailing_data
+        upgrade = UpgradeRequest(
+            method=request.method.upper(),
+            path=request.path,
+            query=request.query,
+            headers=request.headers,
+            trailing=bytes(trailing),
+        )
+        transport = self.proto.transport
+        assert transport is not None
+        # From here on the engine owns the transport; this protocol must not touch it again.
+        self.handed_over = True
+        self.proto.detach()
+        try:
+            accept(transport, upgrade, reply.pod, self.proto.server.options)
+        except Exception as exc:  # the engine must not raise; if it does, drop only this connection
+            self.proto.server.log(f"port-forward to {reply.pod.namespace}/{reply.pod.name} failed: {exc!r}")
+            transport.abort()
+
+    def _respond(self, response: Response, head_only: bool = False) -> None:
+        headers = [
+            ("Content-Type", response.content_type),
+            ("Content-Length", str(len(response.body))),
+            ("Cache-Control", "no-cache, private"),
+        ]
+        self._send(h11.Response(status_code=response.status, headers=headers))
+        if response.body and not head_only:
+            self._send(h11.Data(data=response.body))
+        self._send(h11.EndOfMessage())
+        self._next_cycle()
+
+    def _start_watch(self, watch: Watch) -> None:
+        headers = [("Content-Type", "application/json"), ("Cache-Control", "no-cache, private")]
+        # No Content-Length: h11 uses chunked transfer encoding, as the API server does.
+        self._send(h11.Response(status_code=200, headers=headers))
+        for event in watch.events:
+            self._send(h11.Data(data=event))
+        loop = asyncio.get_running_loop()
+        self._watch_timer = loop.call_later(watch.timeout, self.end_watch)
+
+    def end_watch(self) -> None:
+        if self._watch_timer is None:
+            return
+        self._watch_timer.cancel()
+        self._watch_timer = None
+        if self.proto.closing:
+            return
+        self._send(h11.EndOfMessage())
+        self._next_cycle()
+        self._process()
+
+    def _next_cycle(self) -> None:
+        self.busy = False
+        self._request = None
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.conn.start_next_cycle()
+            self.proto.touch()
+        elif self.conn.our_state in (h11.MUST_CLOSE, h11.DONE):
+            # HTTP/1.0, "Connection: close", or the client still sending a body we refused.
+            self.proto.close()
+
+    def _send(self, event: h11.Event) -> None:
+        data = self.conn.send(event)
+        transport = self.proto.transport
+        if data and transport is not None and not self.proto.closing:
+            transport.write(data)
+
+    def _fail(self, status: int, message: str) -> None:
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            try:
+                response = status_response(status, "BadRequest" if status == 400 else "RequestEntityTooLarge",
+                                           message)
+                self._send(h11.Response(status_code=status, headers=[
+                    ("Content-Type", response.content_type),
+                    ("Content-Length", str(len(response.body))),
+                    ("Connection", "close"),
+                ]))
+                self._send(h11.Data(data=response.body))
+                self._send(h11.EndOfMessage())
+            except h11.LocalProtocolError:
+                pass
+        self.proto.close()
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    def idle(self) -> bool:
+        return not self.busy and self._watch_timer is None
+
+    def shutdown(self) -> None:
+        """Server is stopping: end a running watch cleanly, then close."""
+        if self._watch_timer is not None:
+            self._watch_timer.cancel()
+            self._watch_timer = None
+            with contextlib.suppress(h11.LocalProtocolError):
+                self._send(h11.EndOfMessage())
+        self.proto.close()
+
+    def connection_lost(self) -> None:
+        if self._watch_timer is not None:
+            self._watch_timer.cancel()
+            self._watch_timer = None

@@ -1,0 +1,219 @@
+"""Listening side of `fastpf serve`: one asyncio protocol per connection that speaks HTTP/2 when
+ALPN picked `h2` (or the client sent the h2c preface on --no-tls), HTTP/1.1 otherwise, and hands
+upgraded connections to the port-forward engine (`fastpf.transport.kubelet`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, cast
+
+from fastpf.serve.api import Api
+from fastpf.serve.http1 import Http1Handler
+from fastpf.serve.http2 import Http2Handler
+from fastpf.types import PodTarget, ServerOptions, UpgradeRequest
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+REST_IDLE_TIMEOUT = 300.0  # close keep-alive REST connections idle this long
+HEAD_TIMEOUT = 60.0  # a connection must complete its first request head within this
+AcceptFn = Callable[[asyncio.Transport, UpgradeRequest, PodTarget, ServerOptions], None]
+ShutdownFn = Callable[..., Awaitable[None]]
+
+
+class _Handler(Protocol):
+    handed_over: bool
+
+    def data_received(self, data: bytes) -> None: ...
+    def eof_received(self) -> None: ...
+    def idle(self) -> bool: ...
+    def shutdown(self) -> None: ...
+    def connection_lost(self) -> None: ...
+
+
+class Server:
+    """Owns the listening sockets, the live REST connections and the engine hook."""
+
+    def __init__(self, api: Api, ssl_context: ssl.SSLContext | None, options: ServerOptions,
+                 engine: tuple[AcceptFn, ShutdownFn | None] | None = None, quiet: bool = False) -> None:
+        self.api = api
+        self.ssl_context = ssl_context
+        self.options = options
+        self.connections: set[HttpProtocol] = set()
+        self._engine = engine
+        self._engine_loaded = engine is not None
+        self._server: asyncio.base_events.Server | None = None
+        self.quiet = quiet
+
+    # ---- engine ---------------------------------------------------------------------------------
+    def engine_accept(self) -> AcceptFn | None:
+        engine = self._load_engine()
+        return engine[0] if engine else None
+
+    def _load_engine(self) -> tuple[AcceptFn, ShutdownFn | None] | None:
+        if not self._engine_loaded:
+            self._engine_loaded = True
+            try:
+                from fastpf.transport import kubelet
+            except ImportError as exc:
+                self.log(f"port-forward engine unavailable: {exc}")
+                return None
+            accept = getattr(kubelet, "accept_portforward", None)
+            if accept is None:
+                self.log("port-forward engine unavailable: fastpf.transport.kubelet has no accept_portforward")
+                return None
+            self._engine = (accept, getattr(kubelet, "shutdown_all", None))
+        return self._engine
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    async def start(self, host: str, port: int) -> list[tuple[str, int]]:
+        """Bind and start accepting; returns the bound (address, port) pairs."""
+        loop = asyncio.get_running_loop()
+        self._load_engine()  # import now: a broken engine shows at start, not at first forward
+        self._server = await loop.create_server(
+            lambda: HttpProtocol(self), host, port, ssl=self.ssl_context, reuse_address=True, backlog=1024,
+            ssl_handshake_timeout=30.0 if self.ssl_context else None,
+        )
+        bound = []
+        for sock in self._server.sockets:
+            address = sock.getsockname()
+            bound.append((address[0], address[1]))
+        return bound
+
+    async def shutdown(self, timeout: float = 2.0) -> None:
+        """Stop accepting, end every REST connection and every port-forward session."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.shutdown()
+        engine = self._engine if self._engine_loaded else None
+        if engine and engine[1] is not None:
+            try:
+                await asyncio.wait_for(engine[1](timeout), timeout + 1.0)
+            except Exception as exc:  # shutting down anyway; say why it was not clean
+                self.log(f"port-forward sessions did not close cleanly: {exc!r}")
+        # Let the close/GOAWAY bytes leave before the loop stops.
+        for _ in range(20):
+            if not self.connections:
+                break
+            await asyncio.sleep(0.01)
+
+    def log(self, message: str) -> None:
+        if not self.quiet:
+            print(f"fastpf serve: {message}", file=sys.stderr, flush=True)
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One client connection until it ends or is handed to the engine."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.handler: _Handler | None = None
+        self.closing = False
+        self._sniff = b""
+        self._timer: asyncio.TimerHandle | None = None
+        self._first_request = True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses but have the same API.
+        self.transport = cast(asyncio.Transport, transport)
+        self.server.connections.add(self)
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # REST replies are small and latency-bound
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ssl_object = self.transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            if ssl_object.selected_alpn_protocol() == "h2":
+                self.handler = Http2Handler(self)
+            else:
+                self.handler = Http1Handler(self)
+        # Plain HTTP: decide on the first bytes (h2c prior knowledge or HTTP/1.1).
+        self._arm(HEAD_TIMEOUT)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        if self.handler is None:
+            self._sniff += data
+            if H2_PREFACE.startswith(self._sniff[: len(H2_PREFACE)]) and len(self._sniff) < len(H2_PREFACE):
+                return
+            data, self._sniff = self._sniff, b""
+            if data.startswith(H2_PREFACE):
+                self.handler = Http2Handler(self, data)
+                return
+            self.handler = Http1Handler(self)
+        self.handler.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        if self.handler is not None and not self.closing:
+            self.handler.eof_received()
+        return None  # let the transport close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self._cancel_timer()
+        if self.handler is not None:
+            self.handler.connection_lost()
+        self.server.connections.discard(self)
+
+    # ---- helpers used by the handlers ----------------------------------------------------------
+    def detach(self) -> None:
+        """The engine took the transport: forget it here."""
+        self._cancel_timer()
+        self.server.connections.discard(self)
+        self.transport = None
+        self.closing = True
+
+    def touch(self) -> None:
+        """A request completed: the connection is idle until the next one."""
+        self._first_request = False
+        self._arm(REST_IDLE_TIMEOUT)
+
+    def close(self) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.close()
+
+    def shutdown(self) -> None:
+        if self.handler is not None and not self.closing:
+            self.handler.shutdown()
+        else:
+            self.close()
+
+    def _arm(self, delay: float) -> None:
+        self._cancel_timer()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(delay, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.closing:
+            return
+        if self.handler is None or self.handler.idle():
+            self.close()
+        else:  # a request or watch in progress: look again later
+            self._arm(REST_IDLE_TIMEOUT)
+
+
+def quiet_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """One line per unexpected loop error instead of a traceback; TLS handshake failures of
+    clients that do not trust our CA are normal and not worth a line."""
+    exc = context.get("exception")
+    if isinstance(exc, (ssl.SSLError, ConnectionError, TimeoutError)):
+        return
+    message = context.get("message", "unexpected error")
+    detail = f": {exc!r}" if exc is not None else ""
+    print(f"fastpf serve: {message}{detail}", file=sys.stderr, flush=True)

@@ -1,0 +1,303 @@
+"""What SPDY and channel sessions share: owning an upgraded transport, WebSocket message
+writing (masked as client, plain as server), input/output pause bookkeeping for the relays,
+idle timeout, and an end-of-session future that never raises.
+
+The relay contract (implemented by SpdyStream and PortChannel, consumed by relay.py):
+  pipe.header_room           bytes to reserve in front of a payload for send_inplace()
+  pipe.max_payload           largest payload per send_inplace()
+  pipe.send_inplace(buf, start, n)  frame buf[start:start+n] using the gap in front; ONE write
+  pipe.write(data) / write_eof() / reset(status)
+  pipe.set_sink(sink)        where received data goes (see Sink)
+  pipe.session               the UpgradedProtocol (pause_input/resume_input,
+                             add/remove_output_listener, output_paused, output_drained())
+A Sink has data_received(view), eof_received(), reset_received(status),
+connection_lost(exc) and drained() -> bool (True when no view passed to data_received is
+still referenced, i.e. its transport's write buffer is empty).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, Protocol
+
+from fastpf import _frames as F
+
+# Upgraded transport write buffer: generous, since one DATA frame may be up to max_data.
+WRITE_HIGH = 4 << 20
+WRITE_LOW = 1 << 20
+WS_HEADER_ROOM = 14  # 2 + 8 (64-bit length) + 4 (mask key)
+
+
+class Sink(Protocol):
+    def data_received(self, view: memoryview) -> None: ...
+    def eof_received(self) -> None: ...
+    def reset_received(self, status: int) -> None: ...
+    def connection_lost(self, exc: BaseException | None) -> None: ...
+    def drained(self) -> bool: ...
+
+
+class OutputListener(Protocol):
+    def pause_output(self) -> None: ...
+    def resume_output(self) -> None: ...
+
+
+class UpgradedProtocol(asyncio.BufferedProtocol):
+    """Base of the session protocols. Subclasses implement get_buffer/_on_data/_on_eof."""
+
+    def __init__(self, *, ws: str | None, idle_timeout: float | None = None,
+                 write_high: int = WRITE_HIGH, write_low: int = WRITE_LOW) -> None:
+        if ws not in (None, "server", "client"):
+            raise ValueError(f"bad ws role {ws!r}")
+        self.loop = asyncio.get_running_loop()
+        self.transport: Any = None
+        self.ws = ws
+        self._mask = ws == "client"  # RFC 6455: clients mask, servers must not
+        self.closed: asyncio.Future[BaseException | None] = self.loop.create_future()
+        self._closing = False
+        self._input_pauses: set[object] = set()
+        self._output_listeners: set[OutputListener] = set()
+        self.output_paused = False
+        self._write_high = write_high
+        self._write_low = write_low
+        self._idle_timeout = idle_timeout if idle_timeout and idle_timeout > 0 else None
+        self._idle_handle: asyncio.TimerHandle | None = None
+        self._last_activity = 0.0
+        self._ws_close_sent = False
+
+    # -- taking over the transport -------------------------------------------------------------
+    def attach(self, transport: asyncio.BaseTransport, initial: bytes = b"") -> None:
+        """Take over `transport` (transport.set_protocol(self)); feed `initial` bytes first."""
+        self.transport = transport
+        try:
+            transport.set_write_buffer_limits(high=self._write_high, low=self._write_low)  # type: ignore[attr-defined]
+        except (AttributeError, NotImplementedError):
+            pass
+        transport.set_protocol(self)
+        self._touch()
+        if self._idle_timeout is not None:
+            self._idle_handle = self.loop.call_later(self._idle_timeout, self._idle_check)
+        self._attached()
+        if initial:
+            self._safe(self._feed, initial)
+        if not self._closing:
+            try:
+                transport.resume_reading()  # type: ignore[attr-defined]
+            except (AttributeError, RuntimeError):
+                pass
+
+    def _attached(self) -> None:
+        """Hook: the transport is ours (send greetings, start timers)."""
+
+    def _feed(self, data: bytes) -> None:
+        """Hook: bytes that arrived before the takeover (after the 101 head)."""
+        raise NotImplementedError
+
+    # -- asyncio protocol callbacks: never raise into the loop ----------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # direct use (tests)
+        if self.transport is None:
+            self.attach(transport)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._closing:
+            return
+        self._touch()
+        self._safe(self._on_data, nbytes)
+
+    def _on_data(self, nbytes: int) -> None:
+        raise NotImplementedError
+
+    def eof_received(self) -> bool | None:
+        self._safe(self._on_eof)
+        return False
+
+    def _on_eof(self) -> None:
+        self._finish(ConnectionResetError("connection closed by peer"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish(exc if exc is not None else ConnectionResetError("connection closed"))
+
+    def pause_writing(self) -> None:
+        self.output_paused = True
+        for listener in list(self._output_listeners):
+            listener.pause_output()
+
+    def resume_writing(self) -> None:
+        self.output_paused = False
+        for listener in list(self._output_listeners):
+            listener.resume_output()
+
+    def _safe(self, fn: Any, *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:  # a bug or a peer we did not anticipate: drop this session only
+            self._internal_error(exc)
+
+    def _internal_error(self, exc: BaseException) -> None:
+        self._abort(exc)
+
+    # -- flow control for relays ---------------------------------------------------------------
+    def add_output_listener(self, listener: OutputListener) -> None:
+        self._output_listeners.add(listener)
+
+    def remove_output_listener(self, listener: OutputListener) -> None:
+        self._output_listeners.discard(listener)
+
+    def output_drained(self) -> bool:
+        t = self.transport
+        return t is None or t.get_write_buffer_size() == 0
+
+    def pause_input(self, key: object) -> None:
+        """Stop reading the upgraded connection until every `key` that paused it resumed."""
+        if key in self._input_pauses:
+            return
+        self._input_pauses.add(key)
+        if len(self._input_pauses) == 1 and self.transport is not None and not self._closing:
+            with contextlib.suppress(AttributeError, RuntimeError):
+                self.transport.pause_reading()
+
+    def resume_input(self, key: object) -> None:
+        if key not in self._input_pauses:
+            return
+        self._input_pauses.discard(key)
+        if not self._input_pauses and self.transport is not None and not self._closing:
+            with contextlib.suppress(AttributeError, RuntimeError):
+                self.transport.resume_reading()
+
+    @property
+    def input_paused(self) -> bool:
+        return bool(self._input_pauses)
+
+    # -- writing -------------------------------------------------------------------------------
+    def _touch(self) -> None:
+        if self._idle_timeout is not None:
+            self._last_activity = self.loop.time()
+
+    def _write(self, data: bytes) -> None:
+        """One complete frame of the session's own protocol (wrapped in a WS message if any)."""
+        if self._closing or self.transport is None:
+            return
+        self._touch()
+        if self.ws is None:
+            self.transport.write(data)
+        else:
+            self._write_ws(F.WS_BINARY, data)
+
+    def _write_ws(self, opcode: int, payload: bytes | bytearray | memoryview) -> None:
+        if self._mask:
+            self.transport.write(F.ws_encode(opcode, payload, True, True))
+        else:
+            self.transport.writelines([F.ws_frame_header(opcode, len(payload)), payload])
+
+    def _write_ws_parts(self, parts: list[Any], total: int) -> None:
+        """One binary WS message whose payload is the concatenation of `parts` (server: gather
+        write, no copy; client: one copy into a buffer that is masked in place)."""
+        if not self._mask:
+            self.transport.writelines([F.ws_frame_header(F.WS_BINARY, total), *parts])
+            return
+        key = F.new_mask_key()
+        buf = bytearray(total)
+        pos = 0
+        for part in parts:
+            n = len(part)
+            buf[pos:pos + n] = part
+            pos += n
+        F.mask_inplace(buf, key, 0, total)
+        self.transport.writelines([F.ws_frame_header(F.WS_BINARY, total, True, key), buf])
+
+    def _write_ws_inplace(self, buf: bytearray, start: int, end: int) -> None:
+        """Send buf[start:end] as one binary WS message; the WS header goes into the gap in
+        front of `start` (at least WS_HEADER_ROOM bytes), so this is one write, no copy."""
+        length = end - start
+        if self._mask:
+            key = F.new_mask_key()
+            header = F.ws_frame_header(F.WS_BINARY, length, True, key)
+            F.mask_inplace(buf, key, start, length)
+        else:
+            header = F.ws_frame_header(F.WS_BINARY, length)
+        hs = start - len(header)
+        buf[hs:start] = header
+        self.transport.write(memoryview(buf)[hs:end])
+
+    def _send_ws_close(self, code: int, reason: str = "") -> None:
+        if self._ws_close_sent or self.transport is None or self.ws is None:
+            return
+        self._ws_close_sent = True
+        with contextlib.suppress(Exception):
+            self._write_ws(F.WS_CLOSE, F.ws_close_payload(code, reason))
+
+    def _handle_ws_control(self, frame: Any) -> bool:
+        """Answer WS ping/close. Returns False when the session must stop reading."""
+        op = frame.opcode
+        if op == F.WS_PING:
+            if not self._ws_close_sent:
+                self._write_ws(F.WS_PONG, bytes(frame.payload))
+            return True
+        if op == F.WS_PONG:
+            return True
+        if op == F.WS_CLOSE:
+            code, _reason = F.parse_close_payload(frame.payload)
+            self._send_ws_close(code if code is not None else 1000)
+            self._peer_closed_ws(code)
+            return False
+        return True
+
+    def _peer_closed_ws(self, code: int | None) -> None:
+        self._close_transport(None)
+
+    # -- idle timeout --------------------------------------------------------------------------
+    def _idle_check(self) -> None:
+        self._idle_handle = None
+        if self._closing or self._idle_timeout is None:
+            return
+        remaining = self._last_activity + self._idle_timeout - self.loop.time()
+        if remaining > 0:
+            self._idle_handle = self.loop.call_later(remaining, self._idle_check)
+            return
+        self._safe(self._on_idle)
+
+    def _on_idle(self) -> None:
+        self._close_transport(TimeoutError("idle timeout"))
+
+    # -- ending --------------------------------------------------------------------------------
+    def _close_transport(self, exc: BaseException | None) -> None:
+        """Flush what we wrote and close; the session ends with `exc` (None = clean)."""
+        t = self.transport
+        self._finish(exc)
+        if t is not None:
+            t.close()
+
+    def _abort(self, exc: BaseException | None) -> None:
+        t = self.transport
+        self._finish(exc)
+        if t is not None:
+            t.abort()
+
+    def _finish(self, exc: BaseException | None) -> None:
+        """End the session once: stop timers, tell subclasses, resolve `closed`."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+            self._idle_handle = None
+        self._output_listeners.clear()
+        try:
+            self._ended(exc)
+        finally:
+            if not self.closed.done():
+                self.closed.set_result(exc)
+            t = self.transport
+            if t is not None and not t.is_closing():
+                t.close()
+
+    def _ended(self, exc: BaseException | None) -> None:
+        """Hook: the session ended (streams/channels learn it here)."""
+
+    async def wait_closed(self) -> BaseException | None:
+        """Wait until the session ended; returns what ended it (None = clean), never raises."""
+        return await asyncio.shield(self.closed)
+
+    @property
+    def is_closing(self) -> bool:
+        return self._closing

@@ -1,0 +1,282 @@
+"""TCP socket <-> SPDY stream / WS port channel pump: zero-copy, half-close, backpressure.
+
+Local -> remote: the socket reads (BufferedProtocol) into a buffer with `header_room` bytes
+reserved in front, so the stream packs its frame header(s) in place and sends header + payload
+in ONE write without copying. A buffer is reused only after the upgraded transport drained
+(uvloop holds written memoryviews until sent); otherwise a fresh one is taken.
+
+Remote -> local: the session hands us memoryviews into its receive buffer; we write them to
+the socket transport as they are. The session releases its buffer only when `drained()`.
+
+Backpressure (SPDY has no flow control): the socket transport's pause_writing pauses reading
+of the whole upgraded connection; the upgraded transport's pause_writing pauses every local
+reader. Both resume on drain, so memory stays bounded by the high-water marks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+RST_CANCEL = 5
+LOCAL_HIGH = 1 << 20  # socket write buffer above which the upgraded connection stops reading
+LOCAL_LOW = 256 << 10
+DEFAULT_READ_SIZE = 256 * 1024
+
+
+@dataclass
+class RelayResult:
+    sent: int = 0  # bytes local -> remote
+    received: int = 0  # bytes remote -> local
+    local_eof: bool = False  # the local socket sent EOF
+    remote_eof: bool = False  # the remote side sent FIN
+    reset: int | None = None  # RST_STREAM status received, if any
+    error: str | None = None  # local socket / connection error text, if any
+
+
+class _Relay(asyncio.BufferedProtocol):
+    """The local socket's protocol, the pipe's sink and the session's output listener."""
+
+    def __init__(self, pipe: Any, read_size: int) -> None:
+        self.pipe = pipe
+        self.session = pipe.session
+        self.loop = asyncio.get_running_loop()
+        self.transport: Any = None
+        self.result = RelayResult()
+        self.done: asyncio.Future[None] = self.loop.create_future()
+        self.room = pipe.header_room
+        self.read_size = max(1024, min(read_size, pipe.max_payload))
+        self.buf = bytearray(self.room + self.read_size)
+        self.view = memoryview(self.buf)
+        self.local_done = False  # local -> remote direction ended
+        self.remote_done = False  # remote -> local direction ended
+        self.closed = False
+        self._reading_paused = False
+        self._outstanding = False  # self.buf handed to the upgraded transport, maybe unsent
+
+    # -- local socket protocol -----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=LOCAL_HIGH, low=LOCAL_LOW)  # type: ignore[attr-defined]
+        self.session.add_output_listener(self)
+        if self.session.output_paused:
+            self.pause_output()
+        self.pipe.set_sink(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._outstanding and not self.session.output_drained():
+            # The transport may still hold the previous buffer: take a fresh one. Bounded,
+            # since local reads pause once the upgraded transport passes its high-water mark.
+            self.buf = bytearray(self.room + self.read_size)
+            self.view = memoryview(self.buf)
+        self._outstanding = False
+        return self.view[self.room:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.local_done:
+            return
+        try:
+            self.pipe.send_inplace(self.buf, self.room, nbytes)
+        except Exception as exc:  # session gone under us
+            self._local_error(exc)
+            return
+        self._outstanding = True
+        self.result.sent += nbytes
+
+    def eof_received(self) -> bool:
+        self.result.local_eof = True
+        if not self.local_done:
+            self.local_done = True
+            with contextlib.suppress(Exception):
+                self.pipe.write_eof()
+        if self.pipe.eof_ends_both:
+            self.remote_done = True
+        self._maybe_finish()
+        return True  # keep the write side open: the other direction may still flow
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.session.remove_output_listener(self)
+        self.session.resume_input(self)
+        if not (self.local_done and self.remote_done):
+            if exc is not None and self.result.error is None:
+                self.result.error = _err_text(exc)
+            if not self.pipe_closed():
+                with contextlib.suppress(Exception):
+                    self.pipe.reset(RST_CANCEL)
+        self.local_done = self.remote_done = True
+        self.pipe.set_sink(None)
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def pause_writing(self) -> None:
+        # The local peer reads slower than the remote sends: stop reading the upgraded conn.
+        self.session.pause_input(self)
+
+    def resume_writing(self) -> None:
+        self.session.resume_input(self)
+
+    # -- output listener (the upgraded transport is full / drained) ----------------------------
+    def pause_output(self) -> None:
+        if not self._reading_paused and self.transport is not None and not self.closed:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_output(self) -> None:
+        if self._reading_paused and self.transport is not None and not self.closed:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    # -- sink (data from the remote side) ------------------------------------------------------
+    def data_received(self, view: memoryview) -> None:
+        if self.closed or self.remote_done:
+            return
+        self.result.received += len(view)
+        self.transport.write(view)
+
+    def eof_received_remote(self) -> None:
+        self.result.remote_eof = True
+        if self.remote_done:
+            return
+        self.remote_done = True
+        if not self.closed:
+            try:
+                if self.transport.can_write_eof():
+                    self.transport.write_eof()  # flushes first, then shutdown(SHUT_WR)
+            except (OSError, RuntimeError):
+                pass
+        self._maybe_finish()
+
+    def reset_received(self, status: int) -> None:
+        self.result.reset = status
+        self.remote_done = self.local_done = True
+        if not self.closed:
+            self.transport.abort()
+
+    def session_lost(self, exc: BaseException | None) -> None:
+        if exc is not None and self.result.error is None and not (self.local_done and self.remote_done):
+            self.result.error = _err_text(exc)
+        if not self.remote_done:
+            self.remote_done = True
+            self.local_done = True
+            if not self.closed:
+                if exc is None:
+                    self.transport.close()  # graceful end of a channel session: flush
+                else:
+                    self.transport.abort()
+        else:
+            self.local_done = True
+            self._maybe_finish()
+
+    def drained(self) -> bool:
+        t = self.transport
+        return t is None or self.closed or t.get_write_buffer_size() == 0
+
+    # -- helpers -------------------------------------------------------------------------------
+    def pipe_closed(self) -> bool:
+        return bool(getattr(self.pipe, "local_closed", False) and getattr(self.pipe, "remote_closed", False))
+
+    def _local_error(self, exc: BaseException) -> None:
+        if self.result.error is None:
+            self.result.error = _err_text(exc)
+        self.local_done = True
+        if not self.closed:
+            self.transport.abort()
+
+    def _maybe_finish(self) -> None:
+        if self.local_done and self.remote_done and not self.closed:
+            self.transport.close()
+
+
+class _SinkAdapter:
+    """Gives the pipe the Sink method names without clashing with the protocol's own
+    eof_received/connection_lost (which mean the *local* socket there)."""
+
+    __slots__ = ("r", "data_received", "drained")
+
+    def __init__(self, relay: _Relay) -> None:
+        self.r = relay
+        self.data_received = relay.data_received
+        self.drained = relay.drained
+
+    def eof_received(self) -> None:
+        self.r.eof_received_remote()
+
+    def reset_received(self, status: int) -> None:
+        self.r.reset_received(status)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.r.session_lost(exc)
+
+
+def _err_text(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+async def relay(stream_or_channel: Any, sock: socket.socket, *, read_size: int = DEFAULT_READ_SIZE) -> RelayResult:
+    """Copy both ways between `sock` (a connected TCP socket; the relay owns and closes it)
+    and a SpdyStream / PortChannel until both directions ended. Local EOF -> DATA FIN;
+    remote FIN -> shutdown(SHUT_WR) on `sock`; the other direction keeps flowing. RST from the
+    peer or connection loss aborts the socket; a local error resets the stream (CANCEL).
+    Pauses the faster side at high-water marks so memory stays bounded. Never raises on
+    peer/socket errors: they are reported in the result. Cancelling it aborts the socket
+    and resets the stream."""
+    loop = asyncio.get_running_loop()
+    proto = _Relay(stream_or_channel, read_size)
+    sink = _SinkAdapter(proto)
+    # connection_made calls pipe.set_sink(self); route it through the adapter instead.
+    proto.pipe = _PipeProxy(stream_or_channel, sink)
+    sock.setblocking(False)
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        await loop.connect_accepted_socket(lambda: proto, sock)
+    except OSError as exc:
+        sock.close()
+        stream_or_channel.reset(RST_CANCEL)
+        return RelayResult(error=_err_text(exc))
+    try:
+        await asyncio.shield(proto.done)
+    except asyncio.CancelledError:
+        if proto.transport is not None and not proto.closed:
+            proto.transport.abort()
+        with contextlib.suppress(Exception):
+            stream_or_channel.reset(RST_CANCEL)
+        raise
+    return proto.result
+
+
+class _PipeProxy:
+    """The pipe as the relay sees it: set_sink() installs the adapter."""
+
+    __slots__ = (
+        "_pipe", "_sink", "session", "header_room", "max_payload", "send_inplace", "write_eof", "reset",
+        "eof_ends_both",
+    )
+
+    def __init__(self, pipe: Any, sink: _SinkAdapter) -> None:
+        self._pipe = pipe
+        self._sink = sink
+        self.session = pipe.session
+        self.header_room = pipe.header_room
+        self.max_payload = pipe.max_payload
+        self.send_inplace = pipe.send_inplace
+        self.write_eof = pipe.write_eof
+        self.reset = pipe.reset
+        self.eof_ends_both = bool(getattr(pipe, "eof_ends_both", False))
+
+    def set_sink(self, sink: Any) -> None:
+        self._pipe.set_sink(self._sink if sink is not None else None)
+
+    @property
+    def local_closed(self) -> bool:
+        return bool(getattr(self._pipe, "local_closed", False))
+
+    @property
+    def remote_closed(self) -> bool:
+        return bool(getattr(self._pipe, "remote_closed", False))

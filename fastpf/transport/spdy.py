@@ -1,0 +1,609 @@
+"""SPDY/3 session over an upgraded connection (PROTOCOL.md 4), raw or tunnelled in WebSocket
+binary messages (6.2), both roles.
+
+Reads land in the decoder's buffer (BufferedProtocol). DATA payloads are memoryviews into that
+buffer and go straight to a stream's sink (the relay's socket transport); the decoder is
+released only when every sink that got a view has drained. Writes are synchronous on one
+transport, so frames leave in call order (SYN_REPLY before DATA). Each DATA frame is one
+gather write (raw) or one WS message (tunnel).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from fastpf import _frames as F
+from fastpf.errors import (
+    FastpfError,
+    ProtocolError,
+    SpdySessionError,
+    SpdyStreamError,
+    WebSocketError,
+)
+from fastpf.transport._base import WS_HEADER_ROOM, Sink, UpgradedProtocol
+
+RST_PROTOCOL_ERROR = 1
+RST_INVALID_STREAM = 2
+RST_REFUSED_STREAM = 3
+RST_CANCEL = 5
+RST_STREAM_IN_USE = 8
+
+DEFAULT_MAX_DATA = 256 * 1024
+STREAM_BUFFER_LIMIT = 1 << 20  # unread bytes of a sink-less stream before input pauses
+
+
+class StreamResetError(FastpfError):
+    """The peer reset the stream (kubectl: "Stream reset")."""
+
+    def __init__(self, message: str = "Stream reset", status: int = RST_CANCEL) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class StreamTimeoutError(FastpfError, TimeoutError):
+    """No SYN_REPLY in time (kubectl: "Timeout occurred")."""
+
+    def __init__(self, message: str = "Timeout occurred") -> None:
+        super().__init__(message)
+
+
+class SessionClosedError(FastpfError, ConnectionError):
+    """The SPDY connection ended (GOAWAY, TCP close, protocol error)."""
+
+
+class SpdyStream:
+    """One SPDY stream. Created by `SpdyConnection.open_stream` (client) or handed to the
+    connection's `on_stream` callback (server; reply() or reset() it).
+
+    Received data goes to the sink set by `set_sink` (the relay); without a sink it is
+    buffered (copied) for `read()` / `read_all()`.
+    """
+
+    def __init__(self, conn: SpdyConnection, stream_id: int, headers: dict[str, str], local: bool) -> None:
+        self.connection = conn
+        self.session = conn  # relay contract
+        self.stream_id = stream_id
+        self.headers = headers
+        self.local = local  # opened by us
+        self.replied = local  # SYN_REPLY state: ours to send (remote streams) or to wait for
+        self.local_closed = False  # we sent FIN or RST
+        self.remote_closed = False  # peer sent FIN or RST, or the connection ended
+        self.reset_status: int | None = None  # RST received
+        self.error: BaseException | None = None  # connection loss
+        self.sent = 0
+        self.received = 0
+        self._sink: Sink | None = None
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._reply_waiter: asyncio.Future[None] | None = None
+
+    # relay contract
+    @property
+    def header_room(self) -> int:
+        return 8 + (WS_HEADER_ROOM if self.connection.ws else 0)
+
+    @property
+    def max_payload(self) -> int:
+        return self.connection.max_data
+
+    def __repr__(self) -> str:
+        return f"<SpdyStream {self.stream_id} {self.headers}>"
+
+    # -- sending -------------------------------------------------------------------------------
+    def reply(self) -> None:
+        """Send SYN_REPLY (server side; empty header block, as kubelet). Idempotent."""
+        if self.replied or self.local_closed:
+            return
+        self.replied = True
+        self.connection._write(self.connection._enc.syn_reply(self.stream_id))
+
+    def reset(self, status: int = RST_CANCEL) -> None:
+        """Send RST_STREAM(status) and forget the stream. Idempotent."""
+        conn = self.connection
+        if not (self.local_closed and self.remote_closed):
+            conn._write(conn._enc.rst_stream(self.stream_id, status))
+        self.local_closed = True
+        if not self.remote_closed:
+            self.remote_closed = True
+            self._wake()
+        conn._forget(self)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Send `data` as DATA frame(s) (split at the connection's max DATA size)."""
+        if self.local_closed:
+            raise SessionClosedError("stream closed")
+        if not self.replied:
+            self.reply()
+        conn = self.connection
+        view = memoryview(data).cast("B")
+        step = conn.max_data
+        for pos in range(0, len(view), step):
+            chunk = view[pos:pos + step]
+            conn._write_data(self.stream_id, 0, chunk)
+            self.sent += len(chunk)
+
+    def send_inplace(self, buf: bytearray, start: int, n: int) -> None:
+        """Relay fast path: buf[start:start+n] is the payload and at least `header_room` bytes
+        in front of it are free; the frame header(s) are packed there and sent in ONE write."""
+        if self.local_closed:
+            return
+        if not self.replied:
+            self.reply()
+        conn = self.connection
+        if conn._closing:
+            return
+        conn._touch()
+        F.pack_data_header(buf, start - 8, self.stream_id, 0, n)
+        if conn.ws is None:
+            conn.transport.write(memoryview(buf)[start - 8:start + n])
+        else:
+            conn._write_ws_inplace(buf, start - 8, start + n)
+        self.sent += n
+
+    def write_eof(self) -> None:
+        """Send an empty DATA frame with FIN (half-close our side). Idempotent."""
+        if self.local_closed:
+            return
+        if not self.replied:
+            self.reply()
+        self.local_closed = True
+        self.connection._write_data(self.stream_id, F.FLAG_FIN, b"")
+        if self.remote_closed:
+            self.connection._forget(self)
+
+    # -- receiving -----------------------------------------------------------------------------
+    def set_sink(self, sink: Sink | None) -> None:
+        """Deliver received data to `sink` from now on (buffered data first)."""
+        self._sink = sink
+        if sink is None:
+            return
+        chunks, self._chunks, self._buffered = self._chunks, [], 0
+        self.connection.resume_input(self)
+        for chunk in chunks:
+            sink.data_received(memoryview(chunk))
+        if self.remote_closed:
+            if self.reset_status is not None:
+                sink.reset_received(self.reset_status)
+            elif self.error is not None:
+                sink.connection_lost(self.error)
+            else:
+                sink.eof_received()
+
+    async def read(self) -> bytes:
+        """Next received chunk; b"" at FIN. Raises StreamResetError / SessionClosedError."""
+        for _ in range(2):
+            if self._chunks:
+                chunk = self._chunks.pop(0)
+                self._buffered -= len(chunk)
+                if self._buffered < STREAM_BUFFER_LIMIT:
+                    self.connection.resume_input(self)
+                return chunk
+            if self.remote_closed:
+                self._raise_end()
+                return b""
+            self._waiter = self.connection.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return b""
+
+    async def read_all(self, limit: int = 65536) -> bytes:
+        """Read until the peer's FIN, RST or connection loss; return at most `limit` bytes
+        (an RST or a lost connection ends the text, it does not raise)."""
+        out = bytearray()
+        for _ in range(1 << 30):  # bounded: each pass consumes a chunk or ends
+            try:
+                chunk = await self.read()
+            except (StreamResetError, SessionClosedError):
+                break
+            if not chunk:
+                break
+            if len(out) < limit:
+                out += chunk[: limit - len(out)]
+        return bytes(out)
+
+    def _raise_end(self) -> None:
+        if self.reset_status is not None:
+            raise StreamResetError(status=self.reset_status)
+        if self.error is not None:
+            raise SessionClosedError(str(self.error) or "lost connection")
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _on_data(self, view: memoryview, fin: int) -> None:
+        if self.remote_closed:
+            return  # after FIN/RST: dropped, as spdystream does
+        n = len(view)
+        if n:
+            self.received += n
+            sink = self._sink
+            if sink is not None:
+                sink.data_received(view)
+                self.connection._held.add(sink)
+            else:
+                self._chunks.append(bytes(view))
+                self._buffered += n
+                if self._buffered >= STREAM_BUFFER_LIMIT:
+                    self.connection.pause_input(self)
+                self._wake()
+        if fin:
+            self.remote_closed = True
+            if self._sink is not None:
+                self._sink.eof_received()
+            self._wake()
+            if self.local_closed:
+                self.connection._forget(self)
+
+    def _on_reset(self, status: int) -> None:
+        self.local_closed = True
+        if self.remote_closed:
+            return
+        self.remote_closed = True
+        self.reset_status = status
+        rw = self._reply_waiter
+        if rw is not None and not rw.done():
+            rw.set_exception(StreamResetError(status=status))
+        if self._sink is not None:
+            self._sink.reset_received(status)
+        self._wake()
+
+    def _on_lost(self, exc: BaseException) -> None:
+        rw = self._reply_waiter
+        if rw is not None and not rw.done():
+            rw.set_exception(SessionClosedError(str(exc) or "lost connection"))
+        self.local_closed = True
+        if self.remote_closed:
+            return
+        self.remote_closed = True
+        self.error = exc
+        if self._sink is not None:
+            self._sink.connection_lost(exc)
+        self._wake()
+
+
+class SpdyConnection(UpgradedProtocol):
+    """One upgraded connection speaking SPDY/3.
+
+    client=True: our stream ids and ping ids are odd; we send PINGs every `ping_interval`
+    (None: 5 s raw, 10 s tunnel, like kubectl; 0 disables). tunnel: None (raw SPDY),
+    "ws-server" (we receive masked WS frames and send unmasked) or "ws-client" (the reverse).
+    `idle_timeout` (seconds, server): GOAWAY and close after that long without frames.
+    `on_stream(stream)`: called for each valid SYN_STREAM (server role; reply() or reset()
+    it); without it, peer streams are refused. `max_data`: largest DATA payload we send
+    (<= 16 MiB). `ping_timeout`: close when no PING reply for that long (None: never, as
+    kubectl).
+
+    `closed` is a future whose *result* is None (clean end) or the exception that ended the
+    session; it never raises. `goaway_received` tells whether the peer sent GOAWAY.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: bool,
+        tunnel: str | None = None,
+        ping_interval: float | None = None,
+        idle_timeout: float | None = None,
+        max_data: int = DEFAULT_MAX_DATA,
+        on_stream: Callable[[SpdyStream], None] | None = None,
+        ping_timeout: float | None = None,
+        write_high: int | None = None,
+        write_low: int | None = None,
+    ) -> None:
+        ws = {None: None, "ws-server": "server", "ws-client": "client"}[tunnel]
+        kwargs: dict[str, Any] = {}
+        if write_high is not None:
+            kwargs["write_high"] = write_high
+        if write_low is not None:
+            kwargs["write_low"] = write_low
+        super().__init__(ws=ws, idle_timeout=idle_timeout, **kwargs)
+        if not 0 < max_data <= F.MAX_DATA_LENGTH:
+            raise ValueError("max_data out of range")
+        self.client = client
+        self.tunnel = tunnel
+        self.max_data = max_data
+        self.on_stream = on_stream
+        if ping_interval is None:
+            ping_interval = (10.0 if tunnel else 5.0) if client else 0.0
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.streams: dict[int, SpdyStream] = {}
+        self._enc = F.SpdyEncoder()
+        self._dec = F.SpdyDecoder()
+        self._wsdec = F.WsDecoder(expect_masked=(ws == "server")) if ws else None
+        self._held: set[Sink] = set()
+        self._next_id = 1 if client else 2
+        self._next_ping = 1 if client else 2
+        self._parity = 1 if client else 0
+        self._last_remote_id = 0
+        self._ping_handle: asyncio.TimerHandle | None = None
+        self._ping_outstanding: dict[int, float] = {}
+        self.last_ping_rtt: float | None = None
+        self.goaway_received = False
+        self._going_away = False
+
+    # -- setup ---------------------------------------------------------------------------------
+    def _attached(self) -> None:
+        if self.ping_interval and self.ping_interval > 0:
+            self._ping_handle = self.loop.call_later(self.ping_interval, self._ping_tick)
+
+    def _feed(self, data: bytes) -> None:
+        if self._wsdec is not None:
+            self._wsdec.feed(data)
+            self._drain_ws()
+        else:
+            self._dec.feed(data)
+            self._drain_spdy()
+
+    # -- reading -------------------------------------------------------------------------------
+    def _maybe_release(self) -> None:
+        held = self._held
+        if held:
+            for sink in held:
+                if not sink.drained():
+                    return
+            held.clear()
+        self._dec.release()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._wsdec is not None:
+            return self._wsdec.get_buffer(sizehint)
+        self._maybe_release()
+        return self._dec.get_buffer(sizehint)
+
+    def _on_data(self, nbytes: int) -> None:
+        if self._wsdec is not None:
+            self._wsdec.buffer_updated(nbytes)
+            self._drain_ws()
+        else:
+            self._dec.buffer_updated(nbytes)
+            self._drain_spdy()
+
+    def _drain_ws(self) -> None:
+        ws = self._wsdec
+        assert ws is not None
+        self._maybe_release()
+        try:
+            for _ in range(1 << 30):
+                if self._closing:
+                    return
+                frame = ws.next_frame()
+                if frame is None:
+                    if ws.error is not None:
+                        self._ws_protocol_error(ws.error)
+                    return
+                op = frame.opcode
+                if op == F.WS_CONT:
+                    op = frame.message_opcode
+                if op == F.WS_BINARY:
+                    if len(frame.payload):
+                        self._dec.feed(frame.payload)
+                        self._drain_spdy()
+                elif op == F.WS_TEXT:
+                    # kubectl: "invalid message type received"
+                    self._ws_protocol_error(WebSocketError("invalid message type received", close_code=1003))
+                    return
+                elif not self._handle_ws_control(frame):
+                    return
+        finally:
+            if not self._closing:
+                ws.release()  # every binary payload was copied into the SPDY decoder
+
+    def _drain_spdy(self) -> None:
+        dec = self._dec
+        for _ in range(1 << 30):  # bounded by the bytes received
+            if self._closing:
+                return
+            try:
+                frame = dec.next_frame()
+            except SpdyStreamError as exc:
+                self._write(self._enc.rst_stream(exc.stream_id, exc.rst_status))
+                continue
+            except ProtocolError as exc:
+                self._spdy_protocol_error(exc)
+                return
+            if frame is None:
+                if dec.error is not None:
+                    self._spdy_protocol_error(dec.error)
+                return
+            ftype = frame.type
+            if ftype == F.DATA:
+                stream = self.streams.get(frame.stream_id)
+                if stream is not None:
+                    stream._on_data(frame.payload, frame.flags & F.FLAG_FIN)
+                # unknown stream: dropped (spdystream logs and ignores)
+            elif ftype == F.SYN_STREAM:
+                self._on_syn_stream(frame)
+            elif ftype == F.SYN_REPLY:
+                stream = self.streams.get(frame.stream_id)
+                if stream is not None and stream._reply_waiter is not None:
+                    if not stream._reply_waiter.done():
+                        stream._reply_waiter.set_result(None)
+                    if frame.flags & F.FLAG_FIN:
+                        stream._on_data(memoryview(b""), 1)
+            elif ftype == F.RST_STREAM:
+                stream = self.streams.get(frame.stream_id)
+                if stream is not None:
+                    stream._on_reset(frame.status)
+                    self._forget(stream)
+            elif ftype == F.PING:
+                self._on_ping(frame.ping_id)
+            elif ftype == F.GOAWAY:
+                self.goaway_received = True
+                # spdystream stops reading at once and closes the session
+                self._close_transport(None)
+                return
+            # SETTINGS, WINDOW_UPDATE, HEADERS: parsed and ignored (no flow control)
+
+    def _on_syn_stream(self, frame: Any) -> None:
+        sid = frame.stream_id
+        if sid <= self._last_remote_id:
+            self._write(self._enc.rst_stream(sid, RST_PROTOCOL_ERROR))
+            return
+        self._last_remote_id = sid
+        if self._going_away or self.on_stream is None:
+            self._write(self._enc.rst_stream(sid, RST_REFUSED_STREAM))
+            return
+        stream = SpdyStream(self, sid, dict(frame.headers or {}), local=False)
+        self.streams[sid] = stream
+        if frame.flags & F.FLAG_FIN:
+            stream.remote_closed = True
+        if frame.flags & F.FLAG_UNIDIRECTIONAL:
+            stream.local_closed = True
+        try:
+            self.on_stream(stream)
+        except Exception:
+            stream.reset(RST_CANCEL)
+
+    def _on_ping(self, ping_id: int) -> None:
+        if ping_id & 1 != self._parity:
+            self._write(self._enc.ping(ping_id))  # the peer's ping: echo it
+            return
+        sent = self._ping_outstanding.pop(ping_id, None)
+        if sent is not None:
+            self.last_ping_rtt = self.loop.time() - sent
+
+    # -- errors --------------------------------------------------------------------------------
+    def _spdy_protocol_error(self, exc: BaseException) -> None:
+        status = getattr(exc, "goaway_status", F.GOAWAY_PROTOCOL_ERROR)
+        self._write(self._enc.goaway(self._last_remote_id, status))
+        if self.ws is not None:
+            self._send_ws_close(1002)
+        self._close_transport(exc)
+
+    def _ws_protocol_error(self, exc: BaseException) -> None:
+        self._send_ws_close(getattr(exc, "close_code", 1002))
+        self._close_transport(exc)
+
+    def _internal_error(self, exc: BaseException) -> None:
+        try:
+            self._write(self._enc.goaway(self._last_remote_id, F.GOAWAY_INTERNAL_ERROR))
+            if self.ws is not None:
+                self._send_ws_close(1011)
+        except Exception:
+            pass
+        self._close_transport(exc)
+
+    # -- writing -------------------------------------------------------------------------------
+    def _write_data(self, stream_id: int, flags: int, payload: bytes | memoryview) -> None:
+        """One DATA frame: a single gather write (raw) or a single WS message (tunnel)."""
+        if self._closing or self.transport is None:
+            return
+        self._touch()
+        n = len(payload)
+        header = F.data_header(stream_id, flags, n)
+        if self.ws is None:
+            if n:
+                self.transport.writelines([header, payload])
+            else:
+                self.transport.write(header)
+        else:
+            self._write_ws_parts([header, payload] if n else [header], 8 + n)
+
+    def _forget(self, stream: SpdyStream) -> None:
+        if self.streams.get(stream.stream_id) is stream:
+            del self.streams[stream.stream_id]
+
+    # -- public API ----------------------------------------------------------------------------
+    async def open_stream(self, headers: dict[str, str], timeout: float = 30.0) -> SpdyStream:
+        """SYN_STREAM with `headers`; wait for SYN_REPLY. Raises StreamTimeoutError
+        ("Timeout occurred"; a TimeoutError), StreamResetError ("Stream reset") or
+        SessionClosedError (a ConnectionError)."""
+        if self._closing or self._going_away:
+            raise SessionClosedError("connection closed")
+        sid = self._next_id
+        if sid > 0x7FFFFFFF:
+            raise SessionClosedError("stream ids exhausted")
+        self._next_id += 2
+        hdrs = {k.lower(): str(v) for k, v in headers.items()}
+        stream = SpdyStream(self, sid, hdrs, local=True)
+        stream._reply_waiter = self.loop.create_future()
+        self.streams[sid] = stream
+        self._write(self._enc.syn_stream(sid, hdrs))
+        try:
+            await asyncio.wait_for(asyncio.shield(stream._reply_waiter), timeout)
+        except asyncio.TimeoutError:
+            stream.reset(RST_CANCEL)
+            raise StreamTimeoutError() from None
+        except (StreamResetError, SessionClosedError):
+            self._forget(stream)
+            raise
+        finally:
+            w = stream._reply_waiter
+            if w is not None and w.done() and not w.cancelled():
+                w.exception()  # mark retrieved
+            stream._reply_waiter = None
+        return stream
+
+    def ping(self) -> int:
+        """Send one PING now; returns its id."""
+        pid = self._next_ping
+        self._next_ping = pid + 2 if pid + 2 <= 0xFFFFFFFF else (1 if self.client else 2)
+        self._ping_outstanding[pid] = self.loop.time()
+        self._write(self._enc.ping(pid))
+        return pid
+
+    def _ping_tick(self) -> None:
+        self._ping_handle = None
+        if self._closing:
+            return
+        if self.ping_timeout and self._ping_outstanding:
+            oldest = min(self._ping_outstanding.values())
+            if self.loop.time() - oldest > self.ping_timeout:
+                self._abort(TimeoutError("ping timeout"))
+                return
+        if len(self._ping_outstanding) > 64:  # peer never answers: do not grow
+            self._ping_outstanding.clear()
+        self._safe(self.ping)
+        self._ping_handle = self.loop.call_later(self.ping_interval, self._ping_tick)
+
+    def goaway(self, status: int = 0, ws_close_code: int = 1000) -> None:
+        """Send GOAWAY(last good id, status) (tunnel: then WS close) and close the connection."""
+        if self._closing:
+            return
+        self._going_away = True
+        self._write(self._enc.goaway(self._last_remote_id, status))
+        if self.ws is not None:
+            self._send_ws_close(ws_close_code)
+        self._close_transport(None)
+
+    def close(self) -> None:
+        """Close without GOAWAY (flushes what was written)."""
+        self._close_transport(None)
+
+    def abort(self) -> None:
+        self._abort(None)
+
+    def _on_idle(self) -> None:
+        self.goaway(F.GOAWAY_OK)
+
+    def _peer_closed_ws(self, code: int | None) -> None:
+        self._close_transport(None if code in (None, 1000, 1001) else ConnectionResetError(f"websocket closed ({code})"))
+
+    def _ended(self, exc: BaseException | None) -> None:
+        if self._ping_handle is not None:
+            self._ping_handle.cancel()
+            self._ping_handle = None
+        lost = exc if exc is not None else SessionClosedError("lost connection to pod")
+        for stream in list(self.streams.values()):
+            stream._on_lost(lost)
+        self.streams.clear()
+        self._held.clear()
+
+
+__all__ = [
+    "RST_CANCEL",
+    "SessionClosedError",
+    "SpdyConnection",
+    "SpdySessionError",
+    "SpdyStream",
+    "StreamResetError",
+    "StreamTimeoutError",
+]

@@ -1,0 +1,226 @@
+"""Client role: dial the API server, send the port-forward upgrade exactly as kubectl does
+(PROTOCOL.md 3.1, 3.2, 6.1), check the 101 and hand back a live connection.
+
+The request head is written and the answer parsed by h11; after the 101 the transport is
+handed to a SpdyConnection / ChannelConnection with whatever bytes followed the head.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from typing import Any
+from urllib.parse import quote
+
+import h11
+
+from fastpf.errors import HandshakeError
+from fastpf.transport import handshake
+from fastpf.transport.channel import ChannelConnection
+from fastpf.transport.spdy import DEFAULT_MAX_DATA, SpdyConnection
+from fastpf.types import ApiDialer
+
+PROTOCOLS = ("websocket", "spdy", "ws-channel")  # "auto" = websocket, then spdy on failure
+
+Connection = SpdyConnection | ChannelConnection
+
+MAX_ERROR_BODY = 64 << 10
+
+
+class UpgradeRefusedError(HandshakeError):
+    """The upgrade was refused; `fallback` says whether kubectl would retry with SPDY."""
+
+    def __init__(self, message: str = "", status: int | None = None, fallback: bool = False) -> None:
+        super().__init__(message, status)
+        self.fallback = fallback
+
+
+class _Handshake(asyncio.Protocol):
+    """Reads the answer to the upgrade request with h11 (bounded body)."""
+
+    def __init__(self, conn: h11.Connection) -> None:
+        self.h11 = conn
+        self.transport: Any = None
+        self.done: asyncio.Future[tuple[Any, bytes, bytes]] = asyncio.get_running_loop().create_future()
+        self.head: Any = None
+        self.body = bytearray()
+        self.extra = bytearray()  # bytes after the 101 head
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.done.done():
+            self.extra += data  # arrived after the 101, before the takeover
+            return
+        self.h11.receive_data(data)
+        self._pump()
+
+    def eof_received(self) -> bool:
+        if not self.done.done():
+            self.h11.receive_data(b"")
+            self._pump()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            if self.head is not None:
+                self.done.set_result((self.head, bytes(self.body), b""))
+            else:
+                self.done.set_exception(
+                    ConnectionResetError("connection closed before the upgrade answer")
+                    if exc is None else exc
+                )
+
+    def _pump(self) -> None:
+        try:
+            for _ in range(10000):
+                event = self.h11.next_event()
+                if event is h11.NEED_DATA:
+                    return
+                if isinstance(event, h11.InformationalResponse):
+                    if event.status_code == 101:
+                        self.transport.pause_reading()
+                        trailing, _closed = self.h11.trailing_data
+                        self.done.set_result((event, b"", bytes(trailing)))
+                        return
+                    continue  # 100 Continue and friends
+                if isinstance(event, h11.Response):
+                    self.head = event
+                elif isinstance(event, h11.Data):
+                    if len(self.body) < MAX_ERROR_BODY:
+                        self.body += event.data[: MAX_ERROR_BODY - len(self.body)]
+                elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)) or event is h11.PAUSED:
+                    if self.head is not None:
+                        self.done.set_result((self.head, bytes(self.body), b""))
+                    else:
+                        self.done.set_exception(ConnectionResetError("connection closed before the upgrade answer"))
+                    return
+        except h11.RemoteProtocolError as exc:
+            if not self.done.done():
+                self.done.set_exception(HandshakeError(f"error upgrading connection: {exc}", None))
+
+
+def _host_header(dialer: ApiDialer) -> str:
+    host = dialer.server_hostname or dialer.host
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    default = 443 if dialer.ssl is not None else 80
+    return host if dialer.port == default else f"{host}:{dialer.port}"
+
+
+async def _open(dialer: ApiDialer, proto: _Handshake, timeout: float) -> asyncio.BaseTransport:
+    loop = asyncio.get_running_loop()
+    ssl_kwargs: dict[str, Any] = {}
+    if dialer.ssl is not None:
+        ssl_kwargs = {"ssl": dialer.ssl, "server_hostname": dialer.server_hostname or dialer.host}
+    if dialer.open_socket is not None:
+        sock = await asyncio.wait_for(dialer.open_socket(), timeout)
+        transport, _ = await asyncio.wait_for(loop.create_connection(lambda: proto, sock=sock, **ssl_kwargs), timeout)
+    else:
+        transport, _ = await asyncio.wait_for(
+            loop.create_connection(lambda: proto, dialer.host, dialer.port, **ssl_kwargs), timeout
+        )
+    sock_obj = transport.get_extra_info("socket")
+    if sock_obj is not None:
+        with contextlib.suppress(OSError):
+            sock_obj.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return transport
+
+
+def _full_path(dialer: ApiDialer, path: str, ports: list[int] | None) -> str:
+    full = dialer.base_path.rstrip("/") + path if dialer.base_path else path
+    if ports:
+        sep = "&" if "?" in full else "?"
+        full += sep + "ports=" + quote(",".join(str(p) for p in ports), safe=",")
+    return full
+
+
+async def _upgrade_once(
+    dialer: ApiDialer, path: str, protocol: str, ports: list[int], ping_interval: float | None,
+    timeout: float, max_data: int,
+) -> Connection:
+    host = _host_header(dialer)
+    extra = [(k, v) for k, v in dialer.headers if k.lower() not in ("host", "connection", "upgrade")]
+    key = ""
+    offered: list[str] = []
+    if protocol == "spdy":
+        conn, request = handshake.spdy_request(host, _full_path(dialer, path, None), extra)
+    elif protocol == "websocket":
+        offered = [handshake.TUNNEL_PROTOCOL]
+        conn, request, key = handshake.websocket_request(host, _full_path(dialer, path, None), offered, extra)
+    elif protocol == "ws-channel":
+        offered = [handshake.CHANNEL_V4]
+        conn, request, key = handshake.websocket_request(host, _full_path(dialer, path, ports), offered, extra)
+    else:
+        raise ValueError(f"unknown protocol {protocol!r} (expected one of {PROTOCOLS} or 'auto')")
+    proto = _Handshake(conn)
+    transport = await _open(dialer, proto, timeout)
+    try:
+        transport.write(request)  # type: ignore[attr-defined]
+        head, body, trailing = await asyncio.wait_for(asyncio.shield(proto.done), timeout)
+    except BaseException:
+        transport.abort()  # type: ignore[attr-defined]
+        raise
+    if protocol == "spdy":
+        check = handshake.check_spdy_response(head, body)
+    else:
+        check = handshake.check_websocket_response(head, key, offered, body)
+    if not check.ok:
+        transport.close()
+        raise UpgradeRefusedError(check.message, check.status, check.fallback)
+    initial = trailing + bytes(proto.extra)
+    session: Connection
+    if protocol == "ws-channel":
+        session = ChannelConnection(client=True, ports=ports, max_data=max_data)
+    else:
+        session = SpdyConnection(
+            client=True,
+            tunnel="ws-client" if protocol == "websocket" else None,
+            ping_interval=ping_interval,
+            max_data=max_data,
+        )
+    session.attach(transport, initial)
+    return session
+
+
+async def connect(
+    dialer: ApiDialer,
+    path: str,
+    protocol: str,
+    ports: list[int],
+    *,
+    ping_interval: float | None = None,
+    timeout: float = 30.0,
+    max_data: int = DEFAULT_MAX_DATA,
+) -> Connection:
+    """Open one upgraded port-forward connection.
+
+    `path` is ".../pods/NAME/portforward" (or any raw path; `dialer.base_path` is prefixed).
+    `protocol`: "spdy" (POST + Upgrade: SPDY/3.1), "websocket" (GET, SPDY tunnelled in WS
+    `SPDY/3.1+portforward.k8s.io`), "ws-channel" (GET `v4.channel.k8s.io` with `?ports=`; uses
+    `ports`), or "auto" (websocket, then spdy on any non-101 or wrong subprotocol, on a new
+    connection, as kubectl 1.31+).
+    `ping_interval` defaults to 5 s (spdy) / 10 s (websocket tunnel); 0 disables pings.
+    `max_data`: largest DATA frame payload we send (kubectl sends 32 KiB).
+    Returns a SpdyConnection (spdy/websocket) or a ChannelConnection (ws-channel; `await
+    conn.ready()` for the port announcements). The `protocol` actually used is in
+    `conn.negotiated` ("spdy", "websocket", "ws-channel").
+    Raises HandshakeError (UpgradeRefusedError) with kubectl's text ("error upgrading
+    connection: <Status.message>", "error upgrading connection: unable to upgrade connection:
+    <body>", "unable to negotiate protocol: client supports \"portforward.k8s.io\", server
+    returned \"\"") and OSError / TimeoutError for dial failures.
+    """
+    if protocol == "auto":
+        try:
+            session = await _upgrade_once(dialer, path, "websocket", ports, ping_interval, timeout, max_data)
+            session.negotiated = "websocket"  # type: ignore[union-attr]
+            return session
+        except UpgradeRefusedError as exc:
+            if not exc.fallback:
+                raise
+        protocol = "spdy"
+    session = await _upgrade_once(dialer, path, protocol, ports, ping_interval, timeout, max_data)
+    session.negotiated = protocol  # type: ignore[union-attr]
+    return session

@@ -1,0 +1,172 @@
+"""Quick check of the benchmark harness logic (bench/loadgen.py, bench/procs.py, bench/report.py):
+the load generators run against the target directly and verify every byte; a corrupting relay
+is caught; the report renders. No timed assertions; the whole file takes a few seconds."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+
+import loadgen  # noqa: E402
+import procs  # noqa: E402
+import report  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def target_port():
+    """The benchmark target in its own process, as the harness runs it; killed by PID."""
+    p = subprocess.Popen([sys.executable, str(BENCH / "loadgen.py"), "target"], stdout=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    try:
+        line = p.stdout.readline() if p.stdout else ""
+        assert line.startswith("PORT "), line
+        yield int(line.split()[1])
+    finally:
+        p.kill()
+        p.wait(timeout=10)
+        if p.stdout:
+            p.stdout.close()
+
+
+def test_record_reader_accepts_any_split() -> None:
+    stream = bytearray()
+    off = 0
+    for size in (5, 1 << 20, 3):
+        stream += loadgen.record_header(size)
+        stream += loadgen.PATTERN[off % loadgen.PERIOD:][:size]
+        off += size
+    stream += loadgen._END.pack(0, off)
+    for step in (1, 7, 4096, len(stream)):
+        r = loadgen.RecordReader()
+        for i in range(0, len(stream), step):
+            r.feed(memoryview(stream)[i:i + step])
+        assert r.ok, step
+
+
+def test_record_reader_detects_corruption_truncation_and_trailing() -> None:
+    good = loadgen.record_header(1000) + loadgen.PATTERN[:1000] + loadgen._END.pack(0, 1000)
+    bad = bytearray(good)
+    bad[500] ^= 1
+    r = loadgen.RecordReader()
+    r.feed(bytes(bad))
+    assert r.done and r.corrupt and not r.ok
+    r = loadgen.RecordReader()
+    r.feed(good[:-20])
+    assert not r.done and not r.ok
+    r = loadgen.RecordReader()
+    r.feed(loadgen.record_header(1000) + loadgen.PATTERN[:1000] + loadgen._END.pack(0, 999))
+    assert not r.ok  # announced total disagrees
+    r = loadgen.RecordReader()
+    r.feed(good + b"x")
+    assert not r.ok and r.extra == 1
+
+
+@pytest.mark.parametrize("direction", ["down", "up"])
+@pytest.mark.parametrize("conns", [1, 4])
+def test_bulk_direct_verifies(target_port: int, direction: str, conns: int) -> None:
+    r = loadgen.run(loadgen.bulk("127.0.0.1", target_port, direction, conns, 0.3))
+    assert r["errors"] == 0, r
+    assert r["bytes"] > 0 and r["MBps"] > 0
+
+
+def test_churn_pingpong_hold_direct(target_port: int) -> None:
+    r = loadgen.run(loadgen.churn("127.0.0.1", target_port, 10, 0.3))
+    assert r["errors"] == 0 and r["conns"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0
+    r = loadgen.pingpong("127.0.0.1", target_port, 0.2)
+    assert r["errors"] == 0 and r["count"] > 0
+
+    async def hold_release() -> tuple[dict, dict]:
+        return await loadgen.hold("127.0.0.1", target_port, 100), await loadgen.release()
+
+    held, released = loadgen.run(hold_release())
+    assert held["open"] == 100 and held["errors"] == 0
+    assert released["closed"] == 100
+
+
+async def _corrupting_relay(dst_port: int, flip_at: int) -> tuple[asyncio.AbstractServer, int]:
+    """A relay that flips one bit of the target->client stream at byte `flip_at`."""
+
+    async def handle(cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        tr, tw = await asyncio.open_connection("127.0.0.1", dst_port)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, flip: bool) -> None:
+            seen = 0
+            for _ in range(1_000_000):  # bounded
+                data = await src.read(65536)
+                if not data:
+                    break
+                if flip and seen <= flip_at < seen + len(data):
+                    b = bytearray(data)
+                    b[flip_at - seen] ^= 0x10
+                    data = bytes(b)
+                seen += len(data)
+                dst.write(data)
+                await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pump(cr, tw, False), pump(tr, cw, True), return_exceptions=True)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def test_corruption_through_relay_is_counted(target_port: int) -> None:
+    async def go() -> dict:
+        server, port = await _corrupting_relay(target_port, flip_at=300_000)
+        async with server:
+            return await loadgen.bulk("127.0.0.1", port, "down", 1, 0.2)
+
+    r = loadgen.run(go())
+    assert r["errors"] == 1 and "corrupt=True" in r["error_samples"][0]
+
+
+def test_proc_measurements_and_registry(tmp_path: Path) -> None:
+    reg = procs.Registry(tmp_path)
+    p = reg.start("spin", [sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<5: pass"])
+    try:
+        time.sleep(0.3)
+        assert procs.cpu_seconds(p.pid) > 0
+        assert procs.vm_kib(p.pid, "VmHWM") > 1000
+        assert procs.peak_rss_kib(p.pid)[1] == "VmHWM"
+    finally:
+        reg.stop_all()
+    assert p.popen.poll() is not None and not reg.procs
+
+
+def test_report_renders_unavailable_rows(tmp_path: Path) -> None:
+    result = {
+        "meta": {"started": "now", "mode": "quick", "durations": {}, "machine": {}},
+        "rows": {
+            "direct": {"label": "direct", "status": "ok", "errors": 0,
+                       "metrics": {"down1_MBps": 1000.0, "churn_per_s": 100.0}},
+            "kubectl-1.33": {"label": "kubectl 1.33", "status": "ok", "errors": 0,
+                             "metrics": {"down1_MBps": 100.0, "up1_MBps": 100.0}},
+            "fastpf-spdy": {"label": "fastpf spdy", "status": "ok", "errors": 0,
+                            "metrics": {"down1_MBps": 400.0, "up1_MBps": 150.0, "churn_per_s": 90.0}},
+            "fastpf-websocket": {"label": "fastpf websocket", "status": "unavailable",
+                                 "reason": "client not written yet"},
+        },
+    }
+    t = {e["target"]: e["by_row"] for e in report.targets(result)}
+    assert t["download 1 conn vs kubectl 1.33"]["fastpf-spdy"]["pass"] is True
+    assert t["upload 1 conn vs kubectl 1.33"]["fastpf-spdy"]["pass"] is False
+    assert t["churn conn/s vs direct"]["fastpf-spdy"]["pass"] is True
+    assert t["download 1 conn vs kubectl 1.33"]["fastpf-websocket"]["pass"] is None
+    md = report.markdown(result)
+    assert "client not written yet" in md and "| fastpf spdy | 400 |" in md
+    report.chart(result, tmp_path / "c.png")
+
+
+def test_free_port_is_bindable() -> None:
+    port = procs.free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))

@@ -1,0 +1,159 @@
+"""Command line, port specs, durations and target resolution helpers (pure functions)."""
+
+from __future__ import annotations
+
+import pytest
+from test_client_support import pod_json
+
+from fastpf.client import resolve as R
+from fastpf.client.args import (
+    PortPair,
+    parse_addresses,
+    parse_args,
+    parse_go_duration,
+    parse_ports,
+    parse_request_timeout,
+)
+from fastpf.client.errors import ClientError, UsageError
+
+
+def test_flags_interleaved_and_forms() -> None:
+    o = parse_args(["-n", "ns1", "pod/x", "--address=0.0.0.0", "5000", "-v=6", "6000:80",
+                    "--insecure-skip-tls-verify", "-q", "--protocol", "spdy", "-sfoo:1"])
+    assert o.namespace == "ns1" and o.addresses == "0.0.0.0" and o.verbosity == 6
+    assert o.target == "pod/x" and o.ports == ["5000", "6000:80"]
+    assert o.insecure_skip_tls_verify is True and o.quiet and o.protocol == "spdy"
+    assert o.server == "foo:1"
+    o = parse_args(["-nfoo", "x", "1", "--", "-2"])
+    assert o.namespace == "foo" and o.ports == ["1", "-2"]
+    assert parse_args(["--insecure-skip-tls-verify=false", "x", "1"]).insecure_skip_tls_verify is False
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["x"], "TYPE/NAME and list of ports are required for port-forward"),
+    ([], "TYPE/NAME and list of ports are required for port-forward"),
+    (["-n"], "flag needs an argument: 'n' in -n"),
+    (["x", "80", "--namespace"], "flag needs an argument: --namespace"),
+    (["x", "80", "--bogus"], "unknown flag: --bogus"),
+    (["x", "-1"], "unknown shorthand flag: '1' in -1"),
+    (["--insecure-skip-tls-verify=foo", "x", "80"],
+     'invalid argument "foo" for "--insecure-skip-tls-verify" flag: strconv.ParseBool: parsing "foo": invalid syntax'),
+    (["--pod-running-timeout=abc", "x", "80"],
+     'invalid argument "abc" for "--pod-running-timeout" flag: time: invalid duration "abc"'),
+    (["-v", "abc", "x", "80"],
+     'invalid argument "abc" for "-v, --v" flag: strconv.ParseInt: parsing "abc": invalid syntax'),
+    (["--pod-running-timeout=-5s", "x", "80"], "--pod-running-timeout must be higher than zero"),
+    (["--request-timeout=abc", "x", "80"],
+     "Invalid timeout value. Timeout must be a single integer in seconds, or an integer followed by a corresponding time unit (e.g. 1s | 2m | 3h)"),
+])
+def test_usage_errors_match_kubectl(argv: list[str], msg: str) -> None:
+    with pytest.raises(UsageError) as ei:
+        parse_args(argv)
+    assert ei.value.line == "error: " + msg
+
+
+def test_durations() -> None:
+    assert parse_go_duration("1m0s") == 60
+    assert parse_go_duration("1.5h") == 5400
+    assert parse_go_duration("300ms") == pytest.approx(0.3)
+    assert parse_go_duration("0") == 0
+    assert parse_go_duration("-5s") == -5
+    for bad in ("abc", "5", "", "5x"):
+        with pytest.raises(ValueError):
+            parse_go_duration(bad)
+    assert parse_request_timeout("5") == 5 and parse_request_timeout("2m") == 120
+
+
+def test_port_specs() -> None:
+    assert parse_ports(["5000", "6000:80", ":81", "0:82"]) == [
+        PortPair(5000, 5000), PortPair(6000, 80), PortPair(0, 81), PortPair(0, 82)]
+    cases = {
+        "70000": "error parsing local port '70000': strconv.ParseUint: parsing \"70000\": value out of range",
+        "a:80": "error parsing local port 'a': strconv.ParseUint: parsing \"a\": invalid syntax",
+        "80:abc": "error parsing remote port 'abc': strconv.ParseUint: parsing \"abc\": invalid syntax",
+        "0": "remote port must be > 0",
+        "5000:0": "remote port must be > 0",
+        "1:2:3": "invalid port format '1:2:3'",
+    }
+    for spec, msg in cases.items():
+        with pytest.raises(ClientError) as ei:
+            parse_ports([spec])
+        assert ei.value.message == msg
+
+
+def test_addresses() -> None:
+    assert parse_addresses("localhost") == ["localhost"]
+    assert parse_addresses("127.0.0.1,::1,127.0.0.1") == ["127.0.0.1", "::1"]
+    for text, msg in (("foo", "foo is not a valid IP"), ("127.0.0.1,foo", "foo is not a valid IP"),
+                      ("", "you must specify at least 1 address")):
+        with pytest.raises(ClientError) as ei:
+            parse_addresses(text)
+        assert ei.value.message == msg
+
+
+def test_targets_and_selectors() -> None:
+    assert R.split_target("x")[1:] == ("pods", "Pod", "x")
+    assert R.split_target("svc/s")[1:] == ("services", "Service", "s")
+    assert R.split_target("deployments.apps/d")[0] == "/apis/apps/v1"
+    assert R.split_target("sts/s")[2] == "StatefulSet"
+    with pytest.raises(ClientError, match='the server doesn\'t have a resource type "foo"'):
+        R.split_target("foo/x")
+    assert R.selector_from_set({"b": "2", "a": "1"}) == "a=1,b=2"
+    sel = {"matchLabels": {"app": "web"}, "matchExpressions": [
+        {"key": "tier", "operator": "In", "values": ["b", "a"]},
+        {"key": "x", "operator": "DoesNotExist"}, {"key": "env", "operator": "Exists"}]}
+    assert R.selector_from_label_selector(sel) == "app=web,env,tier in (a,b),!x"
+    with pytest.raises(ClientError, match="Service is defined without a selector"):
+        R.selector_for({"metadata": {"name": "s"}, "spec": {}}, "Service")
+
+
+def test_most_active_pod_order() -> None:
+    def pod(name: str, phase: str, ready: bool, restarts: int = 0, created: str = "2024-01-01T00:00:00Z",
+            node: str = "n") -> dict:
+        p = pod_json(name, phase)
+        p["spec"]["nodeName"] = node
+        p["metadata"]["creationTimestamp"] = created
+        p["status"]["conditions"] = [{"type": "Ready", "status": "True" if ready else "False",
+                                      "lastTransitionTime": created}]
+        p["status"]["containerStatuses"] = [{"restartCount": restarts}]
+        return p
+
+    pending = pod("pending", "Pending", False)
+    unready = pod("unready", "Running", False)
+    ready = pod("ready", "Running", True)
+    restarts = pod("restarts", "Running", True, restarts=3)
+    older = pod("older", "Running", True, created="2023-01-01T00:00:00Z")
+    unassigned = pod("unassigned", "Running", True, node="")
+    assert R.most_active([pending, unready, ready])["metadata"]["name"] == "ready"
+    assert R.most_active([restarts, ready])["metadata"]["name"] == "ready"
+    assert R.most_active([ready, older])["metadata"]["name"] == "older"
+    assert R.most_active([unassigned, unready])["metadata"]["name"] == "unready"
+
+
+def test_port_translation() -> None:
+    pod = pod_json("p", ports=[{"name": "web", "containerPort": 8080},
+                               {"name": "dns", "containerPort": 53, "protocol": "UDP"},
+                               {"name": "both", "containerPort": 54, "protocol": "UDP"},
+                               {"name": "bothtcp", "containerPort": 54, "protocol": "TCP"}])
+    assert R.translate_pod_ports(["web", "9000:web", "80", "1:2:3"], pod) == ["8080", "9000:8080", "80", "1"]
+    with pytest.raises(ClientError, match="Pod 'p' does not have a named port 'nosuch'"):
+        R.translate_pod_ports(["nosuch"], pod)
+    with pytest.raises(ClientError, match="UDP protocol is not supported for dns"):
+        R._check_udp(["dns"], pod, "Pod")
+    R._check_udp(["54", "web"], pod, "Pod")  # TCP on the same number: allowed
+    svc = {"metadata": {"name": "s"}, "spec": {"selector": {"app": "x"}, "ports": [
+        {"name": "http", "port": 80, "targetPort": "web"},
+        {"name": "plain", "port": 81, "targetPort": 9091},
+        {"name": "same", "port": 82},
+        {"name": "udp", "port": 53, "protocol": "UDP", "targetPort": 53}]}}
+    assert R.translate_service_ports(["http", "80", "8000:http", "81", "82"], svc, pod) == [
+        "80:8080", "80:8080", "8000:8080", "81:9091", "82"]
+    with pytest.raises(ClientError, match="Service s does not have a service port 99"):
+        R.translate_service_ports(["99"], svc, pod)
+    with pytest.raises(ClientError, match="Service 's' does not have a named port 'zzz'"):
+        R.translate_service_ports(["zzz"], svc, pod)
+    with pytest.raises(ClientError, match="UDP protocol is not supported for udp"):
+        R._check_udp(["udp"], svc, "Service")
+    headless = {"metadata": {"name": "h"}, "spec": {"clusterIP": "None", "ports": [
+        {"port": 80, "targetPort": 8080}]}}
+    assert R.translate_service_ports(["80"], headless, pod) == ["80"]

@@ -1,0 +1,230 @@
+"""Parity with real kubectl 1.33 through the same `fastpf serve`: stdout lines, error lines and
+exit codes must match where kubectl behaves well; where it does not (one refused connection
+ends its session) fastpf must do better."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import (
+    KubectlPortForward,
+    ServeInstance,
+    Targets,
+    free_port,
+    run_kubectl,
+    subprocess_env,
+)
+from test_client_e2e import echo_once, manifest
+
+KUBECTL = "1.33"
+
+
+def run_fastpf(kubeconfig: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fastpf", "--kubeconfig", str(kubeconfig),
+                           *args], capture_output=True, text=True, timeout=timeout,
+                          env=subprocess_env(), stdin=subprocess.DEVNULL)
+
+
+def first_error(stderr: str) -> str:
+    """The decisive stderr lines: kubectl may print klog E-lines (discovery retries) first;
+    the usage hint names the program, so it differs by design."""
+    lines = [ln for ln in stderr.splitlines() if ln and not re.match(r"^[EWI]\d{4} ", ln)
+             and not ln.startswith("See '")]
+    return "\n".join(lines)
+
+
+def start_pf(cmd: list[str]) -> KubectlPortForward:
+    return KubectlPortForward(cmd, subprocess_env())
+
+
+def finish(pf: KubectlPortForward, sig: int = signal.SIGINT) -> int:
+    if pf.proc.poll() is None:
+        os.kill(pf.proc.pid, sig)
+    return pf.wait_exit(20)
+
+
+@pytest.fixture
+def world(serve_factory: Callable[..., ServeInstance], targets: Targets, tmp_path: Path,
+          kubectl_bin: Callable[[str], str], kubectl_cache_dir: Path):  # type: ignore[no-untyped-def]
+    srv = serve_factory(manifest=manifest(targets))
+    kubectl = kubectl_bin(KUBECTL)
+
+    def both(*args: str, kubeconfig: Path | None = None) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
+        kc = kubeconfig or srv.kubeconfig
+        k = run_kubectl(kubectl, kc, kubectl_cache_dir, "port-forward", *args, timeout=60)
+        f = run_fastpf(kc, *args)
+        return k, f
+
+    def cmds(*args: str) -> tuple[list[str], list[str]]:
+        k = [kubectl, "--kubeconfig", str(srv.kubeconfig), "--cache-dir", str(kubectl_cache_dir),
+             "port-forward", *args]
+        f = [sys.executable, "-m", "fastpf", "--kubeconfig", str(srv.kubeconfig), *args]
+        return k, f
+
+    return srv, targets, both, cmds, tmp_path
+
+
+def _variant_kubeconfig(srv: ServeInstance, tmp: Path, name: str, mutate: Callable[[dict], None]) -> Path:
+    cfg = yaml.safe_load(srv.kubeconfig.read_text())
+    mutate(cfg)
+    path = tmp / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_error_table_matches_kubectl(world) -> None:  # type: ignore[no-untyped-def]
+    srv, t, both, _, tmp = world
+    from test_client_support import make_pki
+
+    bad_token = _variant_kubeconfig(srv, tmp, "kc-401",
+                                    lambda c: c["users"][0]["user"].update(token="wrong"))
+    other_ca = base64.b64encode(make_pki().other_ca_pem).decode()
+    bad_ca = _variant_kubeconfig(srv, tmp, "kc-ca", lambda c: c["clusters"][0]["cluster"].update(
+        {"certificate-authority-data": other_ca}))
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    busy6 = socket.socket(socket.AF_INET6)
+    busy6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    busy_port = busy.getsockname()[1]
+    busy6.bind(("::1", busy_port))
+    busy6.listen(1)
+    cases: list[tuple[tuple[str, ...], Path | None]] = [
+        (("web-1", "abc"), None),
+        (("web-1", "70000"), None),
+        (("web-1", "0"), None),
+        (("web-1", "5000:0"), None),
+        (("web-1", "a:80"), None),
+        (("web-1", ":"), None),
+        (("web-1", "nosuch"), None),
+        (("web-1", "dns"), None),
+        (("web-1",), None),
+        (("web-1", "80", "--bogus"), None),
+        (("--address", "foo", "web-1", "80"), None),
+        (("--address", "127.0.0.1,nope", "web-1", "80"), None),
+        (("--address=", "web-1", "80"), None),
+        (("--pod-running-timeout=abc", "web-1", "80"), None),
+        (("-n",), None),
+        (("pend", "80"), None),
+        (("nope", "80"), None),
+        (("svc/nope", "80"), None),
+        (("svc/web", "99"), None),
+        (("svc/web", "zzz"), None),
+        (("foo/x", "80"), None),
+        (("web-1", f"{busy_port}:{t.echo}"), None),
+        (("web-1", "80"), bad_token),
+        (("web-1", "80"), bad_ca),
+    ]
+    mismatches: list[tuple[object, ...]] = []
+    rows: list[tuple[object, ...]] = []
+    try:
+        for args, kc in cases:
+            k, f = both(*args, kubeconfig=kc)
+            row = (args, k.returncode, first_error(k.stderr), f.returncode, first_error(f.stderr))
+            rows.append(row)
+            if k.returncode != f.returncode or first_error(k.stderr) != first_error(f.stderr):
+                mismatches.append(row)
+            if k.stdout != f.stdout:
+                mismatches.append((args, "stdout", k.stdout, f.stdout))
+    finally:
+        busy.close()
+        busy6.close()
+    assert mismatches == [], "\n".join(map(repr, mismatches))
+
+
+def _forwards(pf: KubectlPortForward) -> list[str]:
+    return [ln for ln in pf.stdout if ln.startswith("Forwarding from")]
+
+
+def _normalise(line: str, randoms: set[str]) -> str:
+    return re.sub(r":(\d+) ->", lambda m: ":RANDOM ->" if m.group(1) in randoms else m.group(0),
+                  line)
+
+
+def test_forwarding_lines_and_exit_codes(world) -> None:  # type: ignore[no-untyped-def]
+    srv, t, _, cmds, _ = world
+    fixed = free_port()
+    specs = (f"{fixed}:{t.echo}", f":{t.echo}", f"0:{t.sink}")
+    outputs = []
+    for cmd in cmds("web-1", *specs):
+        pf = start_pf(cmd)
+        pf.wait_forwarding(3)
+        # the random ports differ per run: normalise them
+        randoms = {str(local) for _, local, _ in pf.forwards if local != fixed}
+        norm = [_normalise(ln, randoms) for ln in _forwards(pf)]
+        assert echo_once(fixed, b"hi") == b"hi"
+        deadline = time.monotonic() + 10
+        while not any(ln.startswith("Handling") for ln in pf.stdout) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        handling = [ln for ln in pf.stdout if ln.startswith("Handling")]
+        rc = finish(pf)
+        outputs.append((norm, handling, rc))
+    assert outputs[0] == outputs[1]
+    assert outputs[0][2] == 0 and outputs[0][1] == [f"Handling connection for {fixed}"]
+
+
+def test_duplicate_and_half_busy_ports(world) -> None:  # type: ignore[no-untyped-def]
+    srv, t, _, cmds, _ = world
+    port = free_port()
+    results = []
+    for cmd in cmds("web-1", f"{port}:{t.echo}", f"{port}:{t.sink}"):
+        pf = start_pf(cmd)
+        pf.wait_forwarding(1)
+        deadline = time.monotonic() + 10
+        while not any("Unable to listen" in ln for ln in pf.stderr) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        results.append((_forwards(pf), [ln for ln in pf.stderr if "Unable to listen" in ln],
+                        finish(pf)))
+    assert results[0] == results[1]
+    # localhost with 127.0.0.1 taken: both serve on ::1 only (fastpf adds a warning on stderr)
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        results2: list[tuple[list[str], int]] = []
+        for cmd in cmds("web-1", f"{busy.getsockname()[1]}:{t.echo}"):
+            pf = start_pf(cmd)
+            deadline = time.monotonic() + 20
+            while not _forwards(pf) and time.monotonic() < deadline and pf.proc.poll() is None:
+                time.sleep(0.05)
+            results2.append((_forwards(pf), finish(pf)))
+        assert results2[0] == results2[1]
+        assert results2[0][0] == [f"Forwarding from [::1]:{busy.getsockname()[1]} -> {t.echo}"]
+    finally:
+        busy.close()
+
+
+@pytest.mark.parametrize("ws_env", ["true", "false"])
+def test_refused_port_kubectl_dies_fastpf_survives(world, ws_env: str) -> None:  # type: ignore[no-untyped-def]
+    srv, t, _, cmds, _ = world
+    closed = free_port()
+    env_args = {"KUBECTL_PORT_FORWARD_WEBSOCKETS": ws_env}
+    outcome = {}
+    for name, cmd in zip(("kubectl", "fastpf"), cmds("web-1", f":{closed}", f":{t.echo}"), strict=True):
+        pf = KubectlPortForward(cmd, subprocess_env(env_args))
+        pf.wait_forwarding(2)
+        with socket.create_connection(("127.0.0.1", pf.local_port(closed)), timeout=20) as s:
+            s.settimeout(20)
+            assert s.recv(10) == b""
+        deadline = time.monotonic() + 10
+        while pf.proc.poll() is None and time.monotonic() < deadline and name == "kubectl":
+            time.sleep(0.05)
+        alive = pf.proc.poll() is None
+        works = alive and echo_once(pf.local_port(t.echo), b"still") == b"still"
+        rc = finish(pf)
+        outcome[name] = (alive, works, rc, pf.stderr[-1] if pf.stderr else "")
+    assert outcome["kubectl"][:3] == (False, False, 1)
+    assert outcome["kubectl"][3] == "error: lost connection to pod"
+    assert outcome["fastpf"][:3] == (True, True, 0)
+    assert "an error occurred forwarding" in outcome["fastpf"][3]

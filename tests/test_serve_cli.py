@@ -1,0 +1,329 @@
+"""`fastpf serve` as a process: kubeconfig, TLS + ALPN (h2 and HTTP/1.1), auth, REST, watch,
+bad input, signals. Real kubectl is used for REST here; port-forward interop is in
+test_serve_interop.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+from conftest import (
+    ServeInstance,
+    run_kubectl,
+    start_serve,
+    subprocess_env,
+)
+
+MANIFEST = """
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, labels: {app: web}}
+spec: {containers: [{name: main, ports: [{name: http, containerPort: 8080}]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec: {selector: {app: web}, ports: [{name: http, port: 80, targetPort: http}]}
+"""
+
+
+def _serve_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fastpf", "serve", *args]
+
+
+def _run_serve(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(_serve_cmd(*args), capture_output=True, text=True, timeout=timeout,
+                          env=subprocess_env(), stdin=subprocess.DEVNULL)
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode != 0, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert lines[0].startswith("error: ")
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+# ---- start-up, kubeconfig ----------------------------------------------------------------------
+def test_kubeconfig_and_serving_line(serve: ServeInstance) -> None:
+    cfg = serve.config
+    assert cfg["current-context"] == "fastpf"
+    ctx = {c["name"]: c["context"] for c in cfg["contexts"]}[cfg["current-context"]]
+    assert ctx["namespace"] == "default"
+    assert serve.url == f"https://127.0.0.1:{serve.port}" and serve.port != 0
+    assert serve.ca_file is not None and len(serve.token) >= 32
+    assert stat.S_IMODE(os.stat(serve.kubeconfig).st_mode) == 0o600
+    assert not [p for p in serve.kubeconfig.parent.iterdir() if p.name.endswith(".tmp")]
+    out = serve.stdout_text()
+    assert out.strip() == f"Serving Kubernetes API on {serve.url} (kubeconfig: {serve.kubeconfig})"
+    assert serve.token not in out + serve.stderr_text()
+    # The CA in the kubeconfig verifies the server for 127.0.0.1 (hostname check on).
+    status, body = serve.get_json("/api")
+    assert status == 200 and body["kind"] == "APIVersions"
+
+
+def test_localhost_name_verifies(serve: ServeInstance) -> None:
+    ctx = serve.ssl_context()
+    assert ctx is not None
+    with socket.create_connection(("127.0.0.1", serve.port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+        assert tls.version() in ("TLSv1.2", "TLSv1.3")
+
+
+def test_generated_tokens_differ(serve_factory: Callable[..., ServeInstance]) -> None:
+    a, b = serve_factory(), serve_factory()
+    assert a.token != b.token and a.port != b.port
+
+
+def test_given_token_and_no_tls(serve_factory: Callable[..., ServeInstance]) -> None:
+    s = serve_factory("--token", "s3cret-token", tls=False)
+    assert s.url.startswith("http://") and s.ca_file is None and s.token == "s3cret-token"
+    assert "certificate-authority-data" not in s.config["clusters"][0]["cluster"]
+    assert s.get("/api")[0] == 200
+    assert s.get("/api", token="other")[0] == 401
+    assert "s3cret-token" not in s.stdout_text() + s.stderr_text()
+
+
+def test_default_kubeconfig_is_temporary(tmp_path: Path) -> None:
+    proc = subprocess.Popen(_serve_cmd("--listen", "127.0.0.1:0"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=subprocess_env(), stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        assert line.startswith("Serving Kubernetes API on https://127.0.0.1:"), line
+        path = Path(line.rsplit("(kubeconfig: ", 1)[1].rstrip(")\n"))
+        assert path.is_file()
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(15) == 0
+    assert not path.exists()
+
+
+# ---- auth --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("token", [None, "wrong"])
+def test_401_without_valid_token(serve: ServeInstance, token: str | None) -> None:
+    for path in ("/api", "/api/v1/namespaces/default/pods/x", "/api/v1/namespaces/default/pods/x/portforward",
+                 "/portForward/default/x", "/version"):
+        status, headers, body = serve.get(path, token=token)
+        assert status == 401, path
+        assert headers["content-type"] == "application/json"
+        doc = json.loads(body)
+        assert doc["kind"] == "Status" and doc["reason"] == "Unauthorized" and doc["code"] == 401
+
+
+# ---- REST --------------------------------------------------------------------------------------
+def test_rest_json_whatever_accept(serve_factory: Callable[..., ServeInstance]) -> None:
+    s = serve_factory(manifest=MANIFEST)
+    accept = "application/vnd.kubernetes.protobuf,application/json"
+    status, headers, body = s.get("/api/v1/namespaces/default/pods/web-1", headers={"Accept": accept})
+    assert status == 200 and headers["content-type"] == "application/json"
+    assert json.loads(body)["metadata"]["name"] == "web-1"
+    aggregated = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
+    status, body_json = s.get_json("/apis", headers={"Accept": aggregated})
+    assert status == 200 and body_json["kind"] == "APIGroupList"
+    status, body_json = s.get_json("/api/v1/namespaces/default/pods/nosuch")
+    assert status == 404 and body_json["message"] == 'pods "nosuch" not found'
+    status, body_json = s.get_json("/api/v1/namespaces/default/pods/web-1/portforward-typo")
+    assert status == 404
+    status, body_json = s.get_json("/api/v1/namespaces/default/pods/nosuch/portforward", method="POST",
+                                   headers={"Connection": "Upgrade", "Upgrade": "SPDY/3.1",
+                                            "X-Stream-Protocol-Version": "portforward.k8s.io"})
+    assert status == 404 and body_json["message"] == 'pods "nosuch" not found'
+
+
+def test_watch_streams_added_events_then_ends(serve_factory: Callable[..., ServeInstance]) -> None:
+    s = serve_factory(manifest=MANIFEST)
+    conn = s.connection()
+    try:
+        started = time.monotonic()
+        conn.request("GET", "/api/v1/namespaces/default/pods?watch=true&labelSelector=app%3Dweb&timeoutSeconds=1",
+                     headers={"Authorization": f"Bearer {s.token}"})
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.getheader("Transfer-Encoding") == "chunked"
+        first = json.loads(resp.readline())
+        assert first["type"] == "ADDED" and first["object"]["metadata"]["name"] == "web-1"
+        assert resp.read() == b""  # ends at timeoutSeconds
+        assert time.monotonic() - started >= 0.9
+        # keep-alive: the same connection serves the next request
+        conn.request("GET", "/version", headers={"Authorization": f"Bearer {s.token}"})
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("version", ["1.27", "1.33", "1.37"])
+def test_kubectl_rest(serve_factory: Callable[..., ServeInstance], kubectl_bin: Callable[[str], str],
+                      tmp_path: Path, version: str) -> None:
+    """kubectl does discovery over HTTP/2 (ALPN) and reads our objects."""
+    binary = kubectl_bin(version)
+    s = serve_factory(manifest=MANIFEST)
+    r = run_kubectl(binary, s.kubeconfig, tmp_path, "get", "pod", "web-1", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["status"]["phase"] == "Running"
+    r = run_kubectl(binary, s.kubeconfig, tmp_path, "get", "svc/web", "-o", "jsonpath={.spec.ports[0].targetPort}")
+    assert r.returncode == 0 and r.stdout == "http", r.stderr
+    r = run_kubectl(binary, s.kubeconfig, tmp_path, "get", "pod", "nosuch")
+    assert r.returncode == 1 and 'pods "nosuch" not found' in r.stderr
+    r = run_kubectl(binary, s.kubeconfig, tmp_path, "get", "deploy", "nosuch")
+    assert r.returncode == 1 and 'deployments.apps "nosuch" not found' in r.stderr
+    r = run_kubectl(binary, s.kubeconfig, tmp_path, "get", "--raw", "/version")
+    assert r.returncode == 0 and json.loads(r.stdout)["major"] == "1"
+
+
+# ---- HTTP/2 ------------------------------------------------------------------------------------
+def _h2_get(sock: Any, paths: list[str], token: str, authority: str) -> dict[int, tuple[int, bytes]]:
+    """GET each path on its own stream; returns stream id -> (status, body)."""
+    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    streams: dict[int, tuple[int, bytes]] = {}
+    for path in paths:
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, [(":method", "GET"), (":path", path), (":scheme", "https"),
+                                (":authority", authority), ("authorization", f"Bearer {token}")], end_stream=True)
+        streams[sid] = (0, b"")
+    sock.sendall(conn.data_to_send())
+    done: set[int] = set()
+    deadline = time.monotonic() + 10
+    while len(done) < len(paths) and time.monotonic() < deadline:
+        data = sock.recv(65536)
+        if not data:
+            break
+        for ev in conn.receive_data(data):
+            if isinstance(ev, h2.events.ResponseReceived):
+                status = int(dict(ev.headers)[b":status"])
+                streams[ev.stream_id] = (status, b"")
+            elif isinstance(ev, h2.events.DataReceived):
+                status, body = streams[ev.stream_id]
+                streams[ev.stream_id] = (status, body + ev.data)
+                conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, h2.events.StreamEnded):
+                done.add(ev.stream_id)
+        sock.sendall(conn.data_to_send())
+    assert len(done) == len(paths), streams
+    return streams
+
+
+def test_h2_via_alpn(serve: ServeInstance) -> None:
+    ctx = serve.ssl_context(alpn=["h2", "http/1.1"])
+    assert ctx is not None
+    with socket.create_connection(("127.0.0.1", serve.port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        assert tls.selected_alpn_protocol() == "h2"
+        paths = ["/api", "/apis/apps/v1", "/api/v1/namespaces/default/pods/x", "/api/v1/namespaces/default/pods/x/portforward"]
+        replies = list(_h2_get(tls, paths, serve.token, f"127.0.0.1:{serve.port}").values())
+    assert replies[0][0] == 200 and json.loads(replies[0][1])["kind"] == "APIVersions"
+    assert json.loads(replies[1][1])["groupVersion"] == "apps/v1"
+    assert json.loads(replies[2][1])["metadata"]["name"] == "x"
+    assert replies[3][0] == 400  # HTTP/2 cannot upgrade
+
+
+def test_http11_via_alpn(serve: ServeInstance) -> None:
+    ctx = serve.ssl_context(alpn=["http/1.1"])
+    assert ctx is not None
+    with socket.create_connection(("127.0.0.1", serve.port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        assert tls.selected_alpn_protocol() == "http/1.1"
+        tls.sendall(f"GET /version HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {serve.token}\r\n\r\n".encode())
+        assert tls.recv(100).startswith(b"HTTP/1.1 200 ")
+
+
+def test_h2c_prior_knowledge_on_no_tls(serve_factory: Callable[..., ServeInstance]) -> None:
+    s = serve_factory(tls=False)
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as sock:
+        [(status, body)] = _h2_get(sock, ["/api/v1"], s.token, f"127.0.0.1:{s.port}").values()
+    assert status == 200 and json.loads(body)["kind"] == "APIResourceList"
+
+
+def test_malformed_http_gets_400_and_server_lives(serve: ServeInstance) -> None:
+    ctx = serve.ssl_context()
+    assert ctx is not None
+    with socket.create_connection(("127.0.0.1", serve.port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        tls.sendall(b"GARBAGE\x00\x01 nonsense\r\n\r\n")
+        assert tls.recv(100).startswith(b"HTTP/1.1 400 ")
+    with socket.create_connection(("127.0.0.1", serve.port), timeout=10) as raw:
+        raw.sendall(b"\x16\x03\x01\x00\x05hello")  # broken TLS record
+        raw.recv(100)
+    assert serve.get("/api")[0] == 200
+    assert serve.process.poll() is None
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(("text", "needle"), [
+    ("kind: Pod\nmetadata: {name: [x\n", "invalid YAML"),
+    ("apiVersion: v1\nkind: Pod\nmetadata: {name: x, annotations: {fastpf.io/address: 8.8.8.8}}\n",
+     "not a loopback address"),
+    ("apiVersion: v1\nkind: Secret\nmetadata: {name: x}\n", "unsupported kind 'Secret'"),
+])
+def test_malformed_manifest_exits_with_one_line(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    out = tmp_path / "kc"
+    result = _run_serve("--listen", "127.0.0.1:0", "--kubeconfig-out", str(out), "-f", str(path))
+    _one_line_error(result, str(path), needle)
+    assert result.returncode == 1 and not out.exists()
+
+
+@pytest.mark.parametrize(("listen", "needle"), [
+    ("nonsense", "expected HOST:PORT"),
+    ("127.0.0.1:99999", "port must be a number"),
+    ("127.0.0.1:http", "port must be a number"),
+    ("[::1:0", "bad IPv6 address"),
+])
+def test_bad_listen(listen: str, needle: str) -> None:
+    _one_line_error(_run_serve("--listen", listen), needle)
+
+
+def test_non_loopback_without_token_refused() -> None:
+    result = _run_serve("--listen", "0.0.0.0:0")
+    _one_line_error(result, "refusing to serve on non-loopback address 0.0.0.0 without --token")
+    assert result.returncode == 1
+
+
+def test_busy_port(serve: ServeInstance, tmp_path: Path) -> None:
+    result = _run_serve("--listen", f"127.0.0.1:{serve.port}", "--kubeconfig-out", str(tmp_path / "kc"))
+    _one_line_error(result, f"cannot listen on 127.0.0.1:{serve.port}", "address already in use")
+
+
+def test_unknown_flag() -> None:
+    _one_line_error(_run_serve("--bogus"), "unrecognized arguments: --bogus")
+
+
+# ---- signals -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_exits_zero(tmp_path: Path, sig: int) -> None:
+    s = start_serve(tmp_path, manifest=MANIFEST)
+    try:
+        conn = s.connection()  # an open watch must not hold up the exit
+        conn.request("GET", "/api/v1/pods?watch=1", headers={"Authorization": f"Bearer {s.token}"})
+        assert conn.getresponse().status == 200
+        started = time.monotonic()
+        assert s.stop(sig) == 0
+        assert time.monotonic() - started < 8
+        conn.close()
+    finally:
+        s.stop(signal.SIGKILL)
+    assert "Traceback" not in s.stderr_text()
+
+
+def test_ssl_context_rejects_unknown_ca(serve: ServeInstance) -> None:
+    ctx = ssl.create_default_context()
+    with socket.create_connection(("127.0.0.1", serve.port), timeout=10) as raw, \
+            pytest.raises(ssl.SSLCertVerificationError):
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1")

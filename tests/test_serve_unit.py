@@ -1,0 +1,343 @@
+"""fastpf.serve in-process: selectors, manifests, REST replies, the upgrade hand-over."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fastpf.serve.api import Api, Forward, Request, Response, Watch
+from fastpf.serve.cluster import Cluster, ManifestError
+from fastpf.serve.selectors import SelectorError, parse_field_selector, parse_label_selector
+from fastpf.serve.server import Server
+from fastpf.types import PodTarget, ServerOptions, UpgradeRequest
+
+TOKEN = "t0ken"
+AUTH = [("authorization", f"Bearer {TOKEN}")]
+
+MANIFEST = """
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-1
+  labels: {app: web, tier: front}
+  annotations: {fastpf.io/address: 127.0.0.2}
+spec:
+  containers:
+  - name: main
+    ports:
+    - {name: http, containerPort: 8080}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-pending, labels: {app: web}}
+status: {phase: Pending}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: http}
+  - {port: 81}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: default}
+spec:
+  selector:
+    matchLabels: {app: web}
+    matchExpressions:
+    - {key: tier, operator: In, values: [front, back]}
+  template: {metadata: {labels: {app: web}}}
+---
+apiVersion: v1
+kind: List
+items:
+- apiVersion: apps/v1
+  kind: StatefulSet
+  metadata: {name: db, namespace: data}
+  spec: {selector: {matchLabels: {app: db}}}
+- apiVersion: apps/v1
+  kind: ReplicaSet
+  metadata: {name: web-rs}
+  spec: {selector: {matchLabels: {app: web}}}
+"""
+
+
+def _cluster() -> Cluster:
+    c = Cluster(explicit=True)
+    c.load_text(MANIFEST, "m.yaml")
+    return c
+
+
+def _get(api: Api, target: str, method: str = "GET", headers: list[tuple[str, str]] | None = None) -> Any:
+    reply = api.handle(Request(method=method, target=target, headers=AUTH if headers is None else headers))
+    return reply
+
+
+def _json(reply: Any) -> Any:
+    assert isinstance(reply, Response), reply
+    return json.loads(reply.body)
+
+
+# ---- selectors ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(("selector", "labels", "expected"), [
+    ("", {}, True),
+    ("app=web", {"app": "web"}, True),
+    ("app==web", {"app": "db"}, False),
+    ("app!=web", {}, True),
+    ("app in (web,db)", {"app": "db"}, True),
+    ("app notin (web,db)", {"app": "db"}, False),
+    ("app notin (web)", {}, True),
+    ("app", {"app": ""}, True),
+    ("!app", {"app": "x"}, False),
+    ("app=web,tier in (front, back),!canary", {"app": "web", "tier": "back"}, True),
+    ("example.com/part-of=x", {"example.com/part-of": "x"}, True),
+    ("n>3", {"n": "4"}, True),
+    ("n<3", {"n": "x"}, False),
+])
+def test_label_selector(selector: str, labels: dict[str, str], expected: bool) -> None:
+    assert parse_label_selector(selector)(labels) is expected
+
+
+@pytest.mark.parametrize("bad", ["app in (a", "=x", "a,,b", "app in a", "a b c"])
+def test_label_selector_errors(bad: str) -> None:
+    with pytest.raises(SelectorError):
+        parse_label_selector(bad)
+
+
+def test_field_selector() -> None:
+    pod = {"metadata": {"name": "x", "namespace": "ns"}, "status": {"phase": "Running"}}
+    assert parse_field_selector("metadata.name=x,status.phase!=Failed")(pod)
+    assert not parse_field_selector("metadata.namespace==other")(pod)
+    with pytest.raises(SelectorError, match="field label not supported: spec.foo"):
+        parse_field_selector("spec.foo=1")
+
+
+# ---- manifests ---------------------------------------------------------------------------------
+def test_manifest_objects_get_server_fields() -> None:
+    c = _cluster()
+    pod = c.get("pods", "default", "web-1")
+    assert pod is not None
+    meta = pod["metadata"]
+    assert meta["namespace"] == "default" and meta["uid"] and meta["resourceVersion"].isdigit()
+    assert meta["creationTimestamp"].endswith("Z")
+    assert pod["status"]["phase"] == "Running"
+    conditions = {cond["type"]: cond["status"] for cond in pod["status"]["conditions"]}
+    assert conditions["Ready"] == "True" and conditions["PodScheduled"] == "True"
+    assert pod["status"]["containerStatuses"][0]["ready"] is True
+    assert pod["spec"]["nodeName"]
+    assert c.pod_target(pod) == PodTarget("default", "web-1", meta["uid"], "127.0.0.2")
+    pending = c.get("pods", "default", "web-pending")
+    assert pending is not None and pending["status"]["phase"] == "Pending"
+    assert {x["type"]: x["status"] for x in pending["status"]["conditions"]}["Ready"] == "False"
+    svc = c.get("services", "default", "web")
+    assert svc is not None and svc["spec"]["ports"][1]["targetPort"] == 81
+    assert c.get("statefulsets", "data", "db") is not None
+    assert c.get("replicasets", "default", "web-rs") is not None
+    assert c.get("pods", "default", "nosuch") is None
+    assert c.get("namespaces", "", "data") is not None
+    assert c.get("namespaces", "", "nosuch") is None
+
+
+def test_no_manifest_every_pod_exists() -> None:
+    c = Cluster()
+    pod = c.get("pods", "any-ns", "any-pod")
+    assert pod is not None and pod["status"]["phase"] == "Running"
+    assert c.pod_target(pod).address == "127.0.0.1"
+    assert c.get("namespaces", "", "whatever") is not None
+    assert c.get("services", "default", "x") is None
+    assert c.get("pods", "default", "Not_A_Name") is None
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("kind: Pod\nmetadata: {name: [x\n", "invalid YAML"),
+    ("- 1\n- 2\n", "expected a mapping"),
+    ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n", "unsupported kind 'ConfigMap'"),
+    ("apiVersion: v1\nkind: Pod\nmetadata: {}\n", "metadata.name None is not a valid name"),
+    ("apiVersion: v1\nkind: Pod\nmetadata: {name: x, annotations: {fastpf.io/address: 10.0.0.1}}\n",
+     "is not a loopback address"),
+    ("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nstatus: {phase: Sleeping}\n", "status.phase 'Sleeping'"),
+    ("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: [{name: c, ports: [{containerPort: 0}]}]}\n",
+     "containerPort must be 1..65535"),
+    ("apiVersion: apps/v1\nkind: Pod\nmetadata: {name: x}\n", "needs apiVersion 'v1'"),
+    ("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: x}\n",
+     "duplicate Pod default/x"),
+    ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {}\n", "spec.selector is required"),
+    ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n"
+     "spec: {selector: {matchExpressions: [{key: a, operator: Near}]}}\n", "not a valid label selector operator"),
+    ("kind: List\nitems: 3\n", "needs an 'items' list"),
+    ("apiVersion: v1\nkind: Pod\nmetadata: {name: x, labels: {version: 2}}\n", "quote numbers"),
+])
+def test_malformed_manifest_names_file_and_problem(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ManifestError) as info:
+        Cluster.from_files([path])
+    assert str(path) in str(info.value)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_manifest_file(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="No such file"):
+        Cluster.from_files([tmp_path / "nope.yaml"])
+
+
+# ---- REST --------------------------------------------------------------------------------------
+def test_auth_required() -> None:
+    api = Api(_cluster(), TOKEN)
+    for headers in ([], [("authorization", "Bearer wrong")], [("authorization", f"Basic {TOKEN}")]):
+        body = _json(_get(api, "/api", headers=headers))
+        assert body["code"] == 401 and body["reason"] == "Unauthorized" and body["kind"] == "Status"
+    assert _json(_get(api, "/api", headers=[("authorization", f"bearer {TOKEN}")]))["kind"] == "APIVersions"
+
+
+def test_discovery() -> None:
+    api = Api(_cluster(), TOKEN)
+    assert _json(_get(api, "/api?timeout=32s"))["versions"] == ["v1"]
+    groups = _json(_get(api, "/apis"))
+    assert [g["name"] for g in groups["groups"]] == ["apps"]
+    core = {r["name"]: r for r in _json(_get(api, "/api/v1"))["resources"]}
+    assert {"pods", "services", "namespaces", "pods/portforward"} <= set(core)
+    assert core["services"]["shortNames"] == ["svc"] and core["pods"]["namespaced"] is True
+    apps = {r["name"]: r for r in _json(_get(api, "/apis/apps/v1"))["resources"]}
+    assert set(apps) == {"deployments", "replicasets", "statefulsets"}
+    assert _json(_get(api, "/version"))["major"] == "1"
+
+
+def test_get_and_not_found_messages() -> None:
+    api = Api(_cluster(), TOKEN)
+    pod = _json(_get(api, "/api/v1/namespaces/default/pods/web-1"))
+    assert pod["kind"] == "Pod" and pod["apiVersion"] == "v1"
+    missing = _get(api, "/api/v1/namespaces/default/pods/nosuch")
+    assert missing.status == 404
+    assert _json(missing)["message"] == 'pods "nosuch" not found'
+    assert _json(_get(api, "/apis/apps/v1/namespaces/default/deployments/x"))["message"] == \
+        'deployments.apps "x" not found'
+    assert _json(_get(api, "/api/v1/namespaces/nosuch"))["message"] == 'namespaces "nosuch" not found'
+    assert _get(api, "/api/v1/namespaces/default/nosuchresource").status == 404
+    assert _get(api, "/apis/batch/v1").status == 404
+    deleted = _get(api, "/api/v1/namespaces/default/pods/web-1", method="DELETE")
+    assert deleted.status == 405 and _json(deleted)["reason"] == "MethodNotAllowed"
+
+
+def test_list_with_selectors() -> None:
+    api = Api(_cluster(), TOKEN)
+    names = lambda body: [i["metadata"]["name"] for i in body["items"]]  # noqa: E731
+    body = _json(_get(api, "/api/v1/namespaces/default/pods?labelSelector=app%3Dweb"))
+    assert body["kind"] == "PodList" and names(body) == ["web-1", "web-pending"]
+    assert body["metadata"]["resourceVersion"].isdigit()
+    assert names(_json(_get(api, "/api/v1/namespaces/default/pods?labelSelector=app%3Dweb%2Ctier+in+%28front%29"))) \
+        == ["web-1"]
+    assert names(_json(_get(api, "/api/v1/namespaces/default/pods?fieldSelector=status.phase%3DPending"))) \
+        == ["web-pending"]
+    assert names(_json(_get(api, "/api/v1/pods"))) == ["web-1", "web-pending"]
+    assert names(_json(_get(api, "/apis/apps/v1/statefulsets"))) == ["db"]
+    assert _get(api, "/api/v1/namespaces/default/pods?labelSelector=a+in+%28").status == 400
+    assert "data" in names(_json(_get(api, "/api/v1/namespaces")))
+
+
+def test_watch_reply() -> None:
+    api = Api(_cluster(), TOKEN)
+    reply = _get(api, "/api/v1/namespaces/default/pods?watch=true&labelSelector=app%3Dweb&timeoutSeconds=5")
+    assert isinstance(reply, Watch) and reply.timeout == 5
+    events = [json.loads(e) for e in reply.events]
+    assert [e["type"] for e in events] == ["ADDED", "ADDED"]
+    assert events[0]["object"]["kind"] == "Pod"
+    current = _cluster().resource_version
+    quiet = _get(api, f"/api/v1/namespaces/default/pods?watch=1&resourceVersion={current}")
+    assert isinstance(quiet, Watch) and quiet.events == []
+
+
+@pytest.mark.parametrize("path", [
+    "/api/v1/namespaces/default/pods/web-1/portforward",
+    "/portForward/default/web-1",
+    "/api/v1beta1/proxy/minions/node1/portForward/default/web-1",
+    "/api/v1beta3/proxy/nodes/node1/portForward/default/web-1",
+])
+def test_portforward_paths(path: str) -> None:
+    api = Api(_cluster(), TOKEN)
+    for method in ("GET", "POST"):
+        reply = _get(api, path, method=method)
+        assert isinstance(reply, Forward)
+        assert reply.pod.name == "web-1" and reply.pod.address == "127.0.0.2"
+    assert _json(_get(api, path.replace("web-1", "nosuch")))["code"] == 404
+    assert _json(_get(api, path, headers=[]))["code"] == 401
+
+
+def test_portforward_uid_and_phase() -> None:
+    c = _cluster()
+    api = Api(c, TOKEN)
+    pod = c.get("pods", "default", "web-1")
+    assert pod is not None
+    assert isinstance(_get(api, f"/portForward/default/web-1/{pod['metadata']['uid']}"), Forward)
+    assert _json(_get(api, "/portForward/default/web-1/other-uid"))["message"] == "pod does not exist"
+    assert _json(_get(api, "/api/v1/namespaces/default/pods/web-1/portforward", method="PUT"))["code"] == 405
+    pending = _json(_get(api, "/api/v1/namespaces/default/pods/web-pending/portforward", method="POST"))
+    assert pending["code"] == 400 and "does not have a host assigned" in pending["message"]
+    assert _json(_get(api, "/api/v1/namespaces/default/pods/nosuch/portforward"))["message"] == \
+        'pods "nosuch" not found'
+
+
+# ---- upgrade hand-over (fake engine) ------------------------------------------------------------
+class _Echo(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[attr-defined]
+
+
+def test_upgrade_hands_transport_and_trailing_bytes_to_engine() -> None:
+    seen: list[tuple[UpgradeRequest, PodTarget, ServerOptions]] = []
+
+    def fake_accept(transport: asyncio.Transport, request: UpgradeRequest, pod: PodTarget,
+                    options: ServerOptions) -> None:
+        seen.append((request, pod, options))
+        transport.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\n")
+        echo = _Echo()
+        transport.set_protocol(echo)
+        echo.connection_made(transport)
+        echo.data_received(request.trailing)
+
+    async def scenario() -> bytes:
+        options = ServerOptions(silent_errors=True)
+        server = Server(Api(_cluster(), TOKEN), None, options, engine=(fake_accept, None), quiet=True)
+        bound = await server.start("127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", bound[0][1])
+        # A REST request first (keep-alive), then the upgrade with bytes glued behind its head.
+        writer.write(f"GET /api HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        writer.write(
+            b"POST /api/v1/namespaces/default/pods/web-1/portforward?ports=1&ports=2,3 HTTP/1.1\r\n"
+            b"Host: x\r\nContent-Length: 0\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+            b"X-Stream-Protocol-Version: portforward.k8s.io\r\n"
+            + f"Authorization: Bearer {TOKEN}\r\n\r\n".encode() + b"\x80\x03\x00\x06garbage"
+        )
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        echoed = await asyncio.wait_for(reader.readexactly(len(b"\x80\x03\x00\x06garbage")), 5)
+        writer.write(b"more")
+        echoed += await asyncio.wait_for(reader.readexactly(4), 5)
+        assert not server.connections  # handed over: no longer a REST connection
+        writer.close()
+        await server.shutdown()
+        return echoed
+
+    echoed = asyncio.run(scenario())
+    assert echoed == b"\x80\x03\x00\x06garbagemore"
+    [(request, pod, options)] = seen
+    assert request.method == "POST"
+    assert request.path == "/api/v1/namespaces/default/pods/web-1/portforward"
+    assert request.query == {"ports": ["1", "2,3"]}
+    assert request.header("x-stream-protocol-version") == "portforward.k8s.io"
+    assert all(name == name.lower() for name, _ in request.headers)
+    assert request.trailing == b"\x80\x03\x00\x06garbage"
+    assert pod.address == "127.0.0.2" and options.silent_errors is True
