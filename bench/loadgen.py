@@ -359,7 +359,7 @@ async def _one_bulk(host: str, port: int, direction: str, duration: float) -> di
             sent = 0
             deadline = loop.time() + duration
             for _ in range(10_000_000):  # bounded; the deadline ends it
-                if loop.time() >= deadline or proto.done.done():
+                if loop.time() >= deadline or proto.done.done() or tr.is_closing():
                     break
                 if proto.paused:
                     proto.resumed = loop.create_future()

@@ -54,6 +54,7 @@ class Proc:
         self.popen = popen
         self.pid = popen.pid
         self.log = log
+        self.stop_seconds = 0.0
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -65,6 +66,13 @@ class Proc:
         # "Handling connection" lines say nothing about why something failed
         keep = [t for t in text if not t.startswith("Handling connection")]
         return " | ".join(keep[-lines:])
+
+    def count_lines(self, pattern: str) -> int:
+        """Lines of the log matching `pattern` (e.g. error lines a forwarder printed)."""
+        if self.log is None or not self.log.exists():
+            return 0
+        rx = re.compile(pattern)
+        return sum(1 for line in self.log.read_text(errors="replace").splitlines() if rx.search(line))
 
     def wait_for_line(self, pattern: str, timeout: float) -> re.Match[str] | None:
         """Wait until the log has a line matching `pattern` (or the child exits / time runs out)."""
@@ -87,6 +95,7 @@ class Registry:
     def __init__(self, logdir: Path) -> None:
         self.logdir = logdir
         self.procs: list[Proc] = []
+        self.history: list[tuple[str, int]] = []  # every child ever started (name, pid)
         self._n = 0
 
     def start(
@@ -125,10 +134,12 @@ class Registry:
                 f.close()
         p = Proc(name, popen, log)
         self.procs.append(p)
+        self.history.append((name, p.pid))
         return p
 
     def stop(self, p: Proc, grace: float = 3.0) -> None:
         """SIGINT (kubectl/fastpf send GOAWAY on it), then SIGTERM, then SIGKILL; by PID."""
+        t0 = time.monotonic()
         if p.alive():
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
                 try:
@@ -153,6 +164,9 @@ class Registry:
             p.popen.wait(timeout=grace)
         if p in self.procs:
             self.procs.remove(p)
+        p.stop_seconds = time.monotonic() - t0
+        if p.stop_seconds > 1.0:
+            print(f"[bench] {p.name} (pid {p.pid}) took {p.stop_seconds:.1f} s to stop", flush=True)
 
     def stop_all(self) -> None:
         for p in reversed(list(self.procs)):

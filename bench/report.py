@@ -48,7 +48,12 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         for row in rows:
             v, base = _metric(result, row, key), _metric(result, ref, key)
             if v is None or base is None or base <= 0:
-                why = "row unavailable" if v is None else f"{ref} unavailable"
+                if v is None:
+                    why = "row unavailable"
+                elif ref not in result.get("rows", {}):
+                    why = f"{ref} not in this run"
+                else:
+                    why = f"{ref} unavailable"
                 entry["by_row"][row] = {"ratio": None, "pass": None, "detail": why}
                 continue
             ratio = v / base
@@ -152,6 +157,17 @@ def markdown(result: dict[str, Any]) -> str:
         for k, r in errs:
             lines.append(f"- **{r.get('label', k)}** ({r['errors']}): "
                          + "; ".join(str(s)[:300] for s in r.get("error_samples", [])))
+    lg = [(r.get("label", k), r["metrics"]) for k, r in result.get("rows", {}).items()
+          if r.get("status") == "ok" and r.get("metrics", {}).get("cpu_harness_down_s_per_GiB") is not None]
+    if lg:
+        lines += ["", "## Load generator + target CPU (is the harness the bottleneck?)", "",
+                  "CPU s/GiB of the load-generator and target processes together, and error/traceback "
+                  "lines the forwarder printed (informational; errors above count failed transfers).", "",
+                  "| row | loadgen+target CPU s/GiB ↓ / ↑ | forwarder error lines |", "|---|--:|--:|"]
+        for label, m in lg:
+            k = next((r for r in result["rows"].values() if r.get("label") == label), {})
+            lines.append(f"| {label} | {_pair(m, 'cpu_harness_down_s_per_GiB', 'cpu_harness_up_s_per_GiB', 2)} "
+                         f"| {_f(k.get('log_error_lines'))} |")
     micro = result.get("micro")
     if micro:
         lines += ["", "## Micro benchmarks (bench/bench_frames.py)", ""]
@@ -210,9 +226,11 @@ def chart(result: dict[str, Any], path: Path) -> Path | None:
                     ax.annotate("n/a", (b.get_x() + b.get_width() / 2, 0), ha="center", va="bottom",
                                 fontsize=7, color="grey")
                 elif val:
-                    ax.annotate(f"{val:.3g}", (b.get_x() + b.get_width() / 2, val), ha="center",
+                    ax.annotate(f"{val:,.0f}" if val >= 100 else f"{val:.3g}", (b.get_x() + b.get_width() / 2, val), ha="center",
                                 va="bottom", fontsize=6)
         ax.set_title(title, fontsize=10)
+        if "latency" in title and any(v > 0 for _, key in series for v in vals(key)):
+            ax.set_yscale("log")  # churn (tens of ms) and ping-pong (sub-ms) on one panel
         ax.set_xticks(x)
         ax.set_xticklabels(labels, rotation=35, ha="right", fontsize=7)
         if len(series) > 1:

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,14 +69,15 @@ class Mode:
     bulk8_reps: int
     churn_seconds: float
     pingpong_seconds: float
+    latency_reps: int = 1
     hold_conns: int = 1000
     churn_concurrency: int = 50
 
 
 FULL = Mode(bulk1_seconds=5.0, bulk1_reps=3, bulk8_seconds=4.0, bulk8_reps=3,
-            churn_seconds=5.0, pingpong_seconds=3.0)
-QUICK = Mode(bulk1_seconds=1.0, bulk1_reps=1, bulk8_seconds=0.8, bulk8_reps=1,
-             churn_seconds=1.0, pingpong_seconds=0.5)
+            churn_seconds=3.0, pingpong_seconds=2.0, latency_reps=3)
+QUICK = Mode(bulk1_seconds=0.8, bulk1_reps=1, bulk8_seconds=0.6, bulk8_reps=1,
+             churn_seconds=0.8, pingpong_seconds=0.4)
 
 
 @dataclass
@@ -107,6 +109,50 @@ ROWS = [
 
 class Unavailable(Exception):
     """A component this row needs is not there (yet); the message says why."""
+
+
+@dataclass
+class RowState:
+    """A row during the run: its forwarder, samples and CPU accounting."""
+
+    row: RowSpec
+    res: dict[str, Any]
+    fwd: Proc | None = None
+    port: int = 0
+    rates: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    lat: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    moved: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    cpu: dict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
+    cpu_incomplete: set[tuple[str, str]] = field(default_factory=set)
+    log_errors: int = 0
+
+    def error(self, sample: str, n: int = 1) -> None:
+        self.res["errors"] += n
+        self.res["error_samples"].append(sample[:400])
+
+    def last(self, direction: str, conns: int) -> str:
+        v = self.rates.get(f"{direction}{conns}")
+        return f"{v[-1]:.0f}" if v else "-"
+
+    def finish(self) -> None:
+        m = self.res["metrics"]
+        for key, v in self.rates.items():
+            m[f"{key}_runs_MBps"] = v
+            m[f"{key}_MBps"] = statistics.median(v) if v else None
+        for key, v in self.lat.items():
+            m[key] = statistics.median(v) if v else None
+            m[key + "_runs"] = v
+        for direction, nbytes in self.moved.items():
+            m[f"{direction}_GiB_moved"] = nbytes / GIB
+            if not nbytes:
+                continue
+            for party in ("client", "serve", "loadgen", "target"):
+                if (party, direction) in self.cpu and (party, direction) not in self.cpu_incomplete:
+                    m[f"cpu_{party}_{direction}_s_per_GiB"] = self.cpu[(party, direction)] / (nbytes / GIB)
+            lg = [self.cpu.get((p, direction)) for p in ("loadgen", "target")]
+            if None not in lg:
+                m[f"cpu_harness_{direction}_s_per_GiB"] = sum(lg) / (nbytes / GIB)  # type: ignore[arg-type]
+        self.res["log_error_lines"] = self.log_errors
 
 
 def log(msg: str) -> None:
@@ -147,11 +193,14 @@ class Harness:
         self.mode = dataclasses.replace(QUICK if args.quick else FULL)
         if args.bulk_seconds:
             self.mode.bulk1_seconds = self.mode.bulk8_seconds = args.bulk_seconds
+        if args.hold_conns:
+            self.mode.hold_conns = args.hold_conns
         if args.reps:
-            self.mode.bulk1_reps = self.mode.bulk8_reps = args.reps
+            self.mode.bulk1_reps = self.mode.bulk8_reps = self.mode.latency_reps = args.reps
         self.reg = reg
         self.workdir = workdir
         self.target_port = 0
+        self.target: Proc | None = None
         self.serve: Proc | None = None
         self.serve_reason = ""
         self.kubeconfig = workdir / "kubeconfig"
@@ -162,6 +211,7 @@ class Harness:
     # -- fixed parts -----------------------------------------------------------------------
     def start_target(self) -> None:
         p = self.reg.start("target", [sys.executable, str(HERE / "loadgen.py"), "target"])
+        self.target = p
         m = p.wait_for_line(r"PORT (\d+)", 15)
         if not m:
             raise RuntimeError(f"benchmark target did not start: {p.tail()}")
@@ -290,95 +340,109 @@ class Harness:
         self.reg.stop(p)
         raise Unavailable(f"{row.label} did not start: {reason}")
 
-    # -- one row -----------------------------------------------------------------------------
-    def run_row(self, row: RowSpec) -> dict[str, Any]:
-        res: dict[str, Any] = {"label": row.label, "kind": row.kind, "status": "ok", "metrics": {},
-                               "errors": 0, "error_samples": []}
-        m: dict[str, Any] = res["metrics"]
-        fwd: Proc | None = None
+    # -- rows, interleaved -------------------------------------------------------------------
+    # Every repetition of every measurement runs all rows back to back (row A, B, C, A, B, C...),
+    # so a burst of load from elsewhere on a shared machine hits all rows alike and the ratios
+    # between rows stay meaningful; medians then take out the outliers.
+    def open_row(self, row: RowSpec) -> RowState:
+        st = RowState(row, {"label": row.label, "kind": row.kind, "status": "ok", "metrics": {},
+                            "errors": 0, "error_samples": []})
         try:
             if row.kind == "direct":
-                port = self.target_port
+                st.port = self.target_port
             else:
-                fwd, port = self.start_forwarder(row)
-                res["command"] = " ".join(fwd.popen.args)  # type: ignore[arg-type]
+                st.fwd, st.port = self.start_forwarder(row)
+                st.res["command"] = " ".join(st.fwd.popen.args)  # type: ignore[arg-type]
         except Unavailable as exc:
-            res.update(status="unavailable", reason=str(exc))
+            st.res.update(status="unavailable", reason=str(exc))
             log(f"{row.key}: unavailable: {exc}")
-            return res
+            return st
+        # warm-up: the first connection of a session pays for dialling and lazy setup
+        self.measure(st, "warm-up", {"op": "bulk", "dir": "down", "conns": 1, "duration": 0.1}, 60)
+        return st
 
-        def note_errors(tag: str, r: dict[str, Any]) -> None:
-            n = int(r.get("errors", 0)) + (1 if "exception" in r else 0)
-            if n:
-                res["errors"] += n
-                res["error_samples"].append(f"{tag}: {r.get('exception') or r.get('error_samples')}")
+    def measure(self, st: RowState, tag: str, cmd: dict[str, Any], timeout: float,
+                direction: str = "") -> dict[str, Any]:
+        """One load-generator command against the row; CPU of every party charged to `direction`."""
+        if st.fwd is not None and not st.fwd.alive():  # a dead forwarder is an error; restart it
+            st.error(f"{tag}: forwarder had exited: {st.fwd.tail(1)[-200:]}")
+            st.log_errors += st.fwd.count_lines(r"(?i)error|traceback")
+            self.reg.stop(st.fwd)
+            st.fwd = None
+            try:
+                st.fwd, st.port = self.start_forwarder(st.row)
+            except Unavailable as exc:
+                st.error(f"{tag}: restart failed: {exc}")
+                return {"exception": "no forwarder"}
+        assert self.worker is not None and self.target is not None
+        parties = {"client": st.fwd, "serve": self.serve if st.row.via_serve else None,
+                   "loadgen": self.worker, "target": self.target}
+        before = {k: (p.pid, cpu_seconds(p.pid)) for k, p in parties.items() if p is not None}
+        r = self.call(dict(cmd, port=st.port), timeout)
+        n = int(r.get("errors", 0)) + (1 if "exception" in r else 0)
+        if n:
+            st.error(f"{tag}: {r.get('exception') or r.get('error_samples')}", n)
+        if direction and r.get("bytes"):
+            st.moved[direction] += r["bytes"]
+            for k, (pid, c0) in before.items():
+                p = parties[k]
+                if p is not None and p.pid == pid and p.alive():
+                    st.cpu[(k, direction)] += cpu_seconds(pid) - c0
+                else:
+                    st.cpu_incomplete.add((k, direction))
+        return r
 
-        def ensure_fwd(tag: str) -> None:
-            """A dead forwarder is an error; restart it so the next measurement still runs."""
-            nonlocal fwd, port
-            if fwd is not None and not fwd.alive():
-                res["errors"] += 1
-                res["error_samples"].append(f"{tag}: forwarder exited: {fwd.tail(3)}")
-                self.reg.stop(fwd)
-                fwd, port = self.start_forwarder(row)
-
+    def run_rows(self, rows: list[RowSpec]) -> dict[str, dict[str, Any]]:
         mode = self.mode
+        states = [self.open_row(r) for r in rows]
+        live = [st for st in states if st.res["status"] == "ok"]
         try:
-            # warm-up: the first connection of a session pays for dialling and lazy setup
-            self.call({"op": "bulk", "port": port, "dir": "down", "conns": 1, "duration": 0.2}, 60)
-            for direction in ("down", "up"):
-                c0 = cpu_seconds(fwd.pid) if fwd else None
-                s0 = cpu_seconds(self.serve.pid) if (self.serve and row.via_serve) else None
-                moved = 0
-                for conns, secs, reps in ((1, mode.bulk1_seconds, mode.bulk1_reps),
-                                          (8, mode.bulk8_seconds, mode.bulk8_reps)):
-                    rates = []
-                    for _ in range(reps):
-                        ensure_fwd(f"bulk {direction} x{conns}")
-                        r = self.call({"op": "bulk", "port": port, "dir": direction, "conns": conns,
-                                       "duration": secs}, secs + 90)
-                        note_errors(f"bulk {direction} x{conns}", r)
-                        if "MBps" in r:
-                            rates.append(r["MBps"])
-                            moved += r["bytes"]
-                    key = f"{direction}{conns}"
-                    m[f"{key}_runs_MBps"] = rates
-                    m[f"{key}_MBps"] = statistics.median(rates) if rates else None
-                    log(f"{row.key}: {direction} x{conns}: " + ", ".join(f"{x:.0f}" for x in rates)
-                        + " MB/s")
-                m[f"{direction}_GiB_moved"] = moved / GIB
-                if moved and fwd is not None and c0 is not None and fwd.alive():
-                    m[f"cpu_client_{direction}_s_per_GiB"] = (cpu_seconds(fwd.pid) - c0) / (moved / GIB)
-                if moved and s0 is not None and self.serve is not None:
-                    m[f"cpu_serve_{direction}_s_per_GiB"] = (cpu_seconds(self.serve.pid) - s0) / (moved / GIB)
-
-            ensure_fwd("churn")
-            r = self.call({"op": "churn", "port": port, "concurrency": mode.churn_concurrency,
-                           "duration": mode.churn_seconds}, mode.churn_seconds + 120)
-            note_errors("churn", r)
-            m["churn_per_s"], m["churn_p50_ms"], m["churn_p99_ms"] = (
-                r.get("per_s"), r.get("p50_ms"), r.get("p99_ms"))
-            m["churn_conns"] = r.get("conns")
-            log(f"{row.key}: churn {r.get('per_s') or 0:.0f}/s p50 {r.get('p50_ms')} p99 {r.get('p99_ms')} ms")
-
-            ensure_fwd("pingpong")
-            r = self.call({"op": "pingpong", "port": port, "duration": mode.pingpong_seconds},
-                          mode.pingpong_seconds + 60)
-            note_errors("pingpong", r)
-            m["pp_p50_ms"], m["pp_p99_ms"], m["pp_count"] = r.get("p50_ms"), r.get("p99_ms"), r.get("count")
-            log(f"{row.key}: ping-pong p50 {r.get('p50_ms')} p99 {r.get('p99_ms')} ms")
-            ensure_fwd("end")
-        except Unavailable as exc:
-            res["errors"] += 1
-            res["error_samples"].append(f"forwarder could not be restarted: {exc}")
+            for conns, secs, reps in ((1, mode.bulk1_seconds, mode.bulk1_reps),
+                                      (8, mode.bulk8_seconds, mode.bulk8_reps)):
+                for rep in range(reps):
+                    for direction in ("down", "up"):
+                        for st in live:
+                            tag = f"bulk {direction} x{conns}"
+                            r = self.measure(st, tag, {"op": "bulk", "dir": direction, "conns": conns,
+                                                       "duration": secs}, secs + 90, direction)
+                            if "MBps" in r:
+                                st.rates[f"{direction}{conns}"].append(r["MBps"])
+                    log(f"bulk x{conns} rep {rep + 1}/{reps}: " + ", ".join(
+                        f"{st.row.key} {st.last('down', conns)}/{st.last('up', conns)}" for st in live)
+                        + " MB/s down/up")
+            for rep in range(mode.latency_reps):
+                for st in live:
+                    r = self.measure(st, "churn", {"op": "churn", "concurrency": mode.churn_concurrency,
+                                                   "duration": mode.churn_seconds}, mode.churn_seconds + 120)
+                    if r.get("per_s") is not None:
+                        st.lat["churn_per_s"].append(r["per_s"])
+                    for k in ("p50_ms", "p99_ms"):
+                        if r.get(k) is not None:
+                            st.lat["churn_" + k].append(r[k])
+                    r = self.measure(st, "pingpong", {"op": "pingpong", "duration": mode.pingpong_seconds},
+                                     mode.pingpong_seconds + 60)
+                    for k in ("p50_ms", "p99_ms"):
+                        if r.get(k) is not None:
+                            st.lat["pp_" + k].append(r[k])
+                log(f"latency rep {rep + 1}/{mode.latency_reps}: " + ", ".join(
+                    f"{st.row.key} churn {st.lat['churn_per_s'][-1] if st.lat['churn_per_s'] else 0:.0f}/s "
+                    f"p99 {st.lat['churn_p99_ms'][-1] if st.lat['churn_p99_ms'] else 0:.1f} ms, "
+                    f"ping p99 {st.lat['pp_p99_ms'][-1] if st.lat['pp_p99_ms'] else 0:.3f} ms"
+                    for st in live))
         finally:
-            if fwd is not None:
-                self.reg.stop(fwd)
-
-        if row.kind != "direct":
-            self.measure_rss(row, res)
-        res["error_samples"] = res["error_samples"][:8]
-        return res
+            for st in live:
+                if st.fwd is not None:
+                    if not st.fwd.alive():
+                        st.error(f"forwarder exited: {st.fwd.tail(1)[-200:]}")
+                    st.log_errors += st.fwd.count_lines(r"(?i)error|traceback")
+                    self.reg.stop(st.fwd)
+                    st.fwd = None
+        for st in live:
+            st.finish()
+            if st.row.kind != "direct":
+                self.measure_rss(st.row, st.res)
+            st.res["error_samples"] = st.res["error_samples"][:8]
+        return {st.row.key: st.res for st in states}
 
     def measure_rss(self, row: RowSpec, res: dict[str, Any]) -> None:
         """Fresh forwarder, 1,000 connections held open (each proven by an echo), VmHWM."""
@@ -406,9 +470,10 @@ class Harness:
             else:
                 res["errors"] += 1
                 res["error_samples"].append(f"hold {n}: forwarder exited: {fwd.tail(3)}")
-            log(f"{row.key}: {r.get('open')} conns open, VmHWM {m.get('rss_hwm_MiB') or 0:.1f} MiB")
+            log(f"{row.key}: {r.get('open')} conns open, peak {m.get('rss_hwm_MiB') or 0:.1f} MiB")
         finally:
             self.call({"op": "release"}, 60)
+            res["log_error_lines"] = res.get("log_error_lines", 0) + fwd.count_lines(r"(?i)error|traceback")
             self.reg.stop(fwd)
 
 
@@ -437,7 +502,7 @@ def run_micro(workdir: Path) -> dict[str, Any]:
     return {"status": "ok" if r.returncode == 0 else f"pytest exit {r.returncode}", "benchmarks": rows}
 
 
-def machine_info() -> dict[str, Any]:
+def machine_info(rows: list[RowSpec]) -> dict[str, Any]:
     info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
                             "cpus": os.cpu_count()}
     try:
@@ -453,7 +518,7 @@ def machine_info() -> dict[str, Any]:
         info["uvloop"] = uvloop.__version__
     except ImportError:
         info["uvloop"] = None
-    for b in ("kubectl.1.33", "kubectl.1.29"):
+    for b in sorted({r.binary for r in rows if r.kind == "kubectl"}):
         try:
             out = subprocess.run([str(KUBECTL_DIR / b), "version", "--client", "-o", "json"],
                                  capture_output=True, text=True, timeout=20).stdout
@@ -480,8 +545,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-tls", action="store_true", help="fastpf serve without TLS (default: TLS)")
     ap.add_argument("--bulk-seconds", type=float, default=0.0, help="override bulk durations")
     ap.add_argument("--reps", type=int, default=0, help="override bulk repetitions")
+    ap.add_argument("--hold-conns", type=int, default=0, help="connections for the RSS test (1000)")
     ap.add_argument("--no-micro", action="store_true", help="skip the micro benchmarks in full mode")
     ap.add_argument("--out", default=str(HERE / "results"), help="results directory")
+    ap.add_argument("--no-chart", action="store_true", help="skip latest.png")
     ap.add_argument("--keep-logs", action="store_true", help="keep child logs (printed path)")
     args = ap.parse_args(argv)
 
@@ -512,7 +579,7 @@ def main(argv: list[str] | None = None) -> int:
             "mode": "quick" if args.quick else "full",
             "durations": vars(h.mode),
             "tls": not args.no_tls,
-            "machine": machine_info(),
+            "machine": machine_info(rows),
             "topology": "loadgen worker (uvloop, 1 process) -> forwarder -> fastpf serve -> target "
                         "(uvloop, 1 process); direct: loadgen -> target; socat: loadgen -> socat -> "
                         "target. All on loopback, sharing the machine's cores.",
@@ -529,15 +596,10 @@ def main(argv: list[str] | None = None) -> int:
             h.start_serve()
             if h.serve is None:
                 log(f"fastpf serve unavailable: {h.serve_reason}")
-        for row in rows:
-            log(f"--- {row.label}")
-            result["rows"][row.key] = h.run_row(row)
-            if h.serve is not None and not h.serve.alive():
-                h.serve_reason = f"fastpf serve exited during the run: {h.serve.tail(3)}"
-                log(h.serve_reason)
-                reg.stop(h.serve)
-                h.serve = None
-                h.start_serve()  # later rows get a fresh one
+        result["rows"] = h.run_rows(rows)
+        if h.serve is not None and not h.serve.alive():
+            result["meta"]["serve_exited"] = h.serve.tail(3)
+            log(f"fastpf serve exited during the run: {h.serve.tail(3)}")
         if not args.quick and not args.no_micro:
             result["micro"] = run_micro(workdir)
     except KeyboardInterrupt:
@@ -548,6 +610,7 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(Exception):
                 h.chan.call(b'{"op": "quit"}', 2)
         reg.stop_all()
+    result["meta"]["children"] = reg.history  # all stopped by now (tests check it)
     result["meta"]["seconds"] = round(time.monotonic() - t_start, 1)
     result["meta"]["interrupted"] = interrupted
     result["targets"] = report.targets(result)
@@ -561,11 +624,11 @@ def main(argv: list[str] | None = None) -> int:
     (out / f"{stamp}.md").write_text(md)
     (out / "latest.json").write_text(js)
     (out / "latest.md").write_text(md)
-    chart = report.chart(result, out / "latest.png")
+    chart = None if args.no_chart else report.chart(result, out / "latest.png")
     print()
     print(md)
     log(f"wrote {out / (stamp + '.json')}, {out / (stamp + '.md')}, latest.md"
-        + (", latest.png" if chart else f" (no chart: {chart is None and 'matplotlib missing'})"))
+        + (", latest.png" if chart else " (no chart)"))
     if args.keep_logs:
         log(f"child logs kept in {workdir}")
     else:

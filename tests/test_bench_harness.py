@@ -5,6 +5,7 @@ is caught; the report renders. No timed assertions; the whole file takes a few s
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
 import subprocess
 import sys
@@ -40,7 +41,7 @@ def target_port():
 def test_record_reader_accepts_any_split() -> None:
     stream = bytearray()
     off = 0
-    for size in (5, 1 << 20, 3):
+    for size in (5, 70_000, 3):
         stream += loadgen.record_header(size)
         stream += loadgen.PATTERN[off % loadgen.PERIOD:][:size]
         off += size
@@ -163,10 +164,63 @@ def test_report_renders_unavailable_rows(tmp_path: Path) -> None:
     assert t["download 1 conn vs kubectl 1.33"]["fastpf-websocket"]["pass"] is None
     md = report.markdown(result)
     assert "client not written yet" in md and "| fastpf spdy | 400 |" in md
-    report.chart(result, tmp_path / "c.png")
 
 
 def test_free_port_is_bindable() -> None:
     port = procs.free_port()
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _run_harness(tmp_path: Path, extra: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(BENCH / "run.py"), "--quick", "--rows", "direct,socat", "--hold-conns", "20",
+         "--bulk-seconds", "0.2", "--out", str(tmp_path), *extra],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+@pytest.mark.skipif(not shutil.which("socat"), reason="socat not installed")
+def test_run_py_end_to_end_direct_and_socat(tmp_path: Path) -> None:
+    p = _run_harness(tmp_path, ["--no-chart"])  # the chart costs seconds; every real run draws it
+    try:
+        assert p.wait(timeout=60) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    import json
+
+    result = json.loads((tmp_path / "latest.json").read_text())
+    for key in ("direct", "socat"):
+        row = result["rows"][key]
+        assert row["status"] == "ok" and row["errors"] == 0, row
+        assert row["metrics"]["down1_MBps"] > 0 and row["metrics"]["churn_per_s"] > 0
+    assert result["rows"]["socat"]["metrics"]["hold_open"] == 20
+    assert "| socat (1 hop) |" in (tmp_path / "latest.md").read_text()
+    assert result["meta"]["children"] and not any(_alive(pid) for _, pid in result["meta"]["children"])
+
+
+def test_run_py_ctrl_c_stops_every_child(tmp_path: Path) -> None:
+    import json
+    import signal
+
+    p = _run_harness(tmp_path, ["--reps", "100", "--no-chart"])  # would run for minutes
+    try:
+        time.sleep(2.0)  # somewhere in the first measurements (or still starting: either way)
+        p.send_signal(signal.SIGINT)
+        assert p.wait(timeout=30) == 130
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    result = json.loads((tmp_path / "latest.json").read_text())
+    assert result["meta"]["interrupted"] is True
+    assert result["meta"]["children"] and not any(_alive(pid) for _, pid in result["meta"]["children"])

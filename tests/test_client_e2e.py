@@ -253,10 +253,12 @@ def test_targets_and_named_ports(protocol: str, serve_factory: Callable[..., Ser
     t2 = targets_factory("127.0.0.2")
     srv = serve_factory(manifest=manifest(t1, t2))
     proto = ("--protocol", protocol)
-    # bare REMOTE form and a named port on a pod at another loopback address
-    pf = fastpf(srv.kubeconfig, *proto, "pod/p2", "echo", wait=1)
+    # bare REMOTE forms (a name, a number) on a pod at another loopback address
+    pf = fastpf(srv.kubeconfig, *proto, "pod/p2", "echo", str(t2.sink), wait=2)
     assert pf.forwards[0] == ("127.0.0.1", t2.echo, t2.echo)
+    assert ("127.0.0.1", t2.sink, t2.sink) in pf.forwards
     assert echo_once(t2.echo, b"named") == b"named"
+    assert upload(t2.sink, 1 << 20) == f"{1 << 20} {pattern_sha256(1 << 20)}"
     assert pf.interrupt() == 0
     # service: name -> targetPort name -> container port; local = service port number
     local = free_port()
@@ -320,7 +322,7 @@ def test_proxy_url_connect(tmp_path: Path, serve: ServeInstance, targets: Target
         loop.run_until_complete(proxy.stop())
         loop.close()
 
-    th = threading.Thread(target=run_proxy, daemon=True)
+    th = threading.Thread(target=run_proxy, daemon=True)  # stopped in finally
     th.start()
     assert ready.wait(10)
     try:
@@ -362,3 +364,34 @@ def test_lost_connection_exits_1(serve: ServeInstance, targets: Targets,
     serve.stop()
     assert pf.wait_exit(20) == 1
     assert pf.stderr[-1] == "error: lost connection to pod"
+
+
+@pytest.mark.parametrize("raw", ["/portForward/{ns}/{pod}",
+                                 "/api/v1beta3/proxy/minions/node-1/portForward/default/mypod"])
+def test_raw_path(raw: str, serve: ServeInstance, targets: Targets,
+                  fastpf: Callable[..., Fastpf]) -> None:
+    pf = fastpf(serve.kubeconfig, "--protocol", "spdy", "--raw-path", raw, "mypod",
+                f":{targets.echo}", wait=1)
+    assert echo_once(pf.local_port(targets.echo), b"raw") == b"raw"
+    assert pf.interrupt() == 0
+
+
+@pytest.mark.parametrize("env,want", [("", "websocket"), ("false", "spdy"), ("FALSE", "spdy")])
+def test_auto_protocol_env(env: str, want: str, serve: ServeInstance, targets: Targets,
+                           fastpf: Callable[..., Fastpf]) -> None:
+    pf = fastpf(serve.kubeconfig, "-v", "4", "mypod", f":{targets.echo}", wait=1,
+                env={"KUBECTL_PORT_FORWARD_WEBSOCKETS": env})
+    assert echo_once(pf.local_port(targets.echo), b"auto") == b"auto"
+    assert pf.interrupt() == 0
+    assert any(ln.endswith(f"with protocol {want}") for ln in pf.stderr), pf.stderr
+
+
+def test_tls_bridge_bulk(serve: ServeInstance, targets: Targets,
+                         fastpf: Callable[..., Fastpf]) -> None:
+    """The opt-in threaded TLS pump carries bulk data both ways and passes EOF through."""
+    pf = fastpf(serve.kubeconfig, "--protocol", "websocket", "mypod", f":{targets.sink}",
+                f":{targets.source}", wait=2, env={"FASTPF_TLS_BRIDGE": "1"})
+    n = 16 << 20
+    assert upload(pf.local_port(targets.sink), n) == f"{n} {pattern_sha256(n)}"
+    assert download(pf.local_port(targets.source), n) == (n, pattern_sha256(n))
+    assert pf.interrupt() == 0

@@ -260,6 +260,8 @@ class Proxy:
             self._server.close()
         for t in list(self._tasks):
             t.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=2)
 
     async def _splice(self, host: str, port: int, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter, reply: bytes) -> None:
@@ -268,8 +270,10 @@ class Proxy:
         t = asyncio.ensure_future(asyncio.gather(_pipe(reader, w2), _pipe(r2, writer)))
         self._tasks.add(t)
         try:
-            await t
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
         finally:
+            self._tasks.discard(t)
             w2.close()
             writer.close()
 

@@ -327,3 +327,26 @@ def test_ssl_context_rejects_unknown_ca(serve: ServeInstance) -> None:
     with socket.create_connection(("127.0.0.1", serve.port), timeout=10) as raw, \
             pytest.raises(ssl.SSLCertVerificationError):
         ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+@pytest.mark.parametrize("version", ["1.33", "1.37"])
+def test_kubectl_wait_uses_watch(serve_factory: Callable[..., ServeInstance], kubectl_bin: Callable[[str], str],
+                                 tmp_path: Path, version: str) -> None:
+    """`kubectl wait` lists + watches (1.37: WatchList with sendInitialEvents + bookmark)."""
+    binary = kubectl_bin(version)
+    s = serve_factory(manifest=MANIFEST)
+    r = run_kubectl(binary, s.kubeconfig, tmp_path, "wait", "--for=condition=Ready", "pod", "-l", "app=web",
+                    "--timeout=20s")
+    assert r.returncode == 0 and "pod/web-1 condition met" in r.stdout, r.stderr
+
+
+def test_kubectl_waits_for_pods_of_empty_service(serve_factory: Callable[..., ServeInstance],
+                                                 kubectl_bin: Callable[[str], str], tmp_path: Path) -> None:
+    """No pod matches: kubectl watches (our watch stays open) until --pod-running-timeout."""
+    s = serve_factory(manifest=MANIFEST + "---\napiVersion: v1\nkind: Service\nmetadata: {name: empty}\n"
+                      "spec: {selector: {app: nothing}, ports: [{port: 80}]}\n")
+    started = time.monotonic()
+    r = run_kubectl(kubectl_bin("1.33"), s.kubeconfig, tmp_path, "port-forward", "svc/empty", "80",
+                    "--pod-running-timeout=2s")
+    assert r.returncode == 1 and "error: timed out waiting for the condition" in r.stderr, r.stderr
+    assert time.monotonic() - started >= 1.9

@@ -8,6 +8,7 @@ Pods live on 127.0.0.2 (annotation fastpf.io/address) so that kubectl's `R` form
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import socket
 import ssl
@@ -195,7 +196,7 @@ def test_service_and_deployment_targets_with_named_ports(
     s, t, _ = cluster
     # svc: port name "up" -> targetPort "sink" (a container port name); port 81 -> int targetPort.
     pf = kubectl_port_forward("1.33", s.kubeconfig, "svc/web", ":up", ":81")
-    assert [remote for _, _, remote in pf.forwards if True][:1] == [t.sink]
+    assert [remote for address, _, remote in pf.forwards if address == "127.0.0.1"] == [t.sink, t.source]
     assert upload(pf.local_port(t.sink), 1 << 20) == f"{1 << 20} {pattern_sha256(1 << 20)}"
     assert download(pf.local_port(t.source), 1 << 20) == (1 << 20, pattern_sha256(1 << 20))
     # deploy: selector with matchExpressions; pod named port; the Pending pod must not win.
@@ -235,27 +236,36 @@ def test_refused_pod_port(cluster: tuple[ServeInstance, Targets, int],
 def test_silent_errors_keep_session(serve_factory: Callable[..., ServeInstance],
                                     targets_factory: Callable[[str], Targets],
                                     kubectl_port_forward: Callable[..., KubectlPortForward]) -> None:
+    """--silent-errors: a refused pod port resets only that connection; the session lives."""
     t = targets_factory(POD_HOST)
     refused = free_port(POD_HOST)
     s = serve_factory("--silent-errors", manifest=MANIFEST.format(host=POD_HOST, sink=t.sink, source=t.source,
                                                                    echo=t.echo, refused=refused))
-    pf = kubectl_port_forward("1.33", s.kubeconfig, "pod/refused", f":{refused}")
-    with socket.create_connection(("127.0.0.1", pf.local_port(refused)), timeout=30) as sock:
-        sock.settimeout(30)
-        try:
-            assert sock.recv(1) == b""
-        except ConnectionResetError:
-            pass
-    pf2 = kubectl_port_forward("1.33", s.kubeconfig, "pod/web-0", f":{t.echo}")
-    assert _echo(pf2.local_port(t.echo), b"still here") == b"still here"
+    pf = kubectl_port_forward("1.33", s.kubeconfig, "pod/web-0", f":{refused}", f":{t.echo}")
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", pf.local_port(refused)), timeout=30) as sock:
+            sock.settimeout(30)
+            with contextlib.suppress(ConnectionResetError):
+                assert sock.recv(1) == b""
+    assert _echo(pf.local_port(t.echo), b"still here") == b"still here"
     assert pf.proc.poll() is None, pf.output()
+    assert "an error occurred forwarding" not in pf.output()
 
 
-@pytest.mark.parametrize("version", KUBECTL_VERSIONS)
+SMOKE = [(v, None) for v in KUBECTL_VERSIONS] + [("1.30", "true")]
+
+
+@pytest.mark.parametrize(("version", "ws"), SMOKE, ids=[f"{v}-{w or 'default'}" for v, w in SMOKE])
 def test_smoke_every_kubectl(cluster: tuple[ServeInstance, Targets, int],
-                             kubectl_port_forward: Callable[..., KubectlPortForward], version: str) -> None:
+                             kubectl_port_forward: Callable[..., KubectlPortForward], version: str,
+                             ws: str | None) -> None:
+    """Every kubectl with its default transport (1.27-1.30 SPDY, 1.31+ WebSocket tunnel), and
+    1.30 with the WebSocket opt-in."""
     s, t, _ = cluster
-    pf = kubectl_port_forward(version, s.kubeconfig, "pod/web-0", f":{t.sink}", f":{t.source}")
+    pf = kubectl_port_forward(version, s.kubeconfig, "pod/web-0", f":{t.sink}", f":{t.source}", env=_env(ws),
+                              args=("-v=6",))
+    expected = "websocket" if ws == "true" or version >= "1.31" else "spdy"
+    assert _transport_used(pf) == expected
     n = 4 << 20
     assert upload(pf.local_port(t.sink), n) == f"{n} {pattern_sha256(n)}"
     assert download(pf.local_port(t.source), n) == (n, pattern_sha256(n))
@@ -370,3 +380,80 @@ def test_engine_present() -> None:
     from fastpf.transport import kubelet
 
     assert callable(kubelet.accept_portforward) and callable(kubelet.shutdown_all)
+
+
+def _raw_upgrade(s: ServeInstance, path: str, kind: str = "spdy", extra: str = "") -> bytes:
+    """Send one upgrade request on a fresh TLS connection; return the response head."""
+    ctx = s.ssl_context()
+    assert ctx is not None
+    if kind == "spdy":
+        head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: Upgrade\r\n"
+                "Upgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: portforward.k8s.io\r\n")
+    else:
+        head = (f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                f"Sec-WebSocket-Protocol: {kind}\r\n")
+    head += extra + f"Authorization: Bearer {s.token}\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        tls.sendall(head.encode())
+        got = b""
+        for _ in range(50):  # bounded: until the end of the head
+            chunk = tls.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+            if b"\r\n\r\n" in got:
+                break
+        return got
+
+
+@pytest.mark.parametrize("path", [
+    "/api/v1/namespaces/default/pods/web-0/portforward",
+    "/portForward/default/web-0",
+    "/api/v1beta1/proxy/minions/node-1/portForward/default/web-0",
+    "/api/v1beta3/proxy/nodes/node-1/portForward/default/web-0",
+])
+def test_upgrade_paths_reach_engine(cluster: tuple[ServeInstance, Targets, int], path: str) -> None:
+    s, _, _ = cluster
+    head = _raw_upgrade(s, path)
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    assert b"portforward.k8s.io" in head
+    missing = _raw_upgrade(s, path.replace("web-0", "nosuch"))
+    assert missing.startswith(b"HTTP/1.1 404 "), missing
+    ws = _raw_upgrade(s, path + "?ports=80", kind="v4.channel.k8s.io")
+    assert ws.startswith(b"HTTP/1.1 101 ") and b"v4.channel.k8s.io" in ws, ws
+
+
+def test_engine_refusals_pass_through(cluster: tuple[ServeInstance, Targets, int]) -> None:
+    """Negotiation failures are the engine's answers (kubelet texts), not ours."""
+    s, _, _ = cluster
+    path = "/api/v1/namespaces/default/pods/web-0/portforward"
+    no_ports = _raw_upgrade(s, path, kind="v4.channel.k8s.io")
+    assert no_ports.startswith(b"HTTP/1.1 400 "), no_ports
+    bad_version = _raw_upgrade(s, path, extra="X-Stream-Protocol-Version: v9.nope\r\n")
+    assert bad_version.split(b"\r\n")[0].split()[1] in (b"101", b"403"), bad_version
+
+
+def test_sigterm_ends_kubectl_sessions(cluster: tuple[ServeInstance, Targets, int],
+                                       kubectl_port_forward: Callable[..., KubectlPortForward]) -> None:
+    s, t, _ = cluster
+    spdy = kubectl_port_forward("1.33", s.kubeconfig, "pod/web-0", f":{t.echo}", env=_env("false"))
+    ws = kubectl_port_forward("1.33", s.kubeconfig, "pod/web-0", f":{t.echo}")
+    assert _echo(spdy.local_port(t.echo), b"a") == b"a" and _echo(ws.local_port(t.echo), b"b") == b"b"
+    assert s.stop() == 0
+    assert spdy.wait_exit(15) == 1 and ws.wait_exit(15) == 1
+    assert "error: lost connection to pod" in spdy.stderr and "error: lost connection to pod" in ws.stderr
+    assert "Traceback" not in s.stderr_text()
+
+
+def test_idle_timeout_reaches_engine(serve_factory: Callable[..., ServeInstance],
+                                     targets_factory: Callable[[str], Targets],
+                                     kubectl_port_forward: Callable[..., KubectlPortForward]) -> None:
+    """--idle-timeout 1: a SPDY session without traffic (kubectl pings every 5 s) is closed."""
+    t = targets_factory(POD_HOST)
+    s = serve_factory("--idle-timeout", "1", manifest=MANIFEST.format(
+        host=POD_HOST, sink=t.sink, source=t.source, echo=t.echo, refused=free_port(POD_HOST)))
+    pf = kubectl_port_forward("1.29", s.kubeconfig, "pod/web-0", f":{t.echo}")
+    assert pf.wait_exit(20) == 1
+    assert "error: lost connection to pod" in pf.stderr

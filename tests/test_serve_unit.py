@@ -341,3 +341,13 @@ def test_upgrade_hands_transport_and_trailing_bytes_to_engine() -> None:
     assert all(name == name.lower() for name, _ in request.headers)
     assert request.trailing == b"\x80\x03\x00\x06garbage"
     assert pod.address == "127.0.0.2" and options.silent_errors is True
+
+
+def test_watchlist_initial_events_end_with_bookmark() -> None:
+    api = Api(_cluster(), TOKEN)
+    reply = _get(api, "/api/v1/namespaces/default/pods?watch=1&sendInitialEvents=true"
+                      "&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&fieldSelector=metadata.name%3Dweb-1")
+    assert isinstance(reply, Watch)
+    events = [json.loads(e) for e in reply.events]
+    assert [e["type"] for e in events] == ["ADDED", "BOOKMARK"]
+    assert events[1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}

@@ -14,14 +14,24 @@ KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
 
 def spdy_req(*extra: tuple[str, str], method: str = "POST") -> UpgradeRequest:
-    headers = [("host", "127.0.0.1:1"), ("content-length", "0"), ("connection", "Upgrade"),
-               ("upgrade", "SPDY/3.1"), *extra]
+    headers = [
+        ("host", "127.0.0.1:1"),
+        ("content-length", "0"),
+        ("connection", "Upgrade"),
+        ("upgrade", "SPDY/3.1"),
+        *extra,
+    ]
     return UpgradeRequest(method, "/api/v1/namespaces/default/pods/x/portforward", {}, headers)
 
 
 def ws_req(protocols: str | None, query: dict[str, list[str]] | None = None) -> UpgradeRequest:
-    headers = [("host", "h"), ("connection", "Upgrade"), ("upgrade", "websocket"),
-               ("sec-websocket-version", "13"), ("sec-websocket-key", KEY)]
+    headers = [
+        ("host", "h"),
+        ("connection", "Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-version", "13"),
+        ("sec-websocket-key", KEY),
+    ]
     if protocols is not None:
         headers.append(("sec-websocket-protocol", protocols))
     return UpgradeRequest("GET", "/p", query or {}, headers)
@@ -29,7 +39,13 @@ def ws_req(protocols: str | None, query: dict[str, list[str]] | None = None) -> 
 
 def parse(raw: bytes) -> tuple[int, dict[str, list[str]], bytes]:
     conn = h11.Connection(h11.CLIENT)
-    conn.send(h11.Request(method="GET", target="/", headers=[("host", "x"), ("upgrade", "x"), ("connection", "upgrade")]))
+    conn.send(
+        h11.Request(
+            method="GET",
+            target="/",
+            headers=[("host", "x"), ("upgrade", "x"), ("connection", "upgrade")],
+        )
+    )
     conn.send(h11.EndOfMessage())
     conn.receive_data(raw)
     event = conn.next_event()
@@ -54,7 +70,9 @@ def test_accept_key_rfc6455_sample() -> None:
 
 @pytest.mark.parametrize("method", ["POST", "GET"])
 def test_spdy_accepted(method: str) -> None:
-    result = hs.negotiate(spdy_req(("x-stream-protocol-version", "portforward.k8s.io"), method=method))
+    result = hs.negotiate(
+        spdy_req(("x-stream-protocol-version", "portforward.k8s.io"), method=method)
+    )
     assert isinstance(result, hs.Accepted) and result.kind == hs.KIND_SPDY
     assert result.response == (
         b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
@@ -63,30 +81,42 @@ def test_spdy_accepted(method: str) -> None:
 
 
 def test_spdy_picks_first_supported_of_list() -> None:
-    result = hs.negotiate(spdy_req(("x-stream-protocol-version", "v2.portforward.k8s.io, portforward.k8s.io")))
+    result = hs.negotiate(
+        spdy_req(("x-stream-protocol-version", "v2.portforward.k8s.io, portforward.k8s.io"))
+    )
     assert isinstance(result, hs.Accepted)
 
 
 def test_spdy_no_common_version_403() -> None:
-    result = hs.negotiate(spdy_req(("x-stream-protocol-version", "v2.portforward.k8s.io"),
-                                   ("x-stream-protocol-version", "v3.portforward.k8s.io")))
+    result = hs.negotiate(
+        spdy_req(
+            ("x-stream-protocol-version", "v2.portforward.k8s.io"),
+            ("x-stream-protocol-version", "v3.portforward.k8s.io"),
+        )
+    )
     assert isinstance(result, hs.Refused) and result.status == 403
     status, headers, body = parse(result.response)
     assert status == 403
     assert headers["x-accepted-stream-protocol-versions"] == ["portforward.k8s.io"]
-    assert body == (b"unable to upgrade: unable to negotiate protocol: client supports "
-                    b"[v2.portforward.k8s.io v3.portforward.k8s.io], server accepts [portforward.k8s.io]\n")
+    assert body == (
+        b"unable to upgrade: unable to negotiate protocol: client supports "
+        b"[v2.portforward.k8s.io v3.portforward.k8s.io], server accepts [portforward.k8s.io]\n"
+    )
     assert headers["content-type"] == ["text/plain; charset=utf-8"]
 
 
 def test_spdy_missing_version_400() -> None:
     result = hs.negotiate(spdy_req())
     assert isinstance(result, hs.Refused) and result.status == 400
-    assert parse(result.response)[2] == b"unable to upgrade: X-Stream-Protocol-Version is required\n"
+    assert (
+        parse(result.response)[2] == b"unable to upgrade: X-Stream-Protocol-Version is required\n"
+    )
 
 
 def test_spdy_missing_upgrade_headers_400() -> None:
-    req = UpgradeRequest("POST", "/p", {}, [("host", "h"), ("x-stream-protocol-version", "portforward.k8s.io")])
+    req = UpgradeRequest(
+        "POST", "/p", {}, [("host", "h"), ("x-stream-protocol-version", "portforward.k8s.io")]
+    )
     result = hs.negotiate(req)
     assert isinstance(result, hs.Refused) and result.status == 400
     body = parse(result.response)[2].decode()
@@ -149,8 +179,17 @@ def test_channel_port_errors() -> None:
 
 
 def test_bad_websocket_key_400() -> None:
-    req = UpgradeRequest("GET", "/p", {"ports": ["1"]}, [("host", "h"), ("connection", "Upgrade"),
-                                                         ("upgrade", "websocket"), ("sec-websocket-version", "13")])
+    req = UpgradeRequest(
+        "GET",
+        "/p",
+        {"ports": ["1"]},
+        [
+            ("host", "h"),
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-version", "13"),
+        ],
+    )
     r = hs.negotiate(req)
     assert isinstance(r, hs.Refused) and r.status == 400
 
@@ -162,13 +201,28 @@ def _resp(status: int, headers: list[tuple[str, str]]) -> h11.Response | h11.Inf
 
 
 def test_client_checks_like_kubectl() -> None:
-    ok = _resp(101, [("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1"), ("X-Stream-Protocol-Version", "portforward.k8s.io")])
+    ok = _resp(
+        101,
+        [
+            ("Connection", "Upgrade"),
+            ("Upgrade", "SPDY/3.1"),
+            ("X-Stream-Protocol-Version", "portforward.k8s.io"),
+        ],
+    )
     assert hs.check_spdy_response(ok).ok
     no_version = _resp(101, [("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1")])
     assert hs.check_spdy_response(no_version).message == (
-        'unable to negotiate protocol: client supports "portforward.k8s.io", server returned ""')
-    status = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                         "message": 'pods "x" is forbidden: nope', "code": 403}).encode()
+        'unable to negotiate protocol: client supports "portforward.k8s.io", server returned ""'
+    )
+    status = json.dumps(
+        {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "status": "Failure",
+            "message": 'pods "x" is forbidden: nope',
+            "code": 403,
+        }
+    ).encode()
     r = hs.check_spdy_response(_resp(403, [("Content-Type", "application/json")]), status)
     assert r.message == 'error upgrading connection: pods "x" is forbidden: nope'
     r = hs.check_spdy_response(_resp(400, []), b"  some text\n")
@@ -177,9 +231,15 @@ def test_client_checks_like_kubectl() -> None:
 
 def test_client_websocket_checks() -> None:
     key = KEY
-    good = [("Connection", "Upgrade"), ("Upgrade", "websocket"), ("Sec-WebSocket-Accept", hs.websocket_accept(key))]
+    good = [
+        ("Connection", "Upgrade"),
+        ("Upgrade", "websocket"),
+        ("Sec-WebSocket-Accept", hs.websocket_accept(key)),
+    ]
     offered = [hs.TUNNEL_PROTOCOL]
-    r = hs.check_websocket_response(_resp(101, [*good, ("Sec-WebSocket-Protocol", hs.TUNNEL_PROTOCOL)]), key, offered)
+    r = hs.check_websocket_response(
+        _resp(101, [*good, ("Sec-WebSocket-Protocol", hs.TUNNEL_PROTOCOL)]), key, offered
+    )
     assert r.ok
     r = hs.check_websocket_response(_resp(101, good), key, offered)
     assert not r.ok and r.fallback
@@ -188,11 +248,20 @@ def test_client_websocket_checks() -> None:
 
 
 def test_client_requests_match_kubectl() -> None:
-    _, raw = hs.spdy_request("127.0.0.1:6443", "/api/v1/namespaces/default/pods/x/portforward",
-                             [("User-Agent", "kubectl/v1.33.1")])
-    assert raw.startswith(b"POST /api/v1/namespaces/default/pods/x/portforward HTTP/1.1\r\nHost: 127.0.0.1:6443\r\n")
-    for line in (b"Content-Length: 0", b"Connection: Upgrade", b"Upgrade: SPDY/3.1",
-                 b"X-Stream-Protocol-Version: portforward.k8s.io"):
+    _, raw = hs.spdy_request(
+        "127.0.0.1:6443",
+        "/api/v1/namespaces/default/pods/x/portforward",
+        [("User-Agent", "kubectl/v1.33.1")],
+    )
+    assert raw.startswith(
+        b"POST /api/v1/namespaces/default/pods/x/portforward HTTP/1.1\r\nHost: 127.0.0.1:6443\r\n"
+    )
+    for line in (
+        b"Content-Length: 0",
+        b"Connection: Upgrade",
+        b"Upgrade: SPDY/3.1",
+        b"X-Stream-Protocol-Version: portforward.k8s.io",
+    ):
         assert line + b"\r\n" in raw
     _, raw, key = hs.websocket_request("h", "/p", [hs.TUNNEL_PROTOCOL], [])
     assert raw.startswith(b"GET /p HTTP/1.1\r\n")

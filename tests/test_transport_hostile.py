@@ -34,7 +34,9 @@ def _catch_loop_errors() -> list[dict[str, Any]]:
     return errors
 
 
-async def _raw_upgrade(port: int, protocol: str, ports: list[int] | None = None) -> tuple[Any, Any, bytes]:
+async def _raw_upgrade(
+    port: int, protocol: str, ports: list[int] | None = None
+) -> tuple[Any, Any, bytes]:
     """Open a raw upgraded connection; returns (reader, writer, bytes after the 101 head)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     if protocol == "spdy":
@@ -43,7 +45,9 @@ async def _raw_upgrade(port: int, protocol: str, ports: list[int] | None = None)
         _, raw, _ = handshake.websocket_request("127.0.0.1", PATH, [handshake.TUNNEL_PROTOCOL], [])
     else:
         query = "?ports=" + ",".join(str(p) for p in ports or [1])
-        _, raw, _ = handshake.websocket_request("127.0.0.1", PATH + query, [handshake.CHANNEL_V4], [])
+        _, raw, _ = handshake.websocket_request(
+            "127.0.0.1", PATH + query, [handshake.CHANNEL_V4], []
+        )
     writer.write(raw)
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     assert head.startswith(b"HTTP/1.1 101 ")
@@ -115,7 +119,11 @@ def test_spdy_garbage_goaway_and_others_survive(garbage: str, loop_kind: str) ->
             writer.write(GARBAGE[garbage])
             answer = await _read_all(reader)  # the server closes after its GOAWAY
             frames = _spdy_frames(answer)
-            assert frames and frames[-1].type == F.GOAWAY and frames[-1].status == F.GOAWAY_PROTOCOL_ERROR
+            assert (
+                frames
+                and frames[-1].type == F.GOAWAY
+                and frames[-1].status == F.GOAWAY_PROTOCOL_ERROR
+            )
             writer.close()
             # the established session and new ones still work
             fw.writer.write(b"ping")
@@ -169,7 +177,9 @@ def test_spdy_stream_id_rules_and_ping_parity() -> None:
             writer.write(enc.syn_stream(3, {"streamtype": "data", "port": "80", "requestid": "0"}))
             writer.write(enc.goaway(0))
             frames = _spdy_frames(await _read_all(reader))
-            kinds = [(f.type, f.stream_id, f.ping_id if f.type == F.PING else f.status) for f in frames]
+            kinds = [
+                (f.type, f.stream_id, f.ping_id if f.type == F.PING else f.status) for f in frames
+            ]
             assert (F.PING, 0, 1) in kinds
             assert not any(k[0] == F.PING and k[2] == 2 for k in kinds)
             assert (F.SYN_REPLY, 5, 0) in kinds
@@ -201,13 +211,19 @@ async def _canned(answers: list[bytes]) -> tuple[asyncio.Server, int]:
 @pytest.mark.parametrize(
     ("answer", "message"),
     [
-        (b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n\r\nno access \n\n",
-         "error upgrading connection: unable to upgrade connection: no access"),
-        (b'HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: 76\r\n\r\n'
-         b'{"kind":"Status","apiVersion":"v1","status":"Failure","message":"forbidden"}',
-         "error upgrading connection: forbidden"),
-        (b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\n",
-         'unable to negotiate protocol: client supports "portforward.k8s.io", server returned ""'),
+        (
+            b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 12\r\n\r\nno access \n\n",
+            "error upgrading connection: unable to upgrade connection: no access",
+        ),
+        (
+            b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: 76\r\n\r\n"
+            b'{"kind":"Status","apiVersion":"v1","status":"Failure","message":"forbidden"}',
+            "error upgrading connection: forbidden",
+        ),
+        (
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\n",
+            'unable to negotiate protocol: client supports "portforward.k8s.io", server returned ""',
+        ),
     ],
 )
 def test_client_handshake_errors(answer: bytes, message: str) -> None:
@@ -241,7 +257,9 @@ def test_auto_falls_back_to_spdy() -> None:
                     if b"\r\n\r\n" not in self.buf:
                         return
                     if b"websocket" in self.buf.lower():
-                        self.transport.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 3\r\n\r\nno\n")
+                        self.transport.write(
+                            b"HTTP/1.1 400 Bad Request\r\nContent-Length: 3\r\n\r\nno\n"
+                        )
                         self.transport.close()
                         return
                     asyncio.get_running_loop().create_task(self._proxy())
@@ -297,8 +315,11 @@ def test_client_survives_garbage_from_server() -> None:
 
     async def body() -> None:
         errors = _catch_loop_errors()
-        answer = (b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
-                  b"X-Stream-Protocol-Version: portforward.k8s.io\r\n\r\n" + GARBAGE["unknown control type"])
+        answer = (
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+            b"X-Stream-Protocol-Version: portforward.k8s.io\r\n\r\n"
+            + GARBAGE["unknown control type"]
+        )
         loop = asyncio.get_running_loop()
 
         class Srv(asyncio.Protocol):
@@ -315,5 +336,73 @@ def test_client_survives_garbage_from_server() -> None:
         assert result is not None and "control" in str(result).lower() or result is not None
         server.close()
         assert not errors
+
+    run(body, "uvloop")
+
+
+def test_dialer_open_socket_and_base_path() -> None:
+    """ApiDialer.open_socket (proxy tunnels) supplies the connected socket; base_path prefixes
+    the request path."""
+
+    async def body() -> None:
+        async with Target(echo_handler) as t, ApiServer() as srv:
+            opened: list[int] = []
+
+            async def open_socket() -> Any:
+                import socket as _socket
+
+                sock = _socket.socket()
+                sock.setblocking(False)
+                await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", srv.port))
+                opened.append(1)
+                return sock
+
+            dialer = ApiDialer(
+                "api.invalid", 6443, open_socket=open_socket, base_path="/k8s/clusters/c-1"
+            )
+            conn = await upgrade.connect(dialer, PATH, "spdy", [])
+            assert opened == [1]
+            assert srv.requests[-1].path == "/k8s/clusters/c-1" + PATH
+            assert srv.requests[-1].header("host") == "api.invalid:6443"
+            fw = await Forward.open(conn, t.port, 0)
+            fw.writer.write(b"x")
+            assert await asyncio.wait_for(fw.reader.readexactly(1), 5) == b"x"
+            fw.writer.close()
+            await asyncio.wait_for(fw.relay_task, 5)
+            assert isinstance(conn, SpdyConnection)
+            conn.goaway()
+
+    run(body, "uvloop")
+
+
+def test_ping_timeout_detects_dead_peer() -> None:
+    """A server that accepts the upgrade and then never answers: with ping_timeout the client
+    session ends with a TimeoutError instead of hanging (kubectl would hang)."""
+
+    async def body() -> None:
+        answer = (
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+            b"X-Stream-Protocol-Version: portforward.k8s.io\r\n\r\n"
+        )
+        loop = asyncio.get_running_loop()
+
+        class Mute(asyncio.Protocol):
+            def connection_made(self, transport: Any) -> None:
+                self.transport = transport
+                self.answered = False
+
+            def data_received(self, data: bytes) -> None:
+                if not self.answered:
+                    self.answered = True
+                    self.transport.write(answer)
+
+        server = await loop.create_server(Mute, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        conn = await upgrade.connect(
+            ApiDialer("127.0.0.1", port), PATH, "spdy", [], ping_interval=0.05, ping_timeout=0.2
+        )
+        result = await asyncio.wait_for(conn.wait_closed(), 5)
+        assert isinstance(result, TimeoutError)
+        server.close()
 
     run(body, "uvloop")

@@ -21,6 +21,7 @@ from test_transport_support import (
     make_source_handler,
     pattern,
     run,
+    tls_contexts,
 )
 
 from fastpf.transport import kubelet
@@ -47,7 +48,7 @@ async def _pump_echo(fw: Forward, data: bytes) -> str:
     async def writer() -> None:
         view = memoryview(data)
         for pos in range(0, len(data), 1 << 20):
-            fw.writer.write(view[pos:pos + (1 << 20)])
+            fw.writer.write(view[pos : pos + (1 << 20)])
             await fw.writer.drain()
 
     task = asyncio.get_running_loop().create_task(writer())
@@ -176,8 +177,12 @@ def test_many_concurrent_streams(protocol: str, loop_kind: str) -> None:
 
     async def body() -> None:
         async with Target(echo_handler) as t, ApiServer() as srv:
-            conn = await connect(srv, protocol, [t.port] * (count if protocol == "ws-channel" else 1))
-            forwards = await asyncio.gather(*(Forward.open(conn, t.port, i, index=i) for i in range(count)))
+            conn = await connect(
+                srv, protocol, [t.port] * (count if protocol == "ws-channel" else 1)
+            )
+            forwards = await asyncio.gather(
+                *(Forward.open(conn, t.port, i, index=i) for i in range(count))
+            )
 
             async def one(i: int, fw: Forward) -> bool:
                 data = pattern(64 << 10, 100 + i)
@@ -186,7 +191,9 @@ def test_many_concurrent_streams(protocol: str, loop_kind: str) -> None:
             assert all(await asyncio.gather(*(one(i, fw) for i, fw in enumerate(forwards))))
             for fw in forwards:
                 fw.writer.close()
-            results = await asyncio.wait_for(asyncio.gather(*(fw.relay_task for fw in forwards)), 10)
+            results = await asyncio.wait_for(
+                asyncio.gather(*(fw.relay_task for fw in forwards)), 10
+            )
             assert all(r.received == 64 << 10 for r in results)
             if isinstance(conn, SpdyConnection):
                 ids = sorted(fw.data.stream_id for fw in forwards)
@@ -231,7 +238,7 @@ def test_refused_pod_port(protocol: str, mode: str, loop_kind: str) -> None:
             else:
                 assert text.startswith(
                     f"error forwarding port {port} to pod {kubelet.sandbox_id(POD)}, uid {POD.uid}: "
-                    "failed to execute portforward in network namespace \"/var/run/netns/cni-"
+                    'failed to execute portforward in network namespace "/var/run/netns/cni-'
                 )
                 assert f"IPv4: dial tcp4 127.0.0.1:{port}: connect: connection refused" in text
             if protocol != "ws-channel":
@@ -334,9 +341,13 @@ def test_stream_creation_timeout(protocol: str, loop_kind: str) -> None:
     async def body() -> None:
         async with ApiServer(options=options) as srv:
             conn = await connect(srv, protocol, [])
-            err = await conn.open_stream({"streamtype": "error", "port": "80", "requestid": "7"}, timeout=5)
+            err = await conn.open_stream(
+                {"streamtype": "error", "port": "80", "requestid": "7"}, timeout=5
+            )
             text = (await asyncio.wait_for(err.read_all(), 5)).decode()
-            assert text.startswith("(conn=&{0x") and text.endswith(", request=7) timed out waiting for streams")
+            assert text.startswith("(conn=&{0x") and text.endswith(
+                ", request=7) timed out waiting for streams"
+            )
             assert not conn.is_closing
             await _finish(conn)
 
@@ -371,12 +382,18 @@ def test_duplicate_stream_and_bad_headers(protocol: str) -> None:
             err = await conn.open_stream({"streamtype": "error", "port": "80", "requestid": "1"})
             dup = await conn.open_stream({"streamtype": "error", "port": "80", "requestid": "1"})
             assert dup.stream_id == err.stream_id + 2
-            for bad in ({"streamtype": "data", "port": "x"}, {"streamtype": "data"},
-                        {"streamtype": "data", "port": "0"}, {"streamtype": "bogus", "port": "80"}):
+            for bad in (
+                {"streamtype": "data", "port": "x"},
+                {"streamtype": "data"},
+                {"streamtype": "data", "port": "0"},
+                {"streamtype": "bogus", "port": "80"},
+            ):
                 with pytest.raises(StreamResetError):
                     await conn.open_stream(bad)
             text = (await asyncio.wait_for(err.read_all(), 5)).decode()
-            assert text.startswith("error processing stream for request 1: error stream already assigned")
+            assert text.startswith(
+                "error processing stream for request 1: error stream already assigned"
+            )
             await _finish(conn)
 
     run(body, "uvloop")
@@ -414,14 +431,14 @@ def test_idle_timeout() -> None:
     run(body, "uvloop")
 
 
-def test_channel_base64_and_multi_port() -> None:
-    """v4.base64 server side through a client-less WebSocket (driven by the channel client in
-    binary mode on a second session) and two ports in one binary session."""
+@pytest.mark.parametrize("variant", ["ws-channel", "ws-channel-base64"])
+def test_channel_two_ports_one_session(variant: str) -> None:
+    """Two ports in one channel session (binary and base64 text variants)."""
 
     async def body() -> None:
         async with Target(echo_handler) as t1, Target(digest_handler) as t2, ApiServer() as srv:
-            conn = await connect(srv, "ws-channel", [t1.port, t2.port])
-            assert isinstance(conn, ChannelConnection)
+            conn = await connect(srv, variant, [t1.port, t2.port])
+            assert isinstance(conn, ChannelConnection) and conn.base64 == variant.endswith("base64")
             fw1 = await Forward.open(conn, t1.port, 0, index=0)
             fw2 = await Forward.open(conn, t2.port, 0, index=1)
             data = pattern(1 << 20, 9)
@@ -432,5 +449,100 @@ def test_channel_base64_and_multi_port() -> None:
             fw2.writer.close()
             await asyncio.wait_for(asyncio.gather(fw1.relay_task, fw2.relay_task), 10)
             await asyncio.wait_for(conn.wait_closed(), 5)
+            assert srv.requests[-1].query["ports"] == [f"{t1.port},{t2.port}"]
 
     run(body, "uvloop")
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_over_tls(protocol: str, loop_kind: str) -> None:
+    """The takeover (set_protocol to a BufferedProtocol) works on TLS transports, both roles."""
+    server_ctx, client_ctx = tls_contexts()
+
+    async def body() -> None:
+        async with (
+            Target(echo_handler) as t,
+            ApiServer(ssl=server_ctx, client_ssl=client_ctx) as srv,
+        ):
+            conn = await connect(srv, protocol, [t.port])
+            fw = await Forward.open(conn, t.port, 0)
+            data = pattern(4 << 20, 11)
+            assert await _pump_echo(fw, data) == hashlib.sha256(data).hexdigest()
+            fw.writer.close()
+            await asyncio.wait_for(fw.relay_task, 10)
+            if isinstance(conn, SpdyConnection):
+                await _finish(conn)
+            else:
+                await asyncio.wait_for(conn.wait_closed(), 5)
+
+    run(body, loop_kind)
+
+
+@pytest.mark.parametrize("loop_kind", LOOPS)
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_stalled_pod_memory_bounded(protocol: str, loop_kind: str) -> None:
+    """The pod stops reading while the client uploads: the server stops reading the upgraded
+    connection, the client's upgraded transport fills to its high-water mark and the client
+    stops reading the local socket. Buffers measured, then the upload completes intact."""
+    size = 48 << 20
+
+    async def body() -> None:
+        go = asyncio.Event()
+        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await go.wait()
+            h = hashlib.sha256()
+            n = 0
+            for _ in range(1 << 20):
+                chunk = await reader.read(1 << 20)
+                if not chunk:
+                    break
+                h.update(chunk)
+                n += len(chunk)
+                if n >= size:
+                    break
+            done.set_result(h.hexdigest())
+            writer.write(b"k")
+            await writer.drain()
+
+        async with Target(handler) as t, ApiServer() as srv:
+            conn = await connect(srv, protocol, [t.port])
+            fw = await Forward.open(conn, t.port, 0)
+            data = pattern(size, 12)
+            view = memoryview(data)
+
+            async def upload() -> None:
+                for pos in range(0, size, 1 << 20):
+                    fw.writer.write(view[pos : pos + (1 << 20)])
+                    await fw.writer.drain()
+
+            up = asyncio.get_running_loop().create_task(upload())
+            relay_proto = fw.data._sink.r
+            server = _server_session()
+            last = -1
+            stable = 0
+            for _ in range(500):
+                await asyncio.sleep(0.01)
+                now = relay_proto.result.sent
+                stable = stable + 1 if now == last else 0
+                last = now
+                if stable >= 15:
+                    break
+            assert stable >= 15, "flow never stopped"
+            assert relay_proto.result.sent < size // 2
+            frame = 256 << 10
+            assert conn.transport.get_write_buffer_size() <= conn._write_high + 2 * frame
+            assert relay_proto._reading_paused  # client stopped reading the local socket
+            assert server.input_paused  # server stopped reading the upgraded connection
+            go.set()
+            assert await asyncio.wait_for(done, 20) == hashlib.sha256(data).hexdigest()
+            await up
+            assert await asyncio.wait_for(fw.reader.readexactly(1), 5) == b"k"
+            fw.writer.close()
+            await asyncio.wait_for(fw.relay_task, 10)
+            if isinstance(conn, SpdyConnection):
+                await _finish(conn)
+
+    run(body, loop_kind)

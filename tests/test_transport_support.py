@@ -23,7 +23,9 @@ POD = PodTarget("default", "x", "0b4d4f5e-1111-2222-3333-444455556666", "127.0.0
 LOOPS = ["asyncio", "uvloop"]
 
 
-def run(coro_fn: Callable[[], Awaitable[Any]], loop_kind: str, timeout: float = TEST_TIMEOUT) -> Any:
+def run(
+    coro_fn: Callable[[], Awaitable[Any]], loop_kind: str, timeout: float = TEST_TIMEOUT
+) -> Any:
     """Run one async test body on a fresh loop of the given kind, bounded in time."""
     if loop_kind == "uvloop":
         import uvloop
@@ -38,8 +40,14 @@ def run(coro_fn: Callable[[], Awaitable[Any]], loop_kind: str, timeout: float = 
         finally:
             await kubelet.shutdown_all(0.5)
 
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(main())
+    if hasattr(asyncio, "Runner"):
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(main())
+    loop = factory()  # Python 3.10
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        loop.close()
 
 
 class _ApiProtocol(asyncio.Protocol):
@@ -81,11 +89,21 @@ class _ApiProtocol(asyncio.Protocol):
         )
         self.server.requests.append(upgrade_request)
         self.transport.pause_reading()
-        kubelet.accept_portforward(self.transport, upgrade_request, self.server.pod, self.server.options)
+        kubelet.accept_portforward(
+            self.transport, upgrade_request, self.server.pod, self.server.options
+        )
 
 
 class ApiServer:
-    def __init__(self, pod: PodTarget = POD, options: ServerOptions | None = None) -> None:
+    def __init__(
+        self,
+        pod: PodTarget = POD,
+        options: ServerOptions | None = None,
+        ssl: Any = None,
+        client_ssl: Any = None,
+    ) -> None:
+        self.ssl = ssl
+        self.client_ssl = client_ssl
         self.pod = pod
         self.options = options or ServerOptions()
         self.requests: list[UpgradeRequest] = []
@@ -94,7 +112,9 @@ class ApiServer:
 
     async def __aenter__(self) -> ApiServer:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: _ApiProtocol(self), "127.0.0.1", 0)
+        self.server = await loop.create_server(
+            lambda: _ApiProtocol(self), "127.0.0.1", 0, ssl=self.ssl
+        )
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 
@@ -104,7 +124,13 @@ class ApiServer:
 
     @property
     def dialer(self) -> ApiDialer:
-        return ApiDialer("127.0.0.1", self.port, headers=[("User-Agent", "fastpf-test")])
+        return ApiDialer(
+            "127.0.0.1",
+            self.port,
+            ssl=self.client_ssl,
+            server_hostname="localhost" if self.client_ssl else None,
+            headers=[("User-Agent", "fastpf-test")],
+        )
 
 
 # -- pod targets ------------------------------------------------------------------------------
@@ -113,7 +139,9 @@ class ApiServer:
 class Target:
     """A TCP server on 127.0.0.1 with a per-connection coroutine handler."""
 
-    def __init__(self, handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]) -> None:
+    def __init__(
+        self, handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+    ) -> None:
         self.handler = handler
         self.server: asyncio.Server | None = None
         self.port = 0
@@ -169,12 +197,14 @@ def pattern(n: int, seed: int = 0) -> bytes:
     return (block * (n // len(block) + 1))[:n]
 
 
-def make_source_handler(size: int) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+def make_source_handler(
+    size: int,
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         data = pattern(size, 7)
         view = memoryview(data)
         for pos in range(0, size, 1 << 20):
-            writer.write(view[pos:pos + (1 << 20)])
+            writer.write(view[pos : pos + (1 << 20)])
             await writer.drain()
         writer.write_eof()
         await writer.drain()
@@ -223,3 +253,47 @@ class Forward:
 
 async def connect(server: ApiServer, protocol: str, ports: list[int], **kw: Any) -> Any:
     return await upgrade.connect(server.dialer, PATH, protocol, ports, **kw)
+
+
+def tls_contexts() -> tuple[Any, Any]:
+    """A self-signed localhost certificate: (server context, client context trusting it)."""
+    import datetime
+    import ssl
+    import tempfile
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    with (
+        tempfile.NamedTemporaryFile("wb", suffix=".pem") as cf,
+        tempfile.NamedTemporaryFile("wb", suffix=".pem") as kf,
+    ):
+        cf.write(cert_pem)
+        kf.write(key_pem)
+        cf.flush()
+        kf.flush()
+        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server.load_cert_chain(cf.name, kf.name)
+    client = ssl.create_default_context(cadata=cert_pem.decode())
+    return server, client

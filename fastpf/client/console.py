@@ -41,6 +41,9 @@ class Console:
         if not self.quiet:
             self._write(self.out, f"Handling connection for {local}")
 
+    def usage(self, text: str) -> None:
+        self._write(self.out, text)
+
     # ---- stderr ---------------------------------------------------------------------------
     def error(self, line: str) -> None:
         """A fatal one-line error, already prefixed (e.g. "error: ...")."""

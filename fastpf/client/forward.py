@@ -143,7 +143,11 @@ class Forwarder:
         if proto != "ws-channel":
             self.conn = await self._connect(proto, [p.remote for p in self.pairs])
             self.conn.closed.add_done_callback(self._on_conn_closed)
+            self.console.info(4, f"upgraded {self.path} with protocol "
+                                 f"{getattr(self.conn, 'negotiated', proto)}")
         self._listen()
+        # The REST connection is idle from here on; an exec refresh reopens it lazily.
+        await self.api.close()
 
     def _on_conn_closed(self, fut: asyncio.Future[Any]) -> None:
         if self.lost is not None and not self.lost.done():
@@ -409,15 +413,20 @@ async def forward(target: str, ports: list[str], *, namespace: str | None = None
         if not hasattr(opts, key):
             raise TypeError(f"unknown option {key!r}")
         setattr(opts, key, value)
+    devnull = None
     if console is None:
         devnull = open(os.devnull, "w")  # noqa: SIM115 - closed below
         console = Console(devnull, devnull, quiet=quiet)
-    fwd = await prepare(opts, console)
     try:
-        await fwd.start()
-        yield fwd
+        fwd = await prepare(opts, console)
+        try:
+            await fwd.start()
+            yield fwd
+        finally:
+            await fwd.stop()
     finally:
-        await fwd.stop()
+        if devnull is not None:
+            devnull.close()
 
 
 __all__ = ["Forwarder", "FastpfError", "forward", "next_request_id", "prepare"]

@@ -11,16 +11,15 @@ import contextlib
 import signal
 import sys
 
-from fastpf.client.args import USAGE, parse_args
+from fastpf.client.args import USAGE, Options, parse_args
 from fastpf.client.console import Console
 from fastpf.client.errors import ClientError, UsageError
-from fastpf.client.forward import prepare
+from fastpf.client.forward import Forwarder, prepare
 from fastpf.errors import FastpfError
 from fastpf.loop import run
 
 
-async def _run(opts_console: tuple[object, Console]) -> int:
-    opts, console = opts_console
+async def _run(opts: Options, console: Console) -> int:
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
 
@@ -33,7 +32,6 @@ async def _run(opts_console: tuple[object, Console]) -> int:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, on_signal)
             installed.append(sig)
-    fwd = None
     try:
         setup = asyncio.ensure_future(_setup(opts, console))
         done, _ = await asyncio.wait({setup, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -58,8 +56,8 @@ async def _run(opts_console: tuple[object, Console]) -> int:
                 loop.remove_signal_handler(sig)
 
 
-async def _setup(opts: object, console: Console):  # type: ignore[no-untyped-def]
-    fwd = await prepare(opts, console)  # type: ignore[arg-type]
+async def _setup(opts: Options, console: Console) -> Forwarder:
+    fwd = await prepare(opts, console)
     try:
         await fwd.start()
     except BaseException:
@@ -80,12 +78,12 @@ def main(argv: list[str]) -> int:
             console.error("See 'fastpf --help' for usage.")
         return exc.exit_code
     if opts.help:
-        console._write(console.out, USAGE.rstrip("\n"))
+        console.usage(USAGE.rstrip("\n"))
         return 0
     console.quiet = opts.quiet
     console.verbosity = opts.verbosity
     try:
-        return run(_run((opts, console)))
+        return run(_run(opts, console))
     except ClientError as exc:
         console.error(exc.line)
         return exc.exit_code

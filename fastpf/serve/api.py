@@ -264,7 +264,8 @@ class Api:
         # The cluster never changes, so "since resourceVersion N" (N current) has no events;
         # otherwise the current objects arrive as ADDED, as for a fresh watch.
         since = request.param("resourceVersion") or ""
-        if since not in ("", "0") and since.isdigit() and int(since) >= int(self.cluster.resource_version):
+        initial = (request.param("sendInitialEvents") or "").lower() == "true"
+        if not initial and since not in ("", "0") and since.isdigit() and int(since) >= int(self.cluster.resource_version):
             items = []
         try:
             timeout = float(request.param("timeoutSeconds") or DEFAULT_WATCH_SECONDS)
@@ -272,6 +273,15 @@ class Api:
             timeout = DEFAULT_WATCH_SECONDS
         timeout = min(max(timeout, 0.0), MAX_WATCH_SECONDS)
         events = [_dumps({"type": "ADDED", "object": {"kind": resource.kind, **obj}}) + b"\n" for obj in items]
+        if (request.param("sendInitialEvents") or "").lower() == "true":
+            # WatchList (kubectl 1.35+ informers, e.g. `kubectl wait`): the initial ADDED events
+            # must be closed by a bookmark, or the client waits for them until it times out.
+            events.append(_dumps({"type": "BOOKMARK", "object": {
+                "kind": resource.kind,
+                "apiVersion": resource.api_version,
+                "metadata": {"resourceVersion": self.cluster.resource_version,
+                             "annotations": {"k8s.io/initial-events-end": "true"}},
+            }}) + b"\n")
         return Watch(events, timeout)
 
     def _discovery(self, segments: list[str]) -> dict[str, Any] | None:

@@ -29,9 +29,17 @@ class Http1Handler:
         self._watch_timer: asyncio.TimerHandle | None = None
         self.busy = False  # a request is being received or a watch is streaming
         self.handed_over = False
+        self._held = 0  # bytes received while a watch streams
 
     # ---- input ----------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        if self._watch_timer is not None:
+            # Nothing is read while a watch streams; a client pipelining more than a few
+            # requests meanwhile is not a Kubernetes client: bound the buffer.
+            self._held += len(data)
+            if self._held > MAX_HEAD:
+                self.proto.close()
+                return
         self.conn.receive_data(data)
         self._process()
 
@@ -127,6 +135,7 @@ class Http1Handler:
         for event in watch.events:
             self._send(h11.Data(data=event))
         loop = asyncio.get_running_loop()
+        self._held = 0
         self._watch_timer = loop.call_later(watch.timeout, self.end_watch)
 
     def end_watch(self) -> None:

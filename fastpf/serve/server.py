@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import socket
 import ssl
 import sys
@@ -45,7 +46,7 @@ class Server:
         self.connections: set[HttpProtocol] = set()
         self._engine = engine
         self._engine_loaded = engine is not None
-        self._server: asyncio.base_events.Server | None = None
+        self._servers: list[asyncio.base_events.Server] = []
         self.quiet = quiet
 
     # ---- engine ---------------------------------------------------------------------------------
@@ -71,22 +72,44 @@ class Server:
     # ---- lifecycle ------------------------------------------------------------------------------
     async def start(self, host: str, port: int) -> list[tuple[str, int]]:
         """Bind and start accepting; returns the bound (address, port) pairs."""
-        loop = asyncio.get_running_loop()
         self._load_engine()  # import now: a broken engine shows at start, not at first forward
-        self._server = await loop.create_server(
+        hosts = [host]
+        if port == 0:
+            # A name like "localhost" resolves to 127.0.0.1 and ::1; with port 0 each would get a
+            # different port, so bind the first, then the others on the port it got.
+            hosts = await self._addresses(host)
+        for index, address in enumerate(hosts):
+            try:
+                await self._bind(address, port)
+            except OSError:
+                if index == 0:
+                    raise
+                continue  # the other family is optional (e.g. no IPv6)
+            if port == 0:
+                port = int(self._servers[0].sockets[0].getsockname()[1])
+        return [(sock.getsockname()[0], sock.getsockname()[1]) for srv in self._servers for sock in srv.sockets]
+
+    async def _addresses(self, host: str) -> list[str]:
+        try:
+            ipaddress.ip_address(host)
+            return [host]
+        except ValueError:
+            pass
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(host, 0, type=socket.SOCK_STREAM)
+        return list(dict.fromkeys(str(info[4][0]) for info in infos)) or [host]
+
+    async def _bind(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._servers.append(await loop.create_server(
             lambda: HttpProtocol(self), host, port, ssl=self.ssl_context, reuse_address=True, backlog=1024,
             ssl_handshake_timeout=30.0 if self.ssl_context else None,
-        )
-        bound = []
-        for sock in self._server.sockets:
-            address = sock.getsockname()
-            bound.append((address[0], address[1]))
-        return bound
+        ))
 
     async def shutdown(self, timeout: float = 2.0) -> None:
         """Stop accepting, end every REST connection and every port-forward session."""
-        if self._server is not None:
-            self._server.close()
+        for srv in self._servers:
+            srv.close()
         for conn in list(self.connections):
             conn.shutdown()
         engine = self._engine if self._engine_loaded else None

@@ -45,8 +45,14 @@ class OutputListener(Protocol):
 class UpgradedProtocol(asyncio.BufferedProtocol):
     """Base of the session protocols. Subclasses implement get_buffer/_on_data/_on_eof."""
 
-    def __init__(self, *, ws: str | None, idle_timeout: float | None = None,
-                 write_high: int = WRITE_HIGH, write_low: int = WRITE_LOW) -> None:
+    def __init__(
+        self,
+        *,
+        ws: str | None,
+        idle_timeout: float | None = None,
+        write_high: int = WRITE_HIGH,
+        write_low: int = WRITE_LOW,
+    ) -> None:
         if ws not in (None, "server", "client"):
             raise ValueError(f"bad ws role {ws!r}")
         self.loop = asyncio.get_running_loop()
@@ -69,10 +75,8 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
     def attach(self, transport: asyncio.BaseTransport, initial: bytes = b"") -> None:
         """Take over `transport` (transport.set_protocol(self)); feed `initial` bytes first."""
         self.transport = transport
-        try:
+        with contextlib.suppress(AttributeError, NotImplementedError):
             transport.set_write_buffer_limits(high=self._write_high, low=self._write_low)  # type: ignore[attr-defined]
-        except (AttributeError, NotImplementedError):
-            pass
         transport.set_protocol(self)
         self._touch()
         if self._idle_timeout is not None:
@@ -81,10 +85,8 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
         if initial:
             self._safe(self._feed, initial)
         if not self._closing:
-            try:
+            with contextlib.suppress(AttributeError, RuntimeError):
                 transport.resume_reading()  # type: ignore[attr-defined]
-            except (AttributeError, RuntimeError):
-                pass
 
     def _attached(self) -> None:
         """Hook: the transport is ours (send greetings, start timers)."""
@@ -200,7 +202,7 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
         pos = 0
         for part in parts:
             n = len(part)
-            buf[pos:pos + n] = part
+            buf[pos : pos + n] = part
             pos += n
         F.mask_inplace(buf, key, 0, total)
         self.transport.writelines([F.ws_frame_header(F.WS_BINARY, total, True, key), buf])
@@ -262,19 +264,18 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
     # -- ending --------------------------------------------------------------------------------
     def _close_transport(self, exc: BaseException | None) -> None:
         """Flush what we wrote and close; the session ends with `exc` (None = clean)."""
-        t = self.transport
         self._finish(exc)
-        if t is not None:
-            t.close()
 
     def _abort(self, exc: BaseException | None) -> None:
+        """Drop the connection without flushing."""
         t = self.transport
-        self._finish(exc)
-        if t is not None:
+        if t is not None and not t.is_closing():
             t.abort()
+        self._finish(exc)
 
     def _finish(self, exc: BaseException | None) -> None:
-        """End the session once: stop timers, tell subclasses, resolve `closed`."""
+        """End the session once: stop timers, tell subclasses, resolve `closed`, close the
+        transport (flushing what was written, e.g. a GOAWAY or WS close)."""
         if self._closing:
             return
         self._closing = True

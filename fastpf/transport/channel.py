@@ -71,7 +71,7 @@ class PortChannel:
         view = memoryview(data).cast("B")
         step = self.connection.max_data
         for pos in range(0, len(view), step):
-            chunk = view[pos:pos + step]
+            chunk = view[pos : pos + step]
             self.connection._send_channel(self.data_channel, chunk)
             self.sent += len(chunk)
 
@@ -81,7 +81,7 @@ class PortChannel:
         if self.dead or conn.is_closing:
             return
         if conn.base64:
-            self.write(memoryview(buf)[start:start + n])
+            self.write(memoryview(buf)[start : start + n])
             return
         conn._touch()
         buf[start - 1] = self.data_channel  # the channel prefix of the message payload
@@ -117,7 +117,9 @@ class PortChannel:
         for chunk in chunks:
             sink.data_received(memoryview(chunk))
         if self.remote_closed:
-            sink.connection_lost(self.connection.closed.result() if self.connection.closed.done() else None)
+            sink.connection_lost(
+                self.connection.closed.result() if self.connection.closed.done() else None
+            )
 
     async def read(self) -> bytes:
         """Next chunk of the data channel; b"" when the session ended."""
@@ -150,13 +152,17 @@ class PortChannel:
 
     def _on_data(self, view: memoryview) -> None:
         n = len(view)
-        if not n or self.remote_closed:
-            return
+        if not n or self.remote_closed or (self.local_closed and self._sink is None):
+            return  # this port is finished on our side: nobody will read it (never buffer)
         self.received += n
         sink = self._sink
         if sink is not None:
-            sink.data_received(view)
             self.connection._held.add(sink)
+            try:
+                sink.data_received(view)
+            except Exception:  # a broken sink costs this stream, not the session
+                self.reset()
+                return
             return
         self._chunks.append(bytes(view))
         self._buffered += n
@@ -234,7 +240,8 @@ class ChannelConnection(UpgradedProtocol):
     async def ready(self, timeout: float = 30.0) -> None:
         """Client: wait for every port announcement. Raises ConnectionError if the session
         ended first, TimeoutError after `timeout`."""
-        done, _ = await asyncio.wait([self._ready, self.closed], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        waits: list[asyncio.Future[Any]] = [self._ready, self.closed]
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if self._ready.done():
             return
         if self.closed.done():
@@ -286,7 +293,9 @@ class ChannelConnection(UpgradedProtocol):
                     try:
                         channel, data = F.channel_decode(F.WS_TEXT, msg, True)
                     except Exception as exc:
-                        self._protocol_error(WebSocketError(f"bad base64 message: {exc}", close_code=1007))
+                        self._protocol_error(
+                            WebSocketError(f"bad base64 message: {exc}", close_code=1007)
+                        )
                         return
                     self._dispatch(channel, memoryview(data))
             elif op in (F.WS_BINARY, F.WS_TEXT):
@@ -317,7 +326,9 @@ class ChannelConnection(UpgradedProtocol):
         if self.client and not self._announced[channel]:
             # Python's client requires exactly 3 bytes (channel + u16 LE port) first.
             if len(data) != 2 or int.from_bytes(bytes(data), "little") != ch.port:
-                self._protocol_error(WebSocketError(f"bad port announcement on channel {channel}", close_code=1002))
+                self._protocol_error(
+                    WebSocketError(f"bad port announcement on channel {channel}", close_code=1002)
+                )
                 return
             self._announced[channel] = True
             if all(self._announced) and not self._ready.done():
@@ -370,7 +381,11 @@ class ChannelConnection(UpgradedProtocol):
         self.close(1001)
 
     def _peer_closed_ws(self, code: int | None) -> None:
-        self._close_transport(None if code in (None, 1000, 1001) else ConnectionResetError(f"websocket closed ({code})"))
+        self._close_transport(
+            None
+            if code in (None, 1000, 1001)
+            else ConnectionResetError(f"websocket closed ({code})")
+        )
 
     def _ended(self, exc: BaseException | None) -> None:
         for ch in self.channels:

@@ -74,7 +74,9 @@ def _server_conn(request: UpgradeRequest) -> h11.Connection:
     """An h11 server connection that has seen `request`, so it can serialise our answer."""
     client = h11.Connection(h11.CLIENT)
     target = request.path or "/"
-    headers = [(k, v) for k, v in request.headers if k not in ("content-length", "transfer-encoding")]
+    headers = [
+        (k, v) for k, v in request.headers if k not in ("content-length", "transfer-encoding")
+    ]
     if not any(k == "host" for k, _ in headers):
         headers.append(("host", "localhost"))
     raw = client.send(h11.Request(method=request.method or "GET", target=target, headers=headers))
@@ -91,13 +93,29 @@ def _server_conn(request: UpgradeRequest) -> h11.Connection:
 def _switching(request: UpgradeRequest, headers: list[tuple[str, str]]) -> bytes:
     try:
         server = _server_conn(request)
-        return server.send(h11.InformationalResponse(status_code=101, headers=headers, reason=b"Switching Protocols")) or b""
+        return (
+            server.send(
+                h11.InformationalResponse(
+                    status_code=101, headers=headers, reason=b"Switching Protocols"
+                )
+            )
+            or b""
+        )
     except h11.ProtocolError:
         # h11 refuses a 101 to a request it did not see as an upgrade proposal; the request
         # was already validated by us, so serialise with a neutral stand-in request.
-        stand_in = UpgradeRequest("GET", "/", {}, [("host", "x"), ("upgrade", "x"), ("connection", "upgrade")])
+        stand_in = UpgradeRequest(
+            "GET", "/", {}, [("host", "x"), ("upgrade", "x"), ("connection", "upgrade")]
+        )
         server = _server_conn(stand_in)
-        return server.send(h11.InformationalResponse(status_code=101, headers=headers, reason=b"Switching Protocols")) or b""
+        return (
+            server.send(
+                h11.InformationalResponse(
+                    status_code=101, headers=headers, reason=b"Switching Protocols"
+                )
+            )
+            or b""
+        )
 
 
 def error_response(
@@ -117,10 +135,16 @@ def error_response(
     stand_in = UpgradeRequest("GET", "/", {}, [("host", "x")])
     server = _server_conn(request if request is not None else stand_in)
     try:
-        out = server.send(h11.Response(status_code=status, headers=headers, reason=_reason(status))) or b""
+        out = (
+            server.send(h11.Response(status_code=status, headers=headers, reason=_reason(status)))
+            or b""
+        )
     except h11.ProtocolError:
         server = _server_conn(stand_in)
-        out = server.send(h11.Response(status_code=status, headers=headers, reason=_reason(status))) or b""
+        out = (
+            server.send(h11.Response(status_code=status, headers=headers, reason=_reason(status)))
+            or b""
+        )
     out += server.send(h11.Data(data=body)) or b""
     out += server.send(h11.EndOfMessage()) or b""
     return out
@@ -150,9 +174,13 @@ def status_json(code: int, message: str, reason: str | None = None) -> bytes:
     return json.dumps(status).encode()
 
 
-def _text_refusal(request: UpgradeRequest, status: int, text: str, extra: list[tuple[str, str]] | None = None) -> Refused:
+def _text_refusal(
+    request: UpgradeRequest, status: int, text: str, extra: list[tuple[str, str]] | None = None
+) -> Refused:
     # Go's http.Error: text/plain, nosniff, body + "\n".
-    return Refused(status, error_response(request, status, (text + "\n").encode(), extra_headers=extra), text)
+    return Refused(
+        status, error_response(request, status, (text + "\n").encode(), extra_headers=extra), text
+    )
 
 
 def _status_refusal(request: UpgradeRequest, status: int, message: str) -> Refused:
@@ -167,7 +195,8 @@ def _go_header_repr(request: UpgradeRequest) -> str:
         canon = "-".join(p[:1].upper() + p[1:].lower() for p in name.split("-"))
         merged.setdefault(canon, []).append(value)
     items = ", ".join(
-        f'"{k}":[]string{{{", ".join(json.dumps(v) for v in vs)}}}' for k, vs in sorted(merged.items())
+        f'"{k}":[]string{{{", ".join(json.dumps(v) for v in vs)}}}'
+        for k, vs in sorted(merged.items())
     )
     return "http.Header{" + items + "}"
 
@@ -219,11 +248,15 @@ def _negotiate_spdy(request: UpgradeRequest) -> Accepted | Refused:
     upgrade = [v.lower() for v in request.header_values("upgrade")]
     if "upgrade" not in connection or not any(SPDY_UPGRADE.lower() in u for u in upgrade):
         return _text_refusal(
-            request, 400, "unable to upgrade: missing upgrade headers in request: " + _go_header_repr(request)
+            request,
+            400,
+            "unable to upgrade: missing upgrade headers in request: " + _go_header_repr(request),
         )
     client_versions = request.header_values("x-stream-protocol-version")
     if not client_versions:
-        return _text_refusal(request, 400, "unable to upgrade: X-Stream-Protocol-Version is required")
+        return _text_refusal(
+            request, 400, "unable to upgrade: X-Stream-Protocol-Version is required"
+        )
     chosen = next((v for v in client_versions if v in SERVER_PROTOCOLS), None)
     if chosen is None:
         text = (
@@ -235,7 +268,11 @@ def _negotiate_spdy(request: UpgradeRequest) -> Accepted | Refused:
         return _text_refusal(request, 403, text, extra)
     head = _switching(
         request,
-        [("Connection", "Upgrade"), ("Upgrade", SPDY_UPGRADE), ("X-Stream-Protocol-Version", chosen)],
+        [
+            ("Connection", "Upgrade"),
+            ("Upgrade", SPDY_UPGRADE),
+            ("X-Stream-Protocol-Version", chosen),
+        ],
     )
     return Accepted(KIND_SPDY, head)
 
@@ -263,9 +300,9 @@ def _negotiate_websocket(request: UpgradeRequest) -> Accepted | Refused:
     tunnels = [p for p in offered if p.startswith(TUNNEL_PREFIX) and p.endswith(".k8s.io")]
     if tunnels:
         # The apiserver's tunnelling handler: strip the prefix, negotiate like SPDY upstream.
-        chosen = next((p for p in tunnels if p[len(TUNNEL_PREFIX):] in SERVER_PROTOCOLS), None)
+        chosen = next((p for p in tunnels if p[len(TUNNEL_PREFIX) :] in SERVER_PROTOCOLS), None)
         if chosen is None:
-            client = [p[len(TUNNEL_PREFIX):] for p in tunnels]
+            client = [p[len(TUNNEL_PREFIX) :] for p in tunnels]
             text = (
                 "unable to upgrade: unable to negotiate protocol: client supports "
                 f"{_go_list(client)}, server accepts {_go_list(SERVER_PROTOCOLS)}"
@@ -281,7 +318,9 @@ def _negotiate_websocket(request: UpgradeRequest) -> Accepted | Refused:
         chosen_ch = next((p for p in offered if p in supported), None)
         if chosen_ch is None:
             # x/net/websocket answers a failed Handshake with a bare 403.
-            return Refused(403, error_response(request, 403, b""), "requested protocol(s) are not supported")
+            return Refused(
+                403, error_response(request, 403, b""), "requested protocol(s) are not supported"
+            )
     else:
         chosen_ch = ""
     ports, refusal = _parse_ports(request)
@@ -292,21 +331,34 @@ def _negotiate_websocket(request: UpgradeRequest) -> Accepted | Refused:
     if chosen_ch:
         headers.append(("Sec-WebSocket-Protocol", chosen_ch))
     head = _switching(request, headers)
-    return Accepted(KIND_CHANNEL, head, subprotocol=chosen_ch, base64=supported.get(chosen_ch, False), ports=ports)
+    return Accepted(
+        KIND_CHANNEL,
+        head,
+        subprotocol=chosen_ch,
+        base64=supported.get(chosen_ch, False),
+        ports=ports,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Client side
 
 
-def _client_request(host: str, path: str, method: str, headers: list[tuple[str, str]]) -> tuple[h11.Connection, bytes]:
+def _client_request(
+    host: str, path: str, method: str, headers: list[tuple[str, str]]
+) -> tuple[h11.Connection, bytes]:
     conn = h11.Connection(h11.CLIENT)
-    data = conn.send(h11.Request(method=method, target=path, headers=[("Host", host), *headers])) or b""
+    data = (
+        conn.send(h11.Request(method=method, target=path, headers=[("Host", host), *headers]))
+        or b""
+    )
     data += conn.send(h11.EndOfMessage()) or b""
     return conn, data
 
 
-def spdy_request(host: str, path: str, extra_headers: list[tuple[str, str]]) -> tuple[h11.Connection, bytes]:
+def spdy_request(
+    host: str, path: str, extra_headers: list[tuple[str, str]]
+) -> tuple[h11.Connection, bytes]:
     """kubectl's SPDY upgrade (PROTOCOL.md 3.1): POST, Content-Length: 0."""
     headers = [
         *extra_headers,
@@ -319,7 +371,11 @@ def spdy_request(host: str, path: str, extra_headers: list[tuple[str, str]]) -> 
 
 
 def websocket_request(
-    host: str, path: str, subprotocols: list[str], extra_headers: list[tuple[str, str]], key: str | None = None
+    host: str,
+    path: str,
+    subprotocols: list[str],
+    extra_headers: list[tuple[str, str]],
+    key: str | None = None,
 ) -> tuple[h11.Connection, bytes, str]:
     """A WebSocket upgrade GET offering `subprotocols`; returns (conn, bytes, key)."""
     key = key or new_websocket_key()
@@ -363,7 +419,9 @@ def body_error_text(body: bytes) -> str:
     return "unable to upgrade connection: " + body.decode("utf-8", "replace").strip()
 
 
-def check_spdy_response(event: h11.InformationalResponse | h11.Response, body: bytes = b"") -> ResponseCheck:
+def check_spdy_response(
+    event: h11.InformationalResponse | h11.Response, body: bytes = b""
+) -> ResponseCheck:
     """kubectl's check of a SPDY upgrade answer (spdy roundtripper NewConnection + portforward)."""
     headers = _headers_of(event)
     if (
@@ -371,7 +429,9 @@ def check_spdy_response(event: h11.InformationalResponse | h11.Response, body: b
         or "upgrade" not in headers.get("connection", "").lower()
         or SPDY_UPGRADE.lower() not in headers.get("upgrade", "").lower()
     ):
-        return ResponseCheck(False, event.status_code, "error upgrading connection: " + body_error_text(body))
+        return ResponseCheck(
+            False, event.status_code, "error upgrading connection: " + body_error_text(body)
+        )
     version = headers.get("x-stream-protocol-version", "")
     if version != PORTFORWARD_PROTOCOL:
         return ResponseCheck(
@@ -389,14 +449,19 @@ def check_websocket_response(
     headers = _headers_of(event)
     if event.status_code != 101:
         return ResponseCheck(
-            False, event.status_code, "error upgrading connection: " + body_error_text(body), fallback=True
+            False,
+            event.status_code,
+            "error upgrading connection: " + body_error_text(body),
+            fallback=True,
         )
     if (
         "upgrade" not in headers.get("connection", "").lower()
         or headers.get("upgrade", "").lower() != "websocket"
         or headers.get("sec-websocket-accept", "") != websocket_accept(key)
     ):
-        return ResponseCheck(False, 101, "error upgrading connection: websocket: bad handshake", fallback=True)
+        return ResponseCheck(
+            False, 101, "error upgrading connection: websocket: bad handshake", fallback=True
+        )
     proto = headers.get("sec-websocket-protocol", "")
     if offered and proto not in offered:
         return ResponseCheck(

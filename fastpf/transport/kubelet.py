@@ -92,8 +92,15 @@ def live_sessions() -> int:
 def _spawn(coro: Any) -> asyncio.Task[Any]:
     task = asyncio.get_running_loop().create_task(coro)
     _tasks.add(task)
-    task.add_done_callback(_tasks.discard)
+    task.add_done_callback(_task_done)
     return task
+
+
+def _task_done(task: asyncio.Task[Any]) -> None:
+    _tasks.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        # A bug, not a peer: keep it to this one forwarded connection, never the loop.
+        log.error("port-forward connection failed: %r", task.exception())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,7 +202,12 @@ class _SpdySession:
         port = _parse_port(port_text)
         if port is None or stream_type not in ("error", "data"):
             # kubelet: logged only, the stream is reset and never replied to
-            log.info("port-forward stream %d rejected: port=%r streamtype=%r", stream.stream_id, port_text, stream_type)
+            log.info(
+                "port-forward stream %d rejected: port=%r streamtype=%r",
+                stream.stream_id,
+                port_text,
+                stream_type,
+            )
             stream.reset(RST_CANCEL)
             return
         stream.reply()
@@ -207,12 +219,15 @@ class _SpdySession:
         if pair is None:
             pair = _Pair(request_id)
             self.pairs[request_id] = pair
-            pair.timer = self.conn.loop.call_later(self.options.stream_creation_timeout, self._timeout, pair)
+            pair.timer = self.conn.loop.call_later(
+                self.options.stream_creation_timeout, self._timeout, pair
+            )
         if stream_type == "error":
             if pair.error is not None:
                 self._duplicate(pair, stream, "error")
                 return
             pair.error = stream
+            stream.set_sink(_DISCARD)  # clients never write here; never buffer it either
         else:
             if pair.data is not None:
                 self._duplicate(pair, stream, "data")
@@ -224,10 +239,12 @@ class _SpdySession:
                 pair.timer.cancel()
                 pair.timer = None
             del self.pairs[request_id]
-            _spawn(self._forward(pair.error, pair.data, port))
+            _spawn(self._run(pair.error, pair.data, port))
 
     def _duplicate(self, pair: _Pair, stream: SpdyStream, kind: str) -> None:
-        msg = f"error processing stream for request {pair.request_id}: {kind} stream already assigned"
+        msg = (
+            f"error processing stream for request {pair.request_id}: {kind} stream already assigned"
+        )
         log.info("%s", msg)
         if pair.error is not None and not pair.error.local_closed:
             pair.error.write(msg.encode())
@@ -253,6 +270,14 @@ class _SpdySession:
                 s.reset(RST_CANCEL)
             else:
                 s.write_eof()
+
+    async def _run(self, error: SpdyStream, data: SpdyStream, port: int) -> None:
+        try:
+            await self._forward(error, data, port)
+        except BaseException:
+            error.reset(RST_CANCEL)
+            data.reset(RST_CANCEL)
+            raise
 
     async def _forward(self, error: SpdyStream, data: SpdyStream, port: int) -> None:
         pod, options = self.pod, self.options
@@ -281,6 +306,28 @@ class _SpdySession:
         error.write_eof()  # kubelet finishes the error stream after every connection
 
 
+class _Discard:
+    """Sink that drops what arrives (the server's view of an error stream)."""
+
+    def data_received(self, view: memoryview) -> None:
+        pass
+
+    def eof_received(self) -> None:
+        pass
+
+    def reset_received(self, status: int) -> None:
+        pass
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        pass
+
+    def drained(self) -> bool:
+        return True
+
+
+_DISCARD = _Discard()
+
+
 def _parse_port(text: str | None) -> int | None:
     if text is None or not text.isdigit():
         return None
@@ -293,11 +340,17 @@ def _parse_port(text: str | None) -> int | None:
 
 
 class _ChannelSession:
-    def __init__(self, pod: PodTarget, options: ServerOptions, ports: list[int], base64: bool) -> None:
+    def __init__(
+        self, pod: PodTarget, options: ServerOptions, ports: list[int], base64: bool
+    ) -> None:
         self.pod = pod
         self.options = options
         self.conn = ChannelConnection(
-            client=False, ports=ports, base64=base64, idle_timeout=options.idle_timeout, auto_close=False
+            client=False,
+            ports=ports,
+            base64=base64,
+            idle_timeout=options.idle_timeout,
+            auto_close=False,
         )
         self.remaining = len(ports)
 

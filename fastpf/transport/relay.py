@@ -73,7 +73,7 @@ class _Relay(asyncio.BufferedProtocol):
             self.buf = bytearray(self.room + self.read_size)
             self.view = memoryview(self.buf)
         self._outstanding = False
-        return self.view[self.room:]
+        return self.view[self.room :]
 
     def buffer_updated(self, nbytes: int) -> None:
         if self.local_done:
@@ -132,10 +132,14 @@ class _Relay(asyncio.BufferedProtocol):
 
     # -- sink (data from the remote side) ------------------------------------------------------
     def data_received(self, view: memoryview) -> None:
-        if self.closed or self.remote_done:
-            return
+        t = self.transport
+        if self.closed or self.remote_done or t.is_closing():
+            return  # local side gone: drop (the stream is being reset)
         self.result.received += len(view)
-        self.transport.write(view)
+        try:
+            t.write(view)
+        except (OSError, RuntimeError) as exc:  # never into the session's read callback
+            self._local_error(exc)
 
     def eof_received_remote(self) -> None:
         self.result.remote_eof = True
@@ -154,10 +158,14 @@ class _Relay(asyncio.BufferedProtocol):
         self.result.reset = status
         self.remote_done = self.local_done = True
         if not self.closed:
-            self.transport.abort()
+            self.transport.abort()  # the pod/peer reset: pass the reset on
 
     def session_lost(self, exc: BaseException | None) -> None:
-        if exc is not None and self.result.error is None and not (self.local_done and self.remote_done):
+        if (
+            exc is not None
+            and self.result.error is None
+            and not (self.local_done and self.remote_done)
+        ):
             self.result.error = _err_text(exc)
         if not self.remote_done:
             self.remote_done = True
@@ -177,14 +185,15 @@ class _Relay(asyncio.BufferedProtocol):
 
     # -- helpers -------------------------------------------------------------------------------
     def pipe_closed(self) -> bool:
-        return bool(getattr(self.pipe, "local_closed", False) and getattr(self.pipe, "remote_closed", False))
+        return bool(
+            getattr(self.pipe, "local_closed", False) and getattr(self.pipe, "remote_closed", False)
+        )
 
     def _local_error(self, exc: BaseException) -> None:
         if self.result.error is None:
             self.result.error = _err_text(exc)
-        self.local_done = True
         if not self.closed:
-            self.transport.abort()
+            self.transport.abort()  # connection_lost then resets the stream
 
     def _maybe_finish(self) -> None:
         if self.local_done and self.remote_done and not self.closed:
@@ -218,7 +227,9 @@ def _err_text(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-async def relay(stream_or_channel: Any, sock: socket.socket, *, read_size: int = DEFAULT_READ_SIZE) -> RelayResult:
+async def relay(
+    stream_or_channel: Any, sock: socket.socket, *, read_size: int = DEFAULT_READ_SIZE
+) -> RelayResult:
     """Copy both ways between `sock` (a connected TCP socket; the relay owns and closes it)
     and a SpdyStream / PortChannel until both directions ended. Local EOF -> DATA FIN;
     remote FIN -> shutdown(SHUT_WR) on `sock`; the other direction keeps flowing. RST from the
@@ -255,7 +266,14 @@ class _PipeProxy:
     """The pipe as the relay sees it: set_sink() installs the adapter."""
 
     __slots__ = (
-        "_pipe", "_sink", "session", "header_room", "max_payload", "send_inplace", "write_eof", "reset",
+        "_pipe",
+        "_sink",
+        "session",
+        "header_room",
+        "max_payload",
+        "send_inplace",
+        "write_eof",
+        "reset",
         "eof_ends_both",
     )
 

@@ -61,7 +61,9 @@ class SpdyStream:
     buffered (copied) for `read()` / `read_all()`.
     """
 
-    def __init__(self, conn: SpdyConnection, stream_id: int, headers: dict[str, str], local: bool) -> None:
+    def __init__(
+        self, conn: SpdyConnection, stream_id: int, headers: dict[str, str], local: bool
+    ) -> None:
         self.connection = conn
         self.session = conn  # relay contract
         self.stream_id = stream_id
@@ -69,6 +71,7 @@ class SpdyStream:
         self.local = local  # opened by us
         self.replied = local  # SYN_REPLY state: ours to send (remote streams) or to wait for
         self.local_closed = False  # we sent FIN or RST
+        self._fin_sent = False
         self.remote_closed = False  # peer sent FIN or RST, or the connection ended
         self.reset_status: int | None = None  # RST received
         self.error: BaseException | None = None  # connection loss
@@ -112,16 +115,20 @@ class SpdyStream:
         conn._forget(self)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Send `data` as DATA frame(s) (split at the connection's max DATA size)."""
+        """Send `data` as DATA frame(s) (split at the connection's max DATA size).
+        After our own write_eof() this raises SessionClosedError; on a stream the peer reset
+        or whose connection ended it is a silent no-op (like writing to a dead socket)."""
         if self.local_closed:
-            raise SessionClosedError("stream closed")
+            if self._fin_sent:
+                raise SessionClosedError("write after write_eof")
+            return
         if not self.replied:
             self.reply()
         conn = self.connection
         view = memoryview(data).cast("B")
         step = conn.max_data
         for pos in range(0, len(view), step):
-            chunk = view[pos:pos + step]
+            chunk = view[pos : pos + step]
             conn._write_data(self.stream_id, 0, chunk)
             self.sent += len(chunk)
 
@@ -138,7 +145,7 @@ class SpdyStream:
         conn._touch()
         F.pack_data_header(buf, start - 8, self.stream_id, 0, n)
         if conn.ws is None:
-            conn.transport.write(memoryview(buf)[start - 8:start + n])
+            conn.transport.write(memoryview(buf)[start - 8 : start + n])
         else:
             conn._write_ws_inplace(buf, start - 8, start + n)
         self.sent += n
@@ -150,6 +157,7 @@ class SpdyStream:
         if not self.replied:
             self.reply()
         self.local_closed = True
+        self._fin_sent = True
         self.connection._write_data(self.stream_id, F.FLAG_FIN, b"")
         if self.remote_closed:
             self.connection._forget(self)
@@ -225,8 +233,12 @@ class SpdyStream:
             self.received += n
             sink = self._sink
             if sink is not None:
-                sink.data_received(view)
                 self.connection._held.add(sink)
+                try:
+                    sink.data_received(view)
+                except Exception:  # a broken sink costs this stream, not the session
+                    self.reset()
+                    return
             else:
                 self._chunks.append(bytes(view))
                 self._buffered += n
@@ -388,7 +400,9 @@ class SpdyConnection(UpgradedProtocol):
                         self._drain_spdy()
                 elif op == F.WS_TEXT:
                     # kubectl: "invalid message type received"
-                    self._ws_protocol_error(WebSocketError("invalid message type received", close_code=1003))
+                    self._ws_protocol_error(
+                        WebSocketError("invalid message type received", close_code=1003)
+                    )
                     return
                 elif not self._handle_ws_control(frame):
                     return
@@ -417,7 +431,7 @@ class SpdyConnection(UpgradedProtocol):
             if ftype == F.DATA:
                 stream = self.streams.get(frame.stream_id)
                 if stream is not None:
-                    stream._on_data(frame.payload, frame.flags & F.FLAG_FIN)
+                    stream._on_data(frame.payload, frame.flags & F.FLAG_FIN)  # type: ignore[arg-type]
                 # unknown stream: dropped (spdystream logs and ignores)
             elif ftype == F.SYN_STREAM:
                 self._on_syn_stream(frame)
@@ -585,7 +599,11 @@ class SpdyConnection(UpgradedProtocol):
         self.goaway(F.GOAWAY_OK)
 
     def _peer_closed_ws(self, code: int | None) -> None:
-        self._close_transport(None if code in (None, 1000, 1001) else ConnectionResetError(f"websocket closed ({code})"))
+        self._close_transport(
+            None
+            if code in (None, 1000, 1001)
+            else ConnectionResetError(f"websocket closed ({code})")
+        )
 
     def _ended(self, exc: BaseException | None) -> None:
         if self._ping_handle is not None:

@@ -31,7 +31,9 @@ MAX_ERROR_BODY = 64 << 10
 class UpgradeRefusedError(HandshakeError):
     """The upgrade was refused; `fallback` says whether kubectl would retry with SPDY."""
 
-    def __init__(self, message: str = "", status: int | None = None, fallback: bool = False) -> None:
+    def __init__(
+        self, message: str = "", status: int | None = None, fallback: bool = False
+    ) -> None:
         super().__init__(message, status)
         self.fallback = fallback
 
@@ -42,7 +44,9 @@ class _Handshake(asyncio.Protocol):
     def __init__(self, conn: h11.Connection) -> None:
         self.h11 = conn
         self.transport: Any = None
-        self.done: asyncio.Future[tuple[Any, bytes, bytes]] = asyncio.get_running_loop().create_future()
+        self.done: asyncio.Future[tuple[Any, bytes, bytes]] = (
+            asyncio.get_running_loop().create_future()
+        )
         self.head: Any = None
         self.body = bytearray()
         self.extra = bytearray()  # bytes after the 101 head
@@ -70,7 +74,8 @@ class _Handshake(asyncio.Protocol):
             else:
                 self.done.set_exception(
                     ConnectionResetError("connection closed before the upgrade answer")
-                    if exc is None else exc
+                    if exc is None
+                    else exc
                 )
 
     def _pump(self) -> None:
@@ -91,11 +96,16 @@ class _Handshake(asyncio.Protocol):
                 elif isinstance(event, h11.Data):
                     if len(self.body) < MAX_ERROR_BODY:
                         self.body += event.data[: MAX_ERROR_BODY - len(self.body)]
-                elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)) or event is h11.PAUSED:
+                elif (
+                    isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed))
+                    or event is h11.PAUSED
+                ):
                     if self.head is not None:
                         self.done.set_result((self.head, bytes(self.body), b""))
                     else:
-                        self.done.set_exception(ConnectionResetError("connection closed before the upgrade answer"))
+                        self.done.set_exception(
+                            ConnectionResetError("connection closed before the upgrade answer")
+                        )
                     return
         except h11.RemoteProtocolError as exc:
             if not self.done.done():
@@ -117,7 +127,9 @@ async def _open(dialer: ApiDialer, proto: _Handshake, timeout: float) -> asyncio
         ssl_kwargs = {"ssl": dialer.ssl, "server_hostname": dialer.server_hostname or dialer.host}
     if dialer.open_socket is not None:
         sock = await asyncio.wait_for(dialer.open_socket(), timeout)
-        transport, _ = await asyncio.wait_for(loop.create_connection(lambda: proto, sock=sock, **ssl_kwargs), timeout)
+        transport, _ = await asyncio.wait_for(
+            loop.create_connection(lambda: proto, sock=sock, **ssl_kwargs), timeout
+        )
     else:
         transport, _ = await asyncio.wait_for(
             loop.create_connection(lambda: proto, dialer.host, dialer.port, **ssl_kwargs), timeout
@@ -138,21 +150,35 @@ def _full_path(dialer: ApiDialer, path: str, ports: list[int] | None) -> str:
 
 
 async def _upgrade_once(
-    dialer: ApiDialer, path: str, protocol: str, ports: list[int], ping_interval: float | None,
-    timeout: float, max_data: int,
+    dialer: ApiDialer,
+    path: str,
+    protocol: str,
+    ports: list[int],
+    ping_interval: float | None,
+    timeout: float,
+    max_data: int,
+    ping_timeout: float | None = None,
 ) -> Connection:
     host = _host_header(dialer)
-    extra = [(k, v) for k, v in dialer.headers if k.lower() not in ("host", "connection", "upgrade")]
+    extra = [
+        (k, v) for k, v in dialer.headers if k.lower() not in ("host", "connection", "upgrade")
+    ]
     key = ""
     offered: list[str] = []
     if protocol == "spdy":
         conn, request = handshake.spdy_request(host, _full_path(dialer, path, None), extra)
     elif protocol == "websocket":
         offered = [handshake.TUNNEL_PROTOCOL]
-        conn, request, key = handshake.websocket_request(host, _full_path(dialer, path, None), offered, extra)
-    elif protocol == "ws-channel":
-        offered = [handshake.CHANNEL_V4]
-        conn, request, key = handshake.websocket_request(host, _full_path(dialer, path, ports), offered, extra)
+        conn, request, key = handshake.websocket_request(
+            host, _full_path(dialer, path, None), offered, extra
+        )
+    elif protocol in ("ws-channel", "ws-channel-base64"):
+        offered = [
+            handshake.CHANNEL_V4_BASE64 if protocol.endswith("base64") else handshake.CHANNEL_V4
+        ]
+        conn, request, key = handshake.websocket_request(
+            host, _full_path(dialer, path, ports), offered, extra
+        )
     else:
         raise ValueError(f"unknown protocol {protocol!r} (expected one of {PROTOCOLS} or 'auto')")
     proto = _Handshake(conn)
@@ -172,13 +198,16 @@ async def _upgrade_once(
         raise UpgradeRefusedError(check.message, check.status, check.fallback)
     initial = trailing + bytes(proto.extra)
     session: Connection
-    if protocol == "ws-channel":
-        session = ChannelConnection(client=True, ports=ports, max_data=max_data)
+    if protocol.startswith("ws-channel"):
+        session = ChannelConnection(
+            client=True, ports=ports, base64=protocol.endswith("base64"), max_data=max_data
+        )
     else:
         session = SpdyConnection(
             client=True,
             tunnel="ws-client" if protocol == "websocket" else None,
             ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
             max_data=max_data,
         )
     session.attach(transport, initial)
@@ -194,15 +223,18 @@ async def connect(
     ping_interval: float | None = None,
     timeout: float = 30.0,
     max_data: int = DEFAULT_MAX_DATA,
+    ping_timeout: float | None = None,
 ) -> Connection:
     """Open one upgraded port-forward connection.
 
     `path` is ".../pods/NAME/portforward" (or any raw path; `dialer.base_path` is prefixed).
     `protocol`: "spdy" (POST + Upgrade: SPDY/3.1), "websocket" (GET, SPDY tunnelled in WS
     `SPDY/3.1+portforward.k8s.io`), "ws-channel" (GET `v4.channel.k8s.io` with `?ports=`; uses
-    `ports`), or "auto" (websocket, then spdy on any non-101 or wrong subprotocol, on a new
-    connection, as kubectl 1.31+).
+    `ports`; "ws-channel-base64" for v4.base64.channel.k8s.io), or "auto" (websocket, then
+    spdy on any non-101 or wrong subprotocol, on a new connection, as kubectl 1.31+).
     `ping_interval` defaults to 5 s (spdy) / 10 s (websocket tunnel); 0 disables pings.
+    `ping_timeout`: abort the session when a PING stays unanswered that long (None: never,
+    as kubectl); the session's `closed` then resolves to a TimeoutError.
     `max_data`: largest DATA frame payload we send (kubectl sends 32 KiB).
     Returns a SpdyConnection (spdy/websocket) or a ChannelConnection (ws-channel; `await
     conn.ready()` for the port announcements). The `protocol` actually used is in
@@ -214,13 +246,17 @@ async def connect(
     """
     if protocol == "auto":
         try:
-            session = await _upgrade_once(dialer, path, "websocket", ports, ping_interval, timeout, max_data)
+            session = await _upgrade_once(
+                dialer, path, "websocket", ports, ping_interval, timeout, max_data, ping_timeout
+            )
             session.negotiated = "websocket"  # type: ignore[union-attr]
             return session
         except UpgradeRefusedError as exc:
             if not exc.fallback:
                 raise
         protocol = "spdy"
-    session = await _upgrade_once(dialer, path, protocol, ports, ping_interval, timeout, max_data)
+    session = await _upgrade_once(
+        dialer, path, protocol, ports, ping_interval, timeout, max_data, ping_timeout
+    )
     session.negotiated = protocol  # type: ignore[union-attr]
     return session

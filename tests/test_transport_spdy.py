@@ -1,0 +1,330 @@
+"""SpdyConnection / ChannelConnection against a recording fake transport: the write pattern
+(one write per DATA frame, no copies, SYN_REPLY first), ping parity, kubectl's known-answer
+SYN_STREAM bytes fed whole and one byte at a time, tunnel masking per role."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from test_transport_support import run
+
+from fastpf import _frames as F
+from fastpf.transport.channel import ChannelConnection
+from fastpf.transport.spdy import SpdyConnection, SpdyStream
+
+# PROTOCOL.md 4.3: kubectl 1.33's first two header blocks of one connection.
+BLOCK1 = bytes.fromhex(
+    "78f9e3c6a7c202253a703a2b294a4dcc851625aca9a0808614cb45e01c60616061c0c0c0c0590489c64c50f2663400000000ffff"
+)
+BLOCK2 = bytes.fromhex("c2aa19540e2512d60b000000ffff")
+
+
+def syn_stream_bytes(stream_id: int, block: bytes) -> bytes:
+    """A SYN_STREAM exactly as kubectl puts it on the wire (known-answer vector)."""
+    length = 10 + len(block)
+    return (
+        bytes.fromhex("80030001")
+        + bytes([0])
+        + length.to_bytes(3, "big")
+        + stream_id.to_bytes(4, "big")
+        + bytes(4)
+        + bytes(2)
+        + block
+    )
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.protocol: Any = None
+        self.closed = False
+        self.buffered = 0
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def write(self, data: Any) -> None:
+        self.calls.append(("write", data))
+
+    def writelines(self, parts: list[Any]) -> None:
+        self.calls.append(("writelines", list(parts)))
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def wire(self) -> bytes:
+        out = b""
+        for kind, data in self.calls:
+            out += b"".join(bytes(p) for p in data) if kind == "writelines" else bytes(data)
+        return out
+
+
+def _frames(data: bytes) -> list[Any]:
+    dec = F.SpdyDecoder()
+    dec.feed(data)
+    out = []
+    for _ in range(1000):
+        f = dec.next_frame()
+        if f is None:
+            assert dec.error is None
+            break
+        out.append(f)
+    return out
+
+
+def _server(tunnel: str | None = None) -> tuple[SpdyConnection, FakeTransport, list[SpdyStream]]:
+    streams: list[SpdyStream] = []
+    conn = SpdyConnection(client=False, tunnel=tunnel, on_stream=streams.append)
+    t = FakeTransport()
+    conn.attach(t)  # type: ignore[arg-type]
+    return conn, t, streams
+
+
+@pytest.mark.parametrize("chunking", ["whole", "bytewise"])
+def test_kubectl_syn_streams_known_answer(chunking: str) -> None:
+    async def body() -> None:
+        conn, t, streams = _server()
+        wire = syn_stream_bytes(1, BLOCK1) + syn_stream_bytes(3, BLOCK2)
+        if chunking == "whole":
+            conn._feed(wire)
+        else:
+            for i in range(len(wire)):
+                buf = conn.get_buffer(1)
+                buf[0] = wire[i]
+                conn.buffer_updated(1)
+        assert [s.headers for s in streams] == [
+            {"streamtype": "error", "port": "8080", "requestid": "0"},
+            {"streamtype": "data", "port": "8080", "requestid": "0"},
+        ]
+        assert not conn.is_closing
+
+    run(body, "uvloop")
+
+
+def test_data_is_one_gather_write_without_copy_and_reply_first() -> None:
+    async def body() -> None:
+        conn, t, streams = _server()
+        conn._feed(syn_stream_bytes(1, BLOCK1))
+        stream = streams[0]
+        payload = b"x" * 1000
+        stream.write(payload)  # not replied yet: SYN_REPLY must go first
+        kinds = [f.type for f in _frames(t.wire())]
+        assert kinds == [F.SYN_REPLY, F.DATA]
+        kind, parts = t.calls[-1]
+        assert kind == "writelines" and len(parts) == 2 and parts[1].obj is payload
+        # relay fast path: header packed in the gap, one write of one contiguous view
+        room = stream.header_room
+        buf = bytearray(room + 4096)
+        buf[room:] = b"y" * 4096
+        t.calls.clear()
+        stream.send_inplace(buf, room, 4096)
+        assert len(t.calls) == 1 and t.calls[0][0] == "write"
+        view = t.calls[0][1]
+        assert isinstance(view, memoryview) and view.obj is buf
+        (frame,) = _frames(t.wire())
+        assert frame.type == F.DATA and frame.stream_id == 1 and bytes(frame.payload) == b"y" * 4096
+
+    run(body, "uvloop")
+
+
+@pytest.mark.parametrize("role", ["ws-server", "ws-client"])
+def test_tunnel_one_message_per_frame_and_masking(role: str) -> None:
+    async def body() -> None:
+        conn = SpdyConnection(client=role == "ws-client", tunnel=role)
+        t = FakeTransport()
+        conn.attach(t)  # type: ignore[arg-type]
+        stream = SpdyStream(conn, 1, {}, local=True)
+        room = stream.header_room
+        buf = bytearray(room + 70000)
+        buf[room:] = b"z" * 70000
+        stream.send_inplace(buf, room, 70000)
+        assert len(t.calls) == 1 and t.calls[0][0] == "write" and t.calls[0][1].obj is buf
+        stream.write(b"abc")
+        stream.write_eof()
+        ws = F.WsDecoder(expect_masked=role == "ws-client")
+        ws.feed(t.wire())
+        messages = []
+        for _ in range(10):
+            f = ws.next_frame()
+            if f is None:
+                break
+            assert f.opcode == F.WS_BINARY and f.fin
+            messages.append(bytes(f.payload))
+        assert ws.error is None and len(messages) == 3  # one WS message per SPDY frame
+        frames = _frames(b"".join(messages))
+        assert [(f.type, f.flags, len(f.payload)) for f in frames] == [
+            (F.DATA, 0, 70000),
+            (F.DATA, 0, 3),
+            (F.DATA, F.FLAG_FIN, 0),
+        ]
+
+    run(body, "uvloop")
+
+
+def test_ping_parity_and_client_ping_ids() -> None:
+    async def body() -> None:
+        conn, t, _ = _server()
+        enc = F.SpdyEncoder()
+        conn._feed(enc.ping(1) + enc.ping(4) + enc.ping(7))
+        assert [(f.type, f.ping_id) for f in _frames(t.wire())] == [(F.PING, 1), (F.PING, 7)]
+        client = SpdyConnection(client=True, ping_interval=0)
+        ct = FakeTransport()
+        client.attach(ct)  # type: ignore[arg-type]
+        assert [client.ping(), client.ping()] == [1, 3]
+        client._feed(enc.ping(1) + enc.ping(2))  # reply to ours; the server's ping echoed
+        assert client.last_ping_rtt is not None
+        assert [f.ping_id for f in _frames(ct.wire())] == [1, 3, 2]
+
+    run(body, "uvloop")
+
+
+def test_decoder_release_waits_for_drained_sinks() -> None:
+    """DATA views stay valid until every sink that got one drained."""
+
+    async def body() -> None:
+        conn, t, streams = _server()
+        conn._feed(syn_stream_bytes(1, BLOCK1))
+        stream = streams[0]
+        got: list[memoryview] = []
+
+        class Sink:
+            pending = True
+
+            def data_received(self, view: memoryview) -> None:
+                got.append(view)
+
+            def eof_received(self) -> None: ...
+            def reset_received(self, status: int) -> None: ...
+            def connection_lost(self, exc: BaseException | None) -> None: ...
+
+            def drained(self) -> bool:
+                return not self.pending
+
+        sink = Sink()
+        stream.set_sink(sink)
+        payloads = [bytes([i]) * 50000 for i in range(12)]  # > the 256 KiB decoder buffer
+        for p in payloads:
+            wire = F.data_header(1, 0, len(p)) + p
+            for pos in range(0, len(wire), 8192):
+                chunk = wire[pos : pos + 8192]
+                buf = conn.get_buffer(len(chunk))
+                buf[: len(chunk)] = chunk
+                conn.buffer_updated(len(chunk))
+        assert [bytes(v) for v in got] == payloads  # nothing overwritten while not drained
+        sink.pending = False
+        conn.get_buffer(-1)
+        assert not conn._held
+
+    run(body, "uvloop")
+
+
+def test_channel_server_announces_ports_little_endian() -> None:
+    async def body() -> None:
+        conn = ChannelConnection(client=False, ports=[8080, 443])
+        t = FakeTransport()
+        conn.attach(t)  # type: ignore[arg-type]
+        ws = F.WsDecoder(expect_masked=False)
+        ws.feed(t.wire())
+        msgs = []
+        for _ in range(10):
+            f = ws.next_frame()
+            if f is None:
+                break
+            msgs.append(bytes(f.payload))
+        assert msgs == [b"\x00\x90\x1f", b"\x01\x90\x1f", b"\x02\xbb\x01", b"\x03\xbb\x01"]
+
+    run(body, "uvloop")
+
+
+def test_session_survives_sink_and_decoder_trouble() -> None:
+    async def body() -> None:
+        errors: list[Any] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _l, ctx: errors.append(ctx))
+        conn, t, streams = _server()
+        conn._feed(syn_stream_bytes(1, BLOCK1))
+
+        class Boom:
+            def data_received(self, view: memoryview) -> None:
+                raise RuntimeError("boom")
+
+            def drained(self) -> bool:
+                return True
+
+        streams[0].set_sink(Boom())  # type: ignore[arg-type]
+        conn.buffer_updated(0)
+        buf = conn.get_buffer(-1)
+        wire = F.data_header(1, 0, 3) + b"abc"
+        buf[: len(wire)] = wire
+        conn.buffer_updated(len(wire))
+        assert not conn.is_closing  # the stream was reset, the session lives
+        assert _frames(t.wire())[-1].type == F.RST_STREAM
+        conn._feed(bytes.fromhex("8003000500000000"))  # NOOP: fatal for spdystream
+        assert conn.is_closing and t.closed
+        assert _frames(t.wire())[-1].type == F.GOAWAY
+        assert not errors
+
+    run(body, "uvloop")
+
+
+@pytest.mark.parametrize("kind", ["spdy", "ws-server", "channel"])
+def test_fuzz_sessions_never_raise(kind: str) -> None:
+    """Arbitrary bytes after a valid start: the session either keeps going or ends with a
+    GOAWAY / close frame; nothing escapes into the loop."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    prefix = syn_stream_bytes(1, BLOCK1) + syn_stream_bytes(3, BLOCK2)
+
+    @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(st.binary(max_size=96), max_size=12))
+    def check(chunks: list[bytes]) -> None:
+        async def body() -> None:
+            errors: list[Any] = []
+            asyncio.get_running_loop().set_exception_handler(lambda _l, ctx: errors.append(ctx))
+            t = FakeTransport()
+            conn: Any
+            if kind == "channel":
+                conn = ChannelConnection(client=False, ports=[80, 81])
+                conn.attach(t)
+                first = F.ws_encode(F.WS_BINARY, b"\x00hello", True, True)
+            else:
+                streams: list[SpdyStream] = []
+                conn = SpdyConnection(
+                    client=False, tunnel=None if kind == "spdy" else kind, on_stream=streams.append
+                )
+                conn.attach(t)
+                first = prefix if kind == "spdy" else F.ws_encode(F.WS_BINARY, prefix, True, True)
+            conn._feed(first)
+            for chunk in chunks:
+                if conn.is_closing:
+                    break
+                buf = conn.get_buffer(len(chunk) or 1)
+                buf[: len(chunk)] = chunk
+                conn.buffer_updated(len(chunk))
+            if conn.is_closing and isinstance(conn.closed.result(), Exception):
+                assert t.closed
+            assert not errors
+
+        run(body, "asyncio", 10)
+
+    check()
