@@ -168,6 +168,23 @@ class Registry:
         if p.stop_seconds > 1.0:
             print(f"[bench] {p.name} (pid {p.pid}) took {p.stop_seconds:.1f} s to stop", flush=True)
 
+    def signal(self, p: Proc, sig: int = signal.SIGINT) -> None:
+        """Ask a child to stop without waiting for it."""
+        if p.alive():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(p.pid, sig)
+
+    def stop_many(self, procs: list[Proc], grace: float = 3.0) -> None:
+        """Stop several children in parallel: SIGINT to all, wait, then `stop` each (escalates)."""
+        for p in procs:
+            self.signal(p)
+        deadline = time.monotonic() + grace
+        for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.popen.wait(timeout=max(0.01, deadline - time.monotonic()))
+        for p in procs:
+            self.stop(p, grace)
+
     def stop_all(self) -> None:
         for p in reversed(list(self.procs)):
             self.stop(p)

@@ -87,6 +87,18 @@ def _pair(m: dict[str, Any], a: str, b: str, digits: int) -> str:
     return f"{_f(m.get(a), digits)} / {_f(m.get(b), digits)}"
 
 
+def _load_note(meta: dict[str, Any]) -> str:
+    """Other work on the machine moves absolute numbers a lot; say how busy it was."""
+    la0, la1 = meta.get("loadavg_start"), meta.get("loadavg_end")
+    if not la0:
+        return ""
+    cpus = (meta.get("machine") or {}).get("cpus") or 1
+    busy = max(la0[0], (la1 or la0)[0]) > cpus
+    return (f"Load average (1 min) at start {la0[0]:.1f}, at end {(la1 or la0)[0]:.1f} on {cpus} CPUs"
+            + (": the machine was busy with other work, so absolute figures are noisy; rows were "
+               "interleaved so the ratios are the figures to quote." if busy else ".") + "\n")
+
+
 def markdown(result: dict[str, Any]) -> str:
     meta = result.get("meta", {})
     mach = meta.get("machine", {})
@@ -100,6 +112,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"fastpf serve with {'TLS' if meta.get('tls') else 'no TLS'}. Run took {meta.get('seconds')} s"
         + (" (INTERRUPTED: partial)" if meta.get("interrupted") else "") + ".",
         "",
+        *[f"**Build:** {n}\n" for n in meta.get("build_notes", [])],
+        _load_note(meta),
         f"Bulk: 1 connection {d.get('bulk1_seconds')} s × {d.get('bulk1_reps')} (median), "
         f"8 connections {d.get('bulk8_seconds')} s × {d.get('bulk8_reps')} (median); churn "
         f"{d.get('churn_seconds')} s at concurrency {d.get('churn_concurrency')} "
@@ -214,7 +228,7 @@ def chart(result: dict[str, Any], path: Path) -> Path | None:
         ("p99 latency (ms, lower is better)", [("churn", "churn_p99_ms"), ("ping-pong", "pp_p99_ms")]),
         ("Peak RSS with 1,000 connections (MiB)", [("VmHWM", "rss_hwm_MiB")]),
     ]
-    fig, axes = plt.subplots(3, 2, figsize=(15, 14))
+    fig, axes = plt.subplots(3, 2, figsize=(15, 13))
     x = list(range(len(rows)))
     for ax, (title, series) in zip(axes.flat, panels, strict=False):
         w = 0.8 / len(series)
@@ -239,7 +253,7 @@ def chart(result: dict[str, Any], path: Path) -> Path | None:
     meta = result.get("meta", {})
     fig.suptitle(f"fastpf benchmark {meta.get('started', '')} ({meta.get('mode', '')}, "
                  f"{'TLS' if meta.get('tls') else 'no TLS'}; medians)", fontsize=12)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.05, right=0.99, top=0.94, bottom=0.09, hspace=0.55, wspace=0.12)
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path

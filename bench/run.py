@@ -76,8 +76,8 @@ class Mode:
 
 FULL = Mode(bulk1_seconds=5.0, bulk1_reps=3, bulk8_seconds=4.0, bulk8_reps=3,
             churn_seconds=3.0, pingpong_seconds=2.0, latency_reps=3)
-QUICK = Mode(bulk1_seconds=0.8, bulk1_reps=1, bulk8_seconds=0.6, bulk8_reps=1,
-             churn_seconds=0.8, pingpong_seconds=0.4)
+QUICK = Mode(bulk1_seconds=0.7, bulk1_reps=1, bulk8_seconds=0.5, bulk8_reps=1,
+             churn_seconds=0.7, pingpong_seconds=0.3)
 
 
 @dataclass
@@ -168,22 +168,30 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+BUILD_NOTES: list[str] = []
+
+
 def ensure_built() -> str | None:
     """Build fastpf._frames in place when missing or stale; returns a reason when impossible."""
     pyx = ROOT / "fastpf" / "_frames.pyx"
     if not pyx.exists():
         return "fastpf/_frames.pyx not written yet"
     sos = list((ROOT / "fastpf").glob("_frames*.so"))
+    build_error = ""
     if not sos or min(s.stat().st_mtime for s in sos) < pyx.stat().st_mtime:
         log("building fastpf._frames in place (setup.py build_ext --inplace)")
         r = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace", "-q"], cwd=ROOT,
                            capture_output=True, text=True, timeout=600)
         if r.returncode != 0:
-            return "fastpf._frames does not build: " + (r.stderr.strip().splitlines() or ["?"])[-1]
+            build_error = "fastpf._frames does not build: " + (r.stderr.strip().splitlines() or ["?"])[-1]
     r = subprocess.run([sys.executable, "-c", "import fastpf._frames"], cwd=ROOT,
                        capture_output=True, text=True, env=child_env(), timeout=60)
     if r.returncode != 0:
-        return "fastpf._frames does not import: " + (r.stderr.strip().splitlines() or ["?"])[-1]
+        return build_error or "fastpf._frames does not import: " + (
+            r.stderr.strip().splitlines() or ["?"])[-1]
+    if build_error:  # an older build still imports: measure it, but say so in the report
+        BUILD_NOTES.append(build_error + " (measured the previous, older build)")
+        log(BUILD_NOTES[-1])
     return None
 
 
@@ -207,6 +215,14 @@ class Harness:
         self.worker: Proc | None = None
         self.chan: LineChannel | None = None
         self.frames_reason: str | None = None
+        self.states: list[RowState] = []
+
+    def partial_rows(self) -> dict[str, dict[str, Any]]:
+        """After an interrupt: whatever was measured so far."""
+        for st in self.states:
+            if st.res.get("status") == "ok" and not st.res["metrics"]:
+                st.finish()
+        return {st.row.key: st.res for st in self.states}
 
     # -- fixed parts -----------------------------------------------------------------------
     def start_target(self) -> None:
@@ -324,13 +340,15 @@ class Harness:
                 "--address", "127.0.0.1", "--protocol", row.protocol, POD,
                 f"{local}:{remote}"], child_env(row.env)
 
-    def start_forwarder(self, row: RowSpec) -> tuple[Proc, int]:
+    def launch_forwarder(self, row: RowSpec) -> tuple[Proc, int]:
         local = free_port()
         argv, env = self.forwarder_argv(row, local)
-        p = self.reg.start(row.key, argv, env=env, cwd=str(ROOT))
+        return self.reg.start(row.key, argv, env=env, cwd=str(ROOT)), local
+
+    def wait_forwarder(self, row: RowSpec, p: Proc, local: int) -> tuple[Proc, int]:
         if row.kind == "socat":
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and p.alive():
+            while time.monotonic() < deadline and p.alive():  # bounded by the deadline
                 if port_open("127.0.0.1", local):
                     return p, local
                 time.sleep(0.05)
@@ -340,26 +358,42 @@ class Harness:
         self.reg.stop(p)
         raise Unavailable(f"{row.label} did not start: {reason}")
 
+    def start_forwarder(self, row: RowSpec) -> tuple[Proc, int]:
+        return self.wait_forwarder(row, *self.launch_forwarder(row))
+
     # -- rows, interleaved -------------------------------------------------------------------
     # Every repetition of every measurement runs all rows back to back (row A, B, C, A, B, C...),
     # so a burst of load from elsewhere on a shared machine hits all rows alike and the ratios
     # between rows stay meaningful; medians then take out the outliers.
-    def open_row(self, row: RowSpec) -> RowState:
-        st = RowState(row, {"label": row.label, "kind": row.kind, "status": "ok", "metrics": {},
-                            "errors": 0, "error_samples": []})
-        try:
-            if row.kind == "direct":
-                st.port = self.target_port
-            else:
-                st.fwd, st.port = self.start_forwarder(row)
-                st.res["command"] = " ".join(st.fwd.popen.args)  # type: ignore[arg-type]
-        except Unavailable as exc:
-            st.res.update(status="unavailable", reason=str(exc))
-            log(f"{row.key}: unavailable: {exc}")
-            return st
+    def open_rows(self, rows: list[RowSpec]) -> list[RowState]:
+        """Start every forwarder at once (they start in parallel), then wait for each."""
+        states, launched = [], []
+        for row in rows:
+            st = RowState(row, {"label": row.label, "kind": row.kind, "status": "ok", "metrics": {},
+                                "errors": 0, "error_samples": []})
+            states.append(st)
+            try:
+                launched.append((st, self.launch_forwarder(row) if row.kind != "direct" else None))
+            except Unavailable as exc:
+                st.res.update(status="unavailable", reason=str(exc))
+                log(f"{row.key}: unavailable: {exc}")
+        for st, started in launched:
+            try:
+                if started is None:
+                    st.port = self.target_port
+                else:
+                    st.fwd, st.port = self.wait_forwarder(st.row, *started)
+                    st.res["command"] = " ".join(st.fwd.popen.args)  # type: ignore[arg-type]
+            except Unavailable as exc:
+                st.res.update(status="unavailable", reason=str(exc))
+                log(f"{st.row.key}: unavailable: {exc}")
+                continue
+            self.warm_up(st)
+        return states
+
+    def warm_up(self, st: RowState) -> None:
         # warm-up: the first connection of a session pays for dialling and lazy setup
         self.measure(st, "warm-up", {"op": "bulk", "dir": "down", "conns": 1, "duration": 0.1}, 60)
-        return st
 
     def measure(self, st: RowState, tag: str, cmd: dict[str, Any], timeout: float,
                 direction: str = "") -> dict[str, Any]:
@@ -394,7 +428,7 @@ class Harness:
 
     def run_rows(self, rows: list[RowSpec]) -> dict[str, dict[str, Any]]:
         mode = self.mode
-        states = [self.open_row(r) for r in rows]
+        states = self.states = self.open_rows(rows)
         live = [st for st in states if st.res["status"] == "ok"]
         try:
             for conns, secs, reps in ((1, mode.bulk1_seconds, mode.bulk1_reps),
@@ -435,24 +469,40 @@ class Harness:
                     if not st.fwd.alive():
                         st.error(f"forwarder exited: {st.fwd.tail(1)[-200:]}")
                     st.log_errors += st.fwd.count_lines(r"(?i)error|traceback")
-                    self.reg.stop(st.fwd)
-                    st.fwd = None
+            self.reg.stop_many([st.fwd for st in live if st.fwd is not None])
+            for st in live:
+                st.fwd = None
         for st in live:
             st.finish()
+        # RSS: a fresh forwarder per row (its peak must not include the bulk runs); all start
+        # at once and wait idle, then are measured one after the other
+        fresh: list[tuple[RowState, tuple[Proc, int] | Unavailable]] = []
+        for st in live:
             if st.row.kind != "direct":
-                self.measure_rss(st.row, st.res)
+                try:
+                    fresh.append((st, self.launch_forwarder(st.row)))
+                except Unavailable as exc:
+                    fresh.append((st, exc))
+        try:
+            for st, started in fresh:
+                if isinstance(started, Unavailable):
+                    st.error(f"rss: {started}")
+                    continue
+                try:
+                    fwd, port = self.wait_forwarder(st.row, *started)
+                except Unavailable as exc:
+                    st.error(f"rss: {exc}")
+                    continue
+                self.measure_rss(st.row, st.res, fwd, port)
+        finally:
+            self.reg.stop_many([s[0] for _, s in fresh if not isinstance(s, Unavailable)])
+        for st in states:
             st.res["error_samples"] = st.res["error_samples"][:8]
         return {st.row.key: st.res for st in states}
 
-    def measure_rss(self, row: RowSpec, res: dict[str, Any]) -> None:
-        """Fresh forwarder, 1,000 connections held open (each proven by an echo), VmHWM."""
+    def measure_rss(self, row: RowSpec, res: dict[str, Any], fwd: Proc, port: int) -> None:
+        """1,000 connections held open through a fresh forwarder (each proven by an echo)."""
         m = res["metrics"]
-        try:
-            fwd, port = self.start_forwarder(row)
-        except Unavailable as exc:
-            res["errors"] += 1
-            res["error_samples"].append(f"rss: {exc}")
-            return
         try:
             time.sleep(0.2)
             m["rss_idle_MiB"] = vm_kib(fwd.pid, "VmRSS") / 1024
@@ -474,7 +524,7 @@ class Harness:
         finally:
             self.call({"op": "release"}, 60)
             res["log_error_lines"] = res.get("log_error_lines", 0) + fwd.count_lines(r"(?i)error|traceback")
-            self.reg.stop(fwd)
+            self.reg.signal(fwd)  # stopped for good with the others (stop_many), in parallel
 
 
 def run_micro(workdir: Path) -> dict[str, Any]:
@@ -569,6 +619,8 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt  # same clean-up path as Ctrl-C
 
     signal.signal(signal.SIGTERM, on_term)
+    # even when started in the background of a script (which ignores SIGINT), Ctrl-C/kill -INT cleans up
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     started = dt.datetime.now(dt.timezone.utc)
     workdir = Path(tempfile.mkdtemp(prefix="fastpf-bench-"))
     reg = Registry(workdir)
@@ -584,6 +636,7 @@ def main(argv: list[str] | None = None) -> int:
                         "(uvloop, 1 process); direct: loadgen -> target; socat: loadgen -> socat -> "
                         "target. All on loopback, sharing the machine's cores.",
             "rlimit_nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+            "loadavg_start": os.getloadavg(),
         },
         "rows": {},
     }
@@ -605,13 +658,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         interrupted = True
         log("interrupted: stopping every child and writing partial results")
+        result["rows"] = h.partial_rows()
     finally:
+        # a second Ctrl-C must not cut the clean-up short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if h.chan is not None:
             with contextlib.suppress(Exception):
                 h.chan.call(b'{"op": "quit"}', 2)
         reg.stop_all()
     result["meta"]["children"] = reg.history  # all stopped by now (tests check it)
     result["meta"]["seconds"] = round(time.monotonic() - t_start, 1)
+    if BUILD_NOTES:
+        result["meta"]["build_notes"] = BUILD_NOTES
+    result["meta"]["loadavg_end"] = os.getloadavg()
     result["meta"]["interrupted"] = interrupted
     result["targets"] = report.targets(result)
 

@@ -385,13 +385,3 @@ def test_auto_protocol_env(env: str, want: str, serve: ServeInstance, targets: T
     assert pf.interrupt() == 0
     assert any(ln.endswith(f"with protocol {want}") for ln in pf.stderr), pf.stderr
 
-
-def test_tls_bridge_bulk(serve: ServeInstance, targets: Targets,
-                         fastpf: Callable[..., Fastpf]) -> None:
-    """The opt-in threaded TLS pump carries bulk data both ways and passes EOF through."""
-    pf = fastpf(serve.kubeconfig, "--protocol", "websocket", "mypod", f":{targets.sink}",
-                f":{targets.source}", wait=2, env={"FASTPF_TLS_BRIDGE": "1"})
-    n = 16 << 20
-    assert upload(pf.local_port(targets.sink), n) == f"{n} {pattern_sha256(n)}"
-    assert download(pf.local_port(targets.source), n) == (n, pattern_sha256(n))
-    assert pf.interrupt() == 0

@@ -10,13 +10,17 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from fastpf import _frames as F
 from fastpf.errors import SpdySessionError, WebSocketError
 
+# No 'explain' phase: it is slow and a failing run should report quickly.
+PHASES = (Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink)
+
 FUZZ = settings(
+    phases=PHASES,
     max_examples=300,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

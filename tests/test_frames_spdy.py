@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from fastpf import _frames as F
@@ -41,6 +41,9 @@ DECOMPRESSED_EXAMPLE = (
     b"\x00\x00\x00\x03\x00\x00\x00\x0astreamtype\x00\x00\x00\x05error"
     b"\x00\x00\x00\x04port\x00\x00\x00\x048080\x00\x00\x00\x09requestid\x00\x00\x00\x010"
 )
+
+# No 'explain' phase: it is slow and a failing run should report quickly.
+PHASES = (Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink)
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -215,6 +218,7 @@ frame_specs = st.one_of(
 )
 
 SETTINGS = settings(
+    phases=PHASES,
     max_examples=150,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -439,7 +443,7 @@ def test_round_trip_any_chunking(specs: list[tuple[Any, ...]], data: st.DataObje
     assert [snapshot(f) for f in frames] == expected
 
 
-@settings(max_examples=40, deadline=None)
+@settings(phases=PHASES, max_examples=40, deadline=None)
 @given(specs=st.lists(frame_specs, min_size=1, max_size=4))
 def test_whole_vs_byte_at_a_time_vs_trailing(specs: list[tuple[Any, ...]]) -> None:
     wire = encode_all(specs)
@@ -456,7 +460,7 @@ def test_whole_vs_byte_at_a_time_vs_trailing(specs: list[tuple[Any, ...]]) -> No
         assert dec.next_frame() is None
 
 
-@settings(max_examples=60, deadline=None)
+@settings(phases=PHASES, max_examples=60, deadline=None)
 @given(headers=header_sets)
 def test_header_block_round_trip(headers: dict[str, str]) -> None:
     assert F.decode_header_block(F.encode_header_block(headers)) == headers

@@ -8,13 +8,16 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from fastpf import _frames as F
 from fastpf.errors import WebSocketError
 
 KEY = bytes.fromhex("37fa213d")
+
+# No 'explain' phase: it is slow and a failing run should report quickly.
+PHASES = (Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink)
 
 
 def ref_mask(data: bytes, key: bytes) -> bytes:
@@ -282,7 +285,9 @@ ws_frames = st.lists(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    phases=PHASES, max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(frames=ws_frames, masked=st.booleans(), data=st.data())
 def test_round_trip_any_chunking(
     frames: list[tuple[int, bytes]], masked: bool, data: st.DataObject
@@ -323,7 +328,7 @@ def test_release_and_buffer_reuse() -> None:
 # --- masking ----------------------------------------------------------------------------------
 
 
-@settings(max_examples=200, deadline=None)
+@settings(phases=PHASES, max_examples=200, deadline=None)
 @given(
     data=st.binary(max_size=200),
     key=st.binary(min_size=4, max_size=4),
@@ -443,7 +448,7 @@ def test_channel_base64() -> None:
     assert F.channel_decode(F.WS_TEXT, b";YQ==", base64=True) == (11, b"a")
 
 
-@settings(max_examples=100, deadline=None)
+@settings(phases=PHASES, max_examples=100, deadline=None)
 @given(channel=st.integers(0, 200), payload=st.binary(max_size=200), b64=st.booleans())
 def test_channel_round_trip(channel: int, payload: bytes, b64: bool) -> None:
     op, msg = F.channel_encode(channel, payload, base64=b64)

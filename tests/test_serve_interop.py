@@ -25,6 +25,7 @@ from conftest import (
     download,
     free_port,
     pattern_sha256,
+    require_peer,
     upload,
 )
 
@@ -326,17 +327,22 @@ def test_garbage_after_upgrade_does_not_disturb_others(
 
 
 def test_python_kubernetes_client(cluster: tuple[ServeInstance, Targets, int]) -> None:
-    kubernetes = pytest.importorskip("kubernetes")
-    from kubernetes.stream import portforward
+    try:
+        import kubernetes
+        from kubernetes.stream import portforward
+    except ImportError:  # a peer like kubectl: skipped locally, a failure in CI
+        require_peer(None, "Python kubernetes client")
+        return
 
     s, t, _ = cluster
     api_client = kubernetes.config.new_client_from_config(config_file=str(s.kubeconfig))
     try:
         core = kubernetes.client.CoreV1Api(api_client)
         pod = core.read_namespaced_pod("web-0", "default")
-        assert pod.status.phase == "Running" and pod.status.container_statuses[0].ready
-        assert [p.metadata.name for p in core.list_namespaced_pod("default", label_selector="app=web").items] == \
-            ["web-0", "web-pending"]
+        assert pod.status is not None and pod.status.phase == "Running"
+        assert pod.status.container_statuses and pod.status.container_statuses[0].ready
+        listed = core.list_namespaced_pod("default", label_selector="app=web").items
+        assert [p.metadata.name if p.metadata else None for p in listed] == ["web-0", "web-pending"]
         pf = portforward(core.connect_get_namespaced_pod_portforward, "web-0", "default",
                          ports=f"{t.sink},{t.source}")
         try:
@@ -457,3 +463,26 @@ def test_idle_timeout_reaches_engine(serve_factory: Callable[..., ServeInstance]
     pf = kubectl_port_forward("1.29", s.kubeconfig, "pod/web-0", f":{t.echo}")
     assert pf.wait_exit(20) == 1
     assert "error: lost connection to pod" in pf.stderr
+
+
+@pytest.mark.xfail(reason="engine: after kubectl <= 1.31 FINs a data stream it stops reading it; the "
+                          "engine keeps relaying pod data, a spdystream worker blocks and the whole "
+                          "session stalls (containerd closes both directions ~1 s after one ends)",
+                   strict=False)
+def test_aborted_download_does_not_stall_kubectl_129_session(
+        cluster: tuple[ServeInstance, Targets, int],
+        kubectl_port_forward: Callable[..., KubectlPortForward]) -> None:
+    s, t, _ = cluster
+    pf = kubectl_port_forward("1.29", s.kubeconfig, "pod/web-0", f":{t.source}", f":{t.echo}")
+    with socket.create_connection(("127.0.0.1", pf.local_port(t.source)), timeout=10) as sock:
+        sock.sendall(f"{256 << 20}\n".encode())
+        got = 0
+        while got < 4 << 20:  # read a little of a big download, then hang up with data unread
+            chunk = sock.recv(1 << 20)
+            assert chunk
+            got += len(chunk)
+    time.sleep(1.5)
+    with socket.create_connection(("127.0.0.1", pf.local_port(t.echo)), timeout=8) as sock:
+        sock.settimeout(8)
+        sock.sendall(b"next")
+        assert sock.recv(10) == b"next"

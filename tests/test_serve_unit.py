@@ -351,3 +351,15 @@ def test_watchlist_initial_events_end_with_bookmark() -> None:
     events = [json.loads(e) for e in reply.events]
     assert [e["type"] for e in events] == ["ADDED", "BOOKMARK"]
     assert events[1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+
+
+def test_require_peer_fails_in_ci_and_skips_locally(monkeypatch: pytest.MonkeyPatch) -> None:
+    import conftest
+
+    monkeypatch.setattr(conftest, "REQUIRE_PEERS", True)
+    with pytest.raises(pytest.fail.Exception, match="kubectl 9.99 not found"):
+        conftest.require_peer(conftest.find_kubectl("9.99"), "kubectl 9.99")
+    monkeypatch.setattr(conftest, "REQUIRE_PEERS", False)
+    with pytest.raises(pytest.skip.Exception):
+        conftest.require_peer(None, "kubectl 9.99")
+    assert conftest.require_peer("/bin/true", "x") == "/bin/true"

@@ -267,7 +267,10 @@ def test_stalled_reader_memory_bounded(protocol: str, loop_kind: str) -> None:
     size = 48 << 20
 
     async def body() -> None:
-        async with Target(make_source_handler(size)) as t, ApiServer() as srv:
+        async with (
+            Target(make_source_handler(size), small=True) as t,
+            ApiServer(small_buffers=True) as srv,
+        ):
             conn = await connect(srv, protocol, [t.port])
             fw = await Forward.open(conn, t.port, 0)
             fw.reader._transport.pause_reading()  # type: ignore[attr-defined]
@@ -507,7 +510,7 @@ def test_stalled_pod_memory_bounded(protocol: str, loop_kind: str) -> None:
             writer.write(b"k")
             await writer.drain()
 
-        async with Target(handler) as t, ApiServer() as srv:
+        async with Target(handler, small=True) as t, ApiServer(small_buffers=True) as srv:
             conn = await connect(srv, protocol, [t.port])
             fw = await Forward.open(conn, t.port, 0)
             data = pattern(size, 12)
@@ -536,6 +539,8 @@ def test_stalled_pod_memory_bounded(protocol: str, loop_kind: str) -> None:
             assert conn.transport.get_write_buffer_size() <= conn._write_high + 2 * frame
             assert relay_proto._reading_paused  # client stopped reading the local socket
             assert server.input_paused  # server stopped reading the upgraded connection
+            (pod_relay,) = [k for k in server._input_pauses if hasattr(k, "transport")]
+            assert pod_relay.transport.get_write_buffer_size() <= LOCAL_HIGH + frame
             go.set()
             assert await asyncio.wait_for(done, 20) == hashlib.sha256(data).hexdigest()
             await up

@@ -101,7 +101,12 @@ class ApiServer:
         options: ServerOptions | None = None,
         ssl: Any = None,
         client_ssl: Any = None,
+        small_buffers: bool = False,
     ) -> None:
+        # small_buffers: fixed 256 KiB kernel socket buffers on both ends of the upgraded
+        # connection (Linux autotunes loopback receive buffers up to tcp_rmem max, often
+        # 32 MiB, which would hide user-space backpressure in memory tests).
+        self.small_buffers = small_buffers
         self.ssl = ssl
         self.client_ssl = client_ssl
         self.pod = pod
@@ -115,6 +120,8 @@ class ApiServer:
         self.server = await loop.create_server(
             lambda: _ApiProtocol(self), "127.0.0.1", 0, ssl=self.ssl
         )
+        if self.small_buffers:
+            small_buffers(self.server.sockets[0])
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 
@@ -124,13 +131,29 @@ class ApiServer:
 
     @property
     def dialer(self) -> ApiDialer:
+        port = self.port
+
+        async def open_small() -> socket.socket:
+            sock = socket.socket()
+            small_buffers(sock)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+            return sock
+
         return ApiDialer(
             "127.0.0.1",
             self.port,
+            open_socket=open_small if self.small_buffers else None,
             ssl=self.client_ssl,
             server_hostname="localhost" if self.client_ssl else None,
             headers=[("User-Agent", "fastpf-test")],
         )
+
+
+def small_buffers(sock: Any, size: int = 256 << 10) -> None:
+    """Fixed kernel buffers (no autotuning); accepted sockets inherit them from a listener."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
 # -- pod targets ------------------------------------------------------------------------------
@@ -140,8 +163,11 @@ class Target:
     """A TCP server on 127.0.0.1 with a per-connection coroutine handler."""
 
     def __init__(
-        self, handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+        self,
+        handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+        small: bool = False,
     ) -> None:
+        self.small = small  # fixed small kernel buffers (see small_buffers)
         self.handler = handler
         self.server: asyncio.Server | None = None
         self.port = 0
@@ -157,6 +183,8 @@ class Target:
 
     async def __aenter__(self) -> Target:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0, limit=1 << 20)
+        if self.small:
+            small_buffers(self.server.sockets[0])
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import socket
 import ssl
 import sys
@@ -36,9 +35,6 @@ DEFAULT_REQUEST_TIMEOUT = 60.0
 MAX_BODY = 64 << 20
 USER_AGENT = f"fastpf/v{__version__} ({sys.platform}) fastpf"
 SESSION_ID = str(uuid.uuid4())
-# FASTPF_TLS_BRIDGE=1: TLS of upgraded connections in a pump thread (tlsbridge.py) instead of
-# the event loop. Opt-in: on a 2-core box it did not beat the loop's TLS (report, bench).
-TLS_BRIDGE = os.environ.get("FASTPF_TLS_BRIDGE", "0") == "1"
 
 _CONNECT_FAIL = "Unable to connect to the server: "
 
@@ -343,33 +339,6 @@ class ApiClient:
     async def get(self, path: str, query: dict[str, str] | None = None, what: str = "") -> Any:
         return await self.request("GET", path, query, what)
 
-    async def _tls_bridged_socket(self) -> socket.socket:
-        """TCP (or proxy tunnel) + TLS handshake done here, then the TLS pump thread
-        (tlsbridge) carries the upgraded connection; the engine gets plaintext."""
-        from fastpf.client.proxy import _connect_tcp
-        from fastpf.client.tlsbridge import start_bridge
-
-        ctx = await self._ssl(None)  # no ALPN on upgrades, as kubectl
-        assert ctx is not None
-        raw = await (open_tunnel(self.proxy, self.host, self.port) if self.proxy
-                     else _connect_tcp(self.host, self.port))
-        server_hostname = self.cfg.tls_server_name or self.host
-        timeout = self.timeout
-
-        def handshake() -> ssl.SSLSocket:
-            raw.setblocking(True)
-            raw.settimeout(timeout)
-            try:
-                tls = ctx.wrap_socket(raw, server_hostname=server_hostname)
-            except BaseException:
-                raw.close()
-                raise
-            tls.settimeout(None)
-            return tls
-
-        tls = await asyncio.get_running_loop().run_in_executor(None, handshake)
-        return start_bridge(tls)
-
     async def dialer(self) -> ApiDialer:
         """Connection parameters for the engine's upgrade (HTTP/1.1, no ALPN)."""
         headers = [
@@ -380,10 +349,6 @@ class ApiClient:
         authz = await self.auth.authorization()
         if authz:
             headers.append(("Authorization", authz))
-        if self.secure and TLS_BRIDGE:
-            return ApiDialer(host=self.host, port=self.port, ssl=None, server_hostname=None,
-                             headers=headers, open_socket=self._tls_bridged_socket,
-                             base_path=self.base_path)
         ctx = await self._ssl(None)
         return ApiDialer(
             host=self.host,

@@ -549,6 +549,9 @@ class SpdyConnection(UpgradedProtocol):
         except (StreamResetError, SessionClosedError):
             self._forget(stream)
             raise
+        except asyncio.CancelledError:
+            stream.reset(RST_CANCEL)  # the caller gave up: do not leave a half-open stream
+            raise
         finally:
             w = stream._reply_waiter
             if w is not None and w.done() and not w.cancelled():
