@@ -798,3 +798,46 @@ def test_error_hierarchy_and_codes() -> None:
         assert type(e2) is type(e) and repr(e2) == repr(e)
     with pytest.raises(ProtocolError):
         raise t
+
+
+def test_every_truncation_yields_only_complete_frames() -> None:
+    enc = F.SpdyEncoder()
+    parts = [
+        enc.syn_stream(1, KUBECTL_HEADERS_1),
+        enc.data(1, b"", F.FLAG_FIN),
+        enc.ping(2),
+        enc.data(3, b"0123456789"),
+        enc.settings([(0, 7, 65536)]),
+        enc.rst_stream(3, F.RST_CANCEL),
+    ]
+    wire = b"".join(parts)
+    ends = [sum(len(p) for p in parts[: i + 1]) for i in range(len(parts))]
+    full = [snapshot(f) for f in decode_chunks([wire])[0]]
+    for cut in range(len(wire) + 1):
+        frames, dec = decode_chunks([wire[:cut]])
+        assert dec.error is None
+        complete = sum(1 for e in ends if e <= cut)
+        assert [snapshot(f) for f in frames] == full[:complete]
+
+
+def test_frame_objects_construct_and_repr() -> None:
+    f = F.SpdyFrame(type=F.PING, ping_id=7)
+    assert (f.type, f.ping_id, f.payload, f.headers) == (F.PING, 7, None, None)
+    assert "PING" in repr(f)
+    for spec in ("data", "syn_stream", "rst_stream", "goaway", "window_update", "settings"):
+        wire = encode_all(
+            [
+                {
+                    "data": ("data", 1, b"x", 0),
+                    "syn_stream": ("syn_stream", 1, {"a": "b"}, 0, 0, 0),
+                    "rst_stream": ("rst_stream", 1, 5),
+                    "goaway": ("goaway", 1, 0),
+                    "window_update": ("window_update", 1, 1),
+                    "settings": ("settings", [(0, 1, 2)], 0),
+                }[spec]
+            ]
+        )
+        (frame,) = decode_chunks([wire])[0]
+        assert repr(frame).startswith("<SpdyFrame ")
+    with pytest.raises(AttributeError):
+        f.type = 1  # type: ignore[misc]

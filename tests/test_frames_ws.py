@@ -472,3 +472,38 @@ def test_channel_decode_errors(opcode: int, message: bytes, b64: bool, code: int
     with pytest.raises(WebSocketError) as info:
         F.channel_decode(opcode, message, base64=b64)
     assert info.value.close_code == code
+
+
+def test_every_truncation_yields_only_complete_frames() -> None:
+    parts = [
+        raw_frame(F.WS_BINARY, b"a" * 130, fin=False, key=KEY),
+        raw_frame(F.WS_PING, b"", key=KEY),
+        raw_frame(F.WS_CONT, b"b" * 3, key=KEY),
+        raw_frame(F.WS_TEXT, b"", key=KEY),
+    ]
+    wire = b"".join(parts)
+    ends = [sum(len(p) for p in parts[: i + 1]) for i in range(len(parts))]
+    full, _ = decode([wire], True)
+    for cut in range(len(wire) + 1):
+        frames, dec = decode([wire[:cut]], True)
+        assert dec.error is None
+        assert frames == full[: sum(1 for e in ends if e <= cut)]
+
+
+def test_big_frame_grows_the_buffer() -> None:
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    wire = F.ws_encode(F.WS_BINARY, payload, mask=True)
+    frames, dec = decode(split_at(wire, [5, 100, 300_000]), True, "buffer", 4096)
+    assert dec.error is None and frames == [(2, True, payload, 2, True)]
+
+
+def test_frame_object_construct_and_repr() -> None:
+    f = F.WsFrame(F.WS_PING, True, b"hi")
+    assert (f.opcode, f.fin, bytes(f.payload), f.message_opcode, f.first) == (
+        9,
+        True,
+        b"hi",
+        9,
+        True,
+    )
+    assert "opcode=9" in repr(f)
