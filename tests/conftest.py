@@ -6,7 +6,11 @@ Fixtures
     A running ``python -m fastpf serve --listen 127.0.0.1:0 --kubeconfig-out ...`` (TLS, no
     manifests: every pod exists and forwards to 127.0.0.1). Yields a :class:`ServeInstance`
     (``.url``, ``.host``, ``.port``, ``.kubeconfig``, ``.token``, ``.ca_file``, ``.process``,
-    ``.stdout_text()``/``.stderr_text()``, ``.ssl_context()``, ``.get(path)``). Killed by PID.
+    ``.config`` (parsed kubeconfig), ``.stdout_text()``/``.stderr_text()``,
+    ``.ssl_context(alpn=None)``, ``.connection()``, ``.get(path, token="", method="GET",
+    headers=None) -> (status, headers, body)``, ``.get_json(path)``, ``.stop(sig)`` -> exit code).
+    Stopped with SIGTERM (then SIGKILL) by PID at teardown. ``start_serve(tmp, *args, ...)`` is
+    the plain function behind it (no fixture needed, e.g. in bench/).
 ``serve_factory``
     ``serve_factory(*extra_args, manifest=None, tls=True, env=None) -> ServeInstance`` for other
     set-ups (``manifest`` is YAML text written to a temp file and passed with ``-f``). Every
@@ -19,14 +23,18 @@ Fixtures
     ``kubectl_port_forward(version, kubeconfig, target, *ports, env=None, args=())
     -> KubectlPortForward``; starts ``kubectl port-forward`` and waits for every
     ``Forwarding from 127.0.0.1:L -> R`` line (``.local_port(R)``, ``.forwards``). Killed by PID.
-    ``run_kubectl(...)`` (plain function) runs a kubectl command to completion.
+    ``run_kubectl(binary, kubeconfig, cache_dir, *args)`` (plain function) runs a kubectl command
+    to completion; ``kubectl_cache_dir`` is a session-wide ``--cache-dir`` (never ~/.kube/cache).
+    ``find_kubectl(version)`` / ``require_peer(path, what)`` are the plain-function forms.
 ``targets``
     A :class:`Targets` pod stand-in (asyncio, own thread) with ``sink``, ``source`` and ``echo``
     TCP ports on 127.0.0.1; ``targets_factory(host)`` for another loopback address (e.g.
     127.0.0.2, as with the ``fastpf.io/address`` annotation). Protocols: ``sink``: client
     sends ``b"N\\n"`` + N bytes, server replies ``b"N <sha256hex>\\n"``; ``source``: client
     sends ``b"N\\n"``, server sends N bytes of :func:`pattern_bytes` then closes; ``echo``.
-    Client helpers: :func:`upload`, :func:`download`, :func:`pattern_sha256`.
+    Client helpers: :func:`upload`, :func:`download`, :func:`pattern_sha256`; also
+    :func:`free_port`, :func:`subprocess_env` (PYTHONPATH = this checkout, no proxies),
+    :func:`stop_process`.
 """
 
 from __future__ import annotations

@@ -350,3 +350,20 @@ def test_kubectl_waits_for_pods_of_empty_service(serve_factory: Callable[..., Se
                     "--pod-running-timeout=2s")
     assert r.returncode == 1 and "error: timed out waiting for the condition" in r.stderr, r.stderr
     assert time.monotonic() - started >= 1.9
+
+
+def test_no_tls_kubectl_sends_no_token(serve_factory: Callable[..., ServeInstance],
+                                       kubectl_bin: Callable[[str], str], tmp_path: Path) -> None:
+    """Documented limitation: client-go attaches credentials only to TLS transports, so kubectl
+    gets 401 from `serve --no-tls`; the Python client sends the token and works."""
+    s = serve_factory(tls=False)
+    r = run_kubectl(kubectl_bin("1.33"), s.kubeconfig, tmp_path, "get", "--raw", "/api")
+    assert r.returncode == 1 and "Unauthorized" in r.stderr
+    assert "kubectl sends no bearer token over plain http://" in s.stderr_text()  # printed at start
+    kubernetes = pytest.importorskip("kubernetes")
+    api_client = kubernetes.config.new_client_from_config(config_file=str(s.kubeconfig))
+    try:
+        pod = kubernetes.client.CoreV1Api(api_client).read_namespaced_pod("x", "default")
+        assert pod.status.phase == "Running"
+    finally:
+        api_client.close()

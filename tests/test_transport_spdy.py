@@ -295,7 +295,7 @@ def test_fuzz_sessions_never_raise(kind: str) -> None:
 
     prefix = syn_stream_bytes(1, BLOCK1) + syn_stream_bytes(3, BLOCK2)
 
-    @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
     @given(st.lists(st.binary(max_size=96), max_size=12))
     def check(chunks: list[bytes]) -> None:
         async def body() -> None:

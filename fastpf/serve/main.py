@@ -171,6 +171,11 @@ async def serve(config: Config, cluster: Cluster) -> int:
         await server.shutdown()
         return 1
     print(f"Serving Kubernetes API on {url} (kubeconfig: {path})", flush=True)
+    if not config.tls:
+        # client-go only attaches user credentials to TLS transports: say so before a user
+        # wonders why kubectl gets 401 here.
+        print("fastpf serve: note: kubectl sends no bearer token over plain http://, so it gets 401 with "
+              "--no-tls (fastpf and the Python kubernetes client do send it)", file=sys.stderr, flush=True)
 
     try:
         await stop.wait()

@@ -35,12 +35,15 @@ class RelayResult:
     remote_eof: bool = False  # the remote side sent FIN
     reset: int | None = None  # RST_STREAM status received, if any
     error: str | None = None  # local socket / connection error text, if any
+    lingered: bool = False  # cut by eof_linger after the remote side's EOF
 
 
 class _Relay(asyncio.BufferedProtocol):
     """The local socket's protocol, the pipe's sink and the session's output listener."""
 
-    def __init__(self, pipe: Any, read_size: int) -> None:
+    def __init__(self, pipe: Any, read_size: int, eof_linger: float | None = None) -> None:
+        self.eof_linger = eof_linger
+        self._linger_handle: asyncio.TimerHandle | None = None
         self.pipe = pipe
         self.session = pipe.session
         self.loop = asyncio.get_running_loop()
@@ -56,6 +59,9 @@ class _Relay(asyncio.BufferedProtocol):
         self.closed = False
         self._reading_paused = False
         self._outstanding = False  # self.buf handed to the upgraded transport, maybe unsent
+        # Channels have no half-close: a socket EOF finishes the whole port.
+        self.eof_ends_both = bool(getattr(pipe, "eof_ends_both", False))
+        self.sink = _SinkAdapter(self)
 
     # -- local socket protocol -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -64,7 +70,7 @@ class _Relay(asyncio.BufferedProtocol):
         self.session.add_output_listener(self)
         if self.session.output_paused:
             self.pause_output()
-        self.pipe.set_sink(self)
+        self.pipe.set_sink(self.sink)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._outstanding and not self.session.output_drained():
@@ -92,13 +98,16 @@ class _Relay(asyncio.BufferedProtocol):
             self.local_done = True
             with contextlib.suppress(Exception):
                 self.pipe.write_eof()
-        if self.pipe.eof_ends_both:
+        if self.eof_ends_both:
             self.remote_done = True
         self._maybe_finish()
         return True  # keep the write side open: the other direction may still flow
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._linger_handle is not None:
+            self._linger_handle.cancel()
+            self._linger_handle = None
         self.session.remove_output_listener(self)
         self.session.resume_input(self)
         if not (self.local_done and self.remote_done):
@@ -152,7 +161,22 @@ class _Relay(asyncio.BufferedProtocol):
                     self.transport.write_eof()  # flushes first, then shutdown(SHUT_WR)
             except (OSError, RuntimeError):
                 pass
+            if self.eof_linger is not None and not self.local_done:
+                self._linger_handle = self.loop.call_later(self.eof_linger, self._linger_expired)
         self._maybe_finish()
+
+    def _linger_expired(self) -> None:
+        # containerd-style: once the remote side ended, the local -> remote direction gets
+        # `eof_linger` seconds, then both close. kubectl <= 1.31 stops reading a data stream it
+        # has FINed; relaying on would block its frame workers and stall the whole session.
+        self._linger_handle = None
+        if self.closed or self.local_done:
+            return
+        self.result.lingered = True
+        self.local_done = True
+        with contextlib.suppress(Exception):
+            self.pipe.write_eof()
+        self.transport.abort()  # drop what the local side still has unsent
 
     def reset_received(self, status: int) -> None:
         self.result.reset = status
@@ -228,7 +252,11 @@ def _err_text(exc: BaseException) -> str:
 
 
 async def relay(
-    stream_or_channel: Any, sock: socket.socket, *, read_size: int = DEFAULT_READ_SIZE
+    stream_or_channel: Any,
+    sock: socket.socket,
+    *,
+    read_size: int = DEFAULT_READ_SIZE,
+    eof_linger: float | None = None,
 ) -> RelayResult:
     """Copy both ways between `sock` (a connected TCP socket; the relay owns and closes it)
     and a SpdyStream / PortChannel until both directions ended. Local EOF -> DATA FIN;
@@ -238,10 +266,7 @@ async def relay(
     peer/socket errors: they are reported in the result. Cancelling it aborts the socket
     and resets the stream."""
     loop = asyncio.get_running_loop()
-    proto = _Relay(stream_or_channel, read_size)
-    sink = _SinkAdapter(proto)
-    # connection_made calls pipe.set_sink(self); route it through the adapter instead.
-    proto.pipe = _PipeProxy(stream_or_channel, sink)
+    proto = _Relay(stream_or_channel, read_size, eof_linger)
     sock.setblocking(False)
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -260,41 +285,3 @@ async def relay(
             stream_or_channel.reset(RST_CANCEL)
         raise
     return proto.result
-
-
-class _PipeProxy:
-    """The pipe as the relay sees it: set_sink() installs the adapter."""
-
-    __slots__ = (
-        "_pipe",
-        "_sink",
-        "session",
-        "header_room",
-        "max_payload",
-        "send_inplace",
-        "write_eof",
-        "reset",
-        "eof_ends_both",
-    )
-
-    def __init__(self, pipe: Any, sink: _SinkAdapter) -> None:
-        self._pipe = pipe
-        self._sink = sink
-        self.session = pipe.session
-        self.header_room = pipe.header_room
-        self.max_payload = pipe.max_payload
-        self.send_inplace = pipe.send_inplace
-        self.write_eof = pipe.write_eof
-        self.reset = pipe.reset
-        self.eof_ends_both = bool(getattr(pipe, "eof_ends_both", False))
-
-    def set_sink(self, sink: Any) -> None:
-        self._pipe.set_sink(self._sink if sink is not None else None)
-
-    @property
-    def local_closed(self) -> bool:
-        return bool(getattr(self._pipe, "local_closed", False))
-
-    @property
-    def remote_closed(self) -> bool:
-        return bool(getattr(self._pipe, "remote_closed", False))
