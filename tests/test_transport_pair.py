@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from test_transport_support import (
     LOOPS,
+    PATH,
     POD,
     ApiServer,
     Forward,
@@ -24,7 +25,7 @@ from test_transport_support import (
     tls_contexts,
 )
 
-from fastpf.transport import kubelet
+from fastpf.transport import kubelet, upgrade
 from fastpf.transport.channel import ChannelConnection
 from fastpf.transport.relay import LOCAL_HIGH
 from fastpf.transport.spdy import SpdyConnection, StreamResetError
@@ -551,3 +552,37 @@ def test_stalled_pod_memory_bounded(protocol: str, loop_kind: str) -> None:
                 await _finish(conn)
 
     run(body, loop_kind)
+
+
+@pytest.mark.parametrize(
+    "user_agent", ["kubectl/v1.29.14 (linux/amd64) kubernetes/abc", "fastpf-test"]
+)
+def test_half_close_policy_by_client(user_agent: str) -> None:
+    """After the client's FIN, kubectl <= 1.31 gets a bounded tail of pod data, then FIN (it
+    stops reading a stream it FINed; more would stall its session); other clients keep the
+    full pod -> client direction (pure half-close)."""
+    size = 64 << 20
+
+    async def body() -> None:
+        async with Target(make_source_handler(size)) as t, ApiServer() as srv:
+            dialer = srv.dialer
+            dialer.headers = [("User-Agent", user_agent)]
+            conn = await upgrade.connect(dialer, PATH, "spdy", [])
+            fw = await Forward.open(conn, t.port, 0)
+            await fw.reader.readexactly(1 << 20)
+            fw.writer.write_eof()
+            n = 1 << 20
+            for _ in range(1 << 20):
+                chunk = await asyncio.wait_for(fw.reader.read(1 << 20), 10)
+                if not chunk:
+                    break
+                n += len(chunk)
+            result = await asyncio.wait_for(fw.relay_task, 10)
+            assert result.remote_eof and await fw.error_text() == b""
+            if user_agent.startswith("kubectl"):
+                assert n < size
+            else:
+                assert n == size
+            await _finish(conn)
+
+    run(body, "uvloop")

@@ -15,6 +15,7 @@ import asyncio
 import errno
 import hashlib
 import logging
+import re
 import socket
 import uuid
 from typing import Any
@@ -27,6 +28,32 @@ from fastpf.transport.spdy import RST_CANCEL, SpdyConnection, SpdyStream
 from fastpf.types import PodTarget, ServerOptions, UpgradeRequest
 
 log = logging.getLogger("fastpf.transport.kubelet")
+
+# kubectl <= 1.31 stops reading a data stream once it FINed it because its local socket is gone
+# (it reads the error stream to EOF, then drops both streams). Data relayed to it meanwhile
+# piles up in spdystream's per-worker frame queues (50 frames); once one is full its frame
+# reader blocks and every connection of the session stalls, including the error-stream FIN
+# that would free it. So for those clients, after their FIN on a data stream the pod -> client
+# direction gets at most OLD_KUBECTL_EOF_FRAMES more frames and OLD_KUBECTL_EOF_LINGER seconds
+# (containerd's ~1 s), then both directions end (FIN data, close the pod socket, FIN error).
+# Other clients (fastpf, kubectl >= 1.32) keep pure half-close.
+OLD_KUBECTL_EOF_FRAMES = 4
+OLD_KUBECTL_EOF_LINGER = 1.0
+OLD_KUBECTL_MAX_DATA = 4 << 20
+_KUBECTL_UA = re.compile(r"^(kubectl|oc)[^/]*/v?(\d+)\.(\d+)")
+
+
+def _old_kubectl(user_agent: str | None) -> bool:
+    """kubectl <= 1.31 (its binary name may carry a suffix, e.g. kubectl.1.29), or oc <= 4.18
+    (OpenShift 4.N ships kubernetes 1.(N+13))."""
+    m = _KUBECTL_UA.match(user_agent or "")
+    if not m:
+        return False
+    major, minor = int(m.group(2)), int(m.group(3))
+    if m.group(1) == "oc" and major == 4:
+        major, minor = 1, minor + 13
+    return (major, minor) <= (1, 31)
+
 
 # Live sessions, for shutdown_all(). Strong references also keep their tasks alive.
 _sessions: set[Any] = set()
@@ -62,6 +89,10 @@ def accept_portforward(
         session = _ChannelSession(pod, options, result.ports, result.base64)
     else:
         session = _SpdySession(pod, options, tunnel=result.kind == handshake.KIND_TUNNEL)
+        if _old_kubectl(request.header("user-agent")):
+            session.old_kubectl = True
+            # Fewer, bigger frames: spdystream's queues count frames, not bytes.
+            session.conn.max_data = OLD_KUBECTL_MAX_DATA
     session.start(transport, request.trailing)
 
 
@@ -173,6 +204,7 @@ class _SpdySession:
         self.pod = pod
         self.options = options
         self.pairs: dict[str, _Pair] = {}
+        self.old_kubectl = False  # see OLD_KUBECTL_EOF_FRAMES
         self.conn = SpdyConnection(
             client=False,
             tunnel="ws-server" if tunnel else None,
@@ -293,7 +325,16 @@ class _SpdySession:
             error.write(text.encode())
             self._end_streams(error, data, failed=True)
             return
-        result: RelayResult = await relay(data, sock)
+        if self.old_kubectl:
+            result: RelayResult = await relay(
+                data,
+                sock,
+                read_size=OLD_KUBECTL_MAX_DATA,
+                eof_linger=OLD_KUBECTL_EOF_LINGER,
+                eof_budget=OLD_KUBECTL_EOF_FRAMES,
+            )
+        else:
+            result = await relay(data, sock)
         if result.error and result.reset is None and not self.conn.is_closing:
             # copy failure (e.g. the pod reset its socket while data was in flight)
             if options.silent_errors:

@@ -41,8 +41,15 @@ class RelayResult:
 class _Relay(asyncio.BufferedProtocol):
     """The local socket's protocol, the pipe's sink and the session's output listener."""
 
-    def __init__(self, pipe: Any, read_size: int, eof_linger: float | None = None) -> None:
+    def __init__(
+        self,
+        pipe: Any,
+        read_size: int,
+        eof_linger: float | None = None,
+        eof_budget: int | None = None,
+    ) -> None:
         self.eof_linger = eof_linger
+        self.eof_budget = eof_budget  # frames still allowed local -> remote after remote EOF
         self._linger_handle: asyncio.TimerHandle | None = None
         self.pipe = pipe
         self.session = pipe.session
@@ -91,6 +98,10 @@ class _Relay(asyncio.BufferedProtocol):
             return
         self._outstanding = True
         self.result.sent += nbytes
+        if self.remote_done and self.eof_budget is not None:
+            self.eof_budget -= 1
+            if self.eof_budget <= 0:
+                self._linger_expired()
 
     def eof_received(self) -> bool:
         self.result.local_eof = True
@@ -163,13 +174,17 @@ class _Relay(asyncio.BufferedProtocol):
                 pass
             if self.eof_linger is not None and not self.local_done:
                 self._linger_handle = self.loop.call_later(self.eof_linger, self._linger_expired)
+            if self.eof_budget is not None and self.eof_budget <= 0:
+                self._linger_expired()
         self._maybe_finish()
 
     def _linger_expired(self) -> None:
         # containerd-style: once the remote side ended, the local -> remote direction gets
         # `eof_linger` seconds, then both close. kubectl <= 1.31 stops reading a data stream it
         # has FINed; relaying on would block its frame workers and stall the whole session.
-        self._linger_handle = None
+        if self._linger_handle is not None:
+            self._linger_handle.cancel()
+            self._linger_handle = None
         if self.closed or self.local_done:
             return
         self.result.lingered = True
@@ -257,16 +272,21 @@ async def relay(
     *,
     read_size: int = DEFAULT_READ_SIZE,
     eof_linger: float | None = None,
+    eof_budget: int | None = None,
 ) -> RelayResult:
     """Copy both ways between `sock` (a connected TCP socket; the relay owns and closes it)
     and a SpdyStream / PortChannel until both directions ended. Local EOF -> DATA FIN;
     remote FIN -> shutdown(SHUT_WR) on `sock`; the other direction keeps flowing. RST from the
     peer or connection loss aborts the socket; a local error resets the stream (CANCEL).
+    `eof_linger` (seconds, None = forever): after the remote side's EOF, end the local ->
+    remote direction too (FIN, drop unsent local data) if it has not ended by then; this is
+    containerd's behaviour. `eof_budget` (frames, None = unlimited): the same cut once that
+    many more frames were sent after the remote EOF (kubelet side, for kubectl <= 1.31).
     Pauses the faster side at high-water marks so memory stays bounded. Never raises on
     peer/socket errors: they are reported in the result. Cancelling it aborts the socket
     and resets the stream."""
     loop = asyncio.get_running_loop()
-    proto = _Relay(stream_or_channel, read_size, eof_linger)
+    proto = _Relay(stream_or_channel, read_size, eof_linger, eof_budget)
     sock.setblocking(False)
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
