@@ -1,9 +1,9 @@
 """Type stub for the compiled frame layer (fastpf/_frames.pyx); see docs/ARCHITECTURE.md."""
 
 from collections.abc import Iterable, Mapping
-from typing import Final, Union
+from typing import Final, TypeAlias
 
-from typing_extensions import Buffer, TypeAlias
+from typing_extensions import Buffer
 
 from fastpf.errors import SpdySessionError, WebSocketError
 
@@ -47,10 +47,8 @@ WS_CLOSE: Final = 8
 WS_PING: Final = 9
 WS_PONG: Final = 10
 
-HeaderValue: TypeAlias = Union[str, bytes, int, list[str], tuple[str, ...]]
-HeadersIn: TypeAlias = Union[
-    Mapping[str, HeaderValue], Iterable[tuple[str, HeaderValue]], None
-]
+HeaderValue: TypeAlias = str | bytes | int | list[str] | tuple[str, ...]
+HeadersIn: TypeAlias = Mapping[str, HeaderValue] | Iterable[tuple[str, HeaderValue]] | None
 
 class _FrameBuffer:
     def get_buffer(self, sizehint: int = -1) -> memoryview: ...

@@ -465,10 +465,9 @@ def test_idle_timeout_reaches_engine(serve_factory: Callable[..., ServeInstance]
     assert "error: lost connection to pod" in pf.stderr
 
 
-@pytest.mark.xfail(reason="engine: after kubectl <= 1.31 FINs a data stream it stops reading it; the "
-                          "engine keeps relaying pod data, a spdystream worker blocks and the whole "
-                          "session stalls (containerd closes both directions ~1 s after one ends)",
-                   strict=False)
+# kubectl <= 1.31 stops reading a data stream once it sent FIN on it, and its spdystream
+# worker then blocks the whole session; the server bounds what it relays after that FIN
+# (containerd-like linger, fastpf.transport.kubelet), which this test holds it to.
 def test_aborted_download_does_not_stall_kubectl_129_session(
         cluster: tuple[ServeInstance, Targets, int],
         kubectl_port_forward: Callable[..., KubectlPortForward]) -> None:

@@ -146,7 +146,8 @@ async def serve(config: Config, cluster: Cluster) -> int:
     token = config.token or secrets.token_urlsafe(32)
     material = certs.generate([config.host]) if config.tls else None
     ssl_context = certs.server_context(material) if material else None
-    api = Api(cluster, token)
+    anonymous = not config.tls and config.token is None and is_loopback_host(config.host)
+    api = Api(cluster, token, allow_anonymous=anonymous)
     options = ServerOptions(idle_timeout=config.idle_timeout, silent_errors=config.silent_errors)
     server = Server(api, ssl_context, options)
     try:
@@ -171,11 +172,12 @@ async def serve(config: Config, cluster: Cluster) -> int:
         await server.shutdown()
         return 1
     print(f"Serving Kubernetes API on {url} (kubeconfig: {path})", flush=True)
-    if not config.tls:
+    if not config.tls and not anonymous:
         # client-go only attaches user credentials to TLS transports: say so before a user
         # wonders why kubectl gets 401 here.
         print("fastpf serve: note: kubectl sends no bearer token over plain http://, so it gets 401 with "
-              "--no-tls (fastpf and the Python kubernetes client do send it)", file=sys.stderr, flush=True)
+              "--no-tls --token (fastpf and the Python kubernetes client do send it)",
+              file=sys.stderr, flush=True)
 
     try:
         await stop.wait()

@@ -113,7 +113,9 @@ class _Handshake(asyncio.Protocol):
 
 
 def _host_header(dialer: ApiDialer) -> str:
-    host = dialer.server_hostname or dialer.host
+    # Host names the URL's host, as kubectl sends it; server_hostname is for SNI only
+    # (it differs under --tls-server-name).
+    host = dialer.host
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     default = 443 if dialer.ssl is not None else 80
