@@ -608,7 +608,7 @@ async def worker_main() -> None:
     loop = asyncio.get_running_loop()
     for _ in range(1_000_000):  # bounded; ends on EOF or "quit"
         line = await loop.run_in_executor(None, sys.stdin.readline)
-        if not line or line.strip() == "" and not line.endswith("\n"):
+        if not line:  # the harness closed our stdin
             break
         if not line.strip():
             continue

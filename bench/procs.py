@@ -285,3 +285,19 @@ class LineChannel:
             return None
         out = self.r.readline()
         return out or None
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy since boot (all CPUs), from /proc/stat."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    # user nice system idle iowait irq softirq steal ...: busy = all but idle and iowait
+    vals = [int(x) for x in fields[:8]]
+    return (sum(vals) - vals[3] - vals[4]) / CLK_TCK
+
+
+def own_cpu_seconds() -> float:
+    """CPU of this process plus every child it (or they, recursively) reaped."""
+    import resource
+
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime

@@ -88,15 +88,17 @@ def _pair(m: dict[str, Any], a: str, b: str, digits: int) -> str:
 
 
 def _load_note(meta: dict[str, Any]) -> str:
-    """Other work on the machine moves absolute numbers a lot; say how busy it was."""
-    la0, la1 = meta.get("loadavg_start"), meta.get("loadavg_end")
-    if not la0:
+    """Other work on the machine moves absolute numbers a lot; say how much there was."""
+    share = meta.get("foreign_cpu_share")
+    if share is None:
         return ""
     cpus = (meta.get("machine") or {}).get("cpus") or 1
-    busy = max(la0[0], (la1 or la0)[0]) > cpus
-    return (f"Load average (1 min) at start {la0[0]:.1f}, at end {(la1 or la0)[0]:.1f} on {cpus} CPUs"
-            + (": the machine was busy with other work, so absolute figures are noisy; rows were "
-               "interleaved so the ratios are the figures to quote." if busy else ".") + "\n")
+    note = (f"Other work on the machine used {share:.0%} of its {cpus} CPUs during the run "
+            "(/proc/stat busy time minus this run's own processes)")
+    if share > 0.1:
+        note += ("; absolute figures are noisy, rows were interleaved so the ratios are the "
+                 "figures to quote")
+    return note + ".\n"
 
 
 def markdown(result: dict[str, Any]) -> str:

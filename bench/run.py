@@ -51,6 +51,8 @@ from procs import (  # noqa: E402
     Registry,
     cpu_seconds,
     free_port,
+    machine_busy_seconds,
+    own_cpu_seconds,
     peak_rss_kib,
     port_open,
     vm_kib,
@@ -641,6 +643,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": {},
     }
     t_start = time.monotonic()
+    busy0, own0 = machine_busy_seconds(), own_cpu_seconds()
     interrupted = False
     try:
         h.start_target()
@@ -669,6 +672,10 @@ def main(argv: list[str] | None = None) -> int:
         reg.stop_all()
     result["meta"]["children"] = reg.history  # all stopped by now (tests check it)
     result["meta"]["seconds"] = round(time.monotonic() - t_start, 1)
+    # CPU that other work on the machine used meanwhile: the noise indicator for this run
+    foreign = (machine_busy_seconds() - busy0) - (own_cpu_seconds() - own0)
+    result["meta"]["foreign_cpu_share"] = max(0.0, foreign) / (
+        max(1e-9, time.monotonic() - t_start) * (os.cpu_count() or 1))
     if BUILD_NOTES:
         result["meta"]["build_notes"] = BUILD_NOTES
     result["meta"]["loadavg_end"] = os.getloadavg()

@@ -2,11 +2,14 @@
 
 Local -> remote: the socket reads (BufferedProtocol) into a buffer with `header_room` bytes
 reserved in front, so the stream packs its frame header(s) in place and sends header + payload
-in ONE write without copying. A buffer is reused only after the upgraded transport drained
-(uvloop holds written memoryviews until sent); otherwise a fresh one is taken.
+in ONE write without copying. A buffer is reused only once no memoryview of it is alive any more
+(uvloop holds written memoryviews until sent; a TLS transport encrypts at once and holds
+nothing): a bytearray with live exports refuses to resize, which is the exact test. A few spare
+buffers are kept so a busy transport does not cost a fresh zero-filled allocation per read.
 
 Remote -> local: the session hands us memoryviews into its receive buffer; we write them to
-the socket transport as they are. The session releases its buffer only when `drained()`.
+the socket transport as they are, all views of one read of the upgraded connection in one
+gather write (writelines). The session releases its buffer only when `drained()`.
 
 Backpressure (SPDY has no flow control): the socket transport's pause_writing pauses reading
 of the whole upgraded connection; the upgraded transport's pause_writing pauses every local
@@ -25,6 +28,19 @@ RST_CANCEL = 5
 LOCAL_HIGH = 1 << 20  # socket write buffer above which the upgraded connection stops reading
 LOCAL_LOW = 256 << 10
 DEFAULT_READ_SIZE = 256 * 1024
+SPARE_BUFFERS = 3  # per relay: reusable read buffers besides the current one
+
+
+def _exported(buf: bytearray) -> bool:
+    """True while a memoryview of `buf` is alive (e.g. held by a transport until sent).
+    CPython refuses to resize a bytearray with live buffer exports; append+pop is the cheapest
+    resize (it over-allocates once, then stays within the allocation)."""
+    try:
+        buf.append(0)
+    except BufferError:
+        return True
+    del buf[-1]
+    return False
 
 
 @dataclass
@@ -59,13 +75,15 @@ class _Relay(asyncio.BufferedProtocol):
         self.done: asyncio.Future[None] = self.loop.create_future()
         self.room = pipe.header_room
         self.read_size = max(1024, min(read_size, pipe.max_payload))
-        self.buf = bytearray(self.room + self.read_size)
-        self.view = memoryview(self.buf)
+        # Allocated on the first read: an idle connection costs no buffer. Never keep a
+        # memoryview of it here: that would count as an export and block reuse.
+        self.buf: bytearray | None = None
+        self._spares: list[bytearray] = []
         self.local_done = False  # local -> remote direction ended
         self.remote_done = False  # remote -> local direction ended
         self.closed = False
         self._reading_paused = False
-        self._outstanding = False  # self.buf handed to the upgraded transport, maybe unsent
+        self._pending: list[memoryview] = []  # views of the current session read, unwritten
         # Channels have no half-close: a socket EOF finishes the whole port.
         self.eof_ends_both = bool(getattr(pipe, "eof_ends_both", False))
         self.sink = _SinkAdapter(self)
@@ -80,23 +98,37 @@ class _Relay(asyncio.BufferedProtocol):
         self.pipe.set_sink(self.sink)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self._outstanding and not self.session.output_drained():
-            # The transport may still hold the previous buffer: take a fresh one. Bounded,
-            # since local reads pause once the upgraded transport passes its high-water mark.
-            self.buf = bytearray(self.room + self.read_size)
-            self.view = memoryview(self.buf)
-        self._outstanding = False
-        return self.view[self.room :]
+        buf = self.buf
+        if buf is None or _exported(buf):
+            buf = self._take_buffer()
+        # uvloop releases this view before buffer_updated(), so it blocks no reuse.
+        return memoryview(buf)[self.room :]
+
+    def _take_buffer(self) -> bytearray:
+        """The current buffer is still held by the upgraded transport (or there is none yet):
+        switch to a spare nobody holds, else a fresh one. Bounded, since local reads pause
+        once the upgraded transport passes its high-water mark."""
+        spares = self._spares
+        old = self.buf
+        for i, spare in enumerate(spares):
+            if not _exported(spare):
+                buf = spares.pop(i)
+                break
+        else:
+            buf = bytearray(self.room + self.read_size)
+        if old is not None and len(spares) < SPARE_BUFFERS:
+            spares.append(old)  # freed by the transport later; then reusable
+        self.buf = buf
+        return buf
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self.local_done:
+        if self.local_done or self.buf is None:
             return
         try:
             self.pipe.send_inplace(self.buf, self.room, nbytes)
         except Exception as exc:  # session gone under us
             self._local_error(exc)
             return
-        self._outstanding = True
         self.result.sent += nbytes
         if self.remote_done and self.eof_budget is not None:
             self.eof_budget -= 1
@@ -121,6 +153,7 @@ class _Relay(asyncio.BufferedProtocol):
             self._linger_handle = None
         self.session.remove_output_listener(self)
         self.session.resume_input(self)
+        self._pending = []
         if not (self.local_done and self.remote_done):
             if exc is not None and self.result.error is None:
                 self.result.error = _err_text(exc)
@@ -156,12 +189,37 @@ class _Relay(asyncio.BufferedProtocol):
         if self.closed or self.remote_done or t.is_closing():
             return  # local side gone: drop (the stream is being reset)
         self.result.received += len(view)
+        if self.session.batching:
+            # One read of the upgraded connection often holds many DATA frames (8 per 256 KiB
+            # read with kubectl's 32 KiB frames): gather them into one write after the read.
+            if not self._pending:
+                self.session.flush_later(self.sink)
+            self._pending.append(view)
+            return
         try:
             t.write(view)
         except (OSError, RuntimeError) as exc:  # never into the session's read callback
             self._local_error(exc)
 
+    def flush(self) -> None:
+        """Write the views deferred during the session's read, in one gather write."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        t = self.transport
+        if self.closed or t.is_closing():
+            return
+        try:
+            if len(pending) == 1:
+                t.write(pending[0])
+            else:
+                t.writelines(pending)
+        except (OSError, RuntimeError) as exc:  # never into the session's read callback
+            self._local_error(exc)
+
     def eof_received_remote(self) -> None:
+        self.flush()  # the data before the FIN first
         self.result.remote_eof = True
         if self.remote_done:
             return
@@ -194,12 +252,14 @@ class _Relay(asyncio.BufferedProtocol):
         self.transport.abort()  # drop what the local side still has unsent
 
     def reset_received(self, status: int) -> None:
+        self.flush()  # what arrived before the reset goes out first, as without batching
         self.result.reset = status
         self.remote_done = self.local_done = True
         if not self.closed:
             self.transport.abort()  # the pod/peer reset: pass the reset on
 
     def session_lost(self, exc: BaseException | None) -> None:
+        self.flush()  # what arrived before the end goes out first, as without batching
         if (
             exc is not None
             and self.result.error is None
@@ -220,7 +280,9 @@ class _Relay(asyncio.BufferedProtocol):
 
     def drained(self) -> bool:
         t = self.transport
-        return t is None or self.closed or t.get_write_buffer_size() == 0
+        if t is None or self.closed:
+            return True
+        return not self._pending and t.get_write_buffer_size() == 0
 
     # -- helpers -------------------------------------------------------------------------------
     def pipe_closed(self) -> bool:
@@ -243,12 +305,13 @@ class _SinkAdapter:
     """Gives the pipe the Sink method names without clashing with the protocol's own
     eof_received/connection_lost (which mean the *local* socket there)."""
 
-    __slots__ = ("r", "data_received", "drained")
+    __slots__ = ("r", "data_received", "drained", "flush")
 
     def __init__(self, relay: _Relay) -> None:
         self.r = relay
         self.data_received = relay.data_received
         self.drained = relay.drained
+        self.flush = relay.flush
 
     def eof_received(self) -> None:
         self.r.eof_received_remote()
