@@ -13,11 +13,6 @@ The relay contract (implemented by SpdyStream and PortChannel, consumed by relay
 A Sink has data_received(view), eof_received(), reset_received(status),
 connection_lost(exc) and drained() -> bool (True when no view passed to data_received is
 still referenced, i.e. its transport's write buffer is empty).
-Batching: while `session.batching` is True (inside one read of the upgraded connection) a sink
-may keep the views it got and call `session.flush_later(sink)`; the session then calls
-`sink.flush()` once after that read, so the views of one read leave in one gather write
-instead of one write per DATA frame (kubectl sends 32 KiB frames). A sink must flush itself
-before passing on EOF, and must report drained() False while it holds unflushed views.
 """
 
 from __future__ import annotations
@@ -75,8 +70,6 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
         self._idle_handle: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
         self._ws_close_sent = False
-        self.batching = False  # inside buffer_updated()/_feed(): sinks may defer their writes
-        self._to_flush: list[Any] = []
 
     # -- taking over the transport -------------------------------------------------------------
     def attach(self, transport: asyncio.BaseTransport, initial: bytes = b"") -> None:
@@ -90,7 +83,7 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
             self._idle_handle = self.loop.call_later(self._idle_timeout, self._idle_check)
         self._attached()
         if initial:
-            self._read_batch(self._feed, initial)
+            self._safe(self._feed, initial)
         if not self._closing:
             with contextlib.suppress(AttributeError, RuntimeError):
                 transport.resume_reading()  # type: ignore[attr-defined]
@@ -111,23 +104,7 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
         if self._closing:
             return
         self._touch()
-        self._read_batch(self._on_data, nbytes)
-
-    def _read_batch(self, fn: Any, arg: Any) -> None:
-        """Run one read's handler; then let the sinks that deferred writes flush them."""
-        self.batching = True
-        try:
-            self._safe(fn, arg)
-        finally:
-            self.batching = False
-            if self._to_flush:
-                sinks, self._to_flush = self._to_flush, []
-                for sink in sinks:
-                    sink.flush()  # never raises (the relay catches transport errors)
-
-    def flush_later(self, sink: Any) -> None:
-        """Call sink.flush() after the current read (only while `batching`)."""
-        self._to_flush.append(sink)
+        self._safe(self._on_data, nbytes)
 
     def _on_data(self, nbytes: int) -> None:
         raise NotImplementedError

@@ -8,8 +8,7 @@ nothing): a bytearray with live exports refuses to resize, which is the exact te
 buffers are kept so a busy transport does not cost a fresh zero-filled allocation per read.
 
 Remote -> local: the session hands us memoryviews into its receive buffer; we write them to
-the socket transport as they are, all views of one read of the upgraded connection in one
-gather write (writelines). The session releases its buffer only when `drained()`.
+the socket transport as they are. The session releases its buffer only when `drained()`.
 
 Backpressure (SPDY has no flow control): the socket transport's pause_writing pauses reading
 of the whole upgraded connection; the upgraded transport's pause_writing pauses every local
@@ -83,7 +82,6 @@ class _Relay(asyncio.BufferedProtocol):
         self.remote_done = False  # remote -> local direction ended
         self.closed = False
         self._reading_paused = False
-        self._pending: list[memoryview] = []  # views of the current session read, unwritten
         # Channels have no half-close: a socket EOF finishes the whole port.
         self.eof_ends_both = bool(getattr(pipe, "eof_ends_both", False))
         self.sink = _SinkAdapter(self)
@@ -153,7 +151,6 @@ class _Relay(asyncio.BufferedProtocol):
             self._linger_handle = None
         self.session.remove_output_listener(self)
         self.session.resume_input(self)
-        self._pending = []
         if not (self.local_done and self.remote_done):
             if exc is not None and self.result.error is None:
                 self.result.error = _err_text(exc)
@@ -189,37 +186,12 @@ class _Relay(asyncio.BufferedProtocol):
         if self.closed or self.remote_done or t.is_closing():
             return  # local side gone: drop (the stream is being reset)
         self.result.received += len(view)
-        if self.session.batching:
-            # One read of the upgraded connection often holds many DATA frames (8 per 256 KiB
-            # read with kubectl's 32 KiB frames): gather them into one write after the read.
-            if not self._pending:
-                self.session.flush_later(self.sink)
-            self._pending.append(view)
-            return
         try:
             t.write(view)
         except (OSError, RuntimeError) as exc:  # never into the session's read callback
             self._local_error(exc)
 
-    def flush(self) -> None:
-        """Write the views deferred during the session's read, in one gather write."""
-        pending = self._pending
-        if not pending:
-            return
-        self._pending = []
-        t = self.transport
-        if self.closed or t.is_closing():
-            return
-        try:
-            if len(pending) == 1:
-                t.write(pending[0])
-            else:
-                t.writelines(pending)
-        except (OSError, RuntimeError) as exc:  # never into the session's read callback
-            self._local_error(exc)
-
     def eof_received_remote(self) -> None:
-        self.flush()  # the data before the FIN first
         self.result.remote_eof = True
         if self.remote_done:
             return
@@ -252,14 +224,12 @@ class _Relay(asyncio.BufferedProtocol):
         self.transport.abort()  # drop what the local side still has unsent
 
     def reset_received(self, status: int) -> None:
-        self.flush()  # what arrived before the reset goes out first, as without batching
         self.result.reset = status
         self.remote_done = self.local_done = True
         if not self.closed:
             self.transport.abort()  # the pod/peer reset: pass the reset on
 
     def session_lost(self, exc: BaseException | None) -> None:
-        self.flush()  # what arrived before the end goes out first, as without batching
         if (
             exc is not None
             and self.result.error is None
@@ -280,9 +250,7 @@ class _Relay(asyncio.BufferedProtocol):
 
     def drained(self) -> bool:
         t = self.transport
-        if t is None or self.closed:
-            return True
-        return not self._pending and t.get_write_buffer_size() == 0
+        return t is None or self.closed or t.get_write_buffer_size() == 0
 
     # -- helpers -------------------------------------------------------------------------------
     def pipe_closed(self) -> bool:
@@ -305,13 +273,12 @@ class _SinkAdapter:
     """Gives the pipe the Sink method names without clashing with the protocol's own
     eof_received/connection_lost (which mean the *local* socket there)."""
 
-    __slots__ = ("r", "data_received", "drained", "flush")
+    __slots__ = ("r", "data_received", "drained")
 
     def __init__(self, relay: _Relay) -> None:
         self.r = relay
         self.data_received = relay.data_received
         self.drained = relay.drained
-        self.flush = relay.flush
 
     def eof_received(self) -> None:
         self.r.eof_received_remote()

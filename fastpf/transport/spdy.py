@@ -382,20 +382,13 @@ class SpdyConnection(UpgradedProtocol):
         ws = self._wsdec
         assert ws is not None
         self._maybe_release()
-        # kubectl sends each SPDY frame as up to 3 WS messages (header, payload, ...): copy
-        # every binary payload of this read into the SPDY decoder first and decode once, before
-        # any control frame and at the end, so frames still go out in arrival order.
-        fed = False
         try:
             for _ in range(1 << 30):
                 if self._closing:
                     return
                 frame = ws.next_frame()
                 if frame is None:
-                    if fed:
-                        fed = False
-                        self._drain_spdy()
-                    if ws.error is not None and not self._closing:
+                    if ws.error is not None:
                         self._ws_protocol_error(ws.error)
                     return
                 op = frame.opcode
@@ -404,14 +397,8 @@ class SpdyConnection(UpgradedProtocol):
                 if op == F.WS_BINARY:
                     if len(frame.payload):
                         self._dec.feed(frame.payload)
-                        fed = True
-                    continue
-                if fed:
-                    fed = False
-                    self._drain_spdy()
-                    if self._closing:
-                        return
-                if op == F.WS_TEXT:
+                        self._drain_spdy()
+                elif op == F.WS_TEXT:
                     # kubectl: "invalid message type received"
                     self._ws_protocol_error(
                         WebSocketError("invalid message type received", close_code=1003)
