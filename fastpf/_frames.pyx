@@ -39,6 +39,7 @@ __all__ = [
     "SpdyFrame", "SpdyDecoder", "SpdyEncoder", "HeaderCompressor", "HeaderDecompressor",
     "data_header", "pack_data_header", "encode_header_block", "decode_header_block",
     "WsFrame", "WsDecoder", "ws_frame_header", "ws_encode", "mask_inplace", "new_mask_key",
+    "alloc_buffer",
     "ws_close_payload", "parse_close_payload", "channel_encode", "channel_decode",
 ]
 
@@ -1043,6 +1044,17 @@ cdef inline uint32_t _next_key() noexcept:
     x ^= x >> 27
     _rng_state = x
     return <uint32_t>((x * 0x2545F4914F6CDD1Dull) >> 32)
+
+
+def alloc_buffer(Py_ssize_t size):
+    """A writable bytearray of `size` bytes that is NOT zero-filled (bytearray(size) is).
+
+    Large read buffers then commit memory only as reads write into them, so a thousand mostly
+    idle connections do not each pin a full buffer, and no memset is paid per allocation.
+    Callers must only ever expose bytes they wrote themselves."""
+    if size < 0:
+        raise ValueError("size must be >= 0")
+    return PyByteArray_FromStringAndSize(NULL, size)
 
 
 def new_mask_key():

@@ -198,7 +198,7 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
             self.transport.writelines([F.ws_frame_header(F.WS_BINARY, total), *parts])
             return
         key = F.new_mask_key()
-        buf = bytearray(total)
+        buf = F.alloc_buffer(total)  # every byte is overwritten below
         pos = 0
         for part in parts:
             n = len(part)

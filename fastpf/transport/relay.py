@@ -23,6 +23,8 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from fastpf import _frames as F
+
 RST_CANCEL = 5
 LOCAL_HIGH = 1 << 20  # socket write buffer above which the upgraded connection stops reading
 LOCAL_LOW = 256 << 10
@@ -113,7 +115,9 @@ class _Relay(asyncio.BufferedProtocol):
                 buf = spares.pop(i)
                 break
         else:
-            buf = bytearray(self.room + self.read_size)
+            # Not zero-filled: pages are committed only as reads fill them, so a connection
+            # that moved a few bytes costs a few pages, not the whole buffer.
+            buf = F.alloc_buffer(self.room + self.read_size)
         if old is not None and len(spares) < SPARE_BUFFERS:
             spares.append(old)  # freed by the transport later; then reusable
         self.buf = buf
