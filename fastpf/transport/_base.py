@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from fastpf import _frames as F
@@ -40,6 +42,61 @@ class Sink(Protocol):
 class OutputListener(Protocol):
     def pause_output(self) -> None: ...
     def resume_output(self) -> None: ...
+
+
+STREAM_BUFFER_LIMIT = 1 << 20  # unread bytes of a sink-less stream before input pauses
+
+
+class InboundQueue:
+    """Bytes a SPDY stream or WS port channel received before anyone took them (no sink yet).
+
+    Bounded without dropping a byte: past STREAM_BUFFER_LIMIT unread bytes the session stops
+    reading its upgraded connection (pause_input keyed by the owner) until they are read or
+    handed to a sink. Chunks are copied: the views point into the session's receive buffer."""
+
+    def __init__(self, connection: UpgradedProtocol, owner: object) -> None:
+        self._connection = connection
+        self._owner = owner
+        self._chunks: deque[bytes] = deque()
+        self.buffered = 0  # unread bytes
+        self._waiter: asyncio.Future[None] | None = None
+
+    def push(self, view: memoryview) -> None:
+        self._chunks.append(bytes(view))
+        self.buffered += len(view)
+        if self.buffered >= STREAM_BUFFER_LIMIT:
+            self._connection.pause_input(self._owner)
+        self.wake()
+
+    def hand_to(self, sink: Sink) -> None:
+        """Deliver everything queued to `sink` (the owner sends later data there directly)."""
+        chunks, self._chunks, self.buffered = self._chunks, deque(), 0
+        self._connection.resume_input(self._owner)
+        for chunk in chunks:
+            sink.data_received(memoryview(chunk))
+
+    async def pop(self, ended: Callable[[], bool]) -> bytes | None:
+        """The next queued chunk; None once `ended()` holds and nothing is left."""
+        for _ in range(2):  # a wake-up brings a chunk or the end
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self.buffered -= len(chunk)
+                if self.buffered < STREAM_BUFFER_LIMIT:
+                    self._connection.resume_input(self._owner)
+                return chunk
+            if ended():
+                return None
+            self._waiter = self._connection.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return b""
+
+    def wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
 
 
 class UpgradedProtocol(asyncio.BufferedProtocol):

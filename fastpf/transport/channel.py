@@ -14,10 +14,9 @@ from typing import Any
 
 from fastpf import _frames as F
 from fastpf.errors import WebSocketError
-from fastpf.transport._base import WS_HEADER_ROOM, Sink, UpgradedProtocol
+from fastpf.transport._base import WS_HEADER_ROOM, InboundQueue, Sink, UpgradedProtocol
 
 DEFAULT_MAX_DATA = 256 * 1024
-STREAM_BUFFER_LIMIT = 1 << 20
 
 
 class ChannelClosedError(ConnectionError):
@@ -47,9 +46,7 @@ class PortChannel:
         self.sent = 0
         self.received = 0
         self._sink: Sink | None = None
-        self._chunks: list[bytes] = []
-        self._buffered = 0
-        self._waiter: asyncio.Future[None] | None = None
+        self._inbox = InboundQueue(conn, self)
         self._error_waiter: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
@@ -112,10 +109,7 @@ class PortChannel:
         self._sink = sink
         if sink is None:
             return
-        chunks, self._chunks, self._buffered = self._chunks, [], 0
-        self.connection.resume_input(self)
-        for chunk in chunks:
-            sink.data_received(memoryview(chunk))
+        self._inbox.hand_to(sink)
         if self.remote_closed:
             sink.connection_lost(
                 self.connection.closed.result() if self.connection.closed.done() else None
@@ -123,21 +117,8 @@ class PortChannel:
 
     async def read(self) -> bytes:
         """Next chunk of the data channel; b"" when the session ended."""
-        for _ in range(2):
-            if self._chunks:
-                chunk = self._chunks.pop(0)
-                self._buffered -= len(chunk)
-                if self._buffered < STREAM_BUFFER_LIMIT:
-                    self.connection.resume_input(self)
-                return chunk
-            if self.remote_closed:
-                return b""
-            self._waiter = self.connection.loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return b""
+        chunk = await self._inbox.pop(lambda: self.remote_closed)
+        return b"" if chunk is None else chunk
 
     async def read_error(self, limit: int = 65536) -> bytes:
         """Client: the first text received on the error channel, or b"" if the session ended
@@ -164,11 +145,7 @@ class PortChannel:
                 self.reset()
                 return
             return
-        self._chunks.append(bytes(view))
-        self._buffered += n
-        if self._buffered >= STREAM_BUFFER_LIMIT:
-            self.connection.pause_input(self)
-        _wake(self._waiter)
+        self._inbox.push(view)
 
     def _on_error(self, data: bytes) -> None:
         if len(self.error_text) < 65536:
@@ -182,7 +159,7 @@ class PortChannel:
         self.local_closed = True
         if self._sink is not None:
             self._sink.connection_lost(exc)
-        _wake(self._waiter)
+        self._inbox.wake()
         _wake(self._error_waiter)
 
 

@@ -22,7 +22,7 @@ from fastpf.errors import (
     SpdyStreamError,
     WebSocketError,
 )
-from fastpf.transport._base import WS_HEADER_ROOM, Sink, UpgradedProtocol
+from fastpf.transport._base import WS_HEADER_ROOM, InboundQueue, Sink, UpgradedProtocol
 
 RST_PROTOCOL_ERROR = 1
 RST_INVALID_STREAM = 2
@@ -31,7 +31,6 @@ RST_CANCEL = 5
 RST_STREAM_IN_USE = 8
 
 DEFAULT_MAX_DATA = 256 * 1024
-STREAM_BUFFER_LIMIT = 1 << 20  # unread bytes of a sink-less stream before input pauses
 
 
 class StreamResetError(FastpfError):
@@ -78,9 +77,7 @@ class SpdyStream:
         self.sent = 0
         self.received = 0
         self._sink: Sink | None = None
-        self._chunks: list[bytes] = []
-        self._buffered = 0
-        self._waiter: asyncio.Future[None] | None = None
+        self._inbox = InboundQueue(conn, self)
         self._reply_waiter: asyncio.Future[None] | None = None
 
     # relay contract
@@ -168,10 +165,7 @@ class SpdyStream:
         self._sink = sink
         if sink is None:
             return
-        chunks, self._chunks, self._buffered = self._chunks, [], 0
-        self.connection.resume_input(self)
-        for chunk in chunks:
-            sink.data_received(memoryview(chunk))
+        self._inbox.hand_to(sink)
         if self.remote_closed:
             if self.reset_status is not None:
                 sink.reset_received(self.reset_status)
@@ -182,22 +176,11 @@ class SpdyStream:
 
     async def read(self) -> bytes:
         """Next received chunk; b"" at FIN. Raises StreamResetError / SessionClosedError."""
-        for _ in range(2):
-            if self._chunks:
-                chunk = self._chunks.pop(0)
-                self._buffered -= len(chunk)
-                if self._buffered < STREAM_BUFFER_LIMIT:
-                    self.connection.resume_input(self)
-                return chunk
-            if self.remote_closed:
-                self._raise_end()
-                return b""
-            self._waiter = self.connection.loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return b""
+        chunk = await self._inbox.pop(lambda: self.remote_closed)
+        if chunk is None:
+            self._raise_end()
+            return b""
+        return chunk
 
     async def read_all(self, limit: int = 65536) -> bytes:
         """Read until the peer's FIN, RST or connection loss; return at most `limit` bytes
@@ -221,9 +204,7 @@ class SpdyStream:
             raise SessionClosedError(str(self.error) or "lost connection")
 
     def _wake(self) -> None:
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+        self._inbox.wake()
 
     def _on_data(self, view: memoryview, fin: int) -> None:
         if self.remote_closed:
@@ -240,11 +221,7 @@ class SpdyStream:
                     self.reset()
                     return
             else:
-                self._chunks.append(bytes(view))
-                self._buffered += n
-                if self._buffered >= STREAM_BUFFER_LIMIT:
-                    self.connection.pause_input(self)
-                self._wake()
+                self._inbox.push(view)
         if fin:
             self.remote_closed = True
             if self._sink is not None:
