@@ -18,6 +18,12 @@ from cpython.buffer cimport (
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeUTF8
+
+
+cdef extern from "Python.h":
+    # The export count CPython keeps so that a bytearray with live views cannot be resized.
+    ctypedef struct PyByteArrayObject:
+        Py_ssize_t ob_exports
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memmove
 
@@ -39,7 +45,7 @@ __all__ = [
     "SpdyFrame", "SpdyDecoder", "SpdyEncoder", "HeaderCompressor", "HeaderDecompressor",
     "data_header", "pack_data_header", "encode_header_block", "decode_header_block",
     "WsFrame", "WsDecoder", "ws_frame_header", "ws_encode", "mask_inplace", "new_mask_key",
-    "alloc_buffer",
+    "alloc_buffer", "buffer_exported",
     "ws_close_payload", "parse_close_payload", "channel_encode", "channel_decode",
 ]
 
@@ -1055,6 +1061,14 @@ def alloc_buffer(Py_ssize_t size):
     if size < 0:
         raise ValueError("size must be >= 0")
     return PyByteArray_FromStringAndSize(NULL, size)
+
+
+def buffer_exported(bytearray buf):
+    """True while a buffer view (memoryview, a transport's pending write) of `buf` is alive.
+
+    Reads the bytearray's export count: O(1), no allocation. A bytearray whose bytes are still
+    held elsewhere must not be reused for the next read."""
+    return (<PyByteArrayObject*>buf).ob_exports > 0
 
 
 def new_mask_key():

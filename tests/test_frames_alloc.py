@@ -55,3 +55,17 @@ def test_alloc_buffer_is_a_writable_bytearray_of_that_size() -> None:
     assert len(F.alloc_buffer(0)) == 0
     with pytest.raises(ValueError):
         F.alloc_buffer(-1)
+
+
+def test_buffer_exported_counts_live_views() -> None:
+    buf = F.alloc_buffer(1024)
+    assert not F.buffer_exported(buf)
+    view = memoryview(buf)[16:]
+    assert F.buffer_exported(buf)
+    inner = view[:8]  # a view of a view holds the export too
+    view.release()
+    assert F.buffer_exported(buf)
+    inner.release()
+    assert not F.buffer_exported(buf)
+    with pytest.raises(TypeError):
+        F.buffer_exported(b"bytes")  # type: ignore[arg-type]

@@ -4,7 +4,7 @@ Local -> remote: the socket reads (BufferedProtocol) into a buffer with `header_
 reserved in front, so the stream packs its frame header(s) in place and sends header + payload
 in ONE write without copying. A buffer is reused only once no memoryview of it is alive any more
 (uvloop holds written memoryviews until sent; a TLS transport encrypts at once and holds
-nothing): a bytearray with live exports refuses to resize, which is the exact test. A few spare
+nothing): the bytearray's export count is the exact test. A few spare
 buffers are kept so a busy transport does not cost a fresh zero-filled allocation per read.
 
 Remote -> local: the session hands us memoryviews into its receive buffer; we write them to
@@ -33,15 +33,8 @@ SPARE_BUFFERS = 3  # per relay: reusable read buffers besides the current one
 
 
 def _exported(buf: bytearray) -> bool:
-    """True while a memoryview of `buf` is alive (e.g. held by a transport until sent).
-    CPython refuses to resize a bytearray with live buffer exports; append+pop is the cheapest
-    resize (it over-allocates once, then stays within the allocation)."""
-    try:
-        buf.append(0)
-    except BufferError:
-        return True
-    del buf[-1]
-    return False
+    """True while a memoryview of `buf` is alive (e.g. held by a transport until sent)."""
+    return F.buffer_exported(buf)
 
 
 @dataclass
