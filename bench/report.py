@@ -184,6 +184,18 @@ def markdown(result: dict[str, Any]) -> str:
             k = next((r for r in result["rows"].values() if r.get("label") == label), {})
             lines.append(f"| {label} | {_pair(m, 'cpu_harness_down_s_per_GiB', 'cpu_harness_up_s_per_GiB', 2)} "
                          f"| {_f(k.get('log_error_lines'))} |")
+    churn_cpu = [(r.get("label", k), r.get("metrics", {})) for k, r in result.get("rows", {}).items()
+                 if r.get("metrics", {}).get("cpu_client_churn_ms_per_conn") is not None]
+    if churn_cpu:
+        lines += ["", "## Connection churn: CPU per connection", "",
+                  "CPU milliseconds per short connection during the churn runs (far less sensitive to "
+                  "other load on the machine than conn/s and latency above).", "",
+                  "| row | client ms/conn | serve ms/conn | loadgen+target ms/conn |", "|---|--:|--:|--:|"]
+        for label, m in churn_cpu:
+            lt = [m.get(f"cpu_{p}_churn_ms_per_conn") for p in ("loadgen", "target")]
+            harness = sum(lt) if None not in lt else None  # type: ignore[arg-type]
+            lines.append(f"| {label} | {_f(m.get('cpu_client_churn_ms_per_conn'), 3)} "
+                         f"| {_f(m.get('cpu_serve_churn_ms_per_conn'), 3)} | {_f(harness, 3)} |")
     micro = result.get("micro")
     if micro:
         lines += ["", "## Micro benchmarks (bench/bench_frames.py)", ""]

@@ -144,7 +144,14 @@ class RowState:
         for key, v in self.lat.items():
             m[key] = statistics.median(v) if v else None
             m[key + "_runs"] = v
+        conns = self.moved.get("churn", 0)
+        for party in ("client", "serve", "loadgen", "target"):
+            if conns and (party, "churn") in self.cpu and (party, "churn") not in self.cpu_incomplete:
+                # contention-proof: CPU per connection does not depend on who else is running
+                m[f"cpu_{party}_churn_ms_per_conn"] = self.cpu[(party, "churn")] / conns * 1e3
         for direction, nbytes in self.moved.items():
+            if direction == "churn":
+                continue
             m[f"{direction}_GiB_moved"] = nbytes / GIB
             if not nbytes:
                 continue
@@ -418,8 +425,9 @@ class Harness:
         n = int(r.get("errors", 0)) + (1 if "exception" in r else 0)
         if n:
             st.error(f"{tag}: {r.get('exception') or r.get('error_samples')}", n)
-        if direction and r.get("bytes"):
-            st.moved[direction] += r["bytes"]
+        units = r.get("conns") if direction == "churn" else r.get("bytes")
+        if direction and units:
+            st.moved[direction] += units  # bytes (bulk) or connections (churn)
             for k, (pid, c0) in before.items():
                 p = parties[k]
                 if p is not None and p.pid == pid and p.alive():
@@ -449,7 +457,8 @@ class Harness:
             for rep in range(mode.latency_reps):
                 for st in live:
                     r = self.measure(st, "churn", {"op": "churn", "concurrency": mode.churn_concurrency,
-                                                   "duration": mode.churn_seconds}, mode.churn_seconds + 120)
+                                                   "duration": mode.churn_seconds},
+                                     mode.churn_seconds + 120, "churn")
                     if r.get("per_s") is not None:
                         st.lat["churn_per_s"].append(r["per_s"])
                     for k in ("p50_ms", "p99_ms"):

@@ -70,10 +70,12 @@ cdef class _FrameBuffer:
     cdef Py_ssize_t _need         # total size of the frame at _start once its header is known
     cdef Py_ssize_t _default_size
     cdef Py_ssize_t _min_read     # least free space get_buffer() offers (avoids tiny reads)
+    cdef Py_ssize_t _last         # size of the last frame decoded
     cdef bint _exported           # a payload view was handed out since the last release()
     cdef bint _failed
 
     cdef int _init_buffer(self, Py_ssize_t size) except -1
+    cdef int _settle(self) except -1
     cdef int _relocate(self, Py_ssize_t size) except -1
     cdef int _reserve(self, Py_ssize_t want) except -1
     cdef void _consumed(self, Py_ssize_t n) noexcept
@@ -112,8 +114,17 @@ cdef class SpdyDecoder(_FrameBuffer):
     cdef Py_ssize_t _max_header_block
     cdef Py_ssize_t _max_data_length
     cdef readonly object error
+    # feed_borrowed(): decoding in place from another buffer; the own buffer's state is parked
+    cdef object _own_mv
+    cdef unsigned char* _own_ptr
+    cdef Py_ssize_t _own_cap
+    cdef Py_ssize_t _own_pos
+    cdef bint _own_exported
+    cdef bint _borrowing
     cdef object _fail(self, str message, int status=*)
     cdef object _next(self)
+    cdef int _settle(self) except -1
+    cdef int _end_borrow(self) except -1
 
 
 cdef class SpdyEncoder:

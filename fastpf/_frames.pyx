@@ -133,6 +133,11 @@ cdef object _WebSocketError = WebSocketError
 cdef enum:
     _MIN_READ_CAP = 65536
     _MIN_BUFFER = 64
+    # A frame with at least this much already received is read exactly up to its end, so the
+    # next frame starts a read of its own at the front of the buffer instead of being moved
+    # there by compaction (a copy of up to a whole frame per read with 256 KiB frames). Below
+    # it, moving the partial frame costs less than the extra read (kubelet's 32 KiB frames).
+    _EXACT_MIN = 65536
 
 
 # --- masking -------------------------------------------------------------------------------
@@ -238,8 +243,13 @@ cdef class _FrameBuffer:
         self._relocate(size)
         return 0
 
+    cdef int _settle(self) except -1:
+        # Hook run before the buffer is touched (SpdyDecoder: stop decoding in place).
+        return 0
+
     cdef void _consumed(self, Py_ssize_t n) noexcept:
         self._start += n
+        self._last = n
         self._need = 0
         if self._start == self._end and not self._exported:
             # Drained and nothing handed out: restart at the front for free.
@@ -247,12 +257,28 @@ cdef class _FrameBuffer:
             self._end = 0
 
     def get_buffer(self, Py_ssize_t sizehint=-1):
-        """Writable free space to receive into (asyncio.BufferedProtocol.get_buffer)."""
+        """Writable free space to receive into (asyncio.BufferedProtocol.get_buffer).
+
+        Large frames are kept in place: while one is partly received the space offered ends
+        where it ends, and between large frames there is room for a whole one, so no frame is
+        ever moved by compaction. A size hint never grows the buffer (a pending frame does)."""
         cdef Py_ssize_t want = sizehint if sizehint > self._min_read else self._min_read
+        cdef Py_ssize_t used, rest
+        self._settle()
         if self._failed:
             # Still give the transport somewhere to write; whatever arrives is dropped.
             self._end = self._start
             self._need = 0
+        used = self._end - self._start
+        if self._need > used and used >= _EXACT_MIN:
+            rest = self._need - used
+            self._reserve(rest)
+            return self._mv[self._end:self._end + rest]
+        if want > self._cap - used and self._cap - used >= self._min_read:
+            want = self._cap - used
+        if used == 0 and self._last >= _EXACT_MIN and want < self._last:
+            # Nothing pending: a fresh buffer if views pin this one's tail (no bytes to copy).
+            want = self._last
         self._reserve(want)
         return self._mv[self._end:self._cap]
 
@@ -260,6 +286,7 @@ cdef class _FrameBuffer:
         """`nbytes` were written at the start of the last get_buffer() region."""
         if nbytes < 0 or nbytes > self._cap - self._end:
             raise ValueError(f"buffer_updated({nbytes}) outside the buffer handed out")
+        self._settle()
         if not self._failed:
             self._end += nbytes
 
@@ -268,6 +295,7 @@ cdef class _FrameBuffer:
         cdef Py_buffer pb
         if self._failed:
             return
+        self._settle()
         PyObject_GetBuffer(data, &pb, PyBUF_SIMPLE)
         try:
             if pb.len > 0:
@@ -279,6 +307,7 @@ cdef class _FrameBuffer:
 
     def release(self):
         """No payload view handed out so far is still referenced: the buffer may be reused."""
+        self._settle()
         self._exported = False
         if self._start == self._end:
             self._start = 0
@@ -394,10 +423,16 @@ def decode_header_block(block):
 
 
 cdef class HeaderCompressor:
-    """The outgoing persistent zlib stream of one connection direction (level 9, SPDY dict)."""
+    """The outgoing persistent zlib stream of one connection direction (SPDY dictionary).
 
-    def __init__(self):
-        self._zc = _zlib.compressobj(9, _zlib.DEFLATED, 15, 8, _zlib.Z_DEFAULT_STRATEGY,
+    Level 9 is what kubectl and kubelet use (byte-identical blocks); any level decodes the same.
+    Level 6 gives the same sizes for kubectl-style headers at a third of the CPU (level 9 walks
+    hash chains up to 4096 long for every block)."""
+
+    def __init__(self, int level=9):
+        if not 1 <= level <= 9:
+            raise ValueError("level must be 1..9")
+        self._zc = _zlib.compressobj(level, _zlib.DEFLATED, 15, 8, _zlib.Z_DEFAULT_STRATEGY,
                                      zdict=_DICT)
 
     def compress(self, headers):
@@ -515,16 +550,93 @@ cdef class SpdyDecoder(_FrameBuffer):
 
     def next_frame(self):
         """The next complete frame, or None (need more bytes, or failed: see `.error`)."""
+        cdef object frame = None
+        if not self._failed:
+            try:
+                frame = self._next()
+            except _SpdySessionError as exc:
+                self.error = exc
+                self._failed = True
+            except Exception as exc:  # never raise into the caller's protocol callback
+                self._fail(f"SPDY decoder failure: {exc!r}", 2)
+        if frame is None and self._borrowing:
+            try:
+                self._end_borrow()
+            except Exception as exc:
+                self._fail(f"SPDY decoder failure: {exc!r}", 2)
+        return frame
+
+    def feed_borrowed(self, payload):
+        """Like feed(), but decode `payload` where it lies when nothing is buffered (no copy).
+
+        For SPDY tunnelled in WebSocket: `payload` is a message's view into the WsDecoder's
+        buffer. DATA payloads are then views into that buffer, so the WsDecoder must not be
+        released before they are dropped (release this decoder first, then the WsDecoder).
+        Drain next_frame() until None before feeding more: only a partial frame left at the
+        end of `payload` is then copied into this decoder's own buffer."""
+        cdef Py_buffer pb
+        cdef object mv
         if self._failed:
-            return None
+            return
+        self._settle()
+        if self._end != self._start:
+            self.feed(payload)  # a partial frame is waiting: append, in order
+            return
+        mv = memoryview(payload)
+        if mv.ndim != 1 or mv.itemsize != 1 or not mv.c_contiguous:
+            self.feed(payload)
+            return
+        if mv.format != "B":
+            mv = mv.cast("B")
+        PyObject_GetBuffer(mv, &pb, PyBUF_SIMPLE)
         try:
-            return self._next()
-        except _SpdySessionError as exc:
-            self.error = exc
-            self._failed = True
-        except Exception as exc:  # never raise into the caller's protocol callback
-            self._fail(f"SPDY decoder failure: {exc!r}", 2)
-        return None
+            if pb.len == 0:
+                return
+            self._own_mv = self._mv
+            self._own_ptr = self._ptr
+            self._own_cap = self._cap
+            self._own_pos = self._start
+            self._own_exported = self._exported
+            self._mv = mv
+            self._ptr = <unsigned char*>pb.buf
+            self._cap = pb.len
+            self._start = 0
+            self._end = pb.len
+            self._need = 0
+            self._exported = True  # never "restart at the front" of borrowed bytes
+            self._borrowing = True
+        finally:
+            # `mv` (kept in _mv) holds the export: the pointer stays valid.
+            PyBuffer_Release(&pb)
+
+    cdef int _settle(self) except -1:
+        if self._borrowing:
+            self._end_borrow()
+        return 0
+
+    cdef int _end_borrow(self) except -1:
+        # Back to the own buffer; a partial frame left in the borrowed bytes is copied there
+        # (`borrowed` keeps them alive until the copy is done).
+        cdef object borrowed = self._mv
+        cdef const unsigned char* src = self._ptr + self._start
+        cdef Py_ssize_t rest = self._end - self._start
+        cdef Py_ssize_t need = self._need
+        self._borrowing = False
+        self._mv = self._own_mv
+        self._ptr = self._own_ptr
+        self._cap = self._own_cap
+        self._start = self._own_pos
+        self._end = self._own_pos
+        self._exported = self._own_exported
+        self._own_mv = None
+        self._need = 0
+        if rest > 0 and not self._failed:
+            self._need = need  # the pending frame's size, if its header was complete
+            self._reserve(rest)
+            memcpy(self._ptr + self._end, src, rest)
+            self._end += rest
+        borrowed = None
+        return 0
 
     cdef object _next(self):
         cdef Py_ssize_t avail = self._end - self._start
@@ -731,8 +843,8 @@ def pack_data_header(buf, Py_ssize_t offset, stream_id, flags, length):
 cdef class SpdyEncoder:
     """Builds byte-exact SPDY/3 frames; owns the outgoing persistent header zlib stream."""
 
-    def __init__(self):
-        self._deflater = HeaderCompressor()
+    def __init__(self, int header_level=9):
+        self._deflater = HeaderCompressor(header_level)
 
     def syn_stream(self, stream_id, headers, flags=0, assoc_id=0, priority=0, slot=0):
         """SYN_STREAM; kubectl's own: flags 0, assoc 0, priority 0, slot 0, length 10 + block."""

@@ -95,6 +95,35 @@ def decode(
     return [(f.opcode, f.fin, bytes(f.payload), f.message_opcode, f.first) for f in frames], dec
 
 
+def test_large_frames_are_read_exactly_to_their_end_and_never_moved() -> None:
+    size = 100_000
+    frames = [F.ws_encode(F.WS_BINARY, bytes([65 + i]) * size) for i in range(4)]
+    wire = b"".join(frames)
+    dec = F.WsDecoder(expect_masked=False, buffer_size=size + 64)
+    owner = None
+    pos = 0
+    for i in range(4):
+        buf = dec.get_buffer(1 << 20)
+        assert len(buf) <= size + 64  # a size hint never grows the buffer
+        buf[:70_000] = wire[pos : pos + 70_000]
+        del buf
+        dec.buffer_updated(70_000)
+        pos += 70_000
+        assert dec.next_frame() is None
+        buf = dec.get_buffer(1 << 20)
+        assert len(buf) == len(frames[i]) - 70_000  # exactly the rest of this frame
+        buf[:] = wire[pos : pos + len(buf)]
+        dec.buffer_updated(len(buf))
+        pos += len(buf)
+        del buf
+        (f,) = drain(dec)
+        assert f.payload == bytes([65 + i]) * size
+        owner = owner if owner is not None else f.payload.obj
+        assert f.payload.obj is owner  # each frame at the front of the same buffer
+        del f
+        dec.release()
+
+
 def split_at(data: bytes, cuts: Iterable[int]) -> list[bytes]:
     points = sorted({c for c in cuts if 0 < c < len(data)})
     out, prev = [], 0

@@ -11,6 +11,7 @@ import pytest
 from test_transport_support import run
 
 from fastpf import _frames as F
+from fastpf.transport._base import COALESCE_LIMIT
 from fastpf.transport.channel import ChannelConnection
 from fastpf.transport.spdy import SpdyConnection, SpdyStream
 
@@ -73,6 +74,10 @@ class FakeTransport:
         self.closed = True
 
     def wire(self) -> bytes:
+        """Everything written so far, including small writes the session coalesces until the
+        end of the loop iteration (flushed here, as the iteration's end would)."""
+        if self.protocol is not None:
+            self.protocol._flush()
         out = b""
         for kind, data in self.calls:
             out += b"".join(bytes(p) for p in data) if kind == "writelines" else bytes(data)
@@ -126,7 +131,8 @@ def test_data_is_one_gather_write_without_copy_and_reply_first() -> None:
         conn, t, streams = _server()
         conn._feed(syn_stream_bytes(1, BLOCK1))
         stream = streams[0]
-        payload = b"x" * 1000
+        big = COALESCE_LIMIT + 1  # larger writes are never copied
+        payload = b"x" * big
         stream.write(payload)  # not replied yet: SYN_REPLY must go first
         kinds = [f.type for f in _frames(t.wire())]
         assert kinds == [F.SYN_REPLY, F.DATA]
@@ -134,15 +140,15 @@ def test_data_is_one_gather_write_without_copy_and_reply_first() -> None:
         assert kind == "writelines" and len(parts) == 2 and parts[1].obj is payload
         # relay fast path: header packed in the gap, one write of one contiguous view
         room = stream.header_room
-        buf = bytearray(room + 4096)
-        buf[room:] = b"y" * 4096
+        buf = bytearray(room + big)
+        buf[room:] = b"y" * big
         t.calls.clear()
-        stream.send_inplace(buf, room, 4096)
+        stream.send_inplace(buf, room, big)
         assert len(t.calls) == 1 and t.calls[0][0] == "write"
         view = t.calls[0][1]
         assert isinstance(view, memoryview) and view.obj is buf
         (frame,) = _frames(t.wire())
-        assert frame.type == F.DATA and frame.stream_id == 1 and bytes(frame.payload) == b"y" * 4096
+        assert frame.type == F.DATA and frame.stream_id == 1 and bytes(frame.payload) == b"y" * big
 
     run(body, "uvloop")
 
@@ -238,6 +244,79 @@ def test_decoder_release_waits_for_drained_sinks() -> None:
     run(body, "uvloop")
 
 
+@pytest.mark.parametrize("tunnel", ["ws-client", "ws-server"])
+def test_tunnel_data_decoded_in_place_waits_for_drained_sinks(tunnel: str) -> None:
+    """Tunnelled DATA is decoded inside the WS buffer (no copy into the SPDY decoder): its views
+    stay valid until every sink drained, whole and split messages mixed, in order."""
+
+    async def body() -> None:
+        conn = SpdyConnection(client=tunnel == "ws-client", tunnel=tunnel, ping_interval=0)
+        t = FakeTransport()
+        conn.attach(t)  # type: ignore[arg-type]
+        stream = SpdyStream(conn, 1, {}, local=True)
+        conn.streams[1] = stream
+        got: list[memoryview] = []
+
+        class Sink:
+            pending = True
+
+            def data_received(self, view: memoryview) -> None:
+                got.append(view)
+
+            def eof_received(self) -> None: ...
+            def reset_received(self, status: int) -> None: ...
+            def connection_lost(self, exc: BaseException | None) -> None: ...
+
+            def drained(self) -> bool:
+                return not self.pending
+
+        sink = Sink()
+        stream.set_sink(sink)
+        key = b"\x01\x02\x03\x04" if tunnel == "ws-server" else None
+
+        def message(part: bytes) -> bytes:
+            if key is None:
+                return F.ws_frame_header(F.WS_BINARY, len(part)) + part
+            masked = bytearray(part)
+            F.mask_inplace(masked, key, 0, len(masked))
+            return F.ws_frame_header(F.WS_BINARY, len(part), True, key) + bytes(masked)
+
+        payloads = [bytes([i]) * (50000 + 7 * i) for i in range(14)]  # > the buffer in all
+        wire = b""
+        for i, p in enumerate(payloads):
+            frame = F.data_header(1, 0, len(p)) + p
+            # fastpf serve: one message per frame; kubectl: header and payload apart
+            parts = [frame] if i % 3 else [frame[:8], frame[8:]]
+            wire += b"".join(message(part) for part in parts)
+        def deliver(data: bytes, step: int) -> None:
+            # As the transport does: at most what get_buffer offers, at most `step` per read.
+            pos = 0
+            for _ in range(len(data) + 1):  # bounded
+                if pos == len(data):
+                    return
+                buf = conn.get_buffer(len(data) - pos)
+                n = min(len(buf), len(data) - pos, step)
+                buf[:n] = data[pos : pos + n]
+                del buf
+                conn.buffer_updated(n)
+                pos += n
+            raise AssertionError("get_buffer made no progress")
+
+        deliver(wire, 8192)
+        assert [bytes(v) for v in got] == payloads  # nothing overwritten while not drained
+        assert conn._held and not conn.is_closing
+        sink.pending = False
+        conn.get_buffer(-1)
+        assert not conn._held
+        got.clear()
+        # Released: the buffers are reused and the next frames still come out right.
+        more = [b"x" * 70000, b"y" * 3]
+        deliver(b"".join(message(F.data_header(1, 0, len(p)) + p) for p in more), 1 << 20)
+        assert [bytes(v) for v in got] == more
+
+    run(body, "uvloop")
+
+
 def test_channel_server_announces_ports_little_endian() -> None:
     async def body() -> None:
         conn = ChannelConnection(client=False, ports=[8080, 443])
@@ -328,3 +407,63 @@ def test_fuzz_sessions_never_raise(kind: str) -> None:
         run(body, "asyncio", 10)
 
     check()
+
+
+def test_small_writes_coalesce_into_one_write_per_iteration_in_order() -> None:
+    async def body() -> None:
+        conn, t, streams = _server()
+        conn._feed(syn_stream_bytes(1, BLOCK1) + syn_stream_bytes(3, BLOCK2))
+        err, data = streams
+        err.reply()
+        data.reply()
+        data.write(b"hello")
+        err.write_eof()
+        assert t.calls == [] and not conn.output_drained()  # waiting for the iteration's end
+        await asyncio.sleep(0)
+        assert len(t.calls) == 1 and t.calls[0][0] == "write"  # one TLS record, one syscall
+        frames = _frames(t.wire())
+        assert [(f.type, f.stream_id, f.flags) for f in frames] == [
+            (F.SYN_REPLY, 1, 0), (F.SYN_REPLY, 3, 0), (F.DATA, 3, 0), (F.DATA, 1, F.FLAG_FIN)]
+        assert bytes(frames[2].payload) == b"hello" and conn.output_drained()
+
+        # A large frame after small ones: the small ones leave first, the large one uncopied.
+        t.calls.clear()
+        room = data.header_room
+        buf = bytearray(room + 2 * COALESCE_LIMIT)
+        data.write(b"small")
+        data.send_inplace(buf, room, 2 * COALESCE_LIMIT)
+        assert [k for k, _ in t.calls] == ["write", "write"] and t.calls[1][1].obj is buf
+        assert [len(f.payload) for f in _frames(t.wire())] == [5, 2 * COALESCE_LIMIT]
+
+        # The relay may reuse its buffer at once: a small in-place frame was copied.
+        t.calls.clear()
+        small = bytearray(room + 3)
+        small[room:] = b"abc"
+        data.send_inplace(small, room, 3)
+        small[room:] = b"XYZ"
+        assert [bytes(f.payload) for f in _frames(t.wire())] == [b"abc"]
+
+        # Closing flushes what is pending before the transport closes.
+        t.calls.clear()
+        data.write_eof()
+        conn.goaway()
+        assert t.closed
+        assert [f.type for f in _frames(t.wire())] == [F.DATA, F.GOAWAY]
+
+    run(body, "uvloop")
+
+
+def test_coalesced_bytes_reach_the_limit_and_flush_early() -> None:
+    async def body() -> None:
+        conn, t, streams = _server()
+        conn._feed(syn_stream_bytes(1, BLOCK1))
+        (stream,) = streams
+        chunk = b"c" * 4000
+        for _ in range(5):  # 5 frames of ~4 KiB: past COALESCE_LIMIT after the 5th
+            stream.write(chunk)
+        assert len(t.calls) == 1  # flushed at the limit, not held back until the iteration's end
+        await asyncio.sleep(0)
+        assert len(t.calls) == 1
+        assert [len(f.payload) for f in _frames(t.wire()) if f.type == F.DATA] == [4000] * 5
+
+    run(body, "uvloop")

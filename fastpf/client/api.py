@@ -28,7 +28,7 @@ from fastpf.client.auth import Authenticator
 from fastpf.client.errors import ApiError, ClientError
 from fastpf.client.kubeconfig import ClientConfig
 from fastpf.client.proxy import open_tunnel, proxy_for
-from fastpf.client.tlsconfig import build_ssl_context
+from fastpf.client.tlsconfig import ContextCache
 from fastpf.types import ApiDialer
 
 DEFAULT_REQUEST_TIMEOUT = 60.0
@@ -244,15 +244,24 @@ class ApiClient:
         self._conn: _Conn | None = None
         self._lock = asyncio.Lock()
         self.proxy = proxy_for(self.scheme, self.host, self.port, cfg.proxy_url)
+        self.contexts = ContextCache(cfg)
+        # The upgrade dialer is rebuilt only when its credentials or TLS context change.
+        self._dialer: ApiDialer | None = None
+        self._dialer_authz: str | None = None
+        self._upgrade_headers = [
+            ("User-Agent", USER_AGENT),
+            ("Kubectl-Command", "kubectl port-forward"),
+            ("Kubectl-Session", SESSION_ID),
+        ]
 
     @property
     def hostport(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
-    async def _ssl(self, alpn: list[str] | None) -> ssl.SSLContext | None:
+    async def _ssl(self, alpn: list[str] | None, resumable: bool = False) -> ssl.SSLContext | None:
         if not self.secure:
             return None
-        return build_ssl_context(self.cfg, alpn=alpn, exec_cert=await self.auth.client_cert())
+        return self.contexts.get(alpn, await self.auth.client_cert(), resumable)
 
     async def _open_socket(self) -> socket.socket:
         assert self.proxy is not None
@@ -340,17 +349,21 @@ class ApiClient:
         return await self.request("GET", path, query, what)
 
     async def dialer(self) -> ApiDialer:
-        """Connection parameters for the engine's upgrade (HTTP/1.1, no ALPN)."""
-        headers = [
-            ("User-Agent", USER_AGENT),
-            ("Kubectl-Command", "kubectl port-forward"),
-            ("Kubectl-Session", SESSION_ID),
-        ]
+        """Connection parameters for the engine's upgrade (HTTP/1.1, no ALPN). Called per
+        upgrade connection: the same ApiDialer (and SSLContext) comes back while the
+        credentials are unchanged; callers must not modify it."""
         authz = await self.auth.authorization()
+        # Upgrade connections resume the TLS session of the previous one (ws-channel dials
+        # once per local connection); see tlsconfig.ResumingContext.
+        ctx = await self._ssl(None, resumable=True)
+        cached = self._dialer
+        if cached is not None and cached.ssl is ctx and self._dialer_authz == authz:
+            return cached
+        headers = list(self._upgrade_headers)
         if authz:
             headers.append(("Authorization", authz))
-        ctx = await self._ssl(None)
-        return ApiDialer(
+        self._dialer_authz = authz
+        self._dialer = ApiDialer(
             host=self.host,
             port=self.port,
             ssl=ctx,
@@ -359,6 +372,7 @@ class ApiClient:
             open_socket=self._open_socket if self.proxy else None,
             base_path=self.base_path,
         )
+        return self._dialer
 
     async def close(self) -> None:
         if self._conn is not None:

@@ -73,6 +73,8 @@ class Authenticator:
         # kubectl (clientcmd) uses user credentials only over TLS; plain http gets none.
         self.enabled = secure
         self._token_cache: tuple[float, str] | None = None
+        # Asked on every upgrade connection: the cache key is computed once per ExecConfig.
+        self._exec_key_for: tuple[ExecConfig, str] | None = None
 
     @property
     def uses_exec(self) -> bool:
@@ -109,11 +111,17 @@ class Authenticator:
     def unauthorized(self) -> bool:
         """The server said 401: forget cached plugin output. True if a retry may help."""
         if self.uses_exec and self.cfg.exec is not None:
-            _exec_cache.pop(_exec_key(self.cfg.exec), None)
+            _exec_cache.pop(self._key(self.cfg.exec), None)
             return True
         if self.cfg.token_file:
             self._token_cache = None
         return False
+
+    def _key(self, ex: ExecConfig) -> str:
+        cached = self._exec_key_for
+        if cached is None or cached[0] is not ex:
+            cached = self._exec_key_for = (ex, _exec_key(ex))
+        return cached[1]
 
     def _read_token_file(self, path: str) -> str:
         now = time.monotonic()
@@ -131,7 +139,7 @@ class Authenticator:
     async def _exec(self) -> ExecResult:
         ex = self.cfg.exec
         assert ex is not None
-        key = _exec_key(ex)
+        key = self._key(ex)
         cached = _exec_cache.get(key)
         if cached is not None and cached.valid():
             return cached

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import itertools
 import os
 import socket
@@ -30,6 +31,7 @@ from fastpf.client.errors import ClientError
 from fastpf.client.kubeconfig import load_config
 from fastpf.client.resolve import check_running, resolve
 from fastpf.errors import FastpfError, HandshakeError
+from fastpf.transport.relay import Accepted
 
 STREAM_TIMEOUT = 30.0  # kubectl's wait for SYN_REPLY
 ERROR_STREAM_GRACE = 5.0  # after the data stream ended, how long the error text may still take
@@ -48,7 +50,7 @@ class Listener:
     sock: socket.socket
     address: str
     pair: PortPair
-    task: asyncio.Task[None] | None = None
+    server: asyncio.AbstractServer | None = None
 
 
 def _go_listen_error(proto: str, address: str, port: int, exc: OSError) -> str:
@@ -129,6 +131,8 @@ class Forwarder:
             try:
                 return await upgrade.connect(dialer, self.path, protocol, ports)
             except HandshakeError as exc:
+                if exc.status == 401:
+                    self.api.contexts.forget_sessions()  # no TLS resumption for the retry
                 if exc.status == 401 and attempt == 0 and self.api.auth.unauthorized():
                     continue
                 raise ClientError(str(exc)) from None
@@ -146,6 +150,7 @@ class Forwarder:
             self.console.info(4, f"upgraded {self.path} with protocol "
                                  f"{getattr(self.conn, 'negotiated', proto)}")
         self._listen()
+        await self._accept()
         # The REST connection is idle from here on; an exec refresh reopens it lazily.
         await self.api.close()
 
@@ -189,39 +194,32 @@ class Forwarder:
                 for err in errors:
                     self.console.warn(f"port {pair.local}: {err}")
             # kubectl keeps serving on the listeners it made even when the port "failed".
-            for lst in created:
-                self.listeners.append(lst)
-                lst.task = asyncio.ensure_future(self._accept_loop(lst))
+            self.listeners.extend(created)
         if not any_ok:
             ports = " ".join(f"{{{p.local} {p.remote}}}" for p in self.pairs)
             raise ClientError(f"unable to listen on any of the requested ports: [{ports}]")
 
-    async def _accept_loop(self, lst: Listener) -> None:
+    async def _accept(self) -> None:
+        """Accept on every listener: the loop accepts natively and hands each connection to
+        an Accepted protocol (reading paused until its streams exist)."""
         loop = asyncio.get_running_loop()
-        for _ in range(1 << 62):  # runs for the life of the session
-            if self.stopping:
-                return
-            try:
-                csock, _ = await loop.sock_accept(lst.sock)
-            except asyncio.CancelledError:
-                raise
-            except OSError as exc:
-                if self.stopping or lst.sock.fileno() < 0:
-                    return
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self.console.conn_error(f"accept on port {lst.pair.local}: {exc.strerror}")
-                    await asyncio.sleep(0.1)
-                continue
-            csock.setblocking(False)
-            with contextlib.suppress(OSError):
-                csock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.console.handling(lst.pair.local)
-            task = asyncio.ensure_future(self._handle(csock, lst.pair))
-            self.relays.add(task)
-            task.add_done_callback(self.relays.discard)
+        for lst in self.listeners:
+            lst.server = await loop.create_server(
+                functools.partial(self._accepted, lst.pair), sock=lst.sock, backlog=LISTEN_BACKLOG)
+
+    def _accepted(self, pair: PortPair) -> Accepted:
+        local = Accepted()
+        if self.stopping:  # accepted while shutting down: close it once it is connected
+            asyncio.get_running_loop().call_soon(local.close)
+            return local
+        self.console.handling(pair.local)
+        task = asyncio.ensure_future(self._handle(local, pair))
+        self.relays.add(task)
+        task.add_done_callback(self.relays.discard)
+        return local
 
     # ---- one local connection ----------------------------------------------------------------
-    async def _handle(self, csock: socket.socket, pair: PortPair) -> None:
+    async def _handle(self, csock: Accepted, pair: PortPair) -> None:
         try:
             if self._effective_protocol() == "ws-channel":
                 await self._handle_channel(csock, pair)
@@ -236,58 +234,53 @@ class Forwarder:
                 self.console.conn_error(
                     f"error forwarding {pair.local} -> {pair.remote}: {str(exc) or type(exc).__name__}")
 
-    async def _handle_spdy(self, csock: socket.socket, pair: PortPair) -> None:
+    async def _handle_spdy(self, csock: Accepted, pair: PortPair) -> None:
+        from fastpf.transport._base import TextCollector
         from fastpf.transport.relay import relay
-        from fastpf.transport.spdy import StreamResetError, StreamTimeoutError
+        from fastpf.transport.spdy import SessionClosedError
 
         conn = self.conn
         rid = str(next_request_id())
         port = str(pair.remote)
         # Both SYN_STREAMs leave at once (ids n, n+2 as kubectl), replies awaited together:
         # one round trip instead of kubectl's two.
-        results = await asyncio.gather(
-            conn.open_stream({"streamtype": "error", "port": port, "requestid": rid},
-                             timeout=STREAM_TIMEOUT),
-            conn.open_stream({"streamtype": "data", "port": port, "requestid": rid},
-                             timeout=STREAM_TIMEOUT),
-            return_exceptions=True,
-        )
-        for kind, res in (("error", results[0]), ("forwarding", results[1])):
-            if isinstance(res, BaseException):
-                for other in results:
-                    if not isinstance(other, BaseException):
-                        with contextlib.suppress(Exception):
-                            other.reset()
-                csock.close()
-                if self.stopping:
-                    return
-                if isinstance(res, (StreamTimeoutError, StreamResetError)):
-                    text = str(res)
-                else:
-                    text = str(res) or type(res).__name__
-                if isinstance(res, asyncio.CancelledError):
-                    raise res
-                self.console.conn_error(
-                    f"error creating {kind} stream for port {pair.local} -> {pair.remote}: {text}")
-                return
-        err_stream: Any = results[0]
-        data_stream: Any = results[1]
-        err_stream.write_eof()  # the client never writes on the error stream
-        err_task = asyncio.ensure_future(err_stream.read_all())
         try:
-            result = await relay(data_stream, csock)
-        finally:
-            if not err_task.done():
-                # The server FINs/RSTs the error stream right after the data stream; never hang
-                # on one that does not (kubectl does, PROTOCOL.md 8).
-                done, _ = await asyncio.wait({err_task}, timeout=ERROR_STREAM_GRACE)
-                if not done:
-                    err_task.cancel()
+            err_stream = conn.start_stream({"streamtype": "error", "port": port, "requestid": rid})
+            data_stream = conn.start_stream({"streamtype": "data", "port": port, "requestid": rid})
+        except SessionClosedError as exc:
+            csock.close()
+            if not self.stopping:
+                self.console.conn_error(f"error creating error stream for port {pair.local} -> "
+                                        f"{pair.remote}: {exc}")
+            return
+        try:
+            failures = await conn.wait_replies([err_stream, data_stream], STREAM_TIMEOUT)
+        except BaseException:
+            csock.close()
+            raise
+        for kind, failure in (("error", failures[0]), ("forwarding", failures[1])):
+            if failure is not None:
+                for stream in (err_stream, data_stream):
                     with contextlib.suppress(Exception):
-                        err_stream.reset()
-        etext = b""
-        if err_task.done() and not err_task.cancelled() and err_task.exception() is None:
-            etext = err_task.result()
+                        stream.reset()
+                csock.close()
+                if not self.stopping:
+                    self.console.conn_error(f"error creating {kind} stream for port {pair.local}"
+                                            f" -> {pair.remote}: {str(failure) or type(failure).__name__}")
+                return
+        err_stream.write_eof()  # the client never writes on the error stream
+        errors = TextCollector(asyncio.get_running_loop())
+        err_stream.set_sink(errors)
+        result = await relay(data_stream, csock)
+        if not errors.done.done():
+            # The server FINs/RSTs the error stream right after the data stream; never hang
+            # on one that does not (kubectl does, PROTOCOL.md 8).
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(errors.done), ERROR_STREAM_GRACE)
+            if not errors.done.done():
+                with contextlib.suppress(Exception):
+                    err_stream.reset()
+        etext = errors.done.result() if errors.done.done() else b""
         if etext and not self.stopping:
             self.console.conn_error(
                 f"an error occurred forwarding {pair.local} -> {pair.remote}: "
@@ -296,7 +289,7 @@ class Forwarder:
             self.console.conn_error(
                 f"error copying for port {pair.local} -> {pair.remote}: {result.error}")
 
-    async def _handle_channel(self, csock: socket.socket, pair: PortPair) -> None:
+    async def _handle_channel(self, csock: Accepted, pair: PortPair) -> None:
         """ws-channel: one WebSocket session per local connection (as the Python client)."""
         from fastpf.transport.relay import relay
 
@@ -310,14 +303,10 @@ class Forwarder:
         try:
             await conn.ready(timeout=STREAM_TIMEOUT)
             chan = conn.channels[0]
-            err_task = asyncio.ensure_future(chan.read_error())
             result = await relay(chan, csock)
-            done, _ = await asyncio.wait({err_task}, timeout=ERROR_STREAM_GRACE)
-            text = b""
-            if done and not err_task.cancelled() and err_task.exception() is None:
-                text = err_task.result()
-            else:
-                err_task.cancel()
+            # Error text received meanwhile is kept by the channel; wait a little for one only
+            # if the session is still up (no task per connection for this).
+            text = await chan.wait_error(ERROR_STREAM_GRACE)
             if text and not self.stopping:
                 self.console.conn_error(
                     f"an error occurred forwarding {pair.local} -> {pair.remote}: "
@@ -342,10 +331,11 @@ class Forwarder:
             return
         self.stopping = True
         for lst in self.listeners:
-            if lst.task is not None:
-                lst.task.cancel()
-            with contextlib.suppress(OSError):
-                lst.sock.close()
+            if lst.server is not None:
+                lst.server.close()  # the server owns the socket: stops accepting, closes it
+            else:
+                with contextlib.suppress(OSError):
+                    lst.sock.close()
         if self.conn is not None:
             with contextlib.suppress(Exception):
                 self.conn.goaway(0)
@@ -353,9 +343,6 @@ class Forwarder:
             task.cancel()
         if self.relays:
             await asyncio.wait(set(self.relays), timeout=2.0)
-        tasks = [lst.task for lst in self.listeners if lst.task is not None]
-        if tasks:
-            await asyncio.wait(tasks, timeout=1.0)
         if self.lost is not None and not self.lost.done():
             self.lost.set_result(None)
         await self.api.close()

@@ -116,6 +116,7 @@ def _json(obj: Any, status: int = 200) -> Response:
 
 _NO_RESOURCE = status_response(404, "NotFound", "the server could not find the requested resource", {})
 _NOT_ALLOWED = "the server does not allow this method on the requested resource"
+_FORWARD_CACHE_SIZE = 1024
 
 # /api/{v}/proxy/{minions|nodes}/{node}/portForward/{ns}/{pod}[/{uid}] (2015 era) and the same
 # without /api/{v}; kubelet's own /portForward/{ns}/{pod}[/{uid}].
@@ -131,6 +132,11 @@ class Api:
         # Plain http on loopback without an explicit --token: client-go never sends credentials
         # over http://, so a request without Authorization is let in; a wrong token is still 401.
         self._allow_anonymous = allow_anonymous
+        # Port-forward answers per (namespace, pod, uid, api style), valid while the cluster's
+        # resourceVersion is unchanged: building an implicit pod costs more than the rest of
+        # the request, and clients such as the Python one upgrade once per local connection.
+        self._forward_cache: dict[tuple[str, str, str | None, bool], Reply] = {}
+        self._forward_rv = ""
 
     # ---- entry ---------------------------------------------------------------------------------
     def authenticate(self, request: Request) -> bool:
@@ -178,6 +184,17 @@ class Api:
     def _forward(self, method: str, namespace: str, name: str, uid: str | None, api_style: bool) -> Reply:
         if method not in ("GET", "POST"):
             return status_response(405, "MethodNotAllowed", _NOT_ALLOWED, {})
+        rv = self.cluster.resource_version
+        if rv != self._forward_rv or len(self._forward_cache) >= _FORWARD_CACHE_SIZE:
+            self._forward_cache.clear()
+            self._forward_rv = rv
+        key = (namespace, name, uid, api_style)
+        reply = self._forward_cache.get(key)
+        if reply is None:
+            reply = self._forward_cache[key] = self._forward_reply(namespace, name, uid, api_style)
+        return reply
+
+    def _forward_reply(self, namespace: str, name: str, uid: str | None, api_style: bool) -> Reply:
         pod = self.cluster.get("pods", namespace, name)
         if pod is None or (uid and pod["metadata"]["uid"] != uid):
             if api_style:

@@ -5,7 +5,6 @@ upgraded connections to the port-forward engine (`fastpf.transport.kubelet`)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import socket
 import ssl
@@ -145,10 +144,8 @@ class HttpProtocol(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses but have the same API.
         self.transport = cast(asyncio.Transport, transport)
         self.server.connections.add(self)
-        sock = self.transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):  # REST replies are small and latency-bound
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # REST replies are small and latency-bound: uvloop and asyncio both set TCP_NODELAY
+        # on every TCP transport already, so no setsockopt here (one syscall per connection).
         ssl_object = self.transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             if ssl_object.selected_alpn_protocol() == "h2":

@@ -29,6 +29,10 @@ from fastpf import _frames as F
 WRITE_HIGH = 4 << 20
 WRITE_LOW = 1 << 20
 WS_HEADER_ROOM = 14  # 2 + 8 (64-bit length) + 4 (mask key)
+# Writes up to this size wait (in order) until the end of the loop iteration and leave as one
+# write: many small frames (stream opens, replies, FINs, small DATA of many connections) then
+# cost one TLS record and one syscall instead of one each. One TLS record holds 16 KiB.
+COALESCE_LIMIT = 16 << 10
 
 
 class Sink(Protocol):
@@ -99,6 +103,37 @@ class InboundQueue:
             w.set_result(None)
 
 
+class TextCollector:
+    """Sink keeping what a stream sends (an error stream's text, up to `limit` bytes); `done`
+    resolves with it at the stream's end (FIN, RST or connection loss). No task needed."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int = 65536) -> None:
+        self.text = bytearray()
+        self.limit = limit
+        self.done: asyncio.Future[bytes] = loop.create_future()
+
+    def data_received(self, view: memoryview) -> None:
+        room = self.limit - len(self.text)
+        if room > 0:
+            self.text += view[:room]  # copied: the view points into a receive buffer
+
+    def eof_received(self) -> None:
+        self._end()
+
+    def reset_received(self, status: int) -> None:
+        self._end()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._end()
+
+    def drained(self) -> bool:
+        return True
+
+    def _end(self) -> None:
+        if not self.done.done():
+            self.done.set_result(bytes(self.text))
+
+
 class UpgradedProtocol(asyncio.BufferedProtocol):
     """Base of the session protocols. Subclasses implement get_buffer/_on_data/_on_eof."""
 
@@ -127,6 +162,9 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
         self._idle_handle: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
         self._ws_close_sent = False
+        self._pending: list[bytes] = []  # small writes waiting for _flush (COALESCE_LIMIT)
+        self._pending_size = 0
+        self._flush_handle: asyncio.Handle | None = None
 
     # -- taking over the transport -------------------------------------------------------------
     def attach(self, transport: asyncio.BaseTransport, initial: bytes = b"") -> None:
@@ -204,7 +242,7 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
 
     def output_drained(self) -> bool:
         t = self.transport
-        return t is None or t.get_write_buffer_size() == 0
+        return t is None or (not self._pending and t.get_write_buffer_size() == 0)
 
     def pause_input(self, key: object) -> None:
         """Stop reading the upgraded connection until every `key` that paused it resumed."""
@@ -232,27 +270,65 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
         if self._idle_timeout is not None:
             self._last_activity = self.loop.time()
 
+    def _emit(self, data: bytes | bytearray | memoryview) -> None:
+        """Complete wire bytes to the transport, in order. Small ones are coalesced (copied:
+        the caller may reuse its buffer at once) and flushed at the end of this iteration."""
+        n = len(data)
+        if n > COALESCE_LIMIT:
+            if self._pending:
+                self._flush()
+            self.transport.write(data)
+            return
+        self._pending.append(data if type(data) is bytes else bytes(data))
+        self._pending_size += n
+        if self._pending_size >= COALESCE_LIMIT:
+            self._flush()
+        elif self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self._flush)
+
+    def _emit_parts(self, parts: list[Any], total: int) -> None:
+        """Like _emit for one frame given in pieces (gather write when large: no copy)."""
+        if total > COALESCE_LIMIT:
+            if self._pending:
+                self._flush()
+            self.transport.writelines(parts)
+            return
+        self._emit(b"".join(parts))
+
+    def _flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        self._pending_size = 0
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
     def _write(self, data: bytes) -> None:
         """One complete frame of the session's own protocol (wrapped in a WS message if any)."""
         if self._closing or self.transport is None:
             return
         self._touch()
         if self.ws is None:
-            self.transport.write(data)
+            self._emit(data)
         else:
             self._write_ws(F.WS_BINARY, data)
 
     def _write_ws(self, opcode: int, payload: bytes | bytearray | memoryview) -> None:
         if self._mask:
-            self.transport.write(F.ws_encode(opcode, payload, True, True))
+            self._emit(F.ws_encode(opcode, payload, True, True))
         else:
-            self.transport.writelines([F.ws_frame_header(opcode, len(payload)), payload])
+            self._emit_parts([F.ws_frame_header(opcode, len(payload)), payload], len(payload) + 10)
 
     def _write_ws_parts(self, parts: list[Any], total: int) -> None:
         """One binary WS message whose payload is the concatenation of `parts` (server: gather
         write, no copy; client: one copy into a buffer that is masked in place)."""
         if not self._mask:
-            self.transport.writelines([F.ws_frame_header(F.WS_BINARY, total), *parts])
+            self._emit_parts([F.ws_frame_header(F.WS_BINARY, total), *parts], total + 10)
             return
         key = F.new_mask_key()
         buf = F.alloc_buffer(total)  # every byte is overwritten below
@@ -262,7 +338,7 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
             buf[pos : pos + n] = part
             pos += n
         F.mask_inplace(buf, key, 0, total)
-        self.transport.writelines([F.ws_frame_header(F.WS_BINARY, total, True, key), buf])
+        self._emit_parts([F.ws_frame_header(F.WS_BINARY, total, True, key), buf], total + 14)
 
     def _write_ws_inplace(self, buf: bytearray, start: int, end: int) -> None:
         """Send buf[start:end] as one binary WS message; the WS header goes into the gap in
@@ -276,7 +352,7 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
             header = F.ws_frame_header(F.WS_BINARY, length)
         hs = start - len(header)
         buf[hs:start] = header
-        self.transport.write(memoryview(buf)[hs:end])
+        self._emit(memoryview(buf)[hs:end])
 
     def _send_ws_close(self, code: int, reason: str = "") -> None:
         if self._ws_close_sent or self.transport is None or self.ws is None:
@@ -347,7 +423,11 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
                 self.closed.set_result(exc)
             t = self.transport
             if t is not None and not t.is_closing():
+                self._flush()  # e.g. a GOAWAY or WS close written just before
                 t.close()
+            elif self._flush_handle is not None:
+                self._flush_handle.cancel()
+                self._flush_handle = None
 
     def _ended(self, exc: BaseException | None) -> None:
         """Hook: the session ended (streams/channels learn it here)."""

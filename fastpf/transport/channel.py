@@ -131,6 +131,20 @@ class PortChannel:
                 self._error_waiter = None
         return bytes(self.error_text[:limit])
 
+    async def wait_error(self, timeout: float, limit: int = 65536) -> bytes:
+        """Client: what arrived on the error channel so far, waiting up to `timeout` seconds
+        for text if none came yet and the session is still up (b"" when none came)."""
+        if not self.error_text and not self.remote_closed:
+            loop = self.connection.loop
+            waiter = self._error_waiter = loop.create_future()
+            handle = loop.call_later(timeout, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                handle.cancel()
+                self._error_waiter = None
+        return bytes(self.error_text[:limit])
+
     def _on_data(self, view: memoryview) -> None:
         n = len(view)
         if not n or self.remote_closed or (self.local_closed and self._sink is None):
@@ -205,18 +219,29 @@ class ChannelConnection(UpgradedProtocol):
         self._text: bytearray | None = None  # base64 text message being assembled
         if not client or not self.ports:
             self._ready.set_result(None)
+        # Server: bytes written in the same write as the port announcements (the 101 head).
+        self.greeting = b""
 
     # -- setup ---------------------------------------------------------------------------------
     def _attached(self) -> None:
-        if not self.client:
-            for ch in self.channels:
-                port = ch.port.to_bytes(2, "little")
-                self._send_channel(ch.data_channel, port)
-                self._send_channel(ch.error_channel, port)
+        if self.client:
+            return
+        # Every announcement (and the greeting) in one write: one TLS record, one syscall.
+        parts = [self.greeting]
+        self.greeting = b""
+        for ch in self.channels:
+            port = ch.port.to_bytes(2, "little")
+            for channel in (ch.data_channel, ch.error_channel):
+                opcode, msg = F.channel_encode(channel, port, self.base64)
+                parts.append(F.ws_encode(opcode, msg))
+        self._touch()
+        self.transport.write(b"".join(parts))
 
     async def ready(self, timeout: float = 30.0) -> None:
         """Client: wait for every port announcement. Raises ConnectionError if the session
         ended first, TimeoutError after `timeout`."""
+        if self._ready.done():
+            return  # usually: the announcements came with the 101
         waits: list[asyncio.Future[Any]] = [self._ready, self.closed]
         await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if self._ready.done():

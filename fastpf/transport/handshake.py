@@ -90,32 +90,47 @@ def _server_conn(request: UpgradeRequest) -> h11.Connection:
     return server
 
 
+_UPGRADE_STAND_IN = UpgradeRequest(
+    "GET", "/", {}, [("host", "x"), ("upgrade", "x"), ("connection", "upgrade")]
+)
+# Stand-in for the per-connection Sec-WebSocket-Accept value in a cached 101 head.
+_ACCEPT_SLOT = "{sec-websocket-accept}"
+_switching_cache: dict[tuple[tuple[str, str], ...], bytes] = {}
+
+
+def _serialise_101(headers: list[tuple[str, str]]) -> bytes:
+    # h11 only sends a 101 in answer to a request it saw as an upgrade proposal; the request
+    # was already validated by us, so h11 sees a neutral stand-in request.
+    server = _server_conn(_UPGRADE_STAND_IN)
+    return (
+        server.send(
+            h11.InformationalResponse(
+                status_code=101, headers=headers, reason=b"Switching Protocols"
+            )
+        )
+        or b""
+    )
+
+
 def _switching(request: UpgradeRequest, headers: list[tuple[str, str]]) -> bytes:
-    try:
-        server = _server_conn(request)
-        return (
-            server.send(
-                h11.InformationalResponse(
-                    status_code=101, headers=headers, reason=b"Switching Protocols"
-                )
-            )
-            or b""
-        )
-    except h11.ProtocolError:
-        # h11 refuses a 101 to a request it did not see as an upgrade proposal; the request
-        # was already validated by us, so serialise with a neutral stand-in request.
-        stand_in = UpgradeRequest(
-            "GET", "/", {}, [("host", "x"), ("upgrade", "x"), ("connection", "upgrade")]
-        )
-        server = _server_conn(stand_in)
-        return (
-            server.send(
-                h11.InformationalResponse(
-                    status_code=101, headers=headers, reason=b"Switching Protocols"
-                )
-            )
-            or b""
-        )
+    """The 101 head. h11 writes a 1xx as status line + `headers`, nothing taken from the
+    request, so its output is cached per header set with the Accept value swapped in (every
+    channel connection is an upgrade of its own)."""
+    accept: str | None = None
+    items: list[tuple[str, str]] = []
+    for name, value in headers:
+        if name == "Sec-WebSocket-Accept":
+            accept, value = value, _ACCEPT_SLOT
+        items.append((name, value))
+    key = tuple(items)
+    head = _switching_cache.get(key)
+    if head is None:
+        head = _serialise_101(items)
+        if len(_switching_cache) < 64:  # the header sets are few (protocol x subprotocol)
+            _switching_cache[key] = head
+    if accept is not None:
+        head = head.replace(_ACCEPT_SLOT.encode("ascii"), accept.encode("latin-1"))
+    return head
 
 
 def error_response(
@@ -378,13 +393,54 @@ def websocket_request(
     key: str | None = None,
 ) -> tuple[h11.Connection, bytes, str]:
     """A WebSocket upgrade GET offering `subprotocols`; returns (conn, bytes, key)."""
-    key = key or new_websocket_key()
+    if key is None:
+        return _websocket_request_cached(host, path, subprotocols, extra_headers)
+    conn, data = _client_request(host, path, "GET", _ws_headers(subprotocols, extra_headers, key))
+    return conn, data, key
+
+
+def _ws_headers(
+    subprotocols: list[str], extra_headers: list[tuple[str, str]], key: str
+) -> list[tuple[str, str]]:
     headers = [*extra_headers, ("Connection", "Upgrade"), ("Sec-WebSocket-Key", key)]
     if subprotocols:
         headers.append(("Sec-WebSocket-Protocol", ",".join(subprotocols)))
     headers += [("Sec-WebSocket-Version", "13"), ("Upgrade", "websocket")]
-    conn, data = _client_request(host, path, "GET", headers)
-    return conn, data, key
+    return headers
+
+
+# Stand-in for the per-connection Sec-WebSocket-Key in a cached request event.
+_KEY_SLOT = "{sec-websocket-key-slot}"
+_KEY_SLOT_BYTES = _KEY_SLOT.encode("ascii")
+_EOM = h11.EndOfMessage()
+_ws_request_cache: dict[tuple[object, ...], h11.Request] = {}
+
+
+def _websocket_request_cached(
+    host: str, path: str, subprotocols: list[str], extra_headers: list[tuple[str, str]]
+) -> tuple[h11.Connection, bytes, str]:
+    """websocket_request with a fresh key. ws-channel sends this request once per local
+    connection, and h11 spends most of its time validating the headers when the Request event
+    is built: the event is built once per request shape (with a stand-in key) and reused, and
+    the key is put into h11's output."""
+    key = new_websocket_key()
+    shape = (host, path, tuple(subprotocols), tuple(extra_headers))
+    event = _ws_request_cache.get(shape)
+    if event is None:
+        event = h11.Request(
+            method="GET",
+            target=path,
+            headers=[("Host", host), *_ws_headers(subprotocols, extra_headers, _KEY_SLOT)],
+        )
+        if len(_ws_request_cache) >= 32:  # credentials rotate; never grow without bound
+            _ws_request_cache.clear()
+        _ws_request_cache[shape] = event
+    conn = h11.Connection(h11.CLIENT)
+    data = (conn.send(event) or b"") + (conn.send(_EOM) or b"")
+    if data.count(_KEY_SLOT_BYTES) != 1:  # the stand-in also in the path or a header value
+        conn, data = _client_request(host, path, "GET", _ws_headers(subprotocols, extra_headers, key))
+        return conn, data, key
+    return conn, data.replace(_KEY_SLOT_BYTES, key.encode("ascii")), key
 
 
 @dataclass

@@ -23,7 +23,7 @@ from typing import Any
 from fastpf import _frames as F
 from fastpf.transport import handshake
 from fastpf.transport.channel import ChannelConnection, PortChannel
-from fastpf.transport.relay import RelayResult, relay
+from fastpf.transport.relay import RelayResult, dial_relay
 from fastpf.transport.spdy import RST_CANCEL, SpdyConnection, SpdyStream
 from fastpf.types import PodTarget, ServerOptions, UpgradeRequest
 
@@ -83,16 +83,17 @@ def accept_portforward(
         transport.write(result.response)
         transport.close()
         return
-    transport.write(result.response)
-    session: Any
     if result.kind == handshake.KIND_CHANNEL:
-        session = _ChannelSession(pod, options, result.ports, result.base64)
-    else:
-        session = _SpdySession(pod, options, tunnel=result.kind == handshake.KIND_TUNNEL)
-        if _old_kubectl(request.header("user-agent")):
-            session.old_kubectl = True
-            # Fewer, bigger frames: spdystream's queues count frames, not bytes.
-            session.conn.max_data = OLD_KUBECTL_MAX_DATA
+        # The 101 goes out together with the port announcements: one write, one TLS record.
+        channel = _ChannelSession(pod, options, result.ports, result.base64)
+        channel.start(transport, request.trailing, head=result.response)
+        return
+    transport.write(result.response)
+    session = _SpdySession(pod, options, tunnel=result.kind == handshake.KIND_TUNNEL)
+    if _old_kubectl(request.header("user-agent")):
+        session.old_kubectl = True
+        # Fewer, bigger frames: spdystream's queues count frames, not bytes.
+        session.conn.max_data = OLD_KUBECTL_MAX_DATA
     session.start(transport, request.trailing)
 
 
@@ -171,7 +172,10 @@ def copy_error_text(pod: PodTarget, port: int, error: str) -> str:
     return f"error forwarding port {port} to pod {sandbox_id(pod)}, uid {pod.uid}: {error}"
 
 
-async def _dial(pod: PodTarget, port: int, timeout: float = 10.0) -> socket.socket:
+DIAL_TIMEOUT = 10.0  # seconds for a pod connection (kubelet's dial has no shorter bound)
+
+
+async def _dial(pod: PodTarget, port: int, timeout: float = DIAL_TIMEOUT) -> socket.socket:
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in pod.address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -313,8 +317,13 @@ class _SpdySession:
 
     async def _forward(self, error: SpdyStream, data: SpdyStream, port: int) -> None:
         pod, options = self.pod, self.options
+        limits: dict[str, Any] = {}
+        if self.old_kubectl:
+            limits = {"read_size": OLD_KUBECTL_MAX_DATA, "eof_linger": OLD_KUBECTL_EOF_LINGER,
+                      "eof_budget": OLD_KUBECTL_EOF_FRAMES}
         try:
-            sock = await _dial(pod, port)
+            result: RelayResult = await dial_relay(
+                data, pod.address, port, connect_timeout=DIAL_TIMEOUT, **limits)
         except (OSError, asyncio.TimeoutError) as exc:
             if options.silent_errors:
                 error.reset(RST_CANCEL)
@@ -325,16 +334,6 @@ class _SpdySession:
             error.write(text.encode())
             self._end_streams(error, data, failed=True)
             return
-        if self.old_kubectl:
-            result: RelayResult = await relay(
-                data,
-                sock,
-                read_size=OLD_KUBECTL_MAX_DATA,
-                eof_linger=OLD_KUBECTL_EOF_LINGER,
-                eof_budget=OLD_KUBECTL_EOF_FRAMES,
-            )
-        else:
-            result = await relay(data, sock)
         if result.error and result.reset is None and not self.conn.is_closing:
             # copy failure (e.g. the pod reset its socket while data was in flight)
             if options.silent_errors:
@@ -395,9 +394,11 @@ class _ChannelSession:
         )
         self.remaining = len(ports)
 
-    def start(self, transport: asyncio.Transport, initial: bytes) -> None:
+    def start(self, transport: asyncio.Transport, initial: bytes, head: bytes = b"") -> None:
+        """`head` (the 101) is written together with the port announcements."""
         _sessions.add(self)
-        self.conn.closed.add_done_callback(lambda _f: _sessions.discard(self))
+        self.conn.closed.add_done_callback(self._ended)
+        self.conn.greeting = head
         self.conn.attach(transport, initial)
         if not self.conn.is_closing:
             for ch in self.conn.channels:
@@ -405,6 +406,9 @@ class _ChannelSession:
 
     def shutdown(self) -> None:
         self.conn.close(1001)
+
+    def _ended(self, _fut: Any) -> None:
+        _sessions.discard(self)
 
     async def _run(self, ch: PortChannel) -> None:
         try:
@@ -416,13 +420,14 @@ class _ChannelSession:
 
     async def _forward(self, ch: PortChannel) -> None:
         try:
-            sock = await _dial(self.pod, ch.port)
+            # Connect and relay in one: the loop makes the pod connection natively (no Python
+            # socket, no resolver thread for the numeric address, no task for the timeout).
+            result = await dial_relay(ch, self.pod.address, ch.port, connect_timeout=DIAL_TIMEOUT)
         except (OSError, asyncio.TimeoutError) as exc:
             if not self.options.silent_errors:
                 ch.write_error(dial_error_text(self.pod, ch.port, exc))
             ch.reset()
             return
-        result = await relay(ch, sock)
         if result.error and not self.conn.is_closing and not self.options.silent_errors:
             ch.write_error(copy_error_text(self.pod, ch.port, result.error))
         ch.write_eof()

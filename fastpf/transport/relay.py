@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -293,16 +294,51 @@ def _err_text(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+class Accepted(asyncio.Protocol):
+    """Protocol of a freshly accepted local connection until its stream/channel exists
+    (`loop.create_server(Accepted, sock=...)`: accepted natively, no Python socket object).
+    What arrives meanwhile is kept in order and reading pauses at once; relay() takes over
+    the transport and sends it first."""
+
+    __slots__ = ("transport", "early", "eof", "lost")
+
+    def __init__(self) -> None:
+        self.transport: Any = None
+        self.early: list[bytes] = []
+        self.eof = False
+        self.lost: BaseException | None | bool = False  # False: still connected
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.early.append(data)
+        self.transport.pause_reading()  # one read's worth at most: bounded
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        return True  # the other direction may still flow
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = exc
+
+    def close(self) -> None:
+        """Close the local connection (no stream could be opened for it)."""
+        if self.transport is not None:
+            self.transport.close()
+
+
 async def relay(
     stream_or_channel: Any,
-    sock: socket.socket,
+    local: socket.socket | Accepted,
     *,
     read_size: int = DEFAULT_READ_SIZE,
     eof_linger: float | None = None,
     eof_budget: int | None = None,
 ) -> RelayResult:
-    """Copy both ways between `sock` (a connected TCP socket; the relay owns and closes it)
-    and a SpdyStream / PortChannel until both directions ended. Local EOF -> DATA FIN;
+    """Copy both ways between `local` (a connected TCP socket, or an Accepted connection; the
+    relay owns and closes it) and a SpdyStream / PortChannel until both directions ended.
+    Local EOF -> DATA FIN;
     remote FIN -> shutdown(SHUT_WR) on `sock`; the other direction keeps flowing. RST from the
     peer or connection loss aborts the socket; a local error resets the stream (CANCEL).
     `eof_linger` (seconds, None = forever): after the remote side's EOF, end the local ->
@@ -312,19 +348,71 @@ async def relay(
     Pauses the faster side at high-water marks so memory stays bounded. Never raises on
     peer/socket errors: they are reported in the result. Cancelling it aborts the socket
     and resets the stream."""
+    proto = _Relay(stream_or_channel, read_size, eof_linger, eof_budget)
+    if isinstance(local, Accepted):
+        if local.lost is not False or local.transport is None or local.transport.is_closing():
+            stream_or_channel.reset(RST_CANCEL)
+            return RelayResult(error="connection closed")
+        _adopt(proto, local)
+    else:
+        loop = asyncio.get_running_loop()
+        local.setblocking(False)
+        with contextlib.suppress(OSError):
+            local.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            await loop.connect_accepted_socket(lambda: proto, local)
+        except OSError as exc:
+            local.close()
+            stream_or_channel.reset(RST_CANCEL)
+            return RelayResult(error=_err_text(exc))
+    return await _until_done(proto, stream_or_channel)
+
+
+async def dial_relay(
+    stream_or_channel: Any,
+    host: str,
+    port: int,
+    *,
+    connect_timeout: float,
+    read_size: int = DEFAULT_READ_SIZE,
+    eof_linger: float | None = None,
+    eof_budget: int | None = None,
+) -> RelayResult:
+    """Connect to host:port (numeric address) and relay() with the new connection. A failed
+    connect raises OSError / asyncio.TimeoutError before anything was sent on the pipe."""
     loop = asyncio.get_running_loop()
     proto = _Relay(stream_or_channel, read_size, eof_linger, eof_budget)
-    sock.setblocking(False)
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # The transport is created natively by the loop (no Python socket object, no task).
+    connect = loop.create_connection(lambda: proto, host, port)
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(connect_timeout):
+            await connect
+    else:  # pragma: no cover - Python 3.10
+        await asyncio.wait_for(connect, connect_timeout)
+    return await _until_done(proto, stream_or_channel)
+
+
+def _adopt(proto: _Relay, accepted: Accepted) -> None:
+    transport = accepted.transport
+    transport.set_protocol(proto)
+    proto.connection_made(transport)
     try:
-        await loop.connect_accepted_socket(lambda: proto, sock)
-    except OSError as exc:
-        sock.close()
-        stream_or_channel.reset(RST_CANCEL)
-        return RelayResult(error=_err_text(exc))
+        for chunk in accepted.early:  # bytes that came before the stream existed, in order
+            proto.pipe.write(chunk)
+            proto.result.sent += len(chunk)
+    except Exception as exc:  # session gone under us
+        proto._local_error(exc)
+        return
+    accepted.early = []
+    if accepted.eof:
+        proto.eof_received()
+    else:
+        transport.resume_reading()
+
+
+async def _until_done(proto: _Relay, stream_or_channel: Any) -> RelayResult:
     try:
-        await asyncio.shield(proto.done)
+        await proto.done  # cancelling us cancels this future too; its setters check done()
     except asyncio.CancelledError:
         if proto.transport is not None and not proto.closed:
             proto.transport.abort()

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import h11
@@ -26,6 +27,7 @@ PROTOCOLS = ("websocket", "spdy", "ws-channel")  # "auto" = websocket, then spdy
 Connection = SpdyConnection | ChannelConnection
 
 MAX_ERROR_BODY = 64 << 10
+_T = TypeVar("_T")
 
 
 class UpgradeRefusedError(HandshakeError):
@@ -122,24 +124,35 @@ def _host_header(dialer: ApiDialer) -> str:
     return host if dialer.port == default else f"{host}:{dialer.port}"
 
 
+_timeout = getattr(asyncio, "timeout", None)  # Python >= 3.11
+
+
+async def _within(aw: Awaitable[_T], timeout: float) -> _T:
+    """`await aw` with a timeout (TimeoutError). Python >= 3.11 runs it in the calling task
+    (no extra Task and waiter per step, as wait_for costs); older versions use wait_for."""
+    if _timeout is None:
+        return await asyncio.wait_for(aw, timeout)
+    async with _timeout(timeout):
+        return await aw
+
+
 async def _open(dialer: ApiDialer, proto: _Handshake, timeout: float) -> asyncio.BaseTransport:
     loop = asyncio.get_running_loop()
     ssl_kwargs: dict[str, Any] = {}
     if dialer.ssl is not None:
         ssl_kwargs = {"ssl": dialer.ssl, "server_hostname": dialer.server_hostname or dialer.host}
     if dialer.open_socket is not None:
-        sock = await asyncio.wait_for(dialer.open_socket(), timeout)
-        transport, _ = await asyncio.wait_for(
+        sock = await _within(dialer.open_socket(), timeout)
+        with contextlib.suppress(OSError):  # asyncio skips it for sockets made with proto 0
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport, _ = await _within(
             loop.create_connection(lambda: proto, sock=sock, **ssl_kwargs), timeout
         )
     else:
-        transport, _ = await asyncio.wait_for(
+        transport, _ = await _within(
             loop.create_connection(lambda: proto, dialer.host, dialer.port, **ssl_kwargs), timeout
         )
-    sock_obj = transport.get_extra_info("socket")
-    if sock_obj is not None:
-        with contextlib.suppress(OSError):
-            sock_obj.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # Connections made from host and port get TCP_NODELAY from the loop (uvloop and asyncio).
     return transport
 
 
@@ -187,7 +200,7 @@ async def _upgrade_once(
     transport = await _open(dialer, proto, timeout)
     try:
         transport.write(request)  # type: ignore[attr-defined]
-        head, body, trailing = await asyncio.wait_for(asyncio.shield(proto.done), timeout)
+        head, body, trailing = await _within(proto.done, timeout)
     except BaseException:
         transport.abort()  # type: ignore[attr-defined]
         raise
@@ -198,6 +211,11 @@ async def _upgrade_once(
     if not check.ok:
         transport.close()
         raise UpgradeRefusedError(check.message, check.status, check.fallback)
+    # A context that resumes TLS sessions (fastpf.client.tlsconfig.ResumingContext) learns
+    # this connection's session; its tickets came before the 101.
+    remember = getattr(dialer.ssl, "remember_session", None)
+    if remember is not None:
+        remember(transport.get_extra_info("ssl_object"))
     initial = trailing + bytes(proto.extra)
     session: Connection
     if protocol.startswith("ws-channel"):
