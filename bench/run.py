@@ -77,8 +77,8 @@ class Mode:
 
 
 FULL = Mode(bulk1_seconds=5.0, bulk1_reps=3, bulk8_seconds=4.0, bulk8_reps=3,
-            # ping-pong: a p99 from 2 s (~5k round trips) swung 0.8-2.8 ms run to run on
-            # this VM; 5 s per run steadies the tail figure the target compares.
+            # ping-pong: 5 s per run (~12k round trips) for the p99; on this VM the tail still
+            # varies 2-4x between identical runs (scheduling), the p50 does not.
             churn_seconds=3.0, pingpong_seconds=5.0, latency_reps=3)
 QUICK = Mode(bulk1_seconds=0.7, bulk1_reps=1, bulk8_seconds=0.5, bulk8_reps=1,
              churn_seconds=0.7, pingpong_seconds=0.3)
