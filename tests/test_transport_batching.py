@@ -9,7 +9,7 @@ import socket
 from typing import Any
 
 import pytest
-from test_transport_spdy import BLOCK1, FakeTransport, syn_stream_bytes
+from test_transport_spdy import BLOCK1, FakeTransport, HoldingSink, syn_stream_bytes
 from test_transport_support import LOOPS, run
 
 from fastpf import _frames as F
@@ -147,20 +147,7 @@ def test_views_survive_relocation_past_the_receive_buffer() -> None:
         conn._feed(syn_stream_bytes(1, BLOCK1))
         got: list[memoryview] = []
 
-        class Sink:
-            pending = True
-
-            def data_received(self, view: memoryview) -> None:
-                got.append(view)
-
-            def eof_received(self) -> None: ...
-            def reset_received(self, status: int) -> None: ...
-            def connection_lost(self, exc: BaseException | None) -> None: ...
-
-            def drained(self) -> bool:
-                return not self.pending
-
-        sink = Sink()
+        sink = HoldingSink(got)
         streams[0].set_sink(sink)
         count = 3 * (1 << 20) // 100000 + 1
         payloads = [bytes([i % 251]) * 100000 for i in range(count)]

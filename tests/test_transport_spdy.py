@@ -84,6 +84,25 @@ class FakeTransport:
         return out
 
 
+class HoldingSink:
+    """A sink that keeps every DATA view it gets and reports not drained until told: the
+    decoder must not overwrite what it holds."""
+
+    def __init__(self, got: list[memoryview]) -> None:
+        self.got = got
+        self.pending = True
+
+    def data_received(self, view: memoryview) -> None:
+        self.got.append(view)
+
+    def eof_received(self) -> None: ...
+    def reset_received(self, status: int) -> None: ...
+    def connection_lost(self, exc: BaseException | None) -> None: ...
+
+    def drained(self) -> bool:
+        return not self.pending
+
+
 def _frames(data: bytes) -> list[Any]:
     dec = F.SpdyDecoder()
     dec.feed(data)
@@ -213,20 +232,7 @@ def test_decoder_release_waits_for_drained_sinks() -> None:
         stream = streams[0]
         got: list[memoryview] = []
 
-        class Sink:
-            pending = True
-
-            def data_received(self, view: memoryview) -> None:
-                got.append(view)
-
-            def eof_received(self) -> None: ...
-            def reset_received(self, status: int) -> None: ...
-            def connection_lost(self, exc: BaseException | None) -> None: ...
-
-            def drained(self) -> bool:
-                return not self.pending
-
-        sink = Sink()
+        sink = HoldingSink(got)
         stream.set_sink(sink)
         payloads = [bytes([i]) * 50000 for i in range(12)]  # > the 256 KiB decoder buffer
         for p in payloads:
@@ -257,20 +263,7 @@ def test_tunnel_data_decoded_in_place_waits_for_drained_sinks(tunnel: str) -> No
         conn.streams[1] = stream
         got: list[memoryview] = []
 
-        class Sink:
-            pending = True
-
-            def data_received(self, view: memoryview) -> None:
-                got.append(view)
-
-            def eof_received(self) -> None: ...
-            def reset_received(self, status: int) -> None: ...
-            def connection_lost(self, exc: BaseException | None) -> None: ...
-
-            def drained(self) -> bool:
-                return not self.pending
-
-        sink = Sink()
+        sink = HoldingSink(got)
         stream.set_sink(sink)
         key = b"\x01\x02\x03\x04" if tunnel == "ws-server" else None
 
