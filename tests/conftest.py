@@ -29,9 +29,10 @@ Fixtures
 ``targets``
     A :class:`Targets` pod stand-in (asyncio, own thread) with ``sink``, ``source`` and ``echo``
     TCP ports on 127.0.0.1; ``targets_factory(host)`` for another loopback address (e.g.
-    127.0.0.2, as with the ``fastpf.io/address`` annotation). Protocols: ``sink``: client
-    sends ``b"N\\n"`` + N bytes, server replies ``b"N <sha256hex>\\n"``; ``source``: client
-    sends ``b"N\\n"``, server sends N bytes of :func:`pattern_bytes` then closes; ``echo``.
+    127.0.0.2, as with the ``fastpf.io/address`` annotation; its ports stay reserved on
+    127.0.0.1 for the local = remote forms). Protocols: ``sink``: client sends ``b"N\\n"``
+    + N bytes, server replies ``b"N <sha256hex>\\n"``; ``source``: client sends ``b"N\\n"``,
+    server sends N bytes of :func:`pattern_bytes` then closes; ``echo``.
     Client helpers: :func:`upload`, :func:`download`, :func:`pattern_sha256`; also
     :func:`free_port`, :func:`subprocess_env` (PYTHONPATH = this checkout, no proxies),
     :func:`stop_process`.
@@ -439,6 +440,7 @@ class Targets:
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._servers: list[asyncio.base_events.Server] = []
+        self._reserved: list[socket.socket] = []
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -462,9 +464,33 @@ class Targets:
 
     async def _start(self) -> None:
         for name, handler in (("sink", self._sink), ("source", self._source), ("echo", self._echo)):
-            server = await asyncio.start_server(handler, self.host, 0, limit=1 << 16)
+            for _ in range(100):
+                server = await asyncio.start_server(handler, self.host, 0, limit=1 << 16)
+                port = server.sockets[0].getsockname()[1]
+                if self.host == "127.0.0.1" or self._reserve(port):
+                    break
+                server.close()
+                await server.wait_closed()
+            else:
+                raise RuntimeError(f"no port on {self.host} that is also free on 127.0.0.1")
             self._servers.append(server)
-            setattr(self, name, server.sockets[0].getsockname()[1])
+            setattr(self, name, port)
+
+    def _reserve(self, port: int) -> bool:
+        """Tests forward 127.0.0.1:R to a pod on another loopback address at R (kubectl's `R`
+        form). A port bound only on 127.0.0.2 may be handed out on 127.0.0.1 by anyone's
+        bind(0) meanwhile (the client then fails with "address already in use"). Keep it
+        bound, not listening, with SO_REUSEADDR: the kernel no longer hands it out, and a
+        client listener (SO_REUSEADDR, as Go and fastpf set) still binds it."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            sock.close()
+            return False
+        self._reserved.append(sock)
+        return True
 
     async def _sink(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -506,6 +532,8 @@ class Targets:
         if self._loop.is_running():
             self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        for sock in self._reserved:
+            sock.close()
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -20,7 +20,7 @@ from fastpf.client import kubeconfig as K
 from fastpf.client.api import ApiClient, status_error
 from fastpf.client.args import Options, parse_args
 from fastpf.client.errors import ClientError
-from fastpf.client.resolve import resolve
+from fastpf.client.resolve import _ts, resolve
 from fastpf.loop import run
 
 POD = "/api/v1/namespaces/default/pods/p"
@@ -389,3 +389,12 @@ def test_resolve_service_and_wait(tmp_path: Any, pki: Pki) -> None:
             await client.close()
 
     with_server(tmp_path, api, body)
+
+
+def test_kubernetes_timestamps_with_any_fraction_parse_on_every_python() -> None:
+    # Python 3.10's fromisoformat rejects 9-digit fractions; pod ordering must not depend on it.
+    whole = _ts("2026-11-26T10:00:00Z")
+    assert whole is not None
+    assert _ts("2026-11-26T10:00:00.5Z") == whole + 0.5
+    assert _ts("2026-11-26T10:00:00.123456789Z") == pytest.approx(whole + 0.123456, abs=1e-6)
+    assert _ts("not a time") is None and _ts(None) is None

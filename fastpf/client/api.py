@@ -114,7 +114,7 @@ def connect_error(exc: BaseException, host: str, port: int) -> ClientError:
             "host or port?", prefix="")
     if isinstance(exc, socket.gaierror):
         return ClientError(f"dial tcp: lookup {host}: no such host", prefix=_CONNECT_FAIL)
-    if isinstance(exc, asyncio.TimeoutError):
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):  # distinct types on 3.10
         return ClientError(f"dial tcp {hostport}: i/o timeout", prefix=_CONNECT_FAIL)
     if isinstance(exc, OSError):
         text = (exc.strerror or str(exc) or type(exc).__name__).lower()

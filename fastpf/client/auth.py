@@ -44,7 +44,8 @@ _exec_cache: dict[str, ExecResult] = {}
 exec_runs = 0  # how often a plugin was started (tests assert caching)
 
 
-def _parse_rfc3339(text: str) -> float:
+def parse_rfc3339(text: str) -> float:
+    """RFC 3339 time (Kubernetes' format, any fraction length) as a POSIX timestamp."""
     text = text.strip()
     if text.endswith("Z"):
         text = text[:-1] + "+00:00"
@@ -207,7 +208,7 @@ class Authenticator:
         expires = None
         if status.get("expirationTimestamp"):
             try:
-                expires = _parse_rfc3339(str(status["expirationTimestamp"]))
+                expires = parse_rfc3339(str(status["expirationTimestamp"]))
             except ValueError:
                 expires = None
         return ExecResult(token=token, cert=cert.encode() if cert else None,

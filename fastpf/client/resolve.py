@@ -9,7 +9,6 @@ ports and a service's targetPort are translated per PROTOCOL.md 2.3; UDP-only po
 from __future__ import annotations
 
 import asyncio
-import datetime as _dt
 import functools
 import time
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from urllib.parse import quote
 
 from fastpf.client.api import ApiClient, pod_path
 from fastpf.client.args import go_atoi, split_port
+from fastpf.client.auth import parse_rfc3339
 from fastpf.client.errors import ClientError
 
 POLL_INTERVAL = 1.0
@@ -118,7 +118,7 @@ def _ts(text: Any) -> float | None:
     if not text:
         return None
     try:
-        return _dt.datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+        return parse_rfc3339(str(text))  # also on Python 3.10 with nanosecond fractions
     except ValueError:
         return None
 

@@ -232,7 +232,7 @@ def quiet_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, 
     """One line per unexpected loop error instead of a traceback; TLS handshake failures of
     clients that do not trust our CA are normal and not worth a line."""
     exc = context.get("exception")
-    if isinstance(exc, (ssl.SSLError, ConnectionError, TimeoutError)):
+    if isinstance(exc, (ssl.SSLError, ConnectionError, TimeoutError, asyncio.TimeoutError)):
         return
     message = context.get("message", "unexpected error")
     detail = f": {exc!r}" if exc is not None else ""
