@@ -398,3 +398,12 @@ def test_kubernetes_timestamps_with_any_fraction_parse_on_every_python() -> None
     assert _ts("2026-11-26T10:00:00.5Z") == whole + 0.5
     assert _ts("2026-11-26T10:00:00.123456789Z") == pytest.approx(whole + 0.123456, abs=1e-6)
     assert _ts("not a time") is None and _ts(None) is None
+
+
+def test_library_entry_stays_a_function_after_its_module_is_imported() -> None:
+    import importlib
+
+    import fastpf.client as client
+
+    importlib.import_module("fastpf.client.forward")  # as any `from ...forward import X` does
+    assert callable(client.forward) and client.forward.__module__ == "fastpf.client.forward"
