@@ -77,6 +77,17 @@ def test_upgrade_dialer_and_context_built_once(tmp_path: Path, pki: Pki) -> None
     run(body())
 
 
+def _exec_client(tmp_path: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch,
+                 plugin: Any) -> ApiClient:
+    """An ApiClient whose credentials come from an exec plugin answered by `plugin`."""
+    monkeypatch.setattr(A.Authenticator, "_run_plugin", plugin)
+    A.reset_exec_cache()
+    kc = _kubeconfig(tmp_path / "kc", {"exec": {"apiVersion": "client.authentication.k8s.io/v1",
+                                                "command": "unused", "interactiveMode": "Never"}},
+                     {"certificate-authority-data": _b64(pki.ca_pem)})
+    return _client(kc)
+
+
 def test_context_rebuilt_when_exec_certificate_changes(tmp_path: Path, pki: Pki,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     other = make_pki("bob")
@@ -89,12 +100,7 @@ def test_context_rebuilt_when_exec_certificate_changes(tmp_path: Path, pki: Pki,
         runs.append(1)
         return A.ExecResult(token=None, cert=cert, key=key, expires=None, fetched=time.monotonic())
 
-    monkeypatch.setattr(A.Authenticator, "_run_plugin", plugin)
-    A.reset_exec_cache()
-    kc = _kubeconfig(tmp_path / "kc", {"exec": {"apiVersion": "client.authentication.k8s.io/v1",
-                                                "command": "unused", "interactiveMode": "Never"}},
-                     {"certificate-authority-data": _b64(pki.ca_pem)})
-    api = _client(kc)
+    api = _exec_client(tmp_path, pki, monkeypatch, plugin)
 
     async def body() -> None:
         first = await api.dialer()
@@ -175,12 +181,7 @@ def test_upgrade_401_retries_without_tls_resumption(tmp_path: Path, pki: Pki,
         return A.ExecResult(token=tokens.pop(0), cert=None, key=None, expires=None,
                             fetched=time.monotonic())
 
-    monkeypatch.setattr(A.Authenticator, "_run_plugin", plugin)
-    A.reset_exec_cache()
-    kc = _kubeconfig(tmp_path / "kc", {"exec": {"apiVersion": "client.authentication.k8s.io/v1",
-                                                "command": "unused", "interactiveMode": "Never"}},
-                     {"certificate-authority-data": _b64(pki.ca_pem)})
-    api = _client(kc)
+    api = _exec_client(tmp_path, pki, monkeypatch, plugin)
     seen: list[tuple[str | None, object]] = []
 
     async def fake_connect(dialer: Any, path: str, protocol: str, ports: list[int]) -> str:

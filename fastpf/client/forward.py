@@ -31,7 +31,9 @@ from fastpf.client.errors import ClientError
 from fastpf.client.kubeconfig import load_config
 from fastpf.client.resolve import check_running, resolve
 from fastpf.errors import FastpfError, HandshakeError
-from fastpf.transport.relay import Accepted
+from fastpf.transport._base import TextCollector
+from fastpf.transport.relay import Accepted, RelayResult, relay
+from fastpf.transport.spdy import SessionClosedError
 
 STREAM_TIMEOUT = 30.0  # kubectl's wait for SYN_REPLY
 ERROR_STREAM_GRACE = 5.0  # after the data stream ended, how long the error text may still take
@@ -235,10 +237,6 @@ class Forwarder:
                     f"error forwarding {pair.local} -> {pair.remote}: {str(exc) or type(exc).__name__}")
 
     async def _handle_spdy(self, csock: Accepted, pair: PortPair) -> None:
-        from fastpf.transport._base import TextCollector
-        from fastpf.transport.relay import relay
-        from fastpf.transport.spdy import SessionClosedError
-
         conn = self.conn
         rid = str(next_request_id())
         port = str(pair.remote)
@@ -280,19 +278,23 @@ class Forwarder:
             if not errors.done.done():
                 with contextlib.suppress(Exception):
                     err_stream.reset()
-        etext = errors.done.result() if errors.done.done() else b""
-        if etext and not self.stopping:
+        self._report_end(pair, errors.done.result() if errors.done.done() else b"", result)
+
+    def _report_end(self, pair: PortPair, error_text: bytes, result: RelayResult) -> None:
+        """kubectl's line for a forwarded connection that ended badly: the pod side's error
+        text if it sent one, else a local copy error that is not a plain hang-up."""
+        if self.stopping:
+            return
+        if error_text:
             self.console.conn_error(
                 f"an error occurred forwarding {pair.local} -> {pair.remote}: "
-                f"{etext.decode('utf-8', 'replace')}")
-        elif result.error and not self.stopping and not _benign(result.error):
+                f"{error_text.decode('utf-8', 'replace')}")
+        elif result.error and not _benign(result.error):
             self.console.conn_error(
                 f"error copying for port {pair.local} -> {pair.remote}: {result.error}")
 
     async def _handle_channel(self, csock: Accepted, pair: PortPair) -> None:
         """ws-channel: one WebSocket session per local connection (as the Python client)."""
-        from fastpf.transport.relay import relay
-
         try:
             conn = await self._connect("ws-channel", [pair.remote])
         except ClientError as exc:
@@ -306,14 +308,7 @@ class Forwarder:
             result = await relay(chan, csock)
             # Error text received meanwhile is kept by the channel; wait a little for one only
             # if the session is still up (no task per connection for this).
-            text = await chan.wait_error(ERROR_STREAM_GRACE)
-            if text and not self.stopping:
-                self.console.conn_error(
-                    f"an error occurred forwarding {pair.local} -> {pair.remote}: "
-                    f"{text.decode('utf-8', 'replace')}")
-            elif result.error and not self.stopping and not _benign(result.error):
-                self.console.conn_error(
-                    f"error copying for port {pair.local} -> {pair.remote}: {result.error}")
+            self._report_end(pair, await chan.wait_error(ERROR_STREAM_GRACE), result)
         finally:
             with contextlib.suppress(Exception):
                 conn.close(1000)

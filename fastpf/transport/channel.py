@@ -123,25 +123,21 @@ class PortChannel:
     async def read_error(self, limit: int = 65536) -> bytes:
         """Client: the first text received on the error channel, or b"" if the session ended
         without one."""
-        if not self.error_text and not self.remote_closed:
-            self._error_waiter = self.connection.loop.create_future()
-            try:
-                await self._error_waiter
-            finally:
-                self._error_waiter = None
-        return bytes(self.error_text[:limit])
+        return await self.wait_error(None, limit)
 
-    async def wait_error(self, timeout: float, limit: int = 65536) -> bytes:
-        """Client: what arrived on the error channel so far, waiting up to `timeout` seconds
-        for text if none came yet and the session is still up (b"" when none came)."""
+    async def wait_error(self, timeout: float | None, limit: int = 65536) -> bytes:
+        """Client: what arrived on the error channel so far, waiting (up to `timeout` seconds;
+        None: until text or the session's end) if none came yet and the session is still up
+        (b"" when none came)."""
         if not self.error_text and not self.remote_closed:
             loop = self.connection.loop
             waiter = self._error_waiter = loop.create_future()
-            handle = loop.call_later(timeout, _wake, waiter)
+            handle = loop.call_later(timeout, _wake, waiter) if timeout is not None else None
             try:
                 await waiter
             finally:
-                handle.cancel()
+                if handle is not None:
+                    handle.cancel()
                 self._error_waiter = None
         return bytes(self.error_text[:limit])
 

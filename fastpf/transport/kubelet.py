@@ -16,7 +16,6 @@ import errno
 import hashlib
 import logging
 import re
-import socket
 import uuid
 from typing import Any
 
@@ -173,19 +172,6 @@ def copy_error_text(pod: PodTarget, port: int, error: str) -> str:
 
 
 DIAL_TIMEOUT = 10.0  # seconds for a pod connection (kubelet's dial has no shorter bound)
-
-
-async def _dial(pod: PodTarget, port: int, timeout: float = DIAL_TIMEOUT) -> socket.socket:
-    loop = asyncio.get_running_loop()
-    family = socket.AF_INET6 if ":" in pod.address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    try:
-        await asyncio.wait_for(loop.sock_connect(sock, (pod.address, port)), timeout)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 # ---------------------------------------------------------------------------------------------
