@@ -165,6 +165,7 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
         self._pending: list[bytes] = []  # small writes waiting for _flush (COALESCE_LIMIT)
         self._pending_size = 0
         self._flush_handle: asyncio.Handle | None = None
+        self.last_pong: float | None = None  # loop.time() of the last WebSocket pong
 
     # -- taking over the transport -------------------------------------------------------------
     def attach(self, transport: asyncio.BaseTransport, initial: bytes = b"") -> None:
@@ -369,6 +370,7 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
                 self._write_ws(F.WS_PONG, bytes(frame.payload))
             return True
         if op == F.WS_PONG:
+            self.last_pong = self.loop.time()
             return True
         if op == F.WS_CLOSE:
             code, _reason = F.parse_close_payload(frame.payload)
@@ -376,6 +378,12 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
             self._peer_closed_ws(code)
             return False
         return True
+
+    def ws_ping(self, payload: bytes = b"") -> None:
+        """Send a WebSocket ping (dead-peer detection above the session); the answer sets
+        `last_pong` (loop.time()). No-op without a WebSocket or once closing."""
+        if self.ws is not None and not self._closing and not self._ws_close_sent:
+            self._write_ws(F.WS_PING, payload)
 
     def _peer_closed_ws(self, code: int | None) -> None:
         self._close_transport(None)
@@ -398,6 +406,11 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
     def _close_transport(self, exc: BaseException | None) -> None:
         """Flush what we wrote and close; the session ends with `exc` (None = clean)."""
         self._finish(exc)
+
+    def fail(self, exc: BaseException) -> None:
+        """End the session now with `exc` (e.g. a dead peer declared above the session):
+        drop the connection without flushing; streams and channels see the loss."""
+        self._abort(exc)
 
     def _abort(self, exc: BaseException | None) -> None:
         """Drop the connection without flushing."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import struct
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -241,7 +242,9 @@ class _Relay(asyncio.BufferedProtocol):
                 if exc is None:
                     self.transport.close()  # graceful end of a channel session: flush
                 else:
-                    self.transport.abort()
+                    # In-flight data was lost with the session: the local peer must see a
+                    # reset, not a FIN it could take for a complete transfer.
+                    _abort_with_reset(self.transport)
         else:
             self.local_done = True
             self._maybe_finish()
@@ -286,6 +289,18 @@ class _SinkAdapter:
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.r.session_lost(exc)
+
+
+def _abort_with_reset(transport: Any) -> None:
+    """abort() closes with a FIN when nothing is unread; SO_LINGER 0 makes it an RST."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, AttributeError, ValueError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+    transport.abort()
+
+
+_LINGER_ZERO = struct.pack("ii", 1, 0)
 
 
 def _err_text(exc: BaseException) -> str:

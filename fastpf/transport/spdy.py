@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,7 @@ DEFAULT_MAX_DATA = 256 * 1024
 # frames are received in place, never moved (see _FrameBuffer.get_buffer), and a full 256 KiB
 # TLS read of smaller frames fits behind a partial one. Pages are committed only as written.
 RECV_BUFFER = 2 * DEFAULT_MAX_DATA + 64
+MAX_OUTSTANDING_PINGS = 64  # unanswered PINGs remembered (the oldest one always is)
 
 
 class StreamResetError(FastpfError):
@@ -331,6 +333,7 @@ class SpdyConnection(UpgradedProtocol):
         self._ping_handle: asyncio.TimerHandle | None = None
         self._ping_outstanding: dict[int, float] = {}
         self.last_ping_rtt: float | None = None
+        self.last_ping_reply: float | None = None  # loop.time() of the last answer to our PING
         self.goaway_received = False
         self._going_away = False
 
@@ -475,7 +478,8 @@ class SpdyConnection(UpgradedProtocol):
             return
         sent = self._ping_outstanding.pop(ping_id, None)
         if sent is not None:
-            self.last_ping_rtt = self.loop.time() - sent
+            self.last_ping_reply = self.loop.time()
+            self.last_ping_rtt = self.last_ping_reply - sent
 
     # -- errors --------------------------------------------------------------------------------
     def _spdy_protocol_error(self, exc: BaseException) -> None:
@@ -584,7 +588,12 @@ class SpdyConnection(UpgradedProtocol):
         """Send one PING now; returns its id."""
         pid = self._next_ping
         self._next_ping = pid + 2 if pid + 2 <= 0xFFFFFFFF else (1 if self.client else 2)
-        self._ping_outstanding[pid] = self.loop.time()
+        outstanding = self._ping_outstanding
+        if len(outstanding) >= MAX_OUTSTANDING_PINGS:
+            # A peer that never answers must not grow the record, but its oldest timestamp is
+            # what ping_timeout measures: drop the second oldest (dicts keep insertion order).
+            del outstanding[next(itertools.islice(outstanding, 1, None))]
+        outstanding[pid] = self.loop.time()
         self._write(self._enc.ping(pid))
         return pid
 
@@ -597,8 +606,6 @@ class SpdyConnection(UpgradedProtocol):
             if self.loop.time() - oldest > self.ping_timeout:
                 self._abort(TimeoutError("ping timeout"))
                 return
-        if len(self._ping_outstanding) > 64:  # peer never answers: do not grow
-            self._ping_outstanding.clear()
         self._safe(self.ping)
         self._ping_handle = self.loop.call_later(self.ping_interval, self._ping_tick)
 
