@@ -92,6 +92,27 @@ def generate(hosts: list[str], days: int = 365) -> TlsMaterial:
     )
 
 
+def load_or_generate(directory: str, hosts: list[str]) -> TlsMaterial:
+    """--cert-dir: reuse the CA, certificate and key kept in `directory` (ca.pem, cert.pem,
+    key.pem), or generate them there (key 0600), so a restarted server keeps the identity its
+    clients' kubeconfigs trust."""
+    names = ("ca.pem", "cert.pem", "key.pem")
+    paths = [os.path.join(directory, n) for n in names]
+    if all(os.path.isfile(p) for p in paths):
+        parts = []
+        for p in paths:
+            with open(p, "rb") as fh:
+                parts.append(fh.read())
+        return TlsMaterial(ca_pem=parts[0], cert_pem=parts[1], key_pem=parts[2])
+    material = generate(hosts)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    for p, data in zip(paths, (material.ca_pem, material.cert_pem, material.key_pem), strict=True):
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+    return material
+
+
 def server_context(material: TlsMaterial) -> ssl.SSLContext:
     """Server-side context offering ALPN h2 and http/1.1 (TLS 1.2+, as HTTP/2 requires)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

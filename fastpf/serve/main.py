@@ -2,6 +2,7 @@
 
     fastpf serve [--listen HOST:PORT] [--kubeconfig-out PATH] [-f MANIFESTS.yaml ...]
                  [--no-tls] [--token TOKEN] [--idle-timeout SECONDS] [--silent-errors]
+                 [--cert-dir DIR]
 
 Defaults: listen on 127.0.0.1:6443, TLS with a certificate generated at start, a random bearer
 token. Once accepting, the kubeconfig (server URL, CA, token, context with namespace
@@ -48,6 +49,7 @@ class Config:
     token: str | None = None
     idle_timeout: float = 4 * 3600.0
     silent_errors: bool = False
+    cert_dir: str | None = None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--silent-errors", action="store_true",
                    help="on a failed pod dial reset the streams without error text "
                         "(kubectl then keeps its session)")
+    p.add_argument("--cert-dir", metavar="DIR",
+                   help="keep the generated CA/certificate/key in DIR and reuse them on the next "
+                        "start (a restarted server stays trusted by the kubeconfigs it wrote)")
     return p
 
 
@@ -122,6 +127,7 @@ def parse_args(argv: list[str]) -> Config:
         token=args.token,
         idle_timeout=args.idle_timeout,
         silent_errors=args.silent_errors,
+        cert_dir=args.cert_dir,
     )
 
 
@@ -144,7 +150,10 @@ async def serve(config: Config, cluster: Cluster) -> int:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     token = config.token or secrets.token_urlsafe(32)
-    material = certs.generate([config.host]) if config.tls else None
+    material = None
+    if config.tls:
+        material = (certs.load_or_generate(config.cert_dir, [config.host]) if config.cert_dir
+                    else certs.generate([config.host]))
     ssl_context = certs.server_context(material) if material else None
     anonymous = not config.tls and config.token is None and is_loopback_host(config.host)
     api = Api(cluster, token, allow_anonymous=anonymous)
