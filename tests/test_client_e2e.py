@@ -360,7 +360,9 @@ def test_library_api(serve: ServeInstance, targets: Targets) -> None:
 
 def test_lost_connection_exits_1(serve: ServeInstance, targets: Targets,
                                  fastpf: Callable[..., Fastpf]) -> None:
-    pf = fastpf(serve.kubeconfig, "--protocol", "spdy", "mypod", f":{targets.echo}", wait=1)
+    # kubectl's behaviour is opt-in since fastpf reconnects (tests/test_reconnect.py).
+    pf = fastpf(serve.kubeconfig, "--reconnect=false", "--protocol", "spdy", "mypod",
+                f":{targets.echo}", wait=1)
     serve.stop()
     assert pf.wait_exit(20) == 1
     assert pf.stderr[-1] == "error: lost connection to pod"

@@ -184,7 +184,8 @@ def test_upgrade_401_retries_without_tls_resumption(tmp_path: Path, pki: Pki,
     api = _exec_client(tmp_path, pki, monkeypatch, plugin)
     seen: list[tuple[str | None, object]] = []
 
-    async def fake_connect(dialer: Any, path: str, protocol: str, ports: list[int]) -> str:
+    async def fake_connect(dialer: Any, path: str, protocol: str, ports: list[int],
+                           **kwargs: Any) -> str:
         authz = dict(dialer.headers).get("Authorization")
         seen.append((authz, dialer.ssl._session))
         if authz == "Bearer stale":

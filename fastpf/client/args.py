@@ -14,6 +14,12 @@ from fastpf.client.errors import UsageError
 
 PROTOCOLS = ("auto", "spdy", "websocket", "ws-channel")
 DEFAULT_POD_RUNNING_TIMEOUT = 60.0
+# Reconnect / dead-peer / pool flags (issue 12; defaults explained in fastpf.client.reconnect
+# and the README's "Forwards that stay up" section).
+DEFAULT_PING_INTERVAL = 5.0
+DEFAULT_PING_TIMEOUT = 30.0
+DEFAULT_CONNECTIONS = 4
+MAX_CONNECTIONS = 64
 
 
 @dataclass
@@ -42,6 +48,10 @@ class Options:
     quiet: bool = False
     raw_path: str | None = None
     help: bool = False
+    reconnect: bool = True
+    ping_interval: float = DEFAULT_PING_INTERVAL
+    ping_timeout: float = DEFAULT_PING_TIMEOUT
+    connections: int = DEFAULT_CONNECTIONS
 
 
 # name -> (attribute, kind). kind: str, bool, duration, timeout, int, protocol
@@ -68,6 +78,10 @@ _LONG: dict[str, tuple[str, str]] = {
     "quiet": ("quiet", "bool"),
     "raw-path": ("raw_path", "str"),
     "help": ("help", "bool"),
+    "reconnect": ("reconnect", "bool"),
+    "ping-interval": ("ping_interval", "duration"),
+    "ping-timeout": ("ping_timeout", "duration"),
+    "connections": ("connections", "int"),
 }
 _SHORT = {"n": "namespace", "s": "server", "v": "v", "q": "quiet", "h": "help"}
 
@@ -97,6 +111,13 @@ Flags:
   -q, --quiet                     do not print "Handling connection for" lines
       --raw-path PATH             upgrade on this server path (e.g. /portForward/{ns}/{pod});
                                   no pod lookup
+      --reconnect=false           exit 1 when the upgraded connection is lost, as kubectl (default:
+                                  keep the listeners, re-resolve the target and reconnect)
+      --ping-interval DUR         PING (WebSocket ping for ws-channel) interval (default 5s; 0: off)
+      --ping-timeout DUR          declare the connection dead after this long without a reply
+                                  or progress (default 30s; 0: never)
+      --connections N             upgraded connections to spread local connections over
+                                  (default 4; spdy/websocket)
 """
 
 _DURATION_UNITS = {
@@ -268,6 +289,13 @@ def parse_args(argv: list[str]) -> Options:
         raise UsageError(
             "--pod-running-timeout must be higher than zero", show_usage=True, help_hint=True
         )
+    for flag, value in (("--ping-interval", opts.ping_interval),
+                        ("--ping-timeout", opts.ping_timeout)):
+        if value < 0:
+            raise UsageError(f"{flag} must not be negative", show_usage=True, help_hint=True)
+    if not 1 <= opts.connections <= MAX_CONNECTIONS:
+        raise UsageError(f"--connections must be between 1 and {MAX_CONNECTIONS}",
+                         show_usage=True, help_hint=True)
     opts.target = positionals[0]
     opts.ports = positionals[1:]
     return opts

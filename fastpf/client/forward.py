@@ -2,8 +2,12 @@
 connection, an error + data stream pair (PROTOCOL.md 5.1) relayed by the engine.
 
 Where kubectl ends the whole session on the first error-stream text (one refused connection),
-we report that one connection in one stderr line and keep serving. The session ends only when
-the upgraded connection itself is lost (`error: lost connection to pod`, exit 1) or on request.
+we report that one connection in one stderr line and keep serving. Where kubectl ends when the
+upgraded connection is lost, we keep the listeners and reconnect (fastpf.client.session_pool
+for spdy/websocket, fastpf.client.channel_gate for ws-channel), follow pods that move
+(fastpf.client.watch) and declare silent peers dead (fastpf.client.reconnect, which also
+writes down the session-layer contract this relies on). `--reconnect=false` keeps kubectl's
+`error: lost connection to pod`, exit 1.
 
 Library use:
 
@@ -25,11 +29,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastpf.client.api import ApiClient, connect_error, pod_path
-from fastpf.client.args import Options, PortPair, parse_addresses, parse_ports
+from fastpf.client.args import (
+    DEFAULT_CONNECTIONS,
+    DEFAULT_PING_INTERVAL,
+    DEFAULT_PING_TIMEOUT,
+    Options,
+    PortPair,
+    parse_addresses,
+    parse_ports,
+)
+from fastpf.client.channel_gate import ChannelGate
 from fastpf.client.console import Console
 from fastpf.client.errors import ClientError
 from fastpf.client.kubeconfig import load_config
-from fastpf.client.resolve import check_running, resolve
+from fastpf.client.reconnect import ConsoleObserver
+from fastpf.client.resolve import check_running, follows_pods, is_serving, resolve
+from fastpf.client.session_pool import Endpoint, PoolUnavailable, SessionPool, Slot
+from fastpf.client.watch import PodWatcher
 from fastpf.errors import FastpfError, HandshakeError
 from fastpf.transport._base import TextCollector
 from fastpf.transport.relay import Accepted, RelayResult, relay
@@ -38,6 +54,9 @@ from fastpf.transport.spdy import SessionClosedError
 STREAM_TIMEOUT = 30.0  # kubectl's wait for SYN_REPLY
 ERROR_STREAM_GRACE = 5.0  # after the data stream ended, how long the error text may still take
 LISTEN_BACKLOG = 1024
+# A local connection whose upgraded connection ended before its streams were answered is
+# retried on another (nothing was sent for it yet): at most this many times.
+OPEN_RETRIES = 3
 
 # PROTOCOL.md 5.1: requestID is a process-wide counter shared by all ports and sessions.
 _request_ids = itertools.count()
@@ -53,6 +72,7 @@ class Listener:
     address: str
     pair: PortPair
     server: asyncio.AbstractServer | None = None
+    index: int = 0  # position of its pair in Forwarder.pairs (Endpoint.remotes)
 
 
 def _go_listen_error(proto: str, address: str, port: int, exc: OSError) -> str:
@@ -99,7 +119,8 @@ def _expand_addresses(addresses: list[str]) -> list[tuple[str, str, str]]:
 
 @dataclass
 class Forwarder:
-    """A running forward: owns the upgraded connection(s), the listeners and the relays."""
+    """A running forward: owns the upgraded connections (a SessionPool, or a ChannelGate for
+    ws-channel), the listeners, the relays and the pod watcher."""
 
     api: ApiClient
     path: str
@@ -107,15 +128,34 @@ class Forwarder:
     pairs: list[PortPair]
     addresses: list[str]
     console: Console
-    conn: Any = None
     listeners: list[Listener] = field(default_factory=list)
     relays: set[asyncio.Task[None]] = field(default_factory=set)
     stopping: bool = False
     lost: asyncio.Future[str | None] | None = None
+    # ---- staying up (issue 12) ----
+    opts: Options | None = None  # for re-resolving and re-reading the kubeconfig
+    namespace: str = "default"
+    pod: str = ""  # the pod forwarded to (changes when it moves)
+    reconnect: bool = True
+    connections: int = DEFAULT_CONNECTIONS
+    ping_interval: float = DEFAULT_PING_INTERVAL
+    ping_timeout: float = DEFAULT_PING_TIMEOUT
+    give_up_after: float = 60.0  # --pod-running-timeout: max wait for a connection to exist
+    observer: Any = None  # ForwardObserver (fastpf.client.reconnect); console lines by default
+    pool: SessionPool | None = None
+    gate: ChannelGate | None = None
+    watcher: PodWatcher | None = None
+    _negotiated: str | None = None
 
     @property
     def bound_ports(self) -> list[int]:
         return [p.local for p in self.pairs]
+
+    @property
+    def conn(self) -> Any:
+        """The first live upgraded connection (None for ws-channel or while reconnecting)."""
+        slot = self.pool.pick() if self.pool is not None else None
+        return slot.conn if slot is not None else None
 
     # ---- upgrade ---------------------------------------------------------------------------
     def _effective_protocol(self) -> str:
@@ -125,40 +165,116 @@ class Forwarder:
                 return "spdy"
         return self.protocol
 
-    async def _connect(self, protocol: str, ports: list[int]) -> Any:
+    async def _connect(self, protocol: str, ports: list[int], path: str | None = None,
+                       timeout: float | None = None) -> Any:
         from fastpf.transport import upgrade
 
+        # Pings come from our DeadPeer monitor (one timer per pool), not the session's timer.
+        kwargs: dict[str, Any] = {"ping_interval": 0}
+        if timeout is not None:
+            kwargs["timeout"] = timeout
         for attempt in range(2):  # once more after a 401 when an exec plugin can refresh
             dialer = await self.api.dialer()
             try:
-                return await upgrade.connect(dialer, self.path, protocol, ports)
+                return await upgrade.connect(dialer, path or self.path, protocol, ports, **kwargs)
             except HandshakeError as exc:
                 if exc.status == 401:
                     self.api.contexts.forget_sessions()  # no TLS resumption for the retry
                 if exc.status == 401 and attempt == 0 and self.api.auth.unauthorized():
                     continue
+                if exc.status == 401:
+                    self._reload_config()  # a reconnect attempt later uses fresh credentials
                 raise ClientError(str(exc)) from None
             except (OSError, asyncio.TimeoutError) as exc:
                 raise connect_error(exc, self.api.host, self.api.port) from None
         raise ClientError("error upgrading connection: Unauthorized")
 
+    def _reload_config(self) -> None:
+        """After a 401: read the kubeconfig again (a rotated token in it, a new exec or
+        tokenFile setting); the next attempt uses a new REST client if anything changed.
+        A tokenFile is re-read anyway (Authenticator.unauthorized drops its cache)."""
+        if self.opts is None or not self.reconnect:
+            return
+        try:
+            cfg = load_config(self.opts)
+        except ClientError:
+            return
+        if cfg == self.api.cfg:
+            return
+        old = self.api
+        self.api = ApiClient(cfg, request_timeout=self.opts.request_timeout,
+                             log=old.log)
+        task = asyncio.ensure_future(old.close())
+        self.relays.add(task)
+        task.add_done_callback(self.relays.discard)
+
+    async def _open_session(self, endpoint: Endpoint, timeout: float | None) -> Any:
+        """SessionPool's opener: one upgraded connection to `endpoint`."""
+        proto = self._negotiated or self._effective_protocol()
+        conn = await self._connect(proto, list(endpoint.remotes), endpoint.path, timeout)
+        self._negotiated = getattr(conn, "negotiated", proto)  # auto: keep what worked
+        self.pod = endpoint.pod
+        self.console.info(4, f"upgraded {endpoint.path} with protocol {self._negotiated}")
+        return conn
+
+    async def _resolve_endpoint(self, prefer: str) -> Endpoint:
+        """Re-resolve the target for a reconnect: a selector target may now be another pod
+        (`prefer`, the current one, while it still runs); a pod/ target must be Running."""
+        assert self.opts is not None
+        opts = self.opts
+        res = await resolve(self.api, self.namespace, opts.target, list(opts.ports), 0.0,
+                            running_only=True, prefer=prefer)
+        if not is_serving(res.pod):
+            phase = (res.pod.get("status") or {}).get("phase", "")
+            raise ClientError(
+                f"unable to forward port because pod is not running. Current status={phase}")
+        remotes = tuple(p.remote for p in parse_ports(res.ports))
+        return Endpoint(res.pod_name, pod_path(self.namespace, res.pod_name, "portforward"),
+                        remotes)
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.lost = loop.create_future()
-        proto = self._effective_protocol()
-        if proto != "ws-channel":
-            self.conn = await self._connect(proto, [p.remote for p in self.pairs])
-            self.conn.closed.add_done_callback(self._on_conn_closed)
-            self.console.info(4, f"upgraded {self.path} with protocol "
-                                 f"{getattr(self.conn, 'negotiated', proto)}")
+        if self.observer is None:
+            self.observer = ConsoleObserver(self.console)
+        endpoint = Endpoint(self.pod, self.path, tuple(p.remote for p in self.pairs))
+        can_resolve = self.opts is not None and not self.opts.raw_path
+        resolver = self._resolve_endpoint if can_resolve and self.reconnect else None
+        log = self.console.info
+        if self._effective_protocol() != "ws-channel":
+            self.pool = SessionPool(
+                size=self.connections, opener=self._open_session, resolver=resolver,
+                observer=self.observer, reconnect=self.reconnect,
+                give_up_after=self.give_up_after, ping_interval=self.ping_interval,
+                ping_timeout=self.ping_timeout, log=log)
+            await self.pool.start(endpoint)
+            self.pool.fatal.add_done_callback(self._on_fatal)
+        else:
+            self.gate = ChannelGate(
+                endpoint, resolver=resolver, observer=self.observer,
+                give_up_after=self.give_up_after, ping_interval=self.ping_interval,
+                ping_timeout=self.ping_timeout, log=log)
+            self.gate.fatal.add_done_callback(self._on_fatal)
         self._listen()
         await self._accept()
-        # The REST connection is idle from here on; an exec refresh reopens it lazily.
-        await self.api.close()
+        assert self.opts is not None or not can_resolve
+        if can_resolve and self.reconnect and self.opts and follows_pods(self.opts.target):
+            self.watcher = PodWatcher(self.api, self.namespace, lambda: self.pod,
+                                      self._pod_gone, log=log)
+            self.watcher.start()
+        else:
+            # The REST connection is idle from here on; an exec refresh reopens it lazily.
+            await self.api.close()
 
-    def _on_conn_closed(self, fut: asyncio.Future[Any]) -> None:
-        if self.lost is not None and not self.lost.done():
-            self.lost.set_result(None if self.stopping else "lost connection to pod")
+    def _pod_gone(self, pod: str, reason: str) -> None:
+        if self.pool is not None:
+            self.pool.moved(pod, reason)
+        if self.gate is not None:
+            self.gate.moved(pod, reason)
+
+    def _on_fatal(self, fut: asyncio.Future[str]) -> None:
+        if self.lost is not None and not self.lost.done() and not fut.cancelled():
+            self.lost.set_result(None if self.stopping else fut.result())
 
     # ---- listeners (kubectl's listenOnPort) ------------------------------------------------
     def _listen(self) -> None:
@@ -180,7 +296,7 @@ class Forwarder:
                 local = sock.getsockname()[1]  # random port: the other addresses reuse it
                 pair = PortPair(local, pair.remote)
                 self.pairs[i] = pair
-                created.append(Listener(sock, ip, pair))
+                created.append(Listener(sock, ip, pair, index=i))
                 display = "127.0.0.1" if ip == "127.0.0.1" else ip
                 self.console.forwarding(display, local, pair.remote)
                 ok[mode] += 1
@@ -207,26 +323,27 @@ class Forwarder:
         loop = asyncio.get_running_loop()
         for lst in self.listeners:
             lst.server = await loop.create_server(
-                functools.partial(self._accepted, lst.pair), sock=lst.sock, backlog=LISTEN_BACKLOG)
+                functools.partial(self._accepted, lst.index), sock=lst.sock, backlog=LISTEN_BACKLOG)
 
-    def _accepted(self, pair: PortPair) -> Accepted:
+    def _accepted(self, index: int) -> Accepted:
         local = Accepted()
         if self.stopping:  # accepted while shutting down: close it once it is connected
             asyncio.get_running_loop().call_soon(local.close)
             return local
-        self.console.handling(pair.local)
-        task = asyncio.ensure_future(self._handle(local, pair))
+        self.console.handling(self.pairs[index].local)
+        task = asyncio.ensure_future(self._handle(local, index))
         self.relays.add(task)
         task.add_done_callback(self.relays.discard)
         return local
 
     # ---- one local connection ----------------------------------------------------------------
-    async def _handle(self, csock: Accepted, pair: PortPair) -> None:
+    async def _handle(self, csock: Accepted, index: int) -> None:
+        pair = self.pairs[index]
         try:
-            if self._effective_protocol() == "ws-channel":
-                await self._handle_channel(csock, pair)
+            if self.gate is not None:
+                await self._handle_channel(csock, index)
             else:
-                await self._handle_spdy(csock, pair)
+                await self._handle_spdy(csock, index)
         except asyncio.CancelledError:
             csock.close()
             raise
@@ -236,21 +353,55 @@ class Forwarder:
                 self.console.conn_error(
                     f"error forwarding {pair.local} -> {pair.remote}: {str(exc) or type(exc).__name__}")
 
-    async def _handle_spdy(self, csock: Accepted, pair: PortPair) -> None:
-        conn = self.conn
+    async def _handle_spdy(self, csock: Accepted, index: int) -> None:
+        pool = self.pool
+        assert pool is not None
+        pair = self.pairs[index]
+        deadline = asyncio.get_running_loop().time() + self.give_up_after
+        for _ in range(OPEN_RETRIES):
+            try:
+                # While no upgraded connection is up (reconnecting), wait; bounded.
+                slot = await pool.acquire(deadline - asyncio.get_running_loop().time())
+            except PoolUnavailable as exc:
+                csock.close()
+                if not self.stopping:
+                    self.console.conn_error(f"error forwarding {pair.local} -> {pair.remote}: "
+                                            f"{exc}")
+                return
+            try:
+                if await self._forward_on(slot, csock, index):
+                    return
+            finally:
+                pool.release(slot)
+        csock.close()
+        if not self.stopping:
+            self.console.conn_error(f"error creating stream for port {pair.local} -> "
+                                    f"{pair.remote}: lost connection to pod")
+
+    async def _forward_on(self, slot: Slot, csock: Accepted, index: int) -> bool:
+        """Forward one local connection over `slot`'s connection. False: the connection ended
+        before the streams were answered and nothing was sent for it (retry elsewhere)."""
+        conn = slot.conn
+        pair = self.pairs[index]
+        if conn is None:  # ended between acquire and here: try again (bounded by the caller)
+            return False
+        remote = slot.endpoint.remotes[index]
         rid = str(next_request_id())
-        port = str(pair.remote)
+        port = str(remote)
+        retry = self.reconnect and not self.stopping
         # Both SYN_STREAMs leave at once (ids n, n+2 as kubectl), replies awaited together:
         # one round trip instead of kubectl's two.
         try:
             err_stream = conn.start_stream({"streamtype": "error", "port": port, "requestid": rid})
             data_stream = conn.start_stream({"streamtype": "data", "port": port, "requestid": rid})
         except SessionClosedError as exc:
+            if retry:
+                return False
             csock.close()
             if not self.stopping:
                 self.console.conn_error(f"error creating error stream for port {pair.local} -> "
-                                        f"{pair.remote}: {exc}")
-            return
+                                        f"{remote}: {exc}")
+            return True
         try:
             failures = await conn.wait_replies([err_stream, data_stream], STREAM_TIMEOUT)
         except BaseException:
@@ -261,11 +412,15 @@ class Forwarder:
                 for stream in (err_stream, data_stream):
                     with contextlib.suppress(Exception):
                         stream.reset()
+                if retry and isinstance(failure, SessionClosedError):
+                    return False
                 csock.close()
                 if not self.stopping:
+                    if self.watcher is not None:
+                        self.watcher.poke()  # a refused stream may mean the pod is going
                     self.console.conn_error(f"error creating {kind} stream for port {pair.local}"
-                                            f" -> {pair.remote}: {str(failure) or type(failure).__name__}")
-                return
+                                            f" -> {remote}: {str(failure) or type(failure).__name__}")
+                return True
         err_stream.write_eof()  # the client never writes on the error stream
         errors = TextCollector(asyncio.get_running_loop())
         err_stream.set_sink(errors)
@@ -278,7 +433,9 @@ class Forwarder:
             if not errors.done.done():
                 with contextlib.suppress(Exception):
                     err_stream.reset()
-        self._report_end(pair, errors.done.result() if errors.done.done() else b"", result)
+        self._report_end(PortPair(pair.local, remote),
+                         errors.done.result() if errors.done.done() else b"", result)
+        return True
 
     def _report_end(self, pair: PortPair, error_text: bytes, result: RelayResult) -> None:
         """kubectl's line for a forwarded connection that ended badly: the pod side's error
@@ -293,22 +450,52 @@ class Forwarder:
             self.console.conn_error(
                 f"error copying for port {pair.local} -> {pair.remote}: {result.error}")
 
-    async def _handle_channel(self, csock: Accepted, pair: PortPair) -> None:
+    async def _handle_channel(self, csock: Accepted, index: int) -> None:
         """ws-channel: one WebSocket session per local connection (as the Python client)."""
-        try:
-            conn = await self._connect("ws-channel", [pair.remote])
-        except ClientError as exc:
+        gate = self.gate
+        assert gate is not None
+        pair = self.pairs[index]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.give_up_after
+        conn = None
+        for _ in range(1 << 20):  # bounded by the deadline: each failure waits for the gate
+            endpoint = gate.endpoint
+            if self.reconnect:
+                try:
+                    endpoint = await gate.wait_up(deadline - loop.time())
+                except PoolUnavailable as exc:
+                    csock.close()
+                    if not self.stopping:
+                        self.console.conn_error(f"error creating stream for port {pair.local}"
+                                                f" -> {pair.remote}: {exc}")
+                    return
+            remote = endpoint.remotes[index]
+            try:
+                conn = await self._connect("ws-channel", [remote], endpoint.path)
+            except ClientError as exc:
+                if (self.reconnect and not self.stopping and csock.lost is False
+                        and loop.time() < deadline):
+                    gate.failed(endpoint, exc.message)  # hold new connections, recover
+                    continue
+                csock.close()
+                if not self.stopping:
+                    self.console.conn_error(f"error creating stream for port {pair.local} -> "
+                                            f"{remote}: {exc.message}")
+                return
+            gate.succeeded()
+            break
+        if conn is None:
             csock.close()
-            self.console.conn_error(f"error creating stream for port {pair.local} -> "
-                                    f"{pair.remote}: {exc.message}")
             return
+        gate.track(conn)
         try:
             await conn.ready(timeout=STREAM_TIMEOUT)
             chan = conn.channels[0]
             result = await relay(chan, csock)
             # Error text received meanwhile is kept by the channel; wait a little for one only
             # if the session is still up (no task per connection for this).
-            self._report_end(pair, await chan.wait_error(ERROR_STREAM_GRACE), result)
+            self._report_end(PortPair(pair.local, remote),
+                             await chan.wait_error(ERROR_STREAM_GRACE), result)
         finally:
             with contextlib.suppress(Exception):
                 conn.close(1000)
@@ -331,9 +518,12 @@ class Forwarder:
             else:
                 with contextlib.suppress(OSError):
                     lst.sock.close()
-        if self.conn is not None:
-            with contextlib.suppress(Exception):
-                self.conn.goaway(0)
+        if self.watcher is not None:
+            await self.watcher.close()
+        if self.pool is not None:
+            await self.pool.close()
+        if self.gate is not None:
+            await self.gate.close()
         for task in list(self.relays):
             task.cancel()
         if self.relays:
@@ -370,6 +560,7 @@ async def prepare(opts: Options, console: Console) -> Forwarder:
         else:
             res = await resolve(api, namespace, opts.target, opts.ports, opts.pod_running_timeout)
             await check_running(api, namespace, res.pod_name)
+            name = res.pod_name
             path = pod_path(namespace, res.pod_name, "portforward")
             specs = res.ports
         addresses = parse_addresses(opts.addresses)
@@ -378,7 +569,10 @@ async def prepare(opts: Options, console: Console) -> Forwarder:
         await api.close()
         raise
     return Forwarder(api=api, path=path, protocol=opts.protocol, pairs=pairs,
-                     addresses=addresses, console=console)
+                     addresses=addresses, console=console, opts=opts, namespace=namespace,
+                     pod=name, reconnect=opts.reconnect, connections=opts.connections,
+                     ping_interval=opts.ping_interval, ping_timeout=opts.ping_timeout,
+                     give_up_after=opts.pod_running_timeout)
 
 
 @contextlib.asynccontextmanager

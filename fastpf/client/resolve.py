@@ -279,31 +279,52 @@ def translate_service_ports(specs: list[str], svc: dict[str, Any], pod: dict[str
 # ---- resolution -------------------------------------------------------------------------------------
 
 
-async def first_pod(api: ApiClient, namespace: str, selector: str, timeout: float
-                    ) -> dict[str, Any]:
+def is_serving(pod: dict[str, Any]) -> bool:
+    """Running and not being deleted: a pod new connections may go to (reconnect, pod moves)."""
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    return bool((pod.get("status") or {}).get("phase") == "Running")
+
+
+async def first_pod(api: ApiClient, namespace: str, selector: str, timeout: float, *,
+                    running_only: bool = False, prefer: str | None = None) -> dict[str, Any]:
+    """The most active pod of `selector`, polling until one exists or `timeout` passed.
+    running_only (reconnect): only pods that serve (`is_serving`); `prefer` (the pod we were
+    forwarding to) wins while it still serves, so a reconnect does not hop pods needlessly."""
     deadline = time.monotonic() + timeout
     query = {"labelSelector": selector} if selector else None
     for _ in range(int(timeout / POLL_INTERVAL) + 2):  # bounded by the timeout
         listing = await api.get(pod_path(namespace), query, what="get pods")
         items = [p for p in (listing.get("items") or []) if isinstance(p, dict)]
+        if running_only:
+            items = [p for p in items if is_serving(p)]
+            for p in items:
+                if prefer and (p.get("metadata") or {}).get("name") == prefer:
+                    return p
         if items:
             return most_active(items)
         left = deadline - time.monotonic()
         if left <= 0:
             break
         await asyncio.sleep(min(POLL_INTERVAL, left))
+    if running_only:
+        raise ClientError(f"no running pod matches the selector {selector}", prefix="")
     raise ClientError("timed out waiting for the condition")
 
 
 async def resolve(api: ApiClient, namespace: str, target: str, specs: list[str],
-                  pod_running_timeout: float) -> Resolved:
+                  pod_running_timeout: float, *, running_only: bool = False,
+                  prefer: str | None = None) -> Resolved:
+    """TYPE/NAME -> pod and numeric port specs. running_only/prefer: see first_pod (the pod of
+    a pod/ target is returned whatever its phase; check_running judges it)."""
     prefix, plural, kind, name = split_target(target)
     obj_path = f"{prefix}/namespaces/{quote(namespace, safe='')}/{plural}/{quote(name, safe='')}"
     obj = await api.get(obj_path, what=f"get {plural} {name}")
     if kind == "Pod":
         pod = obj
     else:
-        pod = await first_pod(api, namespace, selector_for(obj, kind), pod_running_timeout)
+        pod = await first_pod(api, namespace, selector_for(obj, kind), pod_running_timeout,
+                              running_only=running_only, prefer=prefer)
     pod_name = str((pod.get("metadata") or {}).get("name", ""))
     if kind == "Service":
         _check_udp(specs, obj, kind)
@@ -312,6 +333,12 @@ async def resolve(api: ApiClient, namespace: str, target: str, specs: list[str],
         _check_udp(specs, pod, "Pod")
         ports = translate_pod_ports(specs, pod)
     return Resolved(pod=pod, pod_name=pod_name, ports=ports)
+
+
+def follows_pods(target: str) -> bool:
+    """Targets whose pod is chosen by a selector (svc/, deploy/, rs/, sts/, ...): the pod may
+    be replaced under a running forward, and new connections follow it."""
+    return split_target(target)[2] != "Pod"
 
 
 async def check_running(api: ApiClient, namespace: str, pod_name: str) -> dict[str, Any]:
