@@ -61,7 +61,7 @@ class FaultProxy:
         self.enabled = True  # False: pass bytes through untouched (no delays/cuts/injection)
         self.stats = ProxyStats()
         self.port = 0
-        self._live: set[asyncio.StreamWriter] = set()
+        self._live: dict[int, tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = {}
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._server: asyncio.base_events.Server | None = None
@@ -78,8 +78,9 @@ class FaultProxy:
         self._ready.set()
         self._loop.run_forever()
         self._server.close()
-        for w in list(self._live):
-            w.transport.abort()
+        for pair in list(self._live.values()):
+            for w in pair:
+                w.transport.abort()
         self._loop.run_until_complete(asyncio.sleep(0.05))
         self._loop.close()
 
@@ -89,10 +90,24 @@ class FaultProxy:
         return fut.result(10)
 
     async def _cut_all(self) -> int:
-        live = list(self._live)
-        for w in live:
-            _reset(w)
-        return len(live) // 2
+        live = list(self._live.values())
+        for pair in live:
+            for w in pair:
+                _reset(w)
+        return len(live)
+
+    def cut_one(self) -> bool:
+        """Cut the oldest live connection (RST both ways)."""
+        fut = asyncio.run_coroutine_threadsafe(self._cut_one(), self._loop)
+        return fut.result(10)
+
+    async def _cut_one(self) -> bool:
+        for pair in self._live.values():
+            self.stats.cuts += 1
+            for w in pair:
+                _reset(w)
+            return True
+        return False
 
     def close(self) -> None:
         if self._loop.is_running():
@@ -100,13 +115,14 @@ class FaultProxy:
         self._thread.join(10)
 
     async def _handle(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
+        index = self.stats.connections
         self.stats.connections += 1
         try:
             sreader, swriter = await asyncio.open_connection(*self.upstream)
         except OSError:
             _reset(cwriter)
             return
-        self._live.update((cwriter, swriter))
+        self._live[index] = (cwriter, swriter)
         cut_at: int | None = None
         faulty = self.enabled
         if faulty and self.stats.cuts < self.max_cuts and self.rng.random() < self.cut_prob:
@@ -118,8 +134,7 @@ class FaultProxy:
                 self._pump(sreader, cwriter, swriter, state, "down", inject, faulty),
                 self._pump(creader, swriter, cwriter, state, "up", None, faulty))
         finally:
-            self._live.discard(cwriter)
-            self._live.discard(swriter)
+            self._live.pop(index, None)
             for w in (cwriter, swriter):
                 w.transport.abort()
 
