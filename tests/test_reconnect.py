@@ -320,3 +320,75 @@ def test_library_api_reconnects(restartable: Callable[..., RestartableServe],
             return first, second
 
     assert run(go()) == (b"one", b"two")
+
+
+# ---- pods that move under a running forward (serve's pod admin verbs) -------------------------
+
+def _pod_doc(name: str, address: str, t: Targets) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default", "labels": {"app": "web"},
+                         "annotations": {"fastpf.io/address": address}},
+            "spec": {"containers": [{"name": "c", "ports": [
+                {"name": "echo", "containerPort": t.echo},
+                {"name": "source", "containerPort": t.source}]}]}}
+
+
+def _admin(srv: ServeInstance, method: str, path: str, body: Any = None,
+           content_type: str = "application/json") -> tuple[int, bytes]:
+    import json as _json
+
+    conn = srv.connection()
+    try:
+        headers = {"Authorization": f"Bearer {srv.token}", "Content-Type": content_type}
+        conn.request(method, path, body=_json.dumps(body) if body is not None else None,
+                     headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+PODS = "/api/v1/namespaces/default/pods"
+
+
+@pytest.mark.parametrize("how", ["deleted", "failed"])
+@pytest.mark.parametrize("protocol", ["spdy", "ws-channel"])
+def test_pod_behind_service_moves(how: str, protocol: str,
+                                  serve_factory: Callable[..., ServeInstance],
+                                  targets_factory: Callable[[str], Targets],
+                                  fastpf: Callable[..., Fastpf]) -> None:  # noqa: F811
+    """svc/web's pod web-1 is deleted (or leaves Running) while serve runs and web-2 appears:
+    new connections reach web-2; with `failed` the established connection to web-1 (whose pod
+    still exists) keeps going; nothing is corrupted."""
+    t1 = targets_factory("127.0.0.1")
+    t2 = targets_factory("127.0.0.2")
+    srv = serve_factory(manifest=_pods_manifest([("web-1", "127.0.0.1", t1, None)]))
+    if _admin(srv, "DELETE", f"{PODS}/no-such-pod")[0] == 405:
+        pytest.skip("fastpf serve has no pod admin verbs yet (serve-fidelity branch)")
+    pf = fastpf(srv.kubeconfig, "--protocol", protocol, "svc/web", ":80", wait=1)
+    (local,) = {lp for _, lp, _ in pf.forwards}
+    assert _echo_ok(local) and t1.connections >= 1
+    held = socket.create_connection(("127.0.0.1", local), timeout=20)
+    try:
+        held.sendall(b"held")
+        assert held.recv(4) == b"held"
+        assert _admin(srv, "POST", PODS, _pod_doc("web-2", "127.0.0.2", t2))[0] in (200, 201)
+        moved = time.monotonic()
+        if how == "deleted":
+            assert _admin(srv, "DELETE", f"{PODS}/web-1")[0] in (200, 202)
+        else:
+            assert _admin(srv, "PATCH", f"{PODS}/web-1/status", {"status": {"phase": "Failed"}},
+                          "application/merge-patch+json")[0] == 200
+        before = t2.connections
+        recover = time_until(lambda: _echo_ok(local) and t2.connections > before, 15)
+        if how == "failed":  # its pod still exists: the established connection goes on
+            held.sendall(b"still")
+            assert held.recv(5) == b"still"
+    finally:
+        held.close()
+    _report(f"pod behind svc {how} while serving ({protocol})",
+            new_connections_reach_new_pod=recover, since_move=time.monotonic() - moved)
+    assert pf.proc.poll() is None
+    assert pf.interrupt() == 0
+    err = "\n".join(pf.stderr)
+    assert "new connections go to pod web-2" in err, err

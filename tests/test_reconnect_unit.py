@@ -1,7 +1,8 @@
-"""Units of the reconnect layer, no network: backoff, durations, console lines, dead-peer
+"""Units of the reconnect layer (no network but one loopback TLS pair for keepalive): backoff, durations, console lines, dead-peer
 detection on fake connections, the session pool's policy (least-loaded, reconnect, pods that
 move, give-up, --reconnect=false) with a fake opener, the pod watcher's verdicts, Running-pod
-selection, the new flags, and the SPDY PING record that must keep its oldest timestamp."""
+selection, the new flags, TCP keepalive, and the SPDY PING record that must keep its oldest
+timestamp."""
 
 from __future__ import annotations
 
@@ -573,3 +574,41 @@ def test_reconnect_flags() -> None:
         with pytest.raises(UsageError) as ei:
             parse_args([*argv, "pod/x", "80"])
         assert msg in ei.value.line
+
+
+# ---- TCP keepalive on the upgraded connection's socket ---------------------------------------
+
+
+def test_keepalive_on_a_tls_transport() -> None:
+    """set_keepalive reaches the TCP socket under TLS (as the pool calls it on each upgraded
+    connection): SO_KEEPALIVE with Go's 15 s idle / 15 s interval / 9 probes. Loopback only."""
+    import socket
+    import ssl
+    from types import SimpleNamespace
+
+    from fastpf.client.reconnect import set_keepalive
+    from fastpf.loop import run
+    from fastpf.serve import certs
+
+    material = certs.generate(["127.0.0.1"])
+    server_ctx = certs.server_context(material)
+    client_ctx = ssl.create_default_context(cadata=material.ca_pem.decode())
+
+    async def body() -> tuple[int, int, int, int]:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0, ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port,
+                                                    ssl=client_ctx, server_hostname="127.0.0.1")
+        sock = transport.get_extra_info("socket")
+        before = sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+        set_keepalive(SimpleNamespace(transport=transport))
+        got = (before, sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+               sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+               sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT))
+        transport.close()
+        server.close()
+        return got
+
+    before, on, idle, count = run(body())
+    assert before == 0 and on == 1 and idle == 15 and count == 9
