@@ -253,7 +253,7 @@ print(json.dumps({{"apiVersion": "client.authentication.k8s.io/v1", "kind": "Exe
     return str(script)
 
 
-@pytest.mark.parametrize("how", ["token-file", "exec", "exec-expiring"])
+@pytest.mark.parametrize("how", ["token-file", "exec", "exec-expiring", "kubeconfig-token"])
 def test_credentials_reread_on_reconnect(how: str, tmp_path: Path,
                                          restartable: Callable[..., RestartableServe],
                                          targets: Targets,
@@ -266,6 +266,8 @@ def test_credentials_reread_on_reconnect(how: str, tmp_path: Path,
     cfg = yaml.safe_load(srv.kubeconfig.read_text())
     if how == "token-file":
         cfg["users"][0]["user"] = {"tokenFile": str(token_file)}
+    elif how == "kubeconfig-token":
+        cfg["users"][0]["user"] = {"token": TOKEN}
     else:
         cfg["users"][0]["user"] = {"exec": {
             "apiVersion": "client.authentication.k8s.io/v1", "interactiveMode": "Never",
@@ -278,6 +280,9 @@ def test_credentials_reread_on_reconnect(how: str, tmp_path: Path,
     assert _echo_ok(echo)
     srv.kill(signal.SIGKILL)
     token_file.write_text("rotated-token-77aa")
+    if how == "kubeconfig-token":  # the user edits the kubeconfig: read again after the 401
+        cfg["users"][0]["user"] = {"token": "rotated-token-77aa"}
+        kc.write_text(yaml.safe_dump(cfg))
     if how == "exec-expiring":
         time.sleep(2.2)  # the cached credential expires meanwhile
     restarted = srv.restart(token="rotated-token-77aa")
@@ -286,7 +291,7 @@ def test_credentials_reread_on_reconnect(how: str, tmp_path: Path,
             since_restart=time.monotonic() - restarted)
     assert pf.proc.poll() is None
     assert pf.interrupt() == 0
-    if how != "token-file":
+    if how.startswith("exec"):
         runs = int((tmp_path / "runs").read_text())
         assert 2 <= runs <= 4, runs  # re-run for the new token, not in a loop
 

@@ -40,7 +40,7 @@ from fastpf.client.args import (
 )
 from fastpf.client.channel_gate import ChannelGate
 from fastpf.client.console import Console
-from fastpf.client.errors import ClientError
+from fastpf.client.errors import ApiError, ClientError
 from fastpf.client.kubeconfig import load_config
 from fastpf.client.reconnect import ConsoleObserver
 from fastpf.client.resolve import check_running, follows_pods, is_serving, resolve
@@ -204,6 +204,8 @@ class Forwarder:
         old = self.api
         self.api = ApiClient(cfg, request_timeout=self.opts.request_timeout,
                              log=old.log)
+        if self.watcher is not None:
+            self.watcher.api = self.api
         task = asyncio.ensure_future(old.close())
         self.relays.add(task)
         task.add_done_callback(self.relays.discard)
@@ -222,8 +224,13 @@ class Forwarder:
         (`prefer`, the current one, while it still runs); a pod/ target must be Running."""
         assert self.opts is not None
         opts = self.opts
-        res = await resolve(self.api, self.namespace, opts.target, list(opts.ports), 0.0,
-                            running_only=True, prefer=prefer)
+        try:
+            res = await resolve(self.api, self.namespace, opts.target, list(opts.ports), 0.0,
+                                running_only=True, prefer=prefer)
+        except ApiError as exc:
+            if exc.status == 401:
+                self._reload_config()  # the next attempt uses what the kubeconfig says now
+            raise
         if not is_serving(res.pod):
             phase = (res.pod.get("status") or {}).get("phase", "")
             raise ClientError(
