@@ -2,12 +2,14 @@
 
     python tests/podprog.py HOST SEED
 
-Listens on HOST with OS-chosen ports and prints one JSON line {"source": P, "reply": P} once
+Listens on HOST with OS-chosen ports and prints one JSON line {"source": P, "reply": P, "sized": P} once
 ready. Plain blocking sockets, one thread per connection, like a simple server in a pod:
   source: reads one line "N\\n", sends N bytes of the seeded pattern, then closes (a download
           that ends with the pod's close: the client must see EOF).
   reply:  reads to EOF, answers "COUNT SHA256HEX\\n", then closes (request / half-close /
           reply).
+  sized:  reads one line "N\\n", then to EOF, then sends N pattern bytes and closes (a
+          request, a half-close, then a large reply).
 Exits when its stdin closes (the test's end), so it never outlives the test.
 """
 
@@ -57,6 +59,25 @@ def _reply(conn: socket.socket, block: bytes) -> None:
         conn.sendall(f"{count} {h.hexdigest()}\n".encode())
 
 
+def _sized(conn: socket.socket, block: bytes) -> None:
+    with conn:
+        line = b""
+        while not line.endswith(b"\n") and len(line) < 64:
+            chunk = conn.recv(1)
+            if not chunk:
+                return
+            line += chunk
+        for _ in range(1 << 24):  # bounded: to EOF
+            if not conn.recv(1 << 16):
+                break
+        left = int(line)
+        view = memoryview(block)
+        while left > 0:
+            n = min(left, BLOCK)
+            conn.sendall(view[:n])
+            left -= n
+
+
 def _serve(sock: socket.socket, handler: object, block: bytes) -> None:
     while True:
         try:
@@ -70,7 +91,7 @@ def main() -> None:
     host, seed = sys.argv[1], int(sys.argv[2])
     block = pattern_block(seed)
     ports = {}
-    for name, handler in (("source", _source), ("reply", _reply)):
+    for name, handler in (("source", _source), ("reply", _reply), ("sized", _sized)):
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind((host, 0))
         sock.listen(256)

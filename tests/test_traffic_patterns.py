@@ -5,7 +5,7 @@
   byte; the local client must see every byte, then EOF within 2 s of the pod's close (kubectl
   <= 1.31 waits for the error stream's end before it closes the local socket), at a throughput
   far above a stall;
-- request / half-close / reply: the pod reads to EOF before it answers;
+- request / half-close / reply: the pod reads to EOF before it answers, briefly or with 8 MiB;
 - many short connections, one after the other;
 - curl fetching a file from a real `python3 -m http.server` behind the forward.
 
@@ -46,6 +46,9 @@ FLOOR_MB_S = 25.0
 EOF_AFTER_CLOSE_S = 2.0  # containerd lingers ~1 s after one direction ended
 HTTP_FILE = 16 << 20
 SHORT_CONNECTIONS = 40
+# kubectl <= 1.31 gets what the pod sends within ~1 s after its half-close (containerd cuts
+# there too; serve also bounds the frames, see fastpf.transport.kubelet): far more than this.
+HALF_CLOSE_REPLY = 8 << 20
 
 MANIFEST = f"""
 apiVersion: v1
@@ -83,7 +86,7 @@ class Pod:
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=subprocess_env())
         assert self.proc.stdout is not None
         ports = json.loads(self.proc.stdout.readline() or b"{}")
-        self.source, self.reply = int(ports["source"]), int(ports["reply"])
+        self.source, self.reply, self.sized = int(ports["source"]), int(ports["reply"]), int(ports["sized"])
         www = tmp / "www"
         www.mkdir()
         self.http_body = random.Random(SEED + 1).randbytes(HTTP_FILE)
@@ -131,7 +134,7 @@ def clients() -> Iterator[Callable[[list[str], dict[str, str] | None], KubectlPo
     def start(cmd: list[str], env: dict[str, str] | None) -> KubectlPortForward:
         pf = KubectlPortForward(cmd, subprocess_env(env))
         started.append(pf)
-        pf.wait_forwarding(3)
+        pf.wait_forwarding(4)
         return pf
 
     yield start
@@ -177,6 +180,23 @@ def request_halfclose_reply(port: int, payload: bytes) -> bytes:
         return answer
 
 
+def halfclose_then_download(port: int, n: int) -> tuple[int, str]:
+    """Send "n\\n", shut our write side, read the pod's n-byte reply to EOF."""
+    h = hashlib.sha256()
+    got = 0
+    buf = bytearray(1 << 20)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"%d\n" % n)
+        sock.shutdown(socket.SHUT_WR)
+        for _ in range(1 << 20):  # bounded: one pass per recv, each >= 1 byte or EOF
+            k = sock.recv_into(buf)
+            if not k:
+                break
+            h.update(memoryview(buf)[:k])
+            got += k
+    return got, h.hexdigest()
+
+
 def check_patterns(pf: KubectlPortForward, pod: Pod, tmp: Path, half_close: bool = True) -> None:
     """`half_close=False`: the protocol cannot carry a half-close (v4.channel.k8s.io has no
     per-port FIN), so a local half-close must end the connection promptly and cleanly."""
@@ -191,6 +211,13 @@ def check_patterns(pf: KubectlPortForward, pod: Pod, tmp: Path, half_close: bool
     payload = random.Random(3).randbytes(3 << 20)
     expected = f"{len(payload)} {hashlib.sha256(payload).hexdigest()}\n".encode()
     assert request_halfclose_reply(reply, payload) == (expected if half_close else b"")
+
+    # A request, a half-close, then a large reply read to EOF (`nc -N`, a one-shot RPC).
+    got, sha = halfclose_then_download(pf.local_port(pod.sized), HALF_CLOSE_REPLY)
+    if half_close:
+        assert (got, sha) == (HALF_CLOSE_REPLY, pod.expected_sha256(HALF_CLOSE_REPLY))
+    else:
+        assert got == 0
 
     for i in range(SHORT_CONNECTIONS):
         small = b"%d" % i * 100
@@ -211,7 +238,7 @@ def check_patterns(pf: KubectlPortForward, pod: Pod, tmp: Path, half_close: bool
 
 
 def _ports(pod: Pod) -> list[str]:
-    return [f":{pod.source}", f":{pod.reply}", f":{pod.http_port}"]
+    return [f":{pod.source}", f":{pod.reply}", f":{pod.sized}", f":{pod.http_port}"]
 
 
 @pytest.mark.parametrize(("version", "ws"), KUBECTL_VARIANTS,

@@ -565,10 +565,11 @@ def test_stalled_pod_memory_bounded(protocol: str, loop_kind: str) -> None:
     ],
 )
 def test_half_close_policy_by_client(user_agent: str, old: bool) -> None:
-    """After the client's FIN, kubectl <= 1.31 gets a bounded tail of pod data, then FIN (it
-    stops reading a stream it FINed; more would stall its session); other clients keep the
-    full pod -> client direction (pure half-close)."""
-    size = 64 << 20
+    """After the client's FIN, kubectl <= 1.31 gets a bounded tail of pod data (whole 4 MiB
+    frames, at most OLD_KUBECTL_EOF_FRAMES of them), then FIN: it stops reading a stream it
+    FINed once its local socket is gone, and more would stall its session. Other clients keep
+    the full pod -> client direction (pure half-close)."""
+    size = 160 << 20
 
     async def body() -> None:
         async with Target(make_source_handler(size)) as t, ApiServer() as srv:
@@ -587,6 +588,8 @@ def test_half_close_policy_by_client(user_agent: str, old: bool) -> None:
             result = await asyncio.wait_for(fw.relay_task, 10)
             assert result.remote_eof and await fw.error_text() == b""
             if old:
+                budget = kubelet.OLD_KUBECTL_EOF_FRAMES * kubelet.OLD_KUBECTL_MAX_DATA
+                assert 8 << 20 < n <= (1 << 20) + budget + (16 << 20), n
                 assert n < size
             else:
                 assert n == size

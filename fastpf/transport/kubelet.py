@@ -35,8 +35,11 @@ log = logging.getLogger("fastpf.transport.kubelet")
 # that would free it. So for those clients, after their FIN on a data stream the pod -> client
 # direction gets at most OLD_KUBECTL_EOF_FRAMES more frames and OLD_KUBECTL_EOF_LINGER seconds
 # (containerd's ~1 s), then both directions end (FIN data, close the pod socket, FIN error).
+# A client that only half-closed its local socket is still read by kubectl, so the budgeted
+# frames are gathered to whole 4 MiB buffers: a reply after a half-close still gets up to
+# 64 MiB within that second (containerd gives the second, unbounded, and then cuts too).
 # Other clients (fastpf, kubectl >= 1.32) keep pure half-close.
-OLD_KUBECTL_EOF_FRAMES = 4
+OLD_KUBECTL_EOF_FRAMES = 16  # of up to OLD_KUBECTL_MAX_DATA each: <= 64 MiB, 1/3 of a queue
 OLD_KUBECTL_EOF_LINGER = 1.0
 OLD_KUBECTL_MAX_DATA = 4 << 20
 # The other way round, for every client (containerd's portForward): once the pod closed its

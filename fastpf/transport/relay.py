@@ -31,6 +31,9 @@ LOCAL_HIGH = 1 << 20  # socket write buffer above which the upgraded connection 
 LOCAL_LOW = 256 << 10
 DEFAULT_READ_SIZE = 256 * 1024
 SPARE_BUFFERS = 3  # per relay: reusable read buffers besides the current one
+# Under an `eof_budget` every frame counts, so reads are gathered into whole-buffer frames and
+# held at most this long before they leave.
+BUDGET_HOLD = 0.02
 
 
 def _exported(buf: bytearray) -> bool:
@@ -64,6 +67,8 @@ class _Relay(asyncio.BufferedProtocol):
         self.eof_budget = eof_budget  # frames still allowed local -> remote after remote EOF
         self.local_eof_linger = local_eof_linger
         self._linger_handle: asyncio.TimerHandle | None = None
+        self._held = 0  # bytes gathered in self.buf for one budgeted frame (see BUDGET_HOLD)
+        self._hold_handle: asyncio.TimerHandle | None = None
         self.pipe = pipe
         self.session = pipe.session
         self.loop = asyncio.get_running_loop()
@@ -95,6 +100,8 @@ class _Relay(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         buf = self.buf
+        if self._held and buf is not None:  # gathering a budgeted frame: nobody holds buf
+            return memoryview(buf)[self.room + self._held :]
         if buf is None or _exported(buf):
             buf = self._take_buffer()
         # uvloop releases this view before buffer_updated(), so it blocks no reuse.
@@ -122,19 +129,43 @@ class _Relay(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         if self.local_done or self.buf is None:
             return
+        if self.remote_done and self.eof_budget is not None:
+            # Few frames left: make each a whole buffer (or what came within BUDGET_HOLD).
+            self._held += nbytes
+            if self._held >= self.read_size:
+                self._send_held()
+            elif self._hold_handle is None:
+                self._hold_handle = self.loop.call_later(BUDGET_HOLD, self._send_held)
+            return
         try:
             self.pipe.send_inplace(self.buf, self.room, nbytes)
         except Exception as exc:  # session gone under us
             self._local_error(exc)
             return
         self.result.sent += nbytes
-        if self.remote_done and self.eof_budget is not None:
+
+    def _send_held(self) -> None:
+        if self._hold_handle is not None:
+            self._hold_handle.cancel()
+            self._hold_handle = None
+        n, self._held = self._held, 0
+        if not n or self.local_done or self.buf is None:
+            return
+        try:
+            self.pipe.send_inplace(self.buf, self.room, n)
+        except Exception as exc:  # session gone under us
+            self._local_error(exc)
+            return
+        self.result.sent += n
+        if self.eof_budget is not None:
             self.eof_budget -= 1
             if self.eof_budget <= 0:
                 self._linger_expired()
 
     def eof_received(self) -> bool:
         self.result.local_eof = True
+        if self._held:
+            self._send_held()  # the gathered tail leaves before the FIN
         if not self.local_done:
             self.local_done = True
             with contextlib.suppress(Exception):
@@ -151,6 +182,8 @@ class _Relay(asyncio.BufferedProtocol):
         if self._linger_handle is not None:
             self._linger_handle.cancel()
             self._linger_handle = None
+        if self._held:
+            self._send_held()  # read before the loss: still the pod's bytes, in order
         self.session.remove_output_listener(self)
         self.session.resume_input(self)
         if not (self.local_done and self.remote_done):
@@ -231,6 +264,10 @@ class _Relay(asyncio.BufferedProtocol):
         if self._linger_handle is not None:
             self._linger_handle.cancel()
             self._linger_handle = None
+        if self._hold_handle is not None:
+            self._hold_handle.cancel()
+            self._hold_handle = None
+        self._held = 0  # cut: dropped like the rest of what the local side has unsent
         if self.closed or self.local_done:
             return
         self.result.lingered = True
