@@ -585,3 +585,45 @@ def test_half_close_policy_by_client(user_agent: str) -> None:
             await _finish(conn)
 
     run(body, "uvloop")
+
+
+@pytest.mark.parametrize(
+    "user_agent", ["kubectl/v1.29.14 (linux/amd64) kubernetes/abc", "fastpf-test"]
+)
+def test_pod_close_ends_error_stream_without_client_fin(user_agent: str) -> None:
+    """The pod sends and closes; the client never FINs its data stream (kubectl <= 1.31 closes
+    its local socket only once the error stream ended). The server relays the FIN at once and
+    ends the error stream after kubelet.POD_EOF_LINGER, for every client; what the client
+    still sends afterwards is dropped without stalling the session."""
+    size = 4 << 20
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        async with Target(make_source_handler(size)) as t, Target(echo_handler) as e, \
+                ApiServer() as srv:
+            srv.dialer.headers = [("User-Agent", user_agent)]
+            conn = await upgrade.connect(srv.dialer, PATH, "spdy", [])
+            error = await conn.open_stream({"streamtype": "error", "port": str(t.port), "requestid": "0"})
+            error.write_eof()
+            data = await conn.open_stream({"streamtype": "data", "port": str(t.port), "requestid": "0"})
+            data.write(b"%d\n" % size)
+            got = 0
+            for _ in range(1 << 20):
+                chunk = await asyncio.wait_for(data.read(), 10)
+                if not chunk:
+                    break
+                got += len(chunk)
+            assert got == size  # the pod's bytes, then its FIN
+            fin_at = loop.time()
+            assert await asyncio.wait_for(error.read_all(), 10) == b""
+            waited = loop.time() - fin_at
+            assert 0.5 * kubelet.POD_EOF_LINGER <= waited <= kubelet.POD_EOF_LINGER + 3, waited
+            for _ in range(64):  # 16 MiB more after the cut: dropped, never buffered
+                data.write(bytes(256 << 10))
+            fw = await Forward.open(conn, e.port, 1)
+            fw.writer.write(b"still flowing")
+            assert await asyncio.wait_for(fw.reader.readexactly(13), 10) == b"still flowing"
+            assert not conn.input_paused
+            await _finish(conn)
+
+    run(body, "uvloop")

@@ -58,9 +58,11 @@ class _Relay(asyncio.BufferedProtocol):
         read_size: int,
         eof_linger: float | None = None,
         eof_budget: int | None = None,
+        local_eof_linger: float | None = None,
     ) -> None:
         self.eof_linger = eof_linger
         self.eof_budget = eof_budget  # frames still allowed local -> remote after remote EOF
+        self.local_eof_linger = local_eof_linger
         self._linger_handle: asyncio.TimerHandle | None = None
         self.pipe = pipe
         self.session = pipe.session
@@ -139,6 +141,8 @@ class _Relay(asyncio.BufferedProtocol):
                 self.pipe.write_eof()
         if self.eof_ends_both:
             self.remote_done = True
+        elif self.local_eof_linger is not None and not self.remote_done and not self.closed:
+            self._linger_handle = self.loop.call_later(self.local_eof_linger, self._local_linger_expired)
         self._maybe_finish()
         return True  # keep the write side open: the other direction may still flow
 
@@ -194,6 +198,9 @@ class _Relay(asyncio.BufferedProtocol):
         if self.remote_done:
             return
         self.remote_done = True
+        if self._linger_handle is not None:  # a local-EOF linger: no longer needed
+            self._linger_handle.cancel()
+            self._linger_handle = None
         if not self.closed:
             try:
                 if self.transport.can_write_eof():
@@ -205,6 +212,17 @@ class _Relay(asyncio.BufferedProtocol):
             if self.eof_budget is not None and self.eof_budget <= 0:
                 self._linger_expired()
         self._maybe_finish()
+
+    def _local_linger_expired(self) -> None:
+        # containerd-style, the other way round: the local side (the pod) closed its sending
+        # side and the remote side has not ended within `local_eof_linger`: end both. Old
+        # kubectl closes its local socket only once the error stream ends, which needs this.
+        self._linger_handle = None
+        if self.closed or self.remote_done:
+            return
+        self.result.lingered = True
+        self.remote_done = True
+        self._maybe_finish()  # flushes what the local side has not read yet, then closes
 
     def _linger_expired(self) -> None:
         # containerd-style: once the remote side ended, the local -> remote direction gets
@@ -335,6 +353,7 @@ async def relay(
     read_size: int = DEFAULT_READ_SIZE,
     eof_linger: float | None = None,
     eof_budget: int | None = None,
+    local_eof_linger: float | None = None,
 ) -> RelayResult:
     """Copy both ways between `local` (a connected TCP socket, or an Accepted connection; the
     relay owns and closes it) and a SpdyStream / PortChannel until both directions ended.
@@ -345,10 +364,12 @@ async def relay(
     remote direction too (FIN, drop unsent local data) if it has not ended by then; this is
     containerd's behaviour. `eof_budget` (frames, None = unlimited): the same cut once that
     many more frames were sent after the remote EOF (kubelet side, for kubectl <= 1.31).
+    `local_eof_linger` (seconds, None = forever): after the local socket's EOF (FIN sent on
+    the pipe), the remote -> local direction gets that long, then both end (containerd).
     Pauses the faster side at high-water marks so memory stays bounded. Never raises on
     peer/socket errors: they are reported in the result. Cancelling it aborts the socket
     and resets the stream."""
-    proto = _Relay(stream_or_channel, read_size, eof_linger, eof_budget)
+    proto = _Relay(stream_or_channel, read_size, eof_linger, eof_budget, local_eof_linger)
     if isinstance(local, Accepted):
         if local.lost is not False or local.transport is None or local.transport.is_closing():
             stream_or_channel.reset(RST_CANCEL)
@@ -377,11 +398,12 @@ async def dial_relay(
     read_size: int = DEFAULT_READ_SIZE,
     eof_linger: float | None = None,
     eof_budget: int | None = None,
+    local_eof_linger: float | None = None,
 ) -> RelayResult:
     """Connect to host:port (numeric address) and relay() with the new connection. A failed
     connect raises OSError / asyncio.TimeoutError before anything was sent on the pipe."""
     loop = asyncio.get_running_loop()
-    proto = _Relay(stream_or_channel, read_size, eof_linger, eof_budget)
+    proto = _Relay(stream_or_channel, read_size, eof_linger, eof_budget, local_eof_linger)
     # The transport is created natively by the loop (no Python socket object, no task).
     connect = loop.create_connection(lambda: proto, host, port)
     if sys.version_info >= (3, 11):
