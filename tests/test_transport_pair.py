@@ -554,9 +554,17 @@ def test_stalled_pod_memory_bounded(protocol: str, loop_kind: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "user_agent", ["kubectl/v1.29.14 (linux/amd64) kubernetes/abc", "fastpf-test"]
+    ("user_agent", "old"),
+    [
+        ("kubectl/v1.29.14 (linux/amd64) kubernetes/abc", True),
+        ("kubectl.1.31/v1.31.4 (linux/amd64) kubernetes/abc", True),
+        ("oc/4.14.0 (linux/amd64) kubernetes/abc", True),  # OpenShift 4.14 = kubernetes 1.27
+        ("oc/4.19.0 (linux/amd64) kubernetes/abc", False),  # = kubernetes 1.32
+        ("kubectl/v1.33.1 (linux/amd64) kubernetes/abc", False),
+        ("fastpf-test", False),
+    ],
 )
-def test_half_close_policy_by_client(user_agent: str) -> None:
+def test_half_close_policy_by_client(user_agent: str, old: bool) -> None:
     """After the client's FIN, kubectl <= 1.31 gets a bounded tail of pod data, then FIN (it
     stops reading a stream it FINed; more would stall its session); other clients keep the
     full pod -> client direction (pure half-close)."""
@@ -578,7 +586,7 @@ def test_half_close_policy_by_client(user_agent: str) -> None:
                 n += len(chunk)
             result = await asyncio.wait_for(fw.relay_task, 10)
             assert result.remote_eof and await fw.error_text() == b""
-            if user_agent.startswith("kubectl"):
+            if old:
                 assert n < size
             else:
                 assert n == size
@@ -588,7 +596,9 @@ def test_half_close_policy_by_client(user_agent: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "user_agent", ["kubectl/v1.29.14 (linux/amd64) kubernetes/abc", "fastpf-test"]
+    "user_agent",
+    ["kubectl/v1.29.14 (linux/amd64) kubernetes/abc", "oc/4.14.0 (linux/amd64) kubernetes/abc",
+     "kubectl/v1.33.1 (linux/amd64) kubernetes/abc", "fastpf-test"],
 )
 def test_pod_close_ends_error_stream_without_client_fin(user_agent: str) -> None:
     """The pod sends and closes; the client never FINs its data stream (kubectl <= 1.31 closes
