@@ -9,6 +9,9 @@ client did, so no forwarder ever sees a reset (kubectl ends its whole session on
 ``D`` download  target sends records until the client sends any byte, then the end record
 ``E`` echo      target echoes everything until EOF (ping-pong, 1,000 held connections)
 ``Q`` + u32 n   target answers the first n pattern bytes (connection churn)
+``N`` + u64 n   target sends pattern bytes 0..n-1 (no records), then closes: the pod's close.
+                The client reads to EOF (``download_eof``), the pattern users produce (curl, a
+                browser, pg_dump): request, then only reads, and EOF is the end of the reply.
 
 Records: ``u32 length`` + payload, repeated; ``u32 0`` + ``u64 total payload bytes`` ends the
 stream. Payload byte i of a stream is ``PATTERN[i % PERIOD]``: a random block whose period
@@ -16,7 +19,11 @@ stream. Payload byte i of a stream is ``PATTERN[i % PERIOD]``: a random block wh
 shows up as a mismatch. The check is ``bytes.startswith(view, offset)``: a memcmp, no copy,
 so verifying costs far less than the transfer itself (sha256 would eat a core at 1.5 GB/s).
 
-Processes: ``target`` serves; ``worker`` reads JSON commands on stdin (bulk, churn, pingpong,
+The ``N`` operation is the one exception to "the target closes only after the client": there
+the close is the point. It is a FIN, never a reset (the client sent only the 9-byte request,
+which the target has read, so no unread data is left behind).
+
+Processes: ``target`` serves; ``worker`` reads JSON commands on stdin (bulk, eof, churn, pingpong,
 hold, release, quit) and prints one JSON result line per command, so the harness keeps one
 warm load-generator process and the target in another: the two loopback cores are used by
 the load generator, the target and (in forwarded rows) the forwarder and ``fastpf serve``.
@@ -27,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import random
@@ -44,6 +52,8 @@ PATTERN_VIEW = memoryview(PATTERN)
 RECORD = 1 << 20  # payload bytes per record on the wire
 BUFFER = 256 * 1024  # receive buffer size (BufferedProtocol)
 _U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+EOF_BUFFER = 1 << 20  # download_eof's receive buffer (recv_into)
 _END = struct.Struct(">IQ")  # u32 0 + u64 total
 _REPLY = struct.Struct(">cQB")  # b"K", total, ok
 
@@ -74,6 +84,18 @@ def pattern_ok(view: memoryview | bytes, offset: int) -> bool:
             return False
         pos += step
     return True
+
+
+def first_mismatch(view: memoryview | bytes, offset: int) -> int:
+    """Index of the first byte of `view` that differs from the pattern stream at `offset`, or -1
+    (only called once a check failed, to name the byte in the error)."""
+    for i in range(0, len(view), 4096):  # bounded by len(view)
+        block = view[i : i + 4096]
+        if not pattern_ok(block, offset + i):
+            for j in range(len(block)):
+                if block[j] != PATTERN[(offset + i + j) % PERIOD]:
+                    return i + j
+    return -1
 
 
 class RecordReader:
@@ -146,6 +168,7 @@ class TargetProtocol(asyncio.BufferedProtocol):
         self.paused = False
         self.finished = False
         self.qhead = bytearray()
+        self.want = -1  # N: bytes to send before closing (-1: header not complete yet)
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: Any) -> None:
@@ -167,7 +190,7 @@ class TargetProtocol(asyncio.BufferedProtocol):
                 self.reader = RecordReader()
             elif self.op == 0x44:  # D
                 self.pump()
-            elif self.op not in (0x45, 0x51):  # E, Q
+            elif self.op not in (0x45, 0x51, 0x4E):  # E, Q, N
                 self.stats["bad_op"] += 1
                 assert self.transport is not None
                 self.transport.abort()
@@ -199,6 +222,35 @@ class TargetProtocol(asyncio.BufferedProtocol):
                 self.finished = True
                 n = min(_U32.unpack_from(self.qhead)[0], PERIOD)
                 self.transport.write(PATTERN_VIEW[:n])
+        elif op == 0x4E:
+            if self.want >= 0:
+                return  # nothing else is expected; read (not left unread) so our close is a FIN
+            self.qhead += data
+            if len(self.qhead) >= _U64.size:
+                self.want = _U64.unpack_from(self.qhead)[0]
+                self.pump_to_close()
+
+    def pump_to_close(self) -> None:
+        """N: send the first `want` pattern bytes with backpressure, then close (FIN)."""
+        tr = self.transport
+        assert tr is not None
+        if self.finished:
+            return
+        for _ in range(64):  # bounded burst; pause_writing usually stops it first
+            if self.paused or tr.is_closing():
+                return
+            left = self.want - self.sent
+            if left <= 0:
+                self.finished = True
+                self.stats["eof_done"] += 1
+                self.stats["eof_bytes"] += self.sent
+                tr.close()  # after the buffered bytes: the pod's close
+                return
+            phase = self.sent % PERIOD
+            take = min(RECORD, left)
+            tr.write(PATTERN_VIEW[phase : phase + take])
+            self.sent += take
+        asyncio.get_running_loop().call_soon(self.pump_to_close)
 
     def pump(self) -> None:
         """Download: send records until paused; after the stop byte, the end record."""
@@ -228,6 +280,8 @@ class TargetProtocol(asyncio.BufferedProtocol):
         self.paused = False
         if self.op == 0x44:
             self.pump()
+        elif self.op == 0x4E and self.want >= 0:
+            self.pump_to_close()
 
     def eof_received(self) -> bool:
         return False  # close our side too (after the write buffer drained)
@@ -237,6 +291,8 @@ class TargetProtocol(asyncio.BufferedProtocol):
             self.stats["down_cut"] += 1
         if self.op == 0x55 and not self.finished:
             self.stats["up_cut"] += 1
+        if self.op == 0x4E and not self.finished:
+            self.stats["eof_cut"] += 1
 
 
 async def serve_target(host: str, port: int, ready: Any = None) -> None:
@@ -253,6 +309,9 @@ async def serve_target(host: str, port: int, ready: Any = None) -> None:
             "down_bytes",
             "down_done",
             "down_cut",
+            "eof_bytes",
+            "eof_done",
+            "eof_cut",
         )
     }
     server = await loop.create_server(lambda: TargetProtocol(stats), host, port, backlog=4096)
@@ -402,6 +461,81 @@ async def bulk(host: str, port: int, direction: str, conns: int, duration: float
     }
 
 
+def download_eof(
+    host: str, port: int, n: int, eof_timeout: float = 10.0, transfer_timeout: float = 60.0
+) -> dict[str, Any]:
+    """Download `n` bytes with a plain blocking socket and read on to EOF, as curl would.
+
+    Sends ``N`` + u64 n, then only reads: recv_into a 1 MiB buffer, every byte checked against
+    the pattern. Returns the rate from before connect to the last byte (``MBps``; for a run cut
+    short, the rate of what did arrive), the delay from the last byte to EOF (``eof_s``: the
+    pod's close reaching the local client) and ``ok``. Bounded: the transfer gives up after
+    `transfer_timeout` s (or `eof_timeout` s without any byte), EOF after `eof_timeout` s more.
+    """
+    buf = bytearray(EOF_BUFFER)
+    view = memoryview(buf)
+    got = extra = 0
+    corrupt_at = -1
+    eof_s: float | None = None
+    error = timeout = ""
+    t0 = time.perf_counter()
+    t_last = t0
+    deadline = t0 + transfer_timeout
+    try:
+        with socket.create_connection((host, port), timeout=eof_timeout) as s:
+            s.sendall(b"N" + _U64.pack(n))
+            for _ in range(n + 1):  # bounded: each pass takes >= 1 byte, or ends the loop
+                if got >= n:
+                    break
+                if time.perf_counter() > deadline:
+                    error = f"transfer timeout: {got} of {n} bytes after {transfer_timeout:g} s"
+                    timeout = "transfer"
+                    break
+                k = s.recv_into(view)  # socket.timeout after eof_timeout s without data
+                if not k:
+                    error = f"EOF after {got} of {n} bytes"
+                    break
+                take = min(k, n - got)
+                if corrupt_at < 0 and not pattern_ok(view[:take], got):
+                    corrupt_at = got + first_mismatch(view[:take], got)
+                got += take
+                extra += k - take
+                t_last = time.perf_counter()
+            if got >= n and not extra:
+                # all bytes in: now the pod's close must arrive as EOF, and nothing more
+                k = s.recv_into(view)  # socket.timeout after eof_timeout s
+                if k:
+                    extra += k
+                else:
+                    eof_s = time.perf_counter() - t_last
+    except TimeoutError:
+        if got >= n:
+            error, timeout = f"no EOF within {eof_timeout:g} s after the last byte", "eof"
+        else:
+            error = f"stalled: {got} of {n} bytes, then nothing for {eof_timeout:g} s"
+            timeout = "transfer"
+    except OSError as exc:
+        error = f"{exc!r} after {got} of {n} bytes"
+    if corrupt_at >= 0:
+        error = f"corrupt from byte {corrupt_at}" + (f"; {error}" if error else "")
+    if extra:
+        error = f"{extra} bytes beyond {n}" + (f"; {error}" if error else "")
+    secs = max(t_last - t0, 1e-9)  # up to the last byte that arrived
+    return {
+        "ok": not error,
+        "bytes": got,
+        "complete": got >= n and corrupt_at < 0,
+        "seconds": secs,
+        "MBps": got / secs / 1e6,
+        "eof_s": eof_s,
+        "timeout": timeout,  # "transfer" (bytes missing), "eof" (all bytes, no EOF) or ""
+        "error": error,
+        # the form measure() in run.py counts as errors
+        "errors": 1 if error else 0,
+        "error_samples": [error] if error else [],
+    }
+
+
 class ChurnClient(asyncio.Protocol):
     def __init__(self, need: int, done: asyncio.Future[None]) -> None:
         self.need = need
@@ -459,7 +593,7 @@ async def churn(
             tr = None
             try:
                 tr, _ = await asyncio.wait_for(
-                    loop.create_connection(lambda d=done: ChurnClient(size, d), host, port), 10.0
+                    loop.create_connection(functools.partial(ChurnClient, size, done), host, port), 10.0
                 )
                 await asyncio.wait_for(done, 10.0)
                 lat.append((time.perf_counter() - t0) * 1e3)
@@ -590,6 +724,9 @@ async def dispatch(cmd: dict[str, Any]) -> dict[str, Any]:
     host, port = cmd.get("host", "127.0.0.1"), int(cmd.get("port", 0))
     if op == "bulk":
         return await bulk(host, port, cmd["dir"], int(cmd.get("conns", 1)), float(cmd["duration"]))
+    if op == "eof":
+        return download_eof(host, port, int(cmd["n"]), float(cmd.get("eof_timeout", 10.0)),
+                            float(cmd.get("transfer_timeout", 60.0)))
     if op == "churn":
         return await churn(host, port, int(cmd.get("concurrency", 50)), float(cmd["duration"]),
                            int(cmd.get("size", 128)))

@@ -101,6 +101,53 @@ def _load_note(meta: dict[str, Any]) -> str:
     return note + ".\n"
 
 
+def _eof_failures(m: dict[str, Any]) -> str:
+    """What went wrong in a row's download-to-EOF runs, in a few words."""
+    parts = []
+    if m.get("eof_no_eof"):
+        parts.append(f"**no EOF** after the last byte in {m['eof_no_eof']}/{m.get('eof_runs')} runs")
+    if m.get("eof_transfer_timeouts"):
+        rate = m.get("eof_partial_MBps")
+        parts.append("**transfer timeout**" + (f" at {rate:.3g} MB/s" if rate is not None else "")
+                     + " (further runs skipped)")
+    rest = m.get("eof_runs", 0) - m.get("eof_ok", 0) - m.get("eof_no_eof", 0) - m.get(
+        "eof_transfer_timeouts", 0)
+    if rest > 0:
+        parts.append(f"{rest} failed: {str(m.get('eof_first_error'))[:120]}")
+    return "; ".join(parts) or "–"
+
+
+def eof_table(result: dict[str, Any]) -> list[str]:
+    """Markdown lines of the download-to-EOF table (empty for results that predate it)."""
+    rows = [(k, r) for k, r in result.get("rows", {}).items()
+            if r.get("status") == "ok" and r.get("metrics", {}).get("eof_runs")]
+    if not rows:
+        return []
+    d = result.get("meta", {}).get("durations", {})
+    base = _metric(result, KUBECTL, "eof_MBps")
+    lines = [
+        "", "## Download to EOF (blocking socket)", "",
+        f"A plain blocking socket sends a 9-byte request, then only reads (recv_into, 1 MiB buffer) "
+        f"until EOF; the target sends {d.get('eof_mib')} MiB of pattern bytes and closes, as a pod's "
+        "server does after its reply (curl, a browser, pg_dump). MB/s from before connect to the last "
+        "byte (median of the runs whose bytes all arrived, every byte verified); EOF delay: last byte "
+        f"→ EOF, the pod's close reaching the local client. {d.get('eof_reps')} runs per row, one row "
+        f"after the other; no EOF within {d.get('eof_timeout')} s or no complete transfer within "
+        f"{d.get('eof_transfer_timeout')} s is an error.", "",
+        "| row | MB/s | vs kubectl 1.33 | EOF delay ms (median / max) | runs ok | failures |",
+        "|---|--:|--:|--:|--:|---|",
+    ]
+    for key, r in rows:
+        m = r["metrics"]
+        v = m.get("eof_MBps")
+        ratio = f"{v / base:.2f}×" if v is not None and base else "–"
+        ms = {k: m[k] * 1e3 for k in ("eof_delay_s", "eof_delay_max_s") if m.get(k) is not None}
+        lines.append(f"| {r.get('label', key)} | {_f(v)} | {ratio} "
+                     f"| {_pair(ms, 'eof_delay_s', 'eof_delay_max_s', 1)} "
+                     f"| {m.get('eof_ok', 0)}/{m.get('eof_runs')} | {_eof_failures(m)} |")
+    return lines
+
+
 def markdown(result: dict[str, Any]) -> str:
     meta = result.get("meta", {})
     mach = meta.get("machine", {})
@@ -147,6 +194,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {_pair(m, 'pp_p50_ms', 'pp_p99_ms', 3)} | {_pair(m, 'rss_idle_MiB', 'rss_hwm_MiB', 1)} "
             f"| {r.get('errors', 0)} |"
         )
+    lines += eof_table(result)
     tg = result.get("targets") or targets(result)
     rows = [k for k in FASTPF_ROWS if k in result.get("rows", {})]
     if tg and rows:
@@ -181,9 +229,9 @@ def markdown(result: dict[str, Any]) -> str:
                   "lines the forwarder printed (informational; errors above count failed transfers).", "",
                   "| row | loadgen+target CPU s/GiB ↓ / ↑ | forwarder error lines |", "|---|--:|--:|"]
         for label, m in lg:
-            k = next((r for r in result["rows"].values() if r.get("label") == label), {})
+            found: dict[str, Any] = next((r for r in result["rows"].values() if r.get("label") == label), {})
             lines.append(f"| {label} | {_pair(m, 'cpu_harness_down_s_per_GiB', 'cpu_harness_up_s_per_GiB', 2)} "
-                         f"| {_f(k.get('log_error_lines'))} |")
+                         f"| {_f(found.get('log_error_lines'))} |")
     churn_cpu = [(r.get("label", k), r.get("metrics", {})) for k, r in result.get("rows", {}).items()
                  if r.get("metrics", {}).get("cpu_client_churn_ms_per_conn") is not None]
     if churn_cpu:
@@ -234,7 +282,8 @@ def chart(result: dict[str, Any], path: Path) -> Path | None:
                 for _, r in rows]
 
     panels = [
-        ("Bulk throughput, 1 connection (MB/s)", [("download", "down1_MBps"), ("upload", "up1_MBps")]),
+        ("Bulk throughput, 1 connection (MB/s)", [("download", "down1_MBps"), ("upload", "up1_MBps"),
+                                                  ("download to EOF", "eof_MBps")]),
         ("Bulk throughput, 8 connections (MB/s)", [("download", "down8_MBps"), ("upload", "up8_MBps")]),
         ("Client CPU s/GiB (lower is better)", [("download", "cpu_client_down_s_per_GiB"),
                                                 ("upload", "cpu_client_up_s_per_GiB")]),

@@ -74,6 +74,13 @@ class Mode:
     latency_reps: int = 1
     hold_conns: int = 1000
     churn_concurrency: int = 50
+    # download to EOF (blocking socket): sequential runs of eof_mib MiB per row. A run gives up
+    # after eof_transfer_timeout s (the issue-9 crawl moved 0.15-0.7 MB/s) and waits at most
+    # eof_timeout s for the pod's close after the last byte: a stuck EOF is an error, not a hang.
+    eof_mib: int = 256
+    eof_reps: int = 3
+    eof_transfer_timeout: float = 60.0
+    eof_timeout: float = 10.0
 
 
 FULL = Mode(bulk1_seconds=5.0, bulk1_reps=3, bulk8_seconds=4.0, bulk8_reps=3,
@@ -81,7 +88,7 @@ FULL = Mode(bulk1_seconds=5.0, bulk1_reps=3, bulk8_seconds=4.0, bulk8_reps=3,
             # varies 2-4x between identical runs (scheduling), the p50 does not.
             churn_seconds=3.0, pingpong_seconds=5.0, latency_reps=3)
 QUICK = Mode(bulk1_seconds=0.7, bulk1_reps=1, bulk8_seconds=0.5, bulk8_reps=1,
-             churn_seconds=0.7, pingpong_seconds=0.3)
+             churn_seconds=0.7, pingpong_seconds=0.3, eof_mib=64, eof_transfer_timeout=30.0)
 
 
 @dataclass
@@ -129,6 +136,7 @@ class RowState:
     cpu: dict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
     cpu_incomplete: set[tuple[str, str]] = field(default_factory=set)
     log_errors: int = 0
+    eof_runs: list[dict[str, Any]] = field(default_factory=list)  # download_eof results
 
     def error(self, sample: str, n: int = 1) -> None:
         self.res["errors"] += n
@@ -146,6 +154,8 @@ class RowState:
         for key, v in self.lat.items():
             m[key] = statistics.median(v) if v else None
             m[key + "_runs"] = v
+        if self.eof_runs:
+            m.update(eof_metrics(self.eof_runs))
         conns = self.moved.get("churn", 0)
         for party in ("client", "serve", "loadgen", "target"):
             if conns and (party, "churn") in self.cpu and (party, "churn") not in self.cpu_incomplete:
@@ -164,6 +174,28 @@ class RowState:
             if None not in lg:
                 m[f"cpu_harness_{direction}_s_per_GiB"] = sum(lg) / (nbytes / GIB)  # type: ignore[arg-type]
         self.res["log_error_lines"] = self.log_errors
+
+
+def eof_metrics(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Download-to-EOF figures of one row: MB/s over the runs whose bytes all arrived (and
+    verified), the pod close -> local EOF delay over the runs that saw EOF, and the failures."""
+    complete = [r["MBps"] for r in runs if r.get("complete")]
+    partial = [r["MBps"] for r in runs if "MBps" in r and not r.get("complete")]
+    delays = [r["eof_s"] for r in runs if r.get("eof_s") is not None]
+    return {
+        "eof_MBps": statistics.median(complete) if complete else None,
+        "eof_runs_MBps": [r.get("MBps") for r in runs],
+        "eof_partial_MBps": statistics.median(partial) if partial else None,
+        "eof_delay_s": statistics.median(delays) if delays else None,
+        "eof_delay_max_s": max(delays) if delays else None,
+        "eof_runs_delay_s": [r.get("eof_s") for r in runs],
+        "eof_runs": len(runs),
+        "eof_ok": sum(1 for r in runs if r.get("ok")),
+        "eof_no_eof": sum(1 for r in runs if r.get("timeout") == "eof"),
+        "eof_transfer_timeouts": sum(1 for r in runs if r.get("timeout") == "transfer"),
+        "eof_first_error": next((r.get("error") or r.get("exception") for r in runs
+                                 if not r.get("ok")), None),
+    }
 
 
 def log(msg: str) -> None:
@@ -216,6 +248,9 @@ class Harness:
             self.mode.hold_conns = args.hold_conns
         if args.reps:
             self.mode.bulk1_reps = self.mode.bulk8_reps = self.mode.latency_reps = args.reps
+            self.mode.eof_reps = args.reps
+        if args.eof_mib:
+            self.mode.eof_mib = args.eof_mib
         self.reg = reg
         self.workdir = workdir
         self.target_port = 0
@@ -438,6 +473,26 @@ class Harness:
                     st.cpu_incomplete.add((k, direction))
         return r
 
+    def download_to_eof(self, live: list[RowState], rep: int) -> None:
+        """One download-to-EOF run per row (blocking socket, request then only reads, as curl
+        does). A row whose transfer timed out is not run again: each such run costs
+        eof_transfer_timeout s, and one says what there is to say."""
+        mode = self.mode
+        cmd = {"op": "eof", "n": mode.eof_mib << 20, "eof_timeout": mode.eof_timeout,
+               "transfer_timeout": mode.eof_transfer_timeout}
+        # the worker's own deadlines end every run first; this one only catches a hung worker
+        limit = mode.eof_transfer_timeout + 2 * mode.eof_timeout + 30
+        done = []
+        for st in live:
+            if any(r.get("timeout") == "transfer" for r in st.eof_runs):
+                continue
+            r = self.measure(st, "download to EOF", cmd, limit, "eof")
+            st.eof_runs.append(r)
+            eof = r.get("eof_s")
+            done.append(f"{st.row.key} {r.get('MBps', 0):.0f} MB/s "
+                        + (f"EOF +{eof:.3f} s" if eof is not None else f"[{r.get('timeout') or 'error'}]"))
+        log(f"download to EOF rep {rep + 1}/{mode.eof_reps} ({mode.eof_mib} MiB): " + ", ".join(done))
+
     def run_rows(self, rows: list[RowSpec]) -> dict[str, dict[str, Any]]:
         mode = self.mode
         states = self.states = self.open_rows(rows)
@@ -456,6 +511,8 @@ class Harness:
                     log(f"bulk x{conns} rep {rep + 1}/{reps}: " + ", ".join(
                         f"{st.row.key} {st.last('down', conns)}/{st.last('up', conns)}" for st in live)
                         + " MB/s down/up")
+            for rep in range(mode.eof_reps):
+                self.download_to_eof(live, rep)
             for rep in range(mode.latency_reps):
                 for st in live:
                     r = self.measure(st, "churn", {"op": "churn", "concurrency": mode.churn_concurrency,
@@ -607,13 +664,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", default="", help="comma list of row keys: " + ",".join(r.key for r in ROWS))
     ap.add_argument("--no-tls", action="store_true", help="fastpf serve without TLS (default: TLS)")
     ap.add_argument("--bulk-seconds", type=float, default=0.0, help="override bulk durations")
-    ap.add_argument("--reps", type=int, default=0, help="override bulk repetitions")
+    ap.add_argument("--reps", type=int, default=0, help="override bulk (and every other) repetitions")
+    ap.add_argument("--eof-mib", type=int, default=0,
+                    help="download-to-EOF size per run in MiB (full 256, quick 64)")
     ap.add_argument("--hold-conns", type=int, default=0, help="connections for the RSS test (1000)")
     ap.add_argument("--no-micro", action="store_true", help="skip the micro benchmarks in full mode")
     ap.add_argument("--out", default=str(HERE / "results"), help="results directory")
     ap.add_argument("--no-chart", action="store_true", help="skip latest.png")
     ap.add_argument("--keep-logs", action="store_true", help="keep child logs (printed path)")
     args = ap.parse_args(argv)
+    if args.eof_mib < 0 or args.reps < 0:
+        ap.error("--eof-mib and --reps must not be negative")
 
     rows = ROWS
     if args.rows:

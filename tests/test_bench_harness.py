@@ -9,8 +9,11 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +23,7 @@ sys.path.insert(0, str(BENCH))
 import loadgen  # noqa: E402
 import procs  # noqa: E402
 import report  # noqa: E402
+import run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +134,115 @@ def test_corruption_through_relay_is_counted(target_port: int) -> None:
     assert r["errors"] == 1 and "corrupt=True" in r["error_samples"][0]
 
 
+@pytest.mark.parametrize("n", [0, 1, 5 * (1 << 20) + 3])
+def test_download_eof_against_target(target_port: int, n: int) -> None:
+    """The target's N op sends exactly n pattern bytes and closes; the client sees EOF."""
+    r = loadgen.download_eof("127.0.0.1", target_port, n, eof_timeout=10.0, transfer_timeout=60.0)
+    assert r["ok"] and r["complete"] and r["error"] == "" and r["timeout"] == "", r
+    assert r["bytes"] == n and r["errors"] == 0
+    assert r["eof_s"] is not None and r["eof_s"] >= 0
+    if n:
+        assert r["MBps"] > 0
+
+
+@pytest.fixture
+def one_shot() -> Iterator[Any]:
+    """A pod-side server in a thread: reads the 9-byte request, sends `payload`, then closes
+    (or holds the connection until the test ends). Yields a function returning its port."""
+    release = threading.Event()
+    threads: list[threading.Thread] = []
+
+    def start(payload: bytes, close: bool) -> int:
+        srv = socket.create_server(("127.0.0.1", 0))
+        srv.settimeout(10)
+
+        def serve() -> None:
+            with srv:
+                conn, _ = srv.accept()
+                with conn:
+                    conn.settimeout(10)
+                    head = b""
+                    for _ in range(9):  # bounded: the request is 9 bytes
+                        if len(head) >= 9:
+                            break
+                        head += conn.recv(9 - len(head))
+                    assert head[:1] == b"N"
+                    conn.sendall(payload)
+                    if not close:
+                        release.wait(30)
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        threads.append(t)
+        return int(srv.getsockname()[1])
+
+    yield start
+    release.set()
+    for t in threads:
+        t.join(10)
+
+
+def test_download_eof_target_never_closes_is_a_timeout(one_shot: Any) -> None:
+    n = 300_000
+    port = one_shot(loadgen.PATTERN[:n], close=False)
+    r = loadgen.download_eof("127.0.0.1", port, n, eof_timeout=0.5, transfer_timeout=30.0)
+    assert not r["ok"] and r["timeout"] == "eof" and "no EOF" in r["error"], r
+    assert r["bytes"] == n and r["complete"] and r["eof_s"] is None and r["errors"] == 1
+
+
+def test_download_eof_stalled_transfer_is_a_timeout(one_shot: Any) -> None:
+    port = one_shot(loadgen.PATTERN[:1000], close=False)
+    r = loadgen.download_eof("127.0.0.1", port, 300_000, eof_timeout=0.5, transfer_timeout=30.0)
+    assert not r["ok"] and r["timeout"] == "transfer" and "stalled" in r["error"], r
+    assert r["bytes"] == 1000 and not r["complete"] and r["eof_s"] is None
+
+
+@pytest.mark.parametrize("case", ["short", "extra", "corrupt"])
+def test_download_eof_detects_bad_replies(one_shot: Any, case: str) -> None:
+    n = 300_000
+    payload = bytearray(loadgen.PATTERN[: n - 10 if case == "short" else n])
+    if case == "extra":
+        payload += b"xyz"
+    if case == "corrupt":
+        payload[123_456] ^= 1
+    port = one_shot(bytes(payload), close=True)
+    r = loadgen.download_eof("127.0.0.1", port, n, eof_timeout=10.0, transfer_timeout=30.0)
+    assert not r["ok"] and r["errors"] == 1 and r["timeout"] == "", r
+    want = {"short": f"EOF after {n - 10} of {n}", "extra": "3 bytes beyond", "corrupt": "corrupt from byte 123456"}
+    assert want[case] in r["error"]
+
+
+def test_eof_metrics_and_report_table() -> None:
+    ok = {"ok": True, "complete": True, "MBps": 400.0, "eof_s": 0.002, "timeout": "", "error": ""}
+    stuck = dict(ok, ok=False, eof_s=None, timeout="eof", error="no EOF within 10 s after the last byte")
+    slow = {"ok": False, "complete": False, "MBps": 0.6, "eof_s": None, "timeout": "transfer",
+            "error": "transfer timeout"}
+    m_ok = run.eof_metrics([ok, dict(ok, MBps=500.0, eof_s=0.004), dict(ok, MBps=300.0)])
+    assert m_ok["eof_MBps"] == 400.0 and m_ok["eof_delay_s"] == 0.002 and m_ok["eof_delay_max_s"] == 0.004
+    assert m_ok["eof_ok"] == 3 and m_ok["eof_no_eof"] == 0
+    m_stuck = run.eof_metrics([dict(stuck, MBps=200.0)] * 3)
+    assert m_stuck["eof_MBps"] == 200.0 and m_stuck["eof_delay_s"] is None and m_stuck["eof_no_eof"] == 3
+    m_slow = run.eof_metrics([slow])
+    assert m_slow["eof_MBps"] is None and m_slow["eof_partial_MBps"] == 0.6
+    result: dict[str, Any] = {
+        "meta": {"durations": {"eof_mib": 64, "eof_reps": 3, "eof_timeout": 10.0}},
+        "rows": {
+            "kubectl-1.33": {"label": "kubectl 1.33", "status": "ok", "errors": 0, "metrics": m_slow},
+            "kubectl-1.29": {"label": "kubectl 1.29", "status": "ok", "errors": 3, "metrics": m_stuck},
+            "fastpf-spdy": {"label": "fastpf spdy", "status": "ok", "errors": 0, "metrics": m_ok},
+            "direct": {"label": "direct", "status": "ok", "errors": 0, "metrics": {"down1_MBps": 9.0}},
+        },
+    }
+    md = report.markdown(result)
+    assert "## Download to EOF (blocking socket)" in md
+    assert "| fastpf spdy | 400 | – | 2.0 / 4.0 | 3/3 | – |" in md  # kubectl 1.33 never finished
+    assert "**no EOF** after the last byte in 3/3 runs" in md
+    assert "**transfer timeout** at 0.6 MB/s" in md
+    assert "| direct |" not in md.split("## Download to EOF")[1].split("##")[0]  # no EOF runs
+    result["rows"]["kubectl-1.33"]["metrics"] = run.eof_metrics([dict(ok, MBps=100.0)])
+    assert "| fastpf spdy | 400 | 4.00× |" in report.markdown(result)
+
+
 def test_proc_measurements_and_registry(tmp_path: Path) -> None:
     reg = procs.Registry(tmp_path)
     p = reg.start("spin", [sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<5: pass"])
@@ -183,7 +296,7 @@ def _alive(pid: int) -> bool:
 def _run_harness(tmp_path: Path, extra: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(BENCH / "run.py"), "--quick", "--rows", "direct,socat", "--hold-conns", "20",
-         "--bulk-seconds", "0.2", "--out", str(tmp_path), *extra],
+         "--bulk-seconds", "0.2", "--eof-mib", "8", "--out", str(tmp_path), *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
@@ -203,8 +316,12 @@ def test_run_py_end_to_end_direct_and_socat(tmp_path: Path) -> None:
         row = result["rows"][key]
         assert row["status"] == "ok" and row["errors"] == 0, row
         assert row["metrics"]["down1_MBps"] > 0 and row["metrics"]["churn_per_s"] > 0
+        # download to EOF: 3 runs, all bytes verified, the target's close seen as EOF each time
+        assert row["metrics"]["eof_ok"] == row["metrics"]["eof_runs"] == 3
+        assert row["metrics"]["eof_MBps"] > 0 and row["metrics"]["eof_delay_s"] is not None
     assert result["rows"]["socat"]["metrics"]["hold_open"] == 20
     assert "| socat (1 hop) |" in (tmp_path / "latest.md").read_text()
+    assert "## Download to EOF (blocking socket)" in (tmp_path / "latest.md").read_text()
     assert result["meta"]["children"] and not any(_alive(pid) for _, pid in result["meta"]["children"])
 
 

@@ -554,13 +554,22 @@ def test_stalled_pod_memory_bounded(protocol: str, loop_kind: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "user_agent", ["kubectl/v1.29.14 (linux/amd64) kubernetes/abc", "fastpf-test"]
+    ("user_agent", "old"),
+    [
+        ("kubectl/v1.29.14 (linux/amd64) kubernetes/abc", True),
+        ("kubectl.1.31/v1.31.4 (linux/amd64) kubernetes/abc", True),
+        ("oc/4.14.0 (linux/amd64) kubernetes/abc", True),  # OpenShift 4.14 = kubernetes 1.27
+        ("oc/4.19.0 (linux/amd64) kubernetes/abc", False),  # = kubernetes 1.32
+        ("kubectl/v1.33.1 (linux/amd64) kubernetes/abc", False),
+        ("fastpf-test", False),
+    ],
 )
-def test_half_close_policy_by_client(user_agent: str) -> None:
-    """After the client's FIN, kubectl <= 1.31 gets a bounded tail of pod data, then FIN (it
-    stops reading a stream it FINed; more would stall its session); other clients keep the
-    full pod -> client direction (pure half-close)."""
-    size = 64 << 20
+def test_half_close_policy_by_client(user_agent: str, old: bool) -> None:
+    """After the client's FIN, kubectl <= 1.31 gets a bounded tail of pod data (whole 4 MiB
+    frames, at most OLD_KUBECTL_EOF_FRAMES of them), then FIN: it stops reading a stream it
+    FINed once its local socket is gone, and more would stall its session. Other clients keep
+    the full pod -> client direction (pure half-close)."""
+    size = 160 << 20
 
     async def body() -> None:
         async with Target(make_source_handler(size)) as t, ApiServer() as srv:
@@ -578,10 +587,56 @@ def test_half_close_policy_by_client(user_agent: str) -> None:
                 n += len(chunk)
             result = await asyncio.wait_for(fw.relay_task, 10)
             assert result.remote_eof and await fw.error_text() == b""
-            if user_agent.startswith("kubectl"):
+            if old:
+                budget = kubelet.OLD_KUBECTL_EOF_FRAMES * kubelet.OLD_KUBECTL_MAX_DATA
+                assert 8 << 20 < n <= (1 << 20) + budget + (16 << 20), n
                 assert n < size
             else:
                 assert n == size
+            await _finish(conn)
+
+    run(body, "uvloop")
+
+
+@pytest.mark.parametrize(
+    "user_agent",
+    ["kubectl/v1.29.14 (linux/amd64) kubernetes/abc", "oc/4.14.0 (linux/amd64) kubernetes/abc",
+     "kubectl/v1.33.1 (linux/amd64) kubernetes/abc", "fastpf-test"],
+)
+def test_pod_close_ends_error_stream_without_client_fin(user_agent: str) -> None:
+    """The pod sends and closes; the client never FINs its data stream (kubectl <= 1.31 closes
+    its local socket only once the error stream ended). The server relays the FIN at once and
+    ends the error stream after kubelet.POD_EOF_LINGER, for every client; what the client
+    still sends afterwards is dropped without stalling the session."""
+    size = 4 << 20
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        async with Target(make_source_handler(size)) as t, Target(echo_handler) as e, \
+                ApiServer() as srv:
+            srv.dialer.headers = [("User-Agent", user_agent)]
+            conn = await upgrade.connect(srv.dialer, PATH, "spdy", [])
+            error = await conn.open_stream({"streamtype": "error", "port": str(t.port), "requestid": "0"})
+            error.write_eof()
+            data = await conn.open_stream({"streamtype": "data", "port": str(t.port), "requestid": "0"})
+            data.write(b"%d\n" % size)
+            got = 0
+            for _ in range(1 << 20):
+                chunk = await asyncio.wait_for(data.read(), 10)
+                if not chunk:
+                    break
+                got += len(chunk)
+            assert got == size  # the pod's bytes, then its FIN
+            fin_at = loop.time()
+            assert await asyncio.wait_for(error.read_all(), 10) == b""
+            waited = loop.time() - fin_at
+            assert 0.5 * kubelet.POD_EOF_LINGER <= waited <= kubelet.POD_EOF_LINGER + 3, waited
+            for _ in range(64):  # 16 MiB more after the cut: dropped, never buffered
+                data.write(bytes(256 << 10))
+            fw = await Forward.open(conn, e.port, 1)
+            fw.writer.write(b"still flowing")
+            assert await asyncio.wait_for(fw.reader.readexactly(13), 10) == b"still flowing"
+            assert not conn.input_paused
             await _finish(conn)
 
     run(body, "uvloop")

@@ -35,10 +35,19 @@ log = logging.getLogger("fastpf.transport.kubelet")
 # that would free it. So for those clients, after their FIN on a data stream the pod -> client
 # direction gets at most OLD_KUBECTL_EOF_FRAMES more frames and OLD_KUBECTL_EOF_LINGER seconds
 # (containerd's ~1 s), then both directions end (FIN data, close the pod socket, FIN error).
+# A client that only half-closed its local socket is still read by kubectl, so the budgeted
+# frames are gathered to whole 4 MiB buffers: a reply after a half-close still gets up to
+# 64 MiB within that second (containerd gives the second, unbounded, and then cuts too).
 # Other clients (fastpf, kubectl >= 1.32) keep pure half-close.
-OLD_KUBECTL_EOF_FRAMES = 4
+OLD_KUBECTL_EOF_FRAMES = 16  # of up to OLD_KUBECTL_MAX_DATA each: <= 64 MiB, 1/3 of a queue
 OLD_KUBECTL_EOF_LINGER = 1.0
 OLD_KUBECTL_MAX_DATA = 4 << 20
+# The other way round, for every client (containerd's portForward): once the pod closed its
+# sending side (FIN relayed at once), the client -> pod direction gets POD_EOF_LINGER seconds,
+# then the pod socket, the data stream and the error stream all end. kubectl <= 1.31 closes
+# its local socket only when the error stream ends, so without this a download that ends with
+# the pod's close never reaches EOF there; newer clients see the FIN at once.
+POD_EOF_LINGER = 1.0
 _KUBECTL_UA = re.compile(r"^(kubectl|oc)[^/]*/v?(\d+)\.(\d+)")
 
 
@@ -303,13 +312,17 @@ class _SpdySession:
 
     async def _forward(self, error: SpdyStream, data: SpdyStream, port: int) -> None:
         pod, options = self.pod, self.options
-        limits: dict[str, Any] = {}
+        limits: dict[str, Any] = {"local_eof_linger": POD_EOF_LINGER}
         if self.old_kubectl:
-            limits = {"read_size": OLD_KUBECTL_MAX_DATA, "eof_linger": OLD_KUBECTL_EOF_LINGER,
-                      "eof_budget": OLD_KUBECTL_EOF_FRAMES}
+            limits.update(read_size=OLD_KUBECTL_MAX_DATA, eof_linger=OLD_KUBECTL_EOF_LINGER,
+                          eof_budget=OLD_KUBECTL_EOF_FRAMES)
         try:
             result: RelayResult = await dial_relay(
                 data, pod.address, port, connect_timeout=DIAL_TIMEOUT, **limits)
+            if not data.remote_closed:
+                # Cut by a linger while the client still sends: drop the rest (kubelet keeps
+                # nothing for a finished forward), never buffer it or pause the session.
+                data.set_sink(_DISCARD)
         except (OSError, asyncio.TimeoutError) as exc:
             if options.silent_errors:
                 error.reset(RST_CANCEL)

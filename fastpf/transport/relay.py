@@ -32,6 +32,9 @@ LOCAL_HIGH = 1 << 20  # socket write buffer above which the upgraded connection 
 LOCAL_LOW = 256 << 10
 DEFAULT_READ_SIZE = 256 * 1024
 SPARE_BUFFERS = 3  # per relay: reusable read buffers besides the current one
+# Under an `eof_budget` every frame counts, so reads are gathered into whole-buffer frames and
+# held at most this long before they leave.
+BUDGET_HOLD = 0.02
 
 
 def _exported(buf: bytearray) -> bool:
@@ -59,10 +62,14 @@ class _Relay(asyncio.BufferedProtocol):
         read_size: int,
         eof_linger: float | None = None,
         eof_budget: int | None = None,
+        local_eof_linger: float | None = None,
     ) -> None:
         self.eof_linger = eof_linger
         self.eof_budget = eof_budget  # frames still allowed local -> remote after remote EOF
+        self.local_eof_linger = local_eof_linger
         self._linger_handle: asyncio.TimerHandle | None = None
+        self._held = 0  # bytes gathered in self.buf for one budgeted frame (see BUDGET_HOLD)
+        self._hold_handle: asyncio.TimerHandle | None = None
         self.pipe = pipe
         self.session = pipe.session
         self.loop = asyncio.get_running_loop()
@@ -94,6 +101,8 @@ class _Relay(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         buf = self.buf
+        if self._held and buf is not None:  # gathering a budgeted frame: nobody holds buf
+            return memoryview(buf)[self.room + self._held :]
         if buf is None or _exported(buf):
             buf = self._take_buffer()
         # uvloop releases this view before buffer_updated(), so it blocks no reuse.
@@ -121,25 +130,51 @@ class _Relay(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         if self.local_done or self.buf is None:
             return
+        if self.remote_done and self.eof_budget is not None:
+            # Few frames left: make each a whole buffer (or what came within BUDGET_HOLD).
+            self._held += nbytes
+            if self._held >= self.read_size:
+                self._send_held()
+            elif self._hold_handle is None:
+                self._hold_handle = self.loop.call_later(BUDGET_HOLD, self._send_held)
+            return
         try:
             self.pipe.send_inplace(self.buf, self.room, nbytes)
         except Exception as exc:  # session gone under us
             self._local_error(exc)
             return
         self.result.sent += nbytes
-        if self.remote_done and self.eof_budget is not None:
+
+    def _send_held(self) -> None:
+        if self._hold_handle is not None:
+            self._hold_handle.cancel()
+            self._hold_handle = None
+        n, self._held = self._held, 0
+        if not n or self.local_done or self.buf is None:
+            return
+        try:
+            self.pipe.send_inplace(self.buf, self.room, n)
+        except Exception as exc:  # session gone under us
+            self._local_error(exc)
+            return
+        self.result.sent += n
+        if self.eof_budget is not None:
             self.eof_budget -= 1
             if self.eof_budget <= 0:
                 self._linger_expired()
 
     def eof_received(self) -> bool:
         self.result.local_eof = True
+        if self._held:
+            self._send_held()  # the gathered tail leaves before the FIN
         if not self.local_done:
             self.local_done = True
             with contextlib.suppress(Exception):
                 self.pipe.write_eof()
         if self.eof_ends_both:
             self.remote_done = True
+        elif self.local_eof_linger is not None and not self.remote_done and not self.closed:
+            self._linger_handle = self.loop.call_later(self.local_eof_linger, self._local_linger_expired)
         self._maybe_finish()
         return True  # keep the write side open: the other direction may still flow
 
@@ -148,6 +183,8 @@ class _Relay(asyncio.BufferedProtocol):
         if self._linger_handle is not None:
             self._linger_handle.cancel()
             self._linger_handle = None
+        if self._held:
+            self._send_held()  # read before the loss: still the pod's bytes, in order
         self.session.remove_output_listener(self)
         self.session.resume_input(self)
         if not (self.local_done and self.remote_done):
@@ -195,6 +232,9 @@ class _Relay(asyncio.BufferedProtocol):
         if self.remote_done:
             return
         self.remote_done = True
+        if self._linger_handle is not None:  # a local-EOF linger: no longer needed
+            self._linger_handle.cancel()
+            self._linger_handle = None
         if not self.closed:
             try:
                 if self.transport.can_write_eof():
@@ -207,6 +247,17 @@ class _Relay(asyncio.BufferedProtocol):
                 self._linger_expired()
         self._maybe_finish()
 
+    def _local_linger_expired(self) -> None:
+        # containerd-style, the other way round: the local side (the pod) closed its sending
+        # side and the remote side has not ended within `local_eof_linger`: end both. Old
+        # kubectl closes its local socket only once the error stream ends, which needs this.
+        self._linger_handle = None
+        if self.closed or self.remote_done:
+            return
+        self.result.lingered = True
+        self.remote_done = True
+        self._maybe_finish()  # flushes what the local side has not read yet, then closes
+
     def _linger_expired(self) -> None:
         # containerd-style: once the remote side ended, the local -> remote direction gets
         # `eof_linger` seconds, then both close. kubectl <= 1.31 stops reading a data stream it
@@ -214,6 +265,10 @@ class _Relay(asyncio.BufferedProtocol):
         if self._linger_handle is not None:
             self._linger_handle.cancel()
             self._linger_handle = None
+        if self._hold_handle is not None:
+            self._hold_handle.cancel()
+            self._hold_handle = None
+        self._held = 0  # cut: dropped like the rest of what the local side has unsent
         if self.closed or self.local_done:
             return
         self.result.lingered = True
@@ -350,6 +405,7 @@ async def relay(
     read_size: int = DEFAULT_READ_SIZE,
     eof_linger: float | None = None,
     eof_budget: int | None = None,
+    local_eof_linger: float | None = None,
 ) -> RelayResult:
     """Copy both ways between `local` (a connected TCP socket, or an Accepted connection; the
     relay owns and closes it) and a SpdyStream / PortChannel until both directions ended.
@@ -360,10 +416,12 @@ async def relay(
     remote direction too (FIN, drop unsent local data) if it has not ended by then; this is
     containerd's behaviour. `eof_budget` (frames, None = unlimited): the same cut once that
     many more frames were sent after the remote EOF (kubelet side, for kubectl <= 1.31).
+    `local_eof_linger` (seconds, None = forever): after the local socket's EOF (FIN sent on
+    the pipe), the remote -> local direction gets that long, then both end (containerd).
     Pauses the faster side at high-water marks so memory stays bounded. Never raises on
     peer/socket errors: they are reported in the result. Cancelling it aborts the socket
     and resets the stream."""
-    proto = _Relay(stream_or_channel, read_size, eof_linger, eof_budget)
+    proto = _Relay(stream_or_channel, read_size, eof_linger, eof_budget, local_eof_linger)
     if isinstance(local, Accepted):
         if local.lost is not False or local.transport is None or local.transport.is_closing():
             stream_or_channel.reset(RST_CANCEL)
@@ -392,11 +450,12 @@ async def dial_relay(
     read_size: int = DEFAULT_READ_SIZE,
     eof_linger: float | None = None,
     eof_budget: int | None = None,
+    local_eof_linger: float | None = None,
 ) -> RelayResult:
     """Connect to host:port (numeric address) and relay() with the new connection. A failed
     connect raises OSError / asyncio.TimeoutError before anything was sent on the pipe."""
     loop = asyncio.get_running_loop()
-    proto = _Relay(stream_or_channel, read_size, eof_linger, eof_budget)
+    proto = _Relay(stream_or_channel, read_size, eof_linger, eof_budget, local_eof_linger)
     # The transport is created natively by the loop (no Python socket object, no task).
     connect = loop.create_connection(lambda: proto, host, port)
     if sys.version_info >= (3, 11):
