@@ -135,7 +135,7 @@ class Forwarder:
     # ---- staying up (issue 12) ----
     opts: Options | None = None  # for re-resolving and re-reading the kubeconfig
     namespace: str = "default"
-    pod: str = ""  # the pod forwarded to (changes when it moves)
+    pod: str = ""  # the pod resolved at start (see _current_pod once it moved)
     reconnect: bool = True
     connections: int = DEFAULT_CONNECTIONS
     ping_interval: float = DEFAULT_PING_INTERVAL
@@ -215,7 +215,6 @@ class Forwarder:
         proto = self._negotiated or self._effective_protocol()
         conn = await self._connect(proto, list(endpoint.remotes), endpoint.path, timeout)
         self._negotiated = getattr(conn, "negotiated", proto)  # auto: keep what worked
-        self.pod = endpoint.pod
         self.console.info(4, f"upgraded {endpoint.path} with protocol {self._negotiated}")
         return conn
 
@@ -264,14 +263,18 @@ class Forwarder:
             self.gate.fatal.add_done_callback(self._on_fatal)
         self._listen()
         await self._accept()
-        assert self.opts is not None or not can_resolve
         if can_resolve and self.reconnect and self.opts and follows_pods(self.opts.target):
-            self.watcher = PodWatcher(self.api, self.namespace, lambda: self.pod,
+            self.watcher = PodWatcher(self.api, self.namespace, self._current_pod,
                                       self._pod_gone, log=log)
             self.watcher.start()
         else:
             # The REST connection is idle from here on; an exec refresh reopens it lazily.
             await self.api.close()
+
+    def _current_pod(self) -> str:
+        """The pod new connections go to (the pool's or the gate's current endpoint)."""
+        owner = self.pool if self.pool is not None else self.gate
+        return owner.endpoint.pod if owner is not None else self.pod
 
     def _pod_gone(self, pod: str, reason: str) -> None:
         if self.pool is not None:
