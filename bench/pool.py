@@ -4,10 +4,13 @@ fastpf -> fastpf serve (TLS) -> benchmark target, for N = 1, 2, 4, 8.
 Per N: aggregate download rate over 8 and 64 parallel connections (every byte checked against
 the pattern, bench/loadgen.py), the same 8 connections while one more local reader is stalled
 (it asked for data and stopped reading: SPDY has no per-stream flow control, so it stops its
-whole upgraded connection), the client's CPU seconds per GiB, and its idle RSS.
+whole upgraded connection), the client's CPU seconds per GiB, and its idle RSS. "starved"
+counts connections that got no byte in the window: a local reader slower than the stream
+(here the load generator itself, busy with 64 sockets) pauses its whole upgraded connection,
+new streams' replies included, so with one connection some of 64 wait seconds.
 
-    python3 bench/pool.py              # ~2 min: N = 1 2 4 8, 3 s windows
-    python3 bench/pool.py --quick      # ~40 s: N = 1 4, 2 s windows
+    python3 bench/pool.py              # ~6 min: N = 1 2 4 8, 3 s windows, median of 3 rounds
+    python3 bench/pool.py --quick      # ~40 s: N = 1 4, 2 s windows, one round
     python3 bench/pool.py --protocol websocket
 
 Results go to bench/results/pool-<UTC>.md and .json (and pool-latest.md).
@@ -32,6 +35,9 @@ import procs  # noqa: E402
 from run import ROOT, child_env, ensure_built  # noqa: E402
 
 RESULTS = HERE / "results"
+# After a window: streams of aborted connections that still wait for their SYN_REPLY must end
+# before the next window, or the pool's load counts skew where the next connections go.
+SETTLE = 1.5
 
 
 class _Counter(asyncio.BufferedProtocol):
@@ -88,7 +94,7 @@ async def _window(port: int, conns: int, seconds: float, stalled: int = 0) -> di
     lost = sum(1 for c in counters if c.lost)
     for c in [*counters, *stall]:
         c.transport.abort()
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(SETTLE)
     return {"MBps": sum(got) / took / 1e6, "min_conn_MBps": min(got) / took / 1e6,
             "starved": sum(1 for g in got if g == 0), "corrupt": corrupt, "lost": lost}
 
@@ -125,9 +131,30 @@ def measure(reg: procs.Registry, kubeconfig: Path, protocol: str, n: int, target
         reg.stop(fwd)
 
 
+def _median(values: list[float]) -> float:
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median of every figure over the rounds of one N; errors are summed."""
+    out: dict[str, Any] = {"connections": runs[0]["connections"], "rounds": len(runs),
+                           "alive": all(r["alive"] for r in runs)}
+    for key in ("rss_idle_MiB", "client_cpu_s_per_GiB"):
+        out[key] = _median([r[key] for r in runs])
+    for label in ("p8", "p64", "p8_stall1"):
+        out[label] = {k: _median([r[label][k] for r in runs])
+                      for k in ("MBps", "min_conn_MBps", "starved")}
+        out[label]["corrupt"] = sum(r[label]["corrupt"] for r in runs)
+        out[label]["lost"] = sum(r[label]["lost"] for r in runs)
+    return out
+
+
 def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     out = [f"# Pool benchmark ({meta['when']}, protocol {meta['protocol']}, "
-           f"{meta['seconds']:g} s windows, {meta['cpus']} CPUs)", "",
+           f"{meta['seconds']:g} s windows, median of {meta['rounds']} rounds, "
+           f"{meta['cpus']} CPUs)", "",
            "fastpf -> fastpf serve (TLS) -> target; download rates in MB/s, every byte checked.",
            "`stall1`: one more local reader stopped reading; `min/conn`: the slowest of the "
            "counted connections; `starved`: counted connections that got nothing.", "",
@@ -137,8 +164,8 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     for r in rows:
         errors = sum(r[k]["corrupt"] + r[k]["lost"] for k in ("p8", "p64", "p8_stall1"))
         out.append(f"| {r['connections']} | {r['p8']['MBps']:.0f} | {r['p64']['MBps']:.0f} | "
-                   f"{r['p64']['starved']} | {r['p64']['min_conn_MBps']:.2f} | {r['p8_stall1']['MBps']:.0f} | "
-                   f"{r['p8_stall1']['starved']} | {r['client_cpu_s_per_GiB']:.2f} | "
+                   f"{r['p64']['starved']:g} | {r['p64']['min_conn_MBps']:.2f} | {r['p8_stall1']['MBps']:.0f} | "
+                   f"{r['p8_stall1']['starved']:g} | {r['client_cpu_s_per_GiB']:.2f} | "
                    f"{r['rss_idle_MiB']:.1f} | {errors} |")
     return "\n".join(out) + "\n"
 
@@ -149,9 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--protocol", default="spdy", choices=["spdy", "websocket"])
     ap.add_argument("--sizes", default="")
     ap.add_argument("--seconds", type=float, default=0.0)
+    ap.add_argument("--rounds", type=int, default=0, help="repetitions (median; default 3, quick 1)")
     args = ap.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",") if x] or ([1, 4] if args.quick else [1, 2, 4, 8])
     seconds = args.seconds or (2.0 if args.quick else 3.0)
+    rounds = args.rounds or (1 if args.quick else 3)
     loadgen.raise_nofile()
     reason = ensure_built()
     if reason:
@@ -174,18 +203,21 @@ def main(argv: list[str] | None = None) -> int:
                 if kubeconfig.exists():
                     break
                 time.sleep(0.1)
-            rows = []
-            for n in sizes:
-                row = measure(reg, kubeconfig, args.protocol, n, target_port, seconds)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+            runs: dict[int, list[dict[str, Any]]] = {n: [] for n in sizes}
+            for r in range(rounds):  # N interleaved, so machine noise spreads over all of them
+                order = sizes[r % len(sizes):] + sizes[:r % len(sizes)]
+                for n in order:
+                    row = measure(reg, kubeconfig, args.protocol, n, target_port, seconds)
+                    runs[n].append(row)
+                    print(json.dumps(row), flush=True)
+            rows = [combine(runs[n]) for n in sizes]
         finally:
             reg.stop_all()
     import os
 
     when = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
-    meta = {"when": when, "protocol": args.protocol, "seconds": seconds,
-            "cpus": os.cpu_count()}
+    meta = {"when": when, "protocol": args.protocol, "seconds": seconds, "rounds": rounds,
+            "cpus": os.cpu_count(), "runs": {str(n): v for n, v in runs.items()}}
     text = render(rows, meta)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"pool-{when}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
