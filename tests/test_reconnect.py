@@ -327,6 +327,57 @@ def test_library_api_reconnects(restartable: Callable[..., RestartableServe],
     assert run(go()) == (b"one", b"two")
 
 
+def test_observer_hooks_see_reconnect_events(restartable: Callable[..., RestartableServe],
+                                             targets: Targets) -> None:
+    """Forwarder.observer (e.g. --stats / JSON events) gets every reconnect event, besides
+    the console's lines."""
+    import asyncio
+    import io
+
+    from fastpf.client.args import Options
+    from fastpf.client.console import Console
+    from fastpf.client.forward import prepare
+    from fastpf.loop import run
+
+    srv = restartable()
+    events: list[tuple[Any, ...]] = []
+
+    class Recorder:
+        def lost(self, *args: Any) -> None:
+            events.append(("lost", *args))
+
+        def reconnecting(self, *args: Any) -> None:
+            events.append(("reconnecting", *args))
+
+        def reconnected(self, *args: Any) -> None:
+            events.append(("reconnected", *args))
+
+    err = io.StringIO()
+
+    async def go() -> None:
+        opts = Options(target="mypod", ports=[f":{targets.echo}"],
+                       kubeconfig=str(srv.kubeconfig), protocol="spdy", connections=1)
+        fwd = await prepare(opts, Console(io.StringIO(), err))
+        fwd.observer = Recorder()
+        await fwd.start()
+        try:
+            srv.kill(signal.SIGKILL)
+            await asyncio.get_running_loop().run_in_executor(None, srv.restart)
+            for _ in range(400):  # bounded: 20 s
+                if events and events[-1][0] == "reconnected":
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await fwd.stop()
+
+    run(go())
+    names = [e[0] for e in events]
+    assert names[0] == "lost" and names[-1] == "reconnected", events
+    assert events[0][1] == "mypod" and events[0][3:] == (1, 1), events  # pod, 1 of 1 lost
+    assert "lost connection to pod mypod" in err.getvalue()
+    assert "reconnected to pod mypod" in err.getvalue()
+
+
 # ---- pods that move under a running forward (serve's pod admin verbs) -------------------------
 
 def _pod_doc(name: str, address: str, t: Targets) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from fastpf.client.channel_gate import ChannelGate
 from fastpf.client.console import Console
 from fastpf.client.errors import ApiError, ClientError
 from fastpf.client.kubeconfig import load_config
-from fastpf.client.reconnect import ConsoleObserver
+from fastpf.client.reconnect import ConsoleObserver, Observers
 from fastpf.client.resolve import check_running, follows_pods, is_serving, resolve
 from fastpf.client.session_pool import Endpoint, PoolUnavailable, SessionPool, Slot
 from fastpf.client.watch import PodWatcher
@@ -141,7 +141,10 @@ class Forwarder:
     ping_interval: float = DEFAULT_PING_INTERVAL
     ping_timeout: float = DEFAULT_PING_TIMEOUT
     give_up_after: float = 60.0  # --pod-running-timeout: max wait for a connection to exist
-    observer: Any = None  # ForwardObserver (fastpf.client.reconnect); console lines by default
+    # Extra observer of reconnect events (lost, reconnecting, reconnected, pod_changed; see
+    # fastpf.client.reconnect.ForwardObserver), e.g. --stats / JSON events; the console's
+    # lines are written anyway.
+    observer: Any = None
     pool: SessionPool | None = None
     gate: ChannelGate | None = None
     watcher: PodWatcher | None = None
@@ -241,8 +244,8 @@ class Forwarder:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.lost = loop.create_future()
-        if self.observer is None:
-            self.observer = ConsoleObserver(self.console)
+        extra = [self.observer] if self.observer is not None else []
+        events = Observers(ConsoleObserver(self.console), *extra)
         endpoint = Endpoint(self.pod, self.path, tuple(p.remote for p in self.pairs))
         can_resolve = self.opts is not None and not self.opts.raw_path
         resolver = self._resolve_endpoint if can_resolve and self.reconnect else None
@@ -250,14 +253,14 @@ class Forwarder:
         if self._effective_protocol() != "ws-channel":
             self.pool = SessionPool(
                 size=self.connections, opener=self._open_session, resolver=resolver,
-                observer=self.observer, reconnect=self.reconnect,
+                observer=events, reconnect=self.reconnect,
                 give_up_after=self.give_up_after, ping_interval=self.ping_interval,
                 ping_timeout=self.ping_timeout, log=log)
             await self.pool.start(endpoint)
             self.pool.fatal.add_done_callback(self._on_fatal)
         else:
             self.gate = ChannelGate(
-                endpoint, resolver=resolver, observer=self.observer,
+                endpoint, resolver=resolver, observer=events,
                 give_up_after=self.give_up_after, ping_interval=self.ping_interval,
                 ping_timeout=self.ping_timeout, log=log)
             self.gate.fatal.add_done_callback(self._on_fatal)
