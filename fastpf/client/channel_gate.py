@@ -117,7 +117,7 @@ class ChannelGate:
                 continue
             if endpoint.pod != self.endpoint.pod:
                 self.observer.pod_changed(self.endpoint.pod, endpoint.pod,
-                                          self._moved_reason or "is no longer served")
+                                          self._moved_reason or "is gone or no longer running")
             self.endpoint = endpoint
             break
         self._up.set()  # waiting connections dial; another failure holds them again

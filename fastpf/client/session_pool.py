@@ -254,7 +254,7 @@ class SessionPool:
         """A re-resolve chose another endpoint (another pod, or other pod ports)."""
         old = self.endpoint
         if old.pod != endpoint.pod:
-            reason = self._moved_reason or "is no longer the target's most active running pod"
+            reason = self._moved_reason or "is gone or no longer running"
             self.observer.pod_changed(old.pod, endpoint.pod, reason)
         self._new_generation(endpoint)
 
