@@ -161,6 +161,33 @@ def test_gives_up_after_pod_running_timeout(restartable: Callable[..., Restartab
     _report("give up (serve gone, --pod-running-timeout 2s)", exit_after_kill=took)
 
 
+def test_interrupt_while_reconnecting(restartable: Callable[..., RestartableServe],
+                                     targets: Targets,
+                                     fastpf: Callable[..., Fastpf]) -> None:  # noqa: F811
+    """SIGINT during an outage ends fastpf at once with exit 0, like any SIGINT; a local
+    connection waiting for the reconnect is closed."""
+    srv = restartable()
+    pf = fastpf(srv.kubeconfig, "--protocol", "spdy", "mypod", f":{targets.echo}", wait=1)
+    echo = pf.local_port(targets.echo)
+    srv.kill(signal.SIGKILL)
+    wait_line(pf, "lost connection to pod mypod", 10)
+    waiting = socket.create_connection(("127.0.0.1", echo), timeout=20)
+    try:
+        waiting.sendall(b"x")
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        assert pf.interrupt(10) == 0
+        took = time.monotonic() - t0
+        waiting.settimeout(10)
+        with pytest.raises(OSError):
+            if waiting.recv(1) == b"":
+                raise ConnectionResetError("closed")
+    finally:
+        waiting.close()
+    assert took < 5.0
+    assert "Traceback" not in pf.output()
+
+
 def test_pod_not_running_after_restart_gives_up(
         restartable: Callable[..., RestartableServe], targets: Targets,
         fastpf: Callable[..., Fastpf]) -> None:  # noqa: F811
