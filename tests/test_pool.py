@@ -131,10 +131,10 @@ def test_one_lost_connection_spares_the_others(tmp_path: Path, serve: ServeInsta
         cfg["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
         kc = tmp_path / "kc"
         kc.write_text(yaml.safe_dump(cfg))
-        pf = fastpf(kc, "--protocol", "spdy", "--connections", "4", "mypod",
+        pf = fastpf(kc, "-v", "4", "--protocol", "spdy", "--connections", "4", "mypod",
                     f":{targets.source}", wait=1)
         src = pf.local_port(targets.source)
-        time_until(lambda: proxy.stats.connections >= 4, 10)  # the pool is filled
+        time_until(lambda: sum("] upgraded /api" in ln for ln in list(pf.stderr)) >= 4, 10)
         dls = [Download(src, 256 * MiB, timeout=60, pause_after=4 * MiB, pause=1.0)
                for _ in range(4)]
         threads = [threading.Thread(target=d.run, daemon=True) for d in dls]
