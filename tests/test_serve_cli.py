@@ -23,8 +23,10 @@ import h2.events
 import pytest
 from conftest import (
     ServeInstance,
+    Targets,
     run_kubectl,
     start_serve,
+    stop_process,
     subprocess_env,
 )
 
@@ -370,9 +372,36 @@ def test_no_tls_on_loopback_lets_kubectl_in(serve_factory: Callable[..., ServeIn
         api_client.close()
 
 
-def test_no_tls_with_token_is_strict(serve_factory: Callable[..., ServeInstance],
-                                     kubectl_bin: Callable[[str], str], tmp_path: Path) -> None:
+def test_no_tls_with_token_lets_kubectl_and_fastpf_in(serve_factory: Callable[..., ServeInstance],
+                                                     kubectl_bin: Callable[[str], str],
+                                                     targets: Targets, tmp_path: Path) -> None:
+    """client-go and fastpf send no credentials over http://, so with --no-tls (loopback only)
+    serve admits requests without a token even when --token is given, says so once at start,
+    and still refuses a wrong token. Before, serve's own kubeconfig got 401 from both."""
     s = serve_factory("--token", "s3cret-token", tls=False)
     r = run_kubectl(kubectl_bin("1.33"), s.kubeconfig, tmp_path, "get", "--raw", "/api")
-    assert r.returncode == 1 and "Unauthorized" in r.stderr
-    assert "kubectl sends no bearer token over plain http://" in s.stderr_text()
+    assert r.returncode == 0 and '"versions"' in r.stdout, r.stderr
+    assert s.get("/api", token="wrong")[0] == 401
+    assert s.get("/api", token=None)[0] == 200 and s.get("/api")[0] == 200
+    assert "requests without a token are admitted on this loopback address" in s.stderr_text()
+    proc = subprocess.Popen([sys.executable, "-m", "fastpf", "--kubeconfig", str(s.kubeconfig), "pod/x",
+                             f":{targets.echo}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, env=subprocess_env())
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        assert line.startswith("Forwarding from 127.0.0.1:"), (line, proc.stderr.read() if proc.stderr else "")
+        local = int(line.split(":")[1].split()[0])
+        with socket.create_connection(("127.0.0.1", local), timeout=10) as sock:
+            sock.sendall(b"over http\n")
+            assert sock.recv(100) == b"over http\n"
+    finally:
+        stop_process(proc)
+    assert "s3cret-token" not in s.stdout_text() + s.stderr_text()
+
+
+def test_no_tls_off_loopback_refused() -> None:
+    result = _run_serve("--listen", "0.0.0.0:0", "--no-tls", "--token", "s3cret-token")
+    _one_line_error(result, "refusing --no-tls on non-loopback address 0.0.0.0",
+                    "kubectl and fastpf send no credentials over http://")
+    assert "s3cret-token" not in result.stdout + result.stderr

@@ -49,11 +49,12 @@ apiVersion: apps/v1
 kind: Deployment
 metadata: {name: web, namespace: default}
 spec:
+  replicas: 0
   selector:
     matchLabels: {app: web}
     matchExpressions:
     - {key: tier, operator: In, values: [front, back]}
-  template: {metadata: {labels: {app: web}}}
+  template: {metadata: {labels: {app: web, tier: front}}}
 ---
 apiVersion: v1
 kind: List
@@ -61,11 +62,11 @@ items:
 - apiVersion: apps/v1
   kind: StatefulSet
   metadata: {name: db, namespace: data}
-  spec: {selector: {matchLabels: {app: db}}}
+  spec: {replicas: 0, selector: {matchLabels: {app: db}}}
 - apiVersion: apps/v1
   kind: ReplicaSet
   metadata: {name: web-rs}
-  spec: {selector: {matchLabels: {app: web}}}
+  spec: {replicas: 0, selector: {matchLabels: {app: web}}}
 """
 
 
@@ -149,7 +150,11 @@ def test_no_manifest_every_pod_exists() -> None:
     c = Cluster()
     pod = c.get("pods", "any-ns", "any-pod")
     assert pod is not None and pod["status"]["phase"] == "Running"
-    assert c.pod_target(pod).address == "127.0.0.1"
+    assert c.pod_target(pod).address == "127.0.0.2"  # not where port-forward clients listen
+    legacy = Cluster(pod_address="127.0.0.1")
+    legacy_pod = legacy.get("pods", "any-ns", "any-pod")
+    assert legacy_pod is not None and legacy.pod_target(legacy_pod).address == "127.0.0.1"
+    assert legacy_pod["status"]["podIP"] == "127.0.0.1" and pod["status"]["podIP"] == "127.0.0.2"
     assert c.get("namespaces", "", "whatever") is not None
     assert c.get("services", "default", "x") is None
     assert c.get("pods", "default", "Not_A_Name") is None
@@ -159,7 +164,7 @@ def test_no_manifest_every_pod_exists() -> None:
     ("kind: Pod\nmetadata: {name: [x\n", "invalid YAML"),
     ("- 1\n- 2\n", "expected a mapping"),
     ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n", "unsupported kind 'ConfigMap'"),
-    ("apiVersion: v1\nkind: Pod\nmetadata: {}\n", "metadata.name None is not a valid name"),
+    ("apiVersion: v1\nkind: Pod\nmetadata: {}\n", "Pod has no metadata.name"),
     ("apiVersion: v1\nkind: Pod\nmetadata: {name: x, annotations: {fastpf.io/address: 10.0.0.1}}\n",
      "is not a loopback address"),
     ("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nstatus: {phase: Sleeping}\n", "status.phase 'Sleeping'"),
@@ -171,7 +176,7 @@ def test_no_manifest_every_pod_exists() -> None:
     ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {}\n", "spec.selector is required"),
     ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n"
      "spec: {selector: {matchExpressions: [{key: a, operator: Near}]}}\n", "not a valid label selector operator"),
-    ("kind: List\nitems: 3\n", "needs an 'items' list"),
+    ("apiVersion: v1\nkind: List\nitems: 3\n", "needs an 'items' list"),
     ("apiVersion: v1\nkind: Pod\nmetadata: {name: x, labels: {version: 2}}\n", "quote numbers"),
 ])
 def test_malformed_manifest_names_file_and_problem(tmp_path: Path, text: str, message: str) -> None:
@@ -207,7 +212,9 @@ def test_discovery() -> None:
     assert {"pods", "services", "namespaces", "pods/portforward"} <= set(core)
     assert core["services"]["shortNames"] == ["svc"] and core["pods"]["namespaced"] is True
     apps = {r["name"]: r for r in _json(_get(api, "/apis/apps/v1"))["resources"]}
-    assert set(apps) == {"deployments", "replicasets", "statefulsets"}
+    assert {name for name in apps if "/" not in name} == {"deployments", "replicasets", "statefulsets"}
+    assert apps["deployments/scale"]["group"] == "autoscaling" and apps["deployments/scale"]["kind"] == "Scale"
+    assert "patch" in core["pods/status"]["verbs"] and "delete" in core["pods"]["verbs"]
     assert _json(_get(api, "/version"))["major"] == "1"
 
 
@@ -223,8 +230,9 @@ def test_get_and_not_found_messages() -> None:
     assert _json(_get(api, "/api/v1/namespaces/nosuch"))["message"] == 'namespaces "nosuch" not found'
     assert _get(api, "/api/v1/namespaces/default/nosuchresource").status == 404
     assert _get(api, "/apis/batch/v1").status == 404
-    deleted = _get(api, "/api/v1/namespaces/default/pods/web-1", method="DELETE")
-    assert deleted.status == 405 and _json(deleted)["reason"] == "MethodNotAllowed"
+    not_allowed = _get(api, "/api/v1/namespaces/default/pods/web-1/portforward", method="DELETE")
+    assert not_allowed.status == 405 and _json(not_allowed)["reason"] == "MethodNotAllowed"
+    assert _json(_get(api, "/api/v1/namespaces/default", method="DELETE"))["reason"] == "MethodNotAllowed"
 
 
 def test_list_with_selectors() -> None:
