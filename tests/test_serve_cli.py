@@ -4,6 +4,7 @@ test_serve_interop.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ import pytest
 from conftest import (
     ServeInstance,
     Targets,
+    free_port,
     run_kubectl,
     start_serve,
     stop_process,
@@ -272,14 +274,107 @@ def test_malformed_http_gets_400_and_server_lives(serve: ServeInstance) -> None:
     ("apiVersion: v1\nkind: Pod\nmetadata: {name: x, annotations: {fastpf.io/address: 8.8.8.8}}\n",
      "not a loopback address"),
     ("apiVersion: v1\nkind: Secret\nmetadata: {name: x}\n", "unsupported kind 'Secret'"),
+    # issue 9: each of these used to be accepted silently (serve started) or named None
+    ("", "no objects in the manifest (it is empty)"),
+    ("# nothing but a comment\n---\n---\n", "no objects in the manifest (it is empty)"),
+    ("kind: Pod\nmetadata: {name: x}\n", "document 1: Pod has no apiVersion (want 'v1')"),
+    ("apiVersion: v1\nmetadata: {name: x}\n", "document 1: missing 'kind'"),
+    ("apiVersion: v1\nkind: Pod\nmetadata: {labels: {app: x}}\n", "document 1: Pod has no metadata.name"),
+    ("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: [\n"
+     "  {name: a, ports: [{name: http, containerPort: 80}]},\n"
+     "  {name: b, ports: [{name: http, containerPort: 81}]}]}\n",
+     "(Pod x): spec.containers[1].ports[0].name 'http' is already used by spec.containers[0].ports[0]"),
+    ("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: [{name: a, ports: [\n"
+     "  {name: web, containerPort: 80}, {name: web, containerPort: 81}]}]}\n", "'web' is already used"),
+    ("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: [{name: a}, {name: a}]}\n",
+     "spec.containers[1].name 'a' is already used by containers[0]"),
+    ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {selector: {matchLabels: {app: a}},"
+     " template: {metadata: {labels: {app: b}}}}\n", "spec.selector does not match the template's labels"),
+    ("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: !!binary aGVsbG8=\n", "cannot be served as JSON"),
+    ("[" * 100 + "]" * 100, "nested deeper than 64 levels"),
 ])
 def test_malformed_manifest_exits_with_one_line(tmp_path: Path, text: str, needle: str) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     out = tmp_path / "kc"
-    result = _run_serve("--listen", "127.0.0.1:0", "--kubeconfig-out", str(out), "-f", str(path))
+    result = _run_serve("--listen", "127.0.0.1:0", "--kubeconfig-out", str(out), "-f", str(path), timeout=15)
     _one_line_error(result, str(path), needle)
     assert result.returncode == 1 and not out.exists()
+
+
+def _billion_laughs(levels: int = 9) -> str:
+    """The classic ~1 KB alias bomb (9 ** levels strings once expanded), inside a pod."""
+    lines = ["apiVersion: v1", "kind: Pod", "metadata: {name: lol}", "x0: &x0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"x{i}: &x{i} [{', '.join([f'*x{i - 1}'] * 9)}]" for i in range(1, levels)]
+    lines.append(f"spec: {{containers: [{{name: c}}], bomb: *x{levels - 1}}}")
+    return "\n".join(lines) + "\n"
+
+
+def test_yaml_alias_bomb_is_refused_fast_with_bounded_memory(tmp_path: Path) -> None:
+    """Before: the bomb loaded (aliases stay shared), serve started, and a GET of the pod
+    expanded 9**9 strings on the event loop (3.8 GiB). Now start-up refuses it at once."""
+    bomb = _billion_laughs()
+    assert len(bomb) < 1200
+    path = tmp_path / "bomb.yaml"
+    path.write_text(bomb)
+    probe = tmp_path / "maxrss"
+    code = ("import resource, sys\n"
+            "from fastpf.serve.main import main\n"
+            "rc = main(sys.argv[1:])\n"
+            f"open({str(probe)!r}, 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"
+            "sys.exit(rc)\n")
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code, "--listen", "127.0.0.1:0", "-f", str(path)],
+                            capture_output=True, text=True, timeout=30, env=subprocess_env(),
+                            stdin=subprocess.DEVNULL)
+    elapsed = time.monotonic() - started
+    _one_line_error(result, str(path), "once aliases are expanded", "refusing to expand it")
+    assert elapsed < 10, elapsed  # ~0.3 s here: the expansion is counted, never built
+    assert int(probe.read_text()) < 200 * 1024, probe.read_text()  # KiB: the interpreter alone, no bomb
+
+
+def test_sighup_with_alias_bomb_changes_nothing(serve_factory: Callable[..., ServeInstance]) -> None:
+    s = serve_factory(manifest="apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n")
+    (s.kubeconfig.parent / "manifest.yaml").write_text(_billion_laughs())
+    os.kill(s.process.pid, signal.SIGHUP)
+    for _ in range(200):  # bounded
+        if "reload failed" in s.stderr_text():
+            break
+        time.sleep(0.05)
+    assert "reload failed, objects unchanged" in s.stderr_text() and "refusing to expand it" in s.stderr_text()
+    assert s.get("/api/v1/namespaces/default/pods/a")[0] == 200 and s.process.poll() is None
+
+
+def test_big_manifest_reload_keeps_serving(serve_factory: Callable[..., ServeInstance]) -> None:
+    """SIGHUP with a 4,000-pod manifest: parsed in a worker thread, applied 100 objects per loop
+    turn, so requests meanwhile are answered (before: no reload at all)."""
+    s = serve_factory(manifest="apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n")
+    big = "---\n".join(f"apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, labels: {{app: big}}}}\n"
+                       f"spec: {{containers: [{{name: main, ports: [{{name: http, containerPort: 8080}}]}}]}}\n"
+                       for i in range(4000))
+    (s.kubeconfig.parent / "manifest.yaml").write_text(big)
+    conn = s.connection()
+    try:
+        os.kill(s.process.pid, signal.SIGHUP)
+        worst = 0.0
+        requests = 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # bounded: the reload takes a few seconds
+            started = time.monotonic()
+            requests += 1
+            conn.request("GET", "/version", headers={"Authorization": f"Bearer {s.token}"})
+            assert conn.getresponse().read()
+            worst = max(worst, time.monotonic() - started)
+            if "reloaded" in s.stderr_text():
+                break
+        assert "4000 added, 0 changed, 1 deleted" in s.stderr_text(), s.stderr_text()[-500:]
+        assert requests > 20  # answered all along
+        # The whole reload takes seconds of CPU; no single request waited for it.
+        assert worst < 1.0, worst
+    finally:
+        conn.close()
+    status, body = s.get_json("/api/v1/namespaces/default/pods?labelSelector=app%3Dbig&limit=5")
+    assert status == 200 and len(body["items"]) == 4000
 
 
 @pytest.mark.parametrize(("listen", "needle"), [
@@ -405,3 +500,81 @@ def test_no_tls_off_loopback_refused() -> None:
     _one_line_error(result, "refusing --no-tls on non-loopback address 0.0.0.0",
                     "kubectl and fastpf send no credentials over http://")
     assert "s3cret-token" not in result.stdout + result.stderr
+
+
+# ---- the README's first example against a bare `fastpf serve` ----------------------------------
+def _bare_serve(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    """`fastpf serve` with its own defaults (the fixtures pin --pod-address 127.0.0.1)."""
+    kubeconfig = tmp_path / "kc"
+    err = tmp_path / "serve.err"
+    with open(err, "wb") as sink:
+        proc = subprocess.Popen(_serve_cmd("--listen", "127.0.0.1:0", "--kubeconfig-out", str(kubeconfig), *args),
+                                stdout=subprocess.DEVNULL, stderr=sink, stdin=subprocess.DEVNULL,
+                                env=subprocess_env())
+    for _ in range(600):  # bounded: 30 s
+        if kubeconfig.exists() or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert kubeconfig.exists(), err.read_text()
+    return proc, kubeconfig, err
+
+
+def _proc_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _proc_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_first_example_does_not_forward_into_itself(tmp_path: Path) -> None:
+    """`fastpf serve` + `fastpf mypod 5000`: pods used to dial 127.0.0.1:5000, the client's own
+    listener, so one connection made 9,000 in 5 s (serve 44 -> 140 MB). Pods now live on
+    127.0.0.2: the connection is refused with kubelet's text, serve stays flat, and a program
+    on the pod address is reached with the very same command."""
+    serve, kubeconfig, serve_err = _bare_serve(tmp_path)
+    port = free_port()
+    client = subprocess.Popen([sys.executable, "-m", "fastpf", "--kubeconfig", str(kubeconfig), "mypod", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                              env=subprocess_env())
+    echo = None
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline().decode().strip() == f"Forwarding from 127.0.0.1:{port} -> {port}"
+        fds, rss = _proc_fds(serve.pid), _proc_rss_kib(serve.pid)
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.settimeout(10)  # a loop never answers: recv would time out
+                with contextlib.suppress(ConnectionResetError):
+                    assert sock.recv(100) == b""
+        time.sleep(0.5)
+        assert _proc_fds(serve.pid) < fds + 20, "serve holds connections that should be gone"
+        assert _proc_rss_kib(serve.pid) < rss + 20 * 1024
+        log = serve_err.read_text()
+        assert log.count('"Port-forward session started" pod="default/mypod" address="127.0.0.2"') == 1
+        assert f"dial tcp4 127.0.0.1:{port}: connect: connection refused" in log  # kubelet's words
+        # The same command reaches a program listening on the pod address.
+        echo = socket.create_server(("127.0.0.2", port))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"hi\n")
+            peer, _ = echo.accept()
+            with peer:
+                assert peer.recv(10) == b"hi\n"
+                peer.sendall(b"back\n")
+            assert sock.recv(10) == b"back\n"
+    finally:
+        if echo is not None:
+            echo.close()
+        stop_process(client)
+        assert stop_process(serve) == 0
+    assert client.stderr is not None
+    errors = client.stderr.read().decode()
+    assert "connection refused" in errors and errors.count("\n") >= 20  # one line per refused connection
+
+
+def test_pod_address_flag(tmp_path: Path) -> None:
+    result = _run_serve("--listen", "127.0.0.1:0", "--pod-address", "10.1.2.3")
+    _one_line_error(result, "--pod-address '10.1.2.3': must be a loopback address")

@@ -15,12 +15,12 @@ Everything runs on the event loop's thread; objects handed out are never changed
 from __future__ import annotations
 
 import asyncio
-import copy
+import itertools
 import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +39,7 @@ from fastpf.serve.objects import (
     RESOURCES,
     InvalidObject,
     Resource,
+    copy_json,
     fill_pod_status,
     is_loopback_address,
     object_uid,
@@ -60,6 +61,7 @@ MAX_OBJECTS = 20_000  # stored objects (and deleted implicit pod names)
 MAX_OBJECT_BYTES = 1_572_864  # one object as JSON: etcd's 1.5 MiB request limit
 MAX_TOTAL_BYTES = 256 << 20  # all stored objects as JSON
 MAX_GRACE_SECONDS = 3600.0
+RELOAD_BATCH = 100  # objects applied per event-loop turn on SIGHUP
 _SETTLE_PASSES = 5  # controller passes per change; one or two are enough
 
 log = logging.getLogger("fastpf.serve.cluster")
@@ -151,17 +153,46 @@ class Cluster:
         """Make the manifest objects what `items` says: new ones are added, changed ones replaced
         (uid kept), ones no longer written deleted with what they own. Objects created through
         the API are left alone. Checked first: a bad manifest changes nothing."""
-        wanted: dict[tuple[str, str, str], tuple[str, Any]] = {}
+        steps = self._reload_steps(items)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return str(done.value)
+
+    async def reload_async(self, items: list[tuple[str, Any]], batch: int = RELOAD_BATCH) -> str:
+        """`reload`, giving the event loop a turn every `batch` objects: a big manifest never
+        stalls requests (watchers see its changes arrive as they are made)."""
+        steps = self._reload_steps(items)
+        for count in itertools.count(1):
+            try:
+                next(steps)
+            except StopIteration as done:
+                return str(done.value)
+            if count % batch == 0:
+                await asyncio.sleep(0)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _reload_uid(self, key: tuple[str, str, str]) -> str:
+        """The uid a reloaded object keeps (changed) or gets (new: not the old one's)."""
+        current = self._objects[key[0]].get((key[1], key[2]))
+        return str(current["metadata"]["uid"]) if current is not None else object_uid(*key, self._rv)
+
+    def _reload_steps(self, items: list[tuple[str, Any]]) -> Generator[None, None, str]:
+        wanted: dict[tuple[str, str, str], tuple[str, Any, dict[str, Any] | None]] = {}
         for where, obj in items:
             resource, namespace, name = _identify(where, obj)
             key = (resource.plural, namespace, name)
             if key in wanted:
                 raise ManifestError(f"{where} ({resource.kind} {name}): duplicate {resource.kind} {name}")
-            try:
-                self._prepare(resource, obj, uid="check")
-            except InvalidObject as exc:
-                raise ManifestError(f"{where} ({resource.kind} {name}): {exc}") from None
-            wanted[key] = (where, obj)
+            body = None
+            if self._declared.get(key) != obj:  # unchanged objects are neither checked nor touched
+                try:
+                    body = self._prepare(resource, obj, uid=self._reload_uid(key))
+                except InvalidObject as exc:
+                    raise ManifestError(f"{where} ({resource.kind} {name}): {exc}") from None
+            wanted[key] = (where, obj, body)
+            yield
         self.explicit = True
         added = changed = removed = 0
         for key in list(self._declared):
@@ -170,25 +201,31 @@ class Cluster:
                 if (key[1], key[2]) in self._objects[key[0]]:
                     self._remove(key[0], (key[1], key[2]))
                     removed += 1
-        for key, (where, obj) in wanted.items():
+                yield
+        for key, (where, obj, body) in wanted.items():
             plural, namespace, name = key
             resource = RESOURCES[plural]
             current = self._objects[plural].get((namespace, name))
-            if current is not None and self._declared.get(key) == obj:
+            if body is None and current is not None:
                 continue
+            if body is None:  # declared and unchanged, but deleted through the API: make it again
+                body = self._prepare(resource, obj, uid=self._reload_uid(key))
+            meta = body["metadata"]
             try:
                 if current is None:
-                    self._put(resource, self._prepare(resource, obj, uid=object_uid(*key, self._rv)), "ADDED")
+                    self._put(resource, body, "ADDED")
                     added += 1
                 else:
-                    body = self._prepare(resource, obj, uid=current["metadata"]["uid"],
-                                         created=current["metadata"].get("creationTimestamp"))
-                    body["metadata"]["generation"] = current["metadata"].get("generation", 1) + 1
+                    if meta["uid"] != current["metadata"]["uid"]:  # replaced meanwhile: keep the stored one's
+                        meta["uid"] = current["metadata"]["uid"]
+                    meta["creationTimestamp"] = current["metadata"].get("creationTimestamp", meta["creationTimestamp"])
+                    meta["generation"] = current["metadata"].get("generation", 1) + 1
                     self._put(resource, body, "MODIFIED", current)
                     changed += 1
-            except (InvalidObject, LimitExceeded) as exc:
+            except LimitExceeded as exc:
                 raise ManifestError(f"{where} ({resource.kind} {name}): {exc}") from None
             self._declared[key] = obj
+            yield
         self._settle()
         return f"{added} added, {changed} changed, {removed} deleted"
 
@@ -217,7 +254,7 @@ class Cluster:
         if isinstance(obj, dict) and isinstance(obj.get("metadata"), dict) and not obj["metadata"].get("name"):
             prefix = obj["metadata"].get("generateName")
             if isinstance(prefix, str) and prefix:
-                obj = copy.deepcopy(obj)
+                obj = copy_json(obj)
                 obj["metadata"]["name"] = prefix + workloads.random_suffix()
         resource, namespace, name = objects.identify(obj)
         if resource.plural == "namespaces":
@@ -236,11 +273,11 @@ class Cluster:
         new_resource, new_namespace, new_name = objects.identify(obj)
         if new_resource is not resource or new_name != name or (resource.namespaced and new_namespace != namespace):
             raise InvalidObject(f"the object must stay {resource.kind} {namespace + '/' if namespace else ''}{name}")
-        status = copy.deepcopy(current.get("status") or {})
+        status = copy_json(current.get("status") or {})
         if resource.plural == "pods" and pod_address(obj, self.pod_address) != pod_address(current, self.pod_address):
             for field in ("podIP", "podIPs"):
                 status.pop(field, None)
-        body = copy.deepcopy(obj)
+        body = copy_json(obj)
         body["status"] = status
         if plural == "services" and isinstance(body.get("spec"), dict) and not body["spec"].get("clusterIP"):
             body["spec"]["clusterIP"] = current["spec"].get("clusterIP")
@@ -264,8 +301,8 @@ class Cluster:
         current = self._current(resource, namespace, name)
         if not isinstance(status, dict):
             raise InvalidObject("status must be a mapping")
-        body = copy.deepcopy(current)
-        body["status"] = copy.deepcopy(status)
+        body = copy_json(current)
+        body["status"] = copy_json(status)
         if plural == "pods":
             phase = status.get("phase", "Running")
             if phase not in PHASES:
@@ -290,7 +327,7 @@ class Cluster:
         current = self._current(resource, namespace, name)
         if not isinstance(replicas, int) or isinstance(replicas, bool) or not 0 <= replicas <= MAX_REPLICAS:
             raise InvalidObject(f"spec.replicas must be 0..{MAX_REPLICAS}, not {replicas!r}")
-        body = copy.deepcopy(current)
+        body = copy_json(current)
         if body["spec"]["replicas"] != replicas:
             body["spec"]["replicas"] = replicas
             body["metadata"]["generation"] = body["metadata"].get("generation", 1) + 1
@@ -313,7 +350,7 @@ class Cluster:
             self._tombstones.add((namespace, name))
             self._count += 1
             self._rv += 1
-            gone = copy.deepcopy(current)
+            gone = copy_json(current)
             gone["metadata"]["resourceVersion"] = str(self._rv)
             self._emit(Event("DELETED", plural, gone, current))
             return gone
@@ -322,7 +359,7 @@ class Cluster:
             if "deletionTimestamp" in current["metadata"]:
                 return current
             grace = min(grace, MAX_GRACE_SECONDS)
-            body = copy.deepcopy(current)
+            body = copy_json(current)
             body["metadata"]["deletionTimestamp"] = timestamp(time.time() + grace)
             body["metadata"]["deletionGracePeriodSeconds"] = int(grace)
             uid = body["metadata"]["uid"]
@@ -349,7 +386,7 @@ class Cluster:
         current = self.get(resource.plural, namespace, name)
         if current is None:
             raise NotFound(resource, name)
-        return self._put(resource, copy.deepcopy(current), None)
+        return self._put(resource, copy_json(current), None)
 
     # ---- used by the controllers (workloads.py) ------------------------------------------------
     def get_stored(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -360,17 +397,17 @@ class Cluster:
         self._put(resource, self._prepare(resource, obj, uid=str(uuid.uuid4()), created=timestamp()), "ADDED")
 
     def set_replicas(self, plural: str, obj: dict[str, Any], replicas: int) -> None:
-        body = copy.deepcopy(obj)
+        body = copy_json(obj)
         body["spec"]["replicas"] = replicas
         self._put(RESOURCES[plural], body, "MODIFIED", obj)
 
     def set_status_owned(self, plural: str, obj: dict[str, Any], status: dict[str, Any]) -> None:
-        body = copy.deepcopy(obj)
+        body = copy_json(obj)
         body["status"] = status
         self._put(RESOURCES[plural], body, "MODIFIED", obj)
 
     def release_owned(self, pod: dict[str, Any]) -> None:
-        body = copy.deepcopy(pod)
+        body = copy_json(pod)
         refs = [r for r in body["metadata"].get("ownerReferences") or [] if not r.get("controller")]
         if refs:
             body["metadata"]["ownerReferences"] = refs
@@ -387,7 +424,7 @@ class Cluster:
     def _prepare(self, resource: Resource, obj: Any, uid: str, created: str | None = None) -> dict[str, Any]:
         """A validated copy of `obj` with the server's fields filled in."""
         objects.validate(obj, resource)
-        body: dict[str, Any] = copy.deepcopy(obj)
+        body: dict[str, Any] = copy_json(obj)
         body["apiVersion"] = resource.api_version
         body["kind"] = resource.kind
         meta = body["metadata"]
@@ -439,7 +476,7 @@ class Cluster:
         self._count -= 1
         self._total_bytes -= self._sizes.pop((plural, *key), 0)
         self._rv += 1
-        gone = copy.deepcopy(obj)
+        gone = copy_json(obj)
         gone["metadata"]["resourceVersion"] = str(self._rv)
         uid = obj["metadata"]["uid"]
         timer = self._timers.pop(uid, None)

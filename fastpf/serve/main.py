@@ -280,7 +280,7 @@ class Reloader:
         loop = asyncio.get_running_loop()
         try:
             items = await loop.run_in_executor(None, manifests.load_files, self.paths)
-            summary = self.cluster.reload(items)
+            summary = await self.cluster.reload_async(items)
         except (ManifestError, LimitExceeded) as exc:
             log.error("reload failed, objects unchanged: %s", exc)
             return

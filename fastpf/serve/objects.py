@@ -66,6 +66,15 @@ class InvalidObject(ValueError):
     """An object the server refuses; str() is one line."""
 
 
+def copy_json(value: Any) -> Any:
+    """A deep copy of JSON-like data (several times cheaper than copy.deepcopy)."""
+    if isinstance(value, dict):
+        return {k: copy_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [copy_json(v) for v in value]
+    return value
+
+
 def is_loopback_address(text: str) -> bool:
     try:
         return ipaddress.ip_address(text).is_loopback

@@ -15,12 +15,11 @@ workload itself is passed to pods whose template has none.
 
 from __future__ import annotations
 
-import copy
 import json
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from fastpf.serve.objects import ADDRESS_ANNOTATION, RESOURCES, pod_ready
+from fastpf.serve.objects import ADDRESS_ANNOTATION, RESOURCES, copy_json, pod_ready
 from fastpf.serve.selectors import match_labels_selector, parse_label_selector
 
 if TYPE_CHECKING:
@@ -108,9 +107,9 @@ def _deployment(cluster: Cluster, deploy: dict[str, Any], owned: list[dict[str, 
     revisions = [int((rs["metadata"].get("annotations") or {}).get(REVISION_ANNOTATION, "0") or 0) for rs in owned]
     if current is None:
         labels = {**(template.get("metadata", {}).get("labels") or {}), HASH_LABEL: digest}
-        selector = copy.deepcopy(spec["selector"])
+        selector = copy_json(spec["selector"])
         selector["matchLabels"] = {**(selector.get("matchLabels") or {}), HASH_LABEL: digest}
-        rs_template = copy.deepcopy(template)
+        rs_template = copy_json(template)
         rs_template.setdefault("metadata", {})["labels"] = labels
         annotations = {REVISION_ANNOTATION: str(max(revisions, default=0) + 1),
                        "deployment.kubernetes.io/desired-replicas": str(spec["replicas"]),
@@ -173,7 +172,7 @@ def _pod_from_template(owner: dict[str, Any], plural: str, name: str,
     if plural == "replicasets":
         metadata["generateName"] = f"{owner['metadata']['name']}-"
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata,
-            "spec": copy.deepcopy(template.get("spec") or {}), "status": {"phase": "Running"}}
+            "spec": copy_json(template.get("spec") or {}), "status": {"phase": "Running"}}
 
 
 def _least_useful_first(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
