@@ -123,10 +123,15 @@ def test_kubectl_lists_workload_pods_and_changes_them(world: tuple[ServeInstance
     assert _kubectl(k, s, tmp_path, "get", "pod", "db-1", "-o", "jsonpath={.status.phase}").stdout == "Pending"
     pod = tmp_path / "pod.yaml"
     pod.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: extra, labels: {app: web}}\n")
-    r = _kubectl(k, s, tmp_path, "create", "--validate=false", "-f", str(pod))
+    # kubectl's default --validate=strict reads OpenAPI v3 (1.29+); 1.27/1.28 need --validate=false.
+    r = _kubectl(k, s, tmp_path, "create", "-f", str(pod))
     assert r.returncode == 0 and "pod/extra created" in r.stdout, r.stderr
-    r = _kubectl(k, s, tmp_path, "create", "--validate=false", "-f", str(pod))
+    r = _kubectl(k, s, tmp_path, "create", "-f", str(pod))
     assert r.returncode == 1 and 'pods "extra" already exists' in r.stderr
+    pod.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: extra, labels: {app: web, tier: changed}}\n")
+    r = _kubectl(k, s, tmp_path, "apply", "-f", str(pod))
+    assert r.returncode == 0 and "pod/extra configured" in r.stdout, r.stderr
+    assert _kubectl(k, s, tmp_path, "get", "pod", "extra", "-o", "jsonpath={.metadata.labels.tier}").stdout == "changed"
     r = _kubectl(k, s, tmp_path, "delete", "pod", "extra", "--grace-period=1")
     assert r.returncode == 0, r.stderr
     r = _kubectl(k, s, tmp_path, "rollout", "status", "deploy/web", "--timeout=10s")
@@ -273,3 +278,108 @@ def test_deleting_a_pod_ends_its_sessions(world: tuple[ServeInstance, Targets], 
         assert 'Port-forward session ended" pod="default/db-0"' in log
     finally:
         stop_process(proc)
+
+
+# ---- kubectl get prints what a cluster prints ------------------------------------------------------------
+def _table(text: str) -> list[list[str]]:
+    return [re.split(r"\s{2,}", line.strip()) for line in text.strip().splitlines()]
+
+
+@pytest.mark.parametrize("version", ["1.27", "1.33", "1.37"])
+def test_kubectl_get_shows_server_side_columns(world: tuple[ServeInstance, Targets], version: str,
+                                               kubectl_bin: Callable[[str], str], tmp_path: Path) -> None:
+    """kubectl asks for `as=Table`; before, serve sent plain lists and kubectl printed NAME AGE."""
+    s, _ = world
+    k = kubectl_bin(version)
+    assert _request(s, "PATCH", "/api/v1/namespaces/default/pods/db-1/status", {"status": {"phase": "Pending"}},
+                    "application/merge-patch+json")[0] == 200
+    r = _kubectl(k, s, tmp_path, "get", "pods", "-l", "app=db")
+    assert r.returncode == 0, r.stderr
+    rows = _table(r.stdout)
+    assert rows[0] == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+    assert rows[1][:4] == ["db-0", "1/1", "Running", "0"] and re.fullmatch(r"\d+s", rows[1][4])
+    assert rows[2][:4] == ["db-1", "0/1", "ContainerCreating", "0"]
+    r = _kubectl(k, s, tmp_path, "get", "pods", "db-0", "-o", "wide", "--show-labels")
+    rows = _table(r.stdout)
+    assert rows[0] == ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE", "NOMINATED NODE",
+                       "READINESS GATES", "LABELS"], r.stdout
+    assert rows[1][5:7] == [POD_HOST, "fastpf"] and "statefulset.kubernetes.io/pod-name=db-0" in rows[1][9]
+    expected = {
+        "svc": (["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"], ["web", "ClusterIP"], 4, "80/TCP"),
+        "deploy": (["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"], ["web", "2/2", "2", "2"], None, None),
+        "rs": (["NAME", "DESIRED", "CURRENT", "READY", "AGE"], ["solo", "1", "1", "1"], None, None),
+        "sts": (["NAME", "READY", "AGE"], ["db", "1/2"], None, None),
+    }
+    for kind, (header, first, column, value) in expected.items():
+        r = _kubectl(k, s, tmp_path, "get", kind, *(["solo"] if kind == "rs" else []))
+        rows = _table(r.stdout)
+        assert rows[0] == header, (kind, r.stdout, r.stderr)
+        assert rows[1][:len(first)] == first, (kind, r.stdout)
+        if column is not None:
+            assert rows[1][column] == value
+    r = _kubectl(k, s, tmp_path, "get", "ns", "default")
+    assert _table(r.stdout)[0] == ["NAME", "STATUS", "AGE"] and _table(r.stdout)[1][:2] == ["default", "Active"]
+
+
+# ---- serve's log -------------------------------------------------------------------------------------------
+def test_default_log_has_sessions_and_failed_dials_not_requests(serve_factory: Callable[..., ServeInstance],
+                                                                kubectl_port_forward: Callable[..., Any],
+                                                                targets: Targets) -> None:
+    """Before, serve logged its first line only, even after hundreds of sessions and failed dials."""
+    s = serve_factory()
+    pf = kubectl_port_forward("1.33", s.kubeconfig, "pod/mypod", f":{targets.echo}")
+    assert _echo_through(pf.local_port(targets.echo)) == b"ping\n"
+    pf.stop()
+    closed = _free_port()
+    pf = kubectl_port_forward("1.33", s.kubeconfig, "pod/other", f":{closed}")
+    with socket.create_connection(("127.0.0.1", pf.local_port(closed)), timeout=10) as sock:
+        sock.settimeout(10)
+        assert sock.recv(10) == b""
+    pf.wait_exit(20)  # kubectl ends its session on error text
+    for _ in range(100):  # bounded: the end line follows the close
+        if s.stderr_text().count("Port-forward session ended") >= 2:
+            break
+        time.sleep(0.05)
+    log = s.stderr_text()
+    lines = log.splitlines()
+    started = [line for line in lines if '"Port-forward session started"' in line]
+    assert len(started) == 2 and 'pod="default/mypod"' in started[0] and 'protocol="websocket"' in started[0]
+    assert re.match(r"^I\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ sessions\.py:\d+\] ", started[0]), started[0]
+    assert 'peer="127.0.0.1:' in started[0] and 'userAgent="kubectl' in started[0]
+    ended = [line for line in lines if '"Port-forward session ended"' in line]
+    assert len(ended) == 2 and re.search(r'duration="\d+\.\d{3}s"', ended[0])
+    assert [line for line in lines if f"dial tcp4 127.0.0.1:{closed}: connect: connection refused" in line]
+    assert "HTTP verb=" not in log
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_verbose_log_never_shows_the_token(serve_factory: Callable[..., ServeInstance],
+                                           kubectl_bin: Callable[[str], str], targets: Targets,
+                                           tmp_path: Path) -> None:
+    token = "tok-3f9a1c77e5d24b08a6-secret"
+    s = serve_factory("--token", token, "-v", "10", manifest=manifest(targets))
+    k = kubectl_bin("1.33")
+    assert _kubectl(k, s, tmp_path, "get", "pods", "-v", "9").returncode == 0
+    assert _kubectl(k, s, tmp_path, "delete", "pod", "db-0").returncode == 0
+    assert s.get(f"/api/v1/namespaces/default/pods?access_token={token}&watch=0")[0] == 200
+    assert s.get("/api", token=f"{token}x")[0] == 401
+    proc = subprocess.Popen([sys.executable, "-m", "fastpf", "--kubeconfig", str(s.kubeconfig), "-v", "9", "pod/db-1",
+                             f":{targets.echo}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, env=subprocess_env())
+    try:
+        assert proc.stdout is not None
+        m = re.match(r"Forwarding from 127\.0\.0\.1:(\d+)", proc.stdout.readline().decode())
+        assert m and _echo_through(int(m.group(1))) == b"ping\n"
+    finally:
+        stop_process(proc)
+    s.stop()
+    out = s.stdout_text() + s.stderr_text()
+    assert 'HTTP verb="GET" URI="/api/v1/namespaces/default/pods' in out  # -v 4 request lines
+    assert "Request Header: authorization: <masked>" in out  # -v 8 headers
+    assert "access_token=<masked>" in out and "deleted Pod default/db-0" in out
+    assert token not in out and token[:12] not in out

@@ -379,6 +379,8 @@ class Api:
             return _resource_list("v1", "")
         if segments == ["apis", "apps", "v1"]:
             return _resource_list("apps/v1", "apps")
+        if segments[:2] == ["openapi", "v3"]:
+            return _openapi_v3(segments[2:])
         return None
 
 
@@ -408,6 +410,30 @@ def _resource_list(group_version: str, group: str) -> dict[str, Any]:
             resources.append({"name": "pods/portforward", "singularName": "", "namespaced": True,
                               "kind": "PodPortForwardOptions", "verbs": ["create", "get"]})
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}
+
+
+def _openapi_v3(rest: list[str]) -> dict[str, Any] | None:
+    """Just enough OpenAPI v3 for kubectl's default `--validate=strict`: every PATCH operation
+    takes the `fieldValidation` query parameter, so kubectl leaves validation to the server
+    (which checks what it serves) instead of failing to download schemas it does not need."""
+    if not rest:
+        return {"paths": {"api/v1": {"serverRelativeURL": "/openapi/v3/api/v1"},
+                          "apis/apps/v1": {"serverRelativeURL": "/openapi/v3/apis/apps/v1"}}}
+    group = {("api", "v1"): "", ("apis", "apps", "v1"): "apps"}.get(tuple(rest))
+    if group is None:
+        return None
+    paths: dict[str, Any] = {}
+    for r in RESOURCES.values():
+        if r.group != group or not r.namespaced:
+            continue
+        prefix = f"/apis/{r.api_version}" if r.group else "/api/v1"
+        paths[f"{prefix}/namespaces/{{namespace}}/{r.plural}/{{name}}"] = {"patch": {
+            "x-kubernetes-group-version-kind": {"group": r.group, "version": r.version, "kind": r.kind},
+            "parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}],
+            "responses": {},
+        }}
+    return {"openapi": "3.0.0", "info": {"title": "fastpf serve", "version": "v1.33.0"}, "paths": paths,
+            "components": {"schemas": {}}}
 
 
 def _field_name(selector: str | None) -> str | None:
