@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fastpf.serve.api import Api, Forward, Request, Response, Watch
 from fastpf.serve.cluster import Cluster, ManifestError
@@ -371,3 +374,69 @@ def test_require_peer_fails_in_ci_and_skips_locally(monkeypatch: pytest.MonkeyPa
     with pytest.raises(pytest.skip.Exception):
         conftest.require_peer(None, "kubectl 9.99")
     assert conftest.require_peer("/bin/true", "x") == "/bin/true"
+
+
+# ---- safe YAML ------------------------------------------------------------------------------------
+def test_aliases_within_bounds_load_unshared() -> None:
+    from fastpf.serve.manifests import parse_documents
+
+    text = ("defaults: &d {image: x, ports: [{containerPort: 80}]}\n"
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p, creationTimestamp: 2024-01-02T03:04:05Z}\n"
+            "spec: {containers: [{<<: *d, name: a}, {<<: *d, name: b}]}\n")
+    [doc] = parse_documents(text, "a.yaml")
+    a, b = doc["spec"]["containers"]
+    assert a["ports"] == b["ports"] and a["ports"] is not b["ports"]  # aliases become copies
+    assert doc["metadata"]["creationTimestamp"] == "2024-01-02T03:04:05Z"  # a string, as kubectl reads it
+    json.dumps(doc)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("a: &a [1, 2, 3, 4, 5, 6, 7, 8, 9]\n" + "".join(
+        f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi", strict=True)),
+     "once aliases are expanded"),
+    ("x: " + "[" * 70 + "]" * 70 + "\n", "nested deeper than 64 levels"),
+    ("x: !!set {a, b}\n", "cannot be served as JSON"),
+    ("x: .nan\n", "is not a JSON number"),
+    ("1: a\n", "mapping key 1 is not a string"),
+    ("x: *nope\n", "invalid YAML"),
+    ("x: !!python/object:os.system {}\n", "invalid YAML"),
+])
+def test_unsafe_yaml_is_refused(text: str, message: str) -> None:
+    from fastpf.serve.manifests import parse_documents
+
+    with pytest.raises(ManifestError, match=re.escape(message)) as info:
+        parse_documents(text, "evil.yaml")
+    assert str(info.value).startswith("evil.yaml") and "\n" not in str(info.value)
+
+
+def test_served_pod_never_holds_shared_or_non_json_values() -> None:
+    c = Cluster(explicit=True)
+    c.load_text("apiVersion: v1\nkind: List\nitems:\n"
+                "- {apiVersion: v1, kind: Pod, metadata: {name: p, labels: &l {app: a}},\n"
+                "   spec: {containers: [{name: c, env: [{name: A, value: 2024-01-01}]}]}}\n"
+                "- {apiVersion: v1, kind: Pod, metadata: {name: q, labels: *l}}\n", "m.yaml")
+    p, q = c.get("pods", "default", "p"), c.get("pods", "default", "q")
+    assert p is not None and q is not None
+    assert p["metadata"]["labels"] == q["metadata"]["labels"] and p["metadata"]["labels"] is not q["metadata"]["labels"]
+    assert p["spec"]["containers"][0]["env"][0]["value"] == "2024-01-01"
+    json.dumps(p)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 70000) | st.sampled_from(
+        ["", "v1", "apps/v1", "Pod", "Service", "Deployment", "StatefulSet", "ReplicaSet", "List", "x", "web",
+         "127.0.0.1", "Running", "Pending", "http", "TCP", "In", "app"]),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.sampled_from(
+        ["apiVersion", "kind", "metadata", "name", "namespace", "labels", "annotations", "spec", "status",
+         "containers", "ports", "containerPort", "protocol", "selector", "matchLabels", "matchExpressions",
+         "template", "replicas", "phase", "items", "targetPort", "port", "key", "operator", "values"]),
+        children, max_size=6),
+    max_leaves=30))
+def test_any_manifest_object_is_loaded_or_refused_in_one_line(doc: Any) -> None:
+    for candidate in (doc, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": doc},
+                      {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": doc}):
+        try:
+            Cluster(explicit=True).load_objects([("f.yaml: document 1", candidate)])
+        except ManifestError as exc:
+            assert "\n" not in str(exc) and str(exc).startswith("f.yaml: document 1")

@@ -10,6 +10,8 @@ import re
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fastpf.serve import patch
 from fastpf.serve.api import Api, Forward, Request, Response, Watch
@@ -397,3 +399,34 @@ def test_patch_formats() -> None:
                 [{"op": "jump", "path": "/"}], {"op": "add"}, [{"op": "add", "path": "x", "value": 1}]):
         with pytest.raises(patch.PatchError):
             patch.json_patch(doc, bad)
+
+
+_JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 70000) | st.sampled_from(
+        ["", "v1", "apps/v1", "Pod", "Deployment", "web", "Running", "Pending", "http", "/spec", "add", "-"]),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.sampled_from(
+        ["apiVersion", "kind", "metadata", "name", "labels", "spec", "status", "containers", "ports",
+         "containerPort", "selector", "matchLabels", "template", "replicas", "phase", "op", "path", "value",
+         "$patch", "generateName", "namespace"]), children, max_size=5),
+    max_leaves=25)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=_JSONISH, which=st.integers(0, 6))
+def test_any_write_gets_an_api_answer(body: Any, which: int) -> None:
+    c = _cluster()
+    api = Api(c, TOKEN)
+    method, target, kind = [
+        ("POST", PODS, "application/json"),
+        ("POST", "/apis/apps/v1/namespaces/default/deployments", "application/json"),
+        ("PATCH", f"{PODS}/db-0", patch.MERGE),
+        ("PATCH", f"{PODS}/db-0/status", patch.STRATEGIC),
+        ("PATCH", DEPLOY, patch.JSON_PATCH),
+        ("PUT", f"{DEPLOY}/scale", "application/json"),
+        ("PUT", f"{PODS}/db-0", "application/json"),
+    ][which]
+    reply = _call(api, method, target, body, kind)
+    assert isinstance(reply, Response) and reply.status in (200, 201, 400, 404, 409, 415, 422), reply
+    assert json.loads(reply.body)
+    for plural in ("pods", "deployments", "replicasets"):
+        json.dumps(c.list_objects(plural, None))  # whatever was stored can be served

@@ -287,30 +287,54 @@ def object_uid(plural: str, namespace: str, name: str, generation: int = 0) -> s
     return str(uuid.uuid5(UID_NAMESPACE, f"{plural}/{namespace}/{name}{suffix}"))
 
 
+def _mapping(parent: dict[str, Any], key: str) -> dict[str, Any]:
+    """parent[key] as a dict, made one when absent or null (validation allowed null)."""
+    value = parent.get(key)
+    if not isinstance(value, dict):
+        value = parent[key] = {}
+    return value
+
+
+def _list(parent: dict[str, Any], key: str) -> list[Any]:
+    value = parent.get(key)
+    if not isinstance(value, list):
+        value = parent[key] = []
+    return value
+
+
 def fill(obj: dict[str, Any], resource: Resource, default_address: str, now: str, service_ip: str) -> None:
     """Defaults a server fills in for `obj` (already validated), in place."""
+    for field in ("labels", "annotations"):
+        if field in obj["metadata"] and obj["metadata"][field] is None:
+            del obj["metadata"][field]
     if resource.plural == "pods":
         fill_pod(obj, default_address, now)
     elif resource.plural == "services":
-        spec = obj.setdefault("spec", {})
-        for port in spec.setdefault("ports", []):
+        spec = _mapping(obj, "spec")
+        if spec.get("selector") is None:
+            spec.pop("selector", None)
+        for port in _list(spec, "ports"):
             port.setdefault("targetPort", port["port"])
             port.setdefault("protocol", "TCP")
         spec.setdefault("type", "ClusterIP")
         spec.setdefault("clusterIP", service_ip)
         spec.setdefault("clusterIPs", [spec["clusterIP"]])
         spec.setdefault("sessionAffinity", "None")
-        obj.setdefault("status", {"loadBalancer": {}})
+        if not isinstance(obj.get("status"), dict):
+            obj["status"] = {"loadBalancer": {}}
     elif resource.plural in WORKLOADS:
         spec = obj["spec"]
-        spec.setdefault("replicas", 1)
-        template = spec.setdefault("template", {})
-        template_meta = template.setdefault("metadata", {})
+        if spec.get("replicas") is None:
+            spec["replicas"] = 1
+        template = _mapping(spec, "template")
+        template_meta = _mapping(template, "metadata")
         if spec.get("selector") is None:
             spec["selector"] = {"matchLabels": dict(template_meta.get("labels") or {})}
-        template_meta.setdefault("labels", dict(spec["selector"].get("matchLabels") or {}))
-        template.setdefault("spec", {})
-        _fill_pod_spec(template["spec"])
+        if not template_meta.get("labels"):
+            template_meta["labels"] = dict(spec["selector"].get("matchLabels") or {})
+        if template_meta.get("annotations") is None:
+            template_meta.pop("annotations", None)
+        _fill_pod_spec(_mapping(template, "spec"))
         if resource.plural == "deployments":
             spec.setdefault("strategy", {"type": "RollingUpdate",
                                          "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}})
@@ -318,17 +342,20 @@ def fill(obj: dict[str, Any], resource: Resource, default_address: str, now: str
         elif resource.plural == "statefulsets":
             spec.setdefault("serviceName", obj["metadata"]["name"])
             spec.setdefault("podManagementPolicy", "OrderedReady")
-        obj.setdefault("status", {})
-        obj["status"].setdefault("replicas", 0)
+        _mapping(obj, "status").setdefault("replicas", 0)
     elif resource.plural == "namespaces":
         obj.setdefault("spec", {"finalizers": ["kubernetes"]})
         obj.setdefault("status", {"phase": "Active"})
 
 
 def _fill_pod_spec(spec: dict[str, Any]) -> None:
-    containers = spec.setdefault("containers", [{"name": "main"}])
-    for container in containers:
-        container.setdefault("image", "fastpf.io/none")
+    if not spec.get("containers"):
+        spec["containers"] = [{"name": "main"}]
+    for container in spec["containers"]:
+        if not container.get("image"):
+            container["image"] = "fastpf.io/none"
+        if container.get("ports") is None:
+            container.pop("ports", None)
         for port in container.get("ports") or []:
             port.setdefault("protocol", "TCP")
     spec.setdefault("restartPolicy", "Always")
@@ -341,10 +368,10 @@ def pod_address(pod: dict[str, Any], default_address: str) -> str:
 
 
 def fill_pod(pod: dict[str, Any], default_address: str, now: str) -> None:
-    spec = pod.setdefault("spec", {})
-    _fill_pod_spec(spec)
-    status = pod.setdefault("status", {})
-    status.setdefault("phase", "Running")
+    _fill_pod_spec(_mapping(pod, "spec"))
+    status = _mapping(pod, "status")
+    if status.get("phase") is None:
+        status["phase"] = "Running"
     fill_pod_status(pod, pod_address(pod, default_address), now)
 
 
