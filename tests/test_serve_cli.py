@@ -4,6 +4,7 @@ test_serve_interop.py."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -22,6 +23,7 @@ import h2.config
 import h2.connection
 import h2.events
 import pytest
+import yaml
 from conftest import (
     ServeInstance,
     Targets,
@@ -505,6 +507,7 @@ def test_no_tls_off_loopback_refused() -> None:
 # ---- the README's first example against a bare `fastpf serve` ----------------------------------
 def _bare_serve(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
     """`fastpf serve` with its own defaults (the fixtures pin --pod-address 127.0.0.1)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     kubeconfig = tmp_path / "kc"
     err = tmp_path / "serve.err"
     with open(err, "wb") as sink:
@@ -578,3 +581,31 @@ def test_first_example_does_not_forward_into_itself(tmp_path: Path) -> None:
 def test_pod_address_flag(tmp_path: Path) -> None:
     result = _run_serve("--listen", "127.0.0.1:0", "--pod-address", "10.1.2.3")
     _one_line_error(result, "--pod-address '10.1.2.3': must be a loopback address")
+
+
+def test_tls_dir_keeps_the_ca_across_restarts(tmp_path: Path) -> None:
+    """A test hook for reconnect tests (issue 12): serve killed and started again on the same
+    port with the same --token and --tls-dir is trusted by the first run's kubeconfig."""
+    tls_dir = tmp_path / "tls"
+    first, kubeconfig, _ = _bare_serve(tmp_path / "a", "--token", "t0k", "--tls-dir", str(tls_dir))
+    config = yaml.safe_load(kubeconfig.read_text())
+    url = config["clusters"][0]["cluster"]["server"]
+    port = int(url.rsplit(":", 1)[1])
+    ca = base64.b64decode(config["clusters"][0]["cluster"]["certificate-authority-data"])
+    assert (tls_dir / "ca.crt").read_bytes() == ca
+    assert stat.S_IMODE((tls_dir / "ca.key").stat().st_mode) == 0o600
+    stop_process(first, signal.SIGKILL)
+    second, kubeconfig2, _ = _bare_serve(tmp_path / "b", "--listen", f"127.0.0.1:{port}", "--token", "t0k",
+                                         "--tls-dir", str(tls_dir))
+    try:
+        assert kubeconfig2.read_text() == kubeconfig.read_text()
+        ctx = ssl.create_default_context(cadata=ca.decode())
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(b"GET /version HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0k\r\nConnection: close\r\n\r\n")
+            assert tls.recv(100).startswith(b"HTTP/1.1 200")
+    finally:
+        assert stop_process(second) == 0
+    (tls_dir / "ca.key").write_text("not a key")
+    result = _run_serve("--listen", "127.0.0.1:0", "--tls-dir", str(tls_dir))
+    _one_line_error(result, f"--tls-dir {tls_dir}: cannot read the CA")

@@ -1,8 +1,8 @@
 """`fastpf serve`: a local Kubernetes-compatible API endpoint whose pods forward to loopback.
 
     fastpf serve [--listen HOST:PORT] [--kubeconfig-out PATH] [-f MANIFESTS.yaml ...]
-                 [--pod-address ADDR] [--no-tls] [--token TOKEN] [--idle-timeout SECONDS]
-                 [--silent-errors] [-v N]
+                 [--pod-address ADDR] [--no-tls] [--token TOKEN] [--tls-dir DIR]
+                 [--idle-timeout SECONDS] [--silent-errors] [-v N]
 
 Defaults: listen on 127.0.0.1:6443, TLS with a certificate generated at start, a random bearer
 token, pods on 127.0.0.2. Once accepting, the kubeconfig (server URL, CA, token, context with
@@ -55,6 +55,7 @@ class Config:
     silent_errors: bool = False
     pod_address: str = DEFAULT_POD_ADDRESS
     verbosity: int = 0
+    tls_dir: Path | None = None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -77,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="plain HTTP instead of TLS (loopback only; requests without credentials are admitted, "
                         "as kubectl and fastpf send none over http://)")
     p.add_argument("--token", help="bearer token clients must send (required off loopback)")
+    p.add_argument("--tls-dir", metavar="DIR",
+                   help="keep the CA in DIR (ca.crt, ca.key; made on first use) so a restarted serve is "
+                        "trusted by its previous kubeconfig; default: a new CA at every start")
     p.add_argument("-v", "--v", dest="verbosity", type=_verbosity, default=0, metavar="N",
                    help="log verbosity: 0 sessions and failed pod dials, 2 changes made through the API, "
                         "4 requests, 8 request headers (credentials masked)")
@@ -154,6 +158,7 @@ def parse_args(argv: list[str]) -> Config:
         silent_errors=args.silent_errors,
         pod_address=args.pod_address,
         verbosity=args.verbosity,
+        tls_dir=Path(args.tls_dir) if args.tls_dir else None,
     )
 
 
@@ -180,7 +185,14 @@ async def serve(config: Config, cluster: Cluster) -> int:
         loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
     cluster.subscribe(sessions.on_cluster_event)
     token = config.token or secrets.token_urlsafe(32)
-    material = certs.generate([config.host]) if config.tls else None
+    material = None
+    if config.tls:
+        try:
+            ca = certs.persistent_ca(config.tls_dir) if config.tls_dir is not None else certs.new_ca()
+        except certs.CertError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        material = certs.issue(ca, [config.host])
     ssl_context = certs.server_context(material) if material else None
     anonymous = not config.tls  # loopback only (parse_args): client-go sends no token over http://
     api = Api(cluster, token, allow_anonymous=anonymous)
