@@ -440,3 +440,40 @@ def test_any_manifest_object_is_loaded_or_refused_in_one_line(doc: Any) -> None:
             Cluster(explicit=True).load_objects([("f.yaml: document 1", candidate)])
         except ManifestError as exc:
             assert "\n" not in str(exc) and str(exc).startswith("f.yaml: document 1")
+
+
+# ---- server-side printing ----------------------------------------------------------------------------
+@pytest.mark.parametrize(("accept", "version"), [
+    ("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,"
+     "application/json", "v1"),
+    ("application/json;as=Table;v=v1beta1;g=meta.k8s.io", "v1beta1"),
+    ("application/json", None),
+    ("application/json;as=Table;v=v2;g=meta.k8s.io", None),
+    (None, None),
+])
+def test_table_is_served_when_asked(accept: str | None, version: str | None) -> None:
+    from fastpf.serve.table import table_version
+
+    assert table_version(accept) == version
+    api = Api(_cluster(), TOKEN)
+    headers = AUTH + ([("accept", accept)] if accept else [])
+    body = _json(api.handle(Request("GET", "/api/v1/namespaces/default/pods?includeObject=Object", headers)))
+    if version is None:
+        assert body["kind"] == "PodList"
+        return
+    assert body["kind"] == "Table" and body["apiVersion"] == f"meta.k8s.io/{version}"
+    assert [c["name"] for c in body["columnDefinitions"]][:5] == ["Name", "Ready", "Status", "Restarts", "Age"]
+    assert [r["cells"][:4] for r in body["rows"]] == [["web-1", "1/1", "Running", "0"],
+                                                     ["web-pending", "0/1", "Pending", "0"]]
+    assert body["rows"][0]["object"]["kind"] == "Pod"  # includeObject=Object
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (-5, "<invalid>"), (-1, "0s"), (0, "0s"), (119, "119s"), (120, "2m"), (150, "2m30s"), (600, "10m"),
+    (3 * 3600 + 60, "3h1m"), (8 * 3600, "8h"), (49 * 3600, "2d1h"), (10 * 86400, "10d"),
+    (800 * 86400, "2y70d"), (9 * 365 * 86400, "9y"),
+])
+def test_age_reads_like_kubectl(seconds: int, text: str) -> None:
+    from fastpf.serve.table import human_duration
+
+    assert human_duration(seconds) == text

@@ -11,19 +11,31 @@ Writes (POST, PUT, PATCH, DELETE, scale) are in `writes.py`.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import re
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import unquote
 
 from fastpf.serve import table
 from fastpf.serve.cluster import RESOURCES, Cluster, Resource
 from fastpf.serve.logs import V
+from fastpf.serve.replies import (  # noqa: F401 - re-exported: the HTTP handlers and tests use them here
+    NO_RESOURCE,
+    NOT_ALLOWED,
+    Forward,
+    Reply,
+    Request,
+    Response,
+    Target,
+    Watch,
+    dumps,
+    json_response,
+    not_found,
+    status_response,
+)
 from fastpf.serve.selectors import SelectorError, parse_field_selector, parse_label_selector
 from fastpf.serve.watch import Subscription, event_line
-from fastpf.types import PodTarget
+from fastpf.serve.writes import scale_of, write
 
 SERVER_VERSION = {
     "major": "1",
@@ -43,106 +55,11 @@ SUBRESOURCES = ("status", "scale")
 log = logging.getLogger("fastpf.serve.api")
 
 
-@dataclass
-class Request:
-    method: str
-    target: str  # path + "?" + query, as sent
-    headers: list[tuple[str, str]]  # lower-case names
-    path: str = ""
-    query: dict[str, list[str]] = field(default_factory=dict)
-    body: bytes = b""
-
-    def __post_init__(self) -> None:
-        path, _, query = self.target.partition("?")
-        self.path = path
-        self.query = parse_qs(query, keep_blank_values=True)
-
-    def header(self, name: str) -> str | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
-
-    def param(self, name: str) -> str | None:
-        values = self.query.get(name)
-        return values[0] if values else None
-
-
-@dataclass
-class Response:
-    status: int
-    body: bytes
-    content_type: str = "application/json"
-
-
-@dataclass
-class Watch:
-    """200 with a stream of JSON watch events (one per line), open for `timeout` seconds: the
-    `events` first, then what `subscription` delivers once the handler attaches to it."""
-
-    events: list[bytes]
-    timeout: float
-    subscription: Subscription | None = None
-
-
-@dataclass
-class Forward:
-    """Hand the connection to the port-forward engine for this pod."""
-
-    pod: PodTarget
-
-
-Reply = Response | Watch | Forward
-
-
-def status_response(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> Response:
-    """A Kubernetes `Status` failure, as the API server sends for every error."""
-    body: dict[str, Any] = {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "code": code,
-    }
-    if details is not None:
-        body["details"] = details
-    return Response(code, dumps(body))
-
-
-def not_found(resource: Resource, name: str) -> Response:
-    details: dict[str, Any] = {"name": name, "kind": resource.plural}
-    if resource.group:
-        details["group"] = resource.group
-    return status_response(404, "NotFound", f'{resource.qualified} "{name}" not found', details)
-
-
-def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
-def json_response(obj: Any, status: int = 200) -> Response:
-    return Response(status, dumps(obj))
-
-
-NO_RESOURCE = status_response(404, "NotFound", "the server could not find the requested resource", {})
-NOT_ALLOWED = "the server does not allow this method on the requested resource"
 _FORWARD_CACHE_SIZE = 1024
 
 # /api/{v}/proxy/{minions|nodes}/{node}/portForward/{ns}/{pod}[/{uid}] (2015 era) and the same
 # without /api/{v}; kubelet's own /portForward/{ns}/{pod}[/{uid}].
 _HISTORIC = re.compile(r"^(?:/api/(?:v1beta1|v1beta3|v1))?/proxy/(?:minions|nodes)/[^/]+(/portForward/.*)$")
-
-
-@dataclass(frozen=True)
-class Target:
-    """A REST path resolved: resource, namespace (None: all), name (None: a list), subresource."""
-
-    resource: Resource
-    namespace: str | None
-    name: str | None
-    subresource: str | None = None
 
 
 class Api:
@@ -193,8 +110,6 @@ class Api:
         if target is None:
             return NO_RESOURCE if not self._known_path(segments) else status_response(
                 405, "MethodNotAllowed", NOT_ALLOWED, {})
-        from fastpf.serve.writes import write
-
         return write(self, request, method, target)
 
     # ---- port-forward --------------------------------------------------------------------------
@@ -289,8 +204,6 @@ class Api:
             if obj is None:
                 return not_found(resource, name)
             if target.subresource == "scale":
-                from fastpf.serve.writes import scale_of
-
                 return json_response(scale_of(obj))
             if table_version is not None:
                 return json_response(table.table(resource, [obj], table_version, self.cluster.resource_version,

@@ -287,7 +287,7 @@ class Cluster:
         if body.get("spec") != current.get("spec"):
             generation += 1
         body["metadata"]["generation"] = generation
-        for field in ("ownerReferences", "generateName", "deletionTimestamp", "deletionGracePeriodSeconds"):
+        for field in ("deletionTimestamp", "deletionGracePeriodSeconds"):  # the server's, not the writer's
             if field in current["metadata"] and field not in body["metadata"]:
                 body["metadata"][field] = current["metadata"][field]
         stored = self._put(resource, body, "MODIFIED", current)

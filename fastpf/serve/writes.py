@@ -19,7 +19,11 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from fastpf.serve import patch
-from fastpf.serve.api import (
+from fastpf.serve.cluster import AlreadyExists, LimitExceeded, NotFound
+from fastpf.serve.logs import V
+from fastpf.serve.manifests import ManifestError, decode_body
+from fastpf.serve.objects import InvalidObject
+from fastpf.serve.replies import (
     NOT_ALLOWED,
     Reply,
     Request,
@@ -28,10 +32,6 @@ from fastpf.serve.api import (
     not_found,
     status_response,
 )
-from fastpf.serve.cluster import AlreadyExists, LimitExceeded, NotFound
-from fastpf.serve.logs import V
-from fastpf.serve.manifests import ManifestError, decode_body
-from fastpf.serve.objects import InvalidObject
 from fastpf.serve.selectors import match_labels_selector
 
 if TYPE_CHECKING:
