@@ -320,10 +320,12 @@ def test_yaml_alias_bomb_is_refused_fast_with_bounded_memory(tmp_path: Path) -> 
     path = tmp_path / "bomb.yaml"
     path.write_text(bomb)
     probe = tmp_path / "maxrss"
-    code = ("import resource, sys\n"
+    # VmHWM (peak RSS of this process image): ru_maxrss would carry the forking pytest's over exec.
+    code = ("import sys\n"
             "from fastpf.serve.main import main\n"
             "rc = main(sys.argv[1:])\n"
-            f"open({str(probe)!r}, 'w').write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"
+            "peak = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
+            f"open({str(probe)!r}, 'w').write(peak)\n"
             "sys.exit(rc)\n")
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-c", code, "--listen", "127.0.0.1:0", "-f", str(path)],

@@ -261,9 +261,35 @@ def test_watch_reply() -> None:
     events = [json.loads(e) for e in reply.events]
     assert [e["type"] for e in events] == ["ADDED", "ADDED"]
     assert events[0]["object"]["kind"] == "Pod"
-    current = _cluster().resource_version
+    current = api.cluster.resource_version
     quiet = _get(api, f"/api/v1/namespaces/default/pods?watch=1&resourceVersion={current}")
     assert isinstance(quiet, Watch) and quiet.events == []
+
+
+def test_watch_resumes_from_a_resource_version_or_expires() -> None:
+    """An informer lists, then watches from the list's version: what happened in between is
+    replayed (a deletion included); a version older than the kept events gets 410 Expired."""
+    c = _cluster()
+    api = Api(c, TOKEN)
+    listed = _json(_get(api, "/api/v1/namespaces/default/pods?labelSelector=app%3Dweb"))
+    version = listed["metadata"]["resourceVersion"]
+    c.delete("pods", "default", "web-pending")
+    c.replace_status("pods", "default", "web-1", {"phase": "Failed"})
+    c.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-2", "labels": {"app": "web"}}})
+    c.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "other"}})
+    reply = _get(api, f"/api/v1/namespaces/default/pods?watch=1&labelSelector=app%3Dweb&resourceVersion={version}")
+    assert isinstance(reply, Watch)
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in map(json.loads, reply.events)] == [
+        ("DELETED", "web-pending"), ("MODIFIED", "web-1"), ("ADDED", "web-2")]
+    for i in range(1000):  # more events than are kept
+        c.replace_status("pods", "default", "other", {"phase": "Failed" if i % 2 else "Running"})
+    expired = _get(api, f"/api/v1/namespaces/default/pods?watch=1&resourceVersion={version}")
+    assert isinstance(expired, Watch) and expired.timeout == 0
+    [event] = [json.loads(e) for e in expired.events]
+    assert event["type"] == "ERROR" and event["object"]["code"] == 410 and event["object"]["reason"] == "Expired"
+    recent = int(c.resource_version) - 1
+    resumed = _get(api, f"/api/v1/namespaces/default/pods?watch=1&resourceVersion={recent}")
+    assert isinstance(resumed, Watch) and [json.loads(e)["type"] for e in resumed.events] == ["MODIFIED"]
 
 
 @pytest.mark.parametrize("path", [

@@ -244,21 +244,30 @@ class Api:
 
     def _watch(self, request: Request, resource: Resource, items: list[dict[str, Any]], namespace: str | None,
                name: str | None, matches: Any, table_version: str | None) -> Watch:
-        # "Since resourceVersion N" with N current: nothing happened since, so no initial
-        # events (no history is kept: an older N gets the current objects as ADDED, as after
-        # a compaction); every later change arrives live through the subscription.
+        # No resourceVersion (or "0"): the current objects as ADDED, then live changes. From an
+        # older version N: what happened since N, replayed from the recent events, then live;
+        # 410 Expired when those are no longer kept (the client lists again), as the API server.
         since = request.param("resourceVersion") or ""
         initial = (request.param("sendInitialEvents") or "").lower() == "true"
-        if not initial and since not in ("", "0") and since.isdigit() and int(since) >= int(self.cluster.resource_version):
-            items = []
+        subscription = Subscription(self.cluster, resource, namespace, name, matches,
+                                    table.renderer(resource, table_version, request.param("includeObject"),
+                                                   lambda: self.cluster.resource_version))
+        replay: list[bytes] | None = None
+        if not initial and since not in ("", "0") and since.isdigit():
+            history = self.cluster.events_since(int(since))
+            if history is None:
+                expired = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                           "message": f"too old resource version: {since} ({self.cluster.resource_version})",
+                           "reason": "Expired", "code": 410}
+                return Watch([event_line("ERROR", expired)], 0.0)
+            replay = [line for line in map(subscription.line, history) if line is not None]
         try:
             timeout = float(request.param("timeoutSeconds") or DEFAULT_WATCH_SECONDS)
         except ValueError:
             timeout = DEFAULT_WATCH_SECONDS
         timeout = min(max(timeout, 0.0), MAX_WATCH_SECONDS)
-        render = table.renderer(resource, table_version, request.param("includeObject"),
-                                lambda: self.cluster.resource_version)
-        events = [event_line("ADDED", render(obj)) for obj in items]
+        events = replay if replay is not None else [
+            event_line("ADDED", subscription.render(obj)) for obj in items]
         if initial:
             # WatchList (kubectl 1.35+ informers, e.g. `kubectl wait`): the initial ADDED events
             # must be closed by a bookmark, or the client waits for them until it times out.
@@ -268,7 +277,7 @@ class Api:
                 "metadata": {"resourceVersion": self.cluster.resource_version,
                              "annotations": {"k8s.io/initial-events-end": "true"}},
             }}) + b"\n")
-        return Watch(events, timeout, Subscription(self.cluster, resource, namespace, name, matches, render))
+        return Watch(events, timeout, subscription)
 
     def _discovery(self, segments: list[str]) -> dict[str, Any] | None:
         if segments == ["version"]:

@@ -20,6 +20,7 @@ import json
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -62,6 +63,8 @@ MAX_OBJECT_BYTES = 1_572_864  # one object as JSON: etcd's 1.5 MiB request limit
 MAX_TOTAL_BYTES = 256 << 20  # all stored objects as JSON
 MAX_GRACE_SECONDS = 3600.0
 RELOAD_BATCH = 100  # objects applied per event-loop turn on SIGHUP
+HISTORY_EVENTS = 1000  # recent events kept for watches that resume from a resourceVersion
+HISTORY_BYTES = 64 << 20
 _SETTLE_PASSES = 5  # controller passes per change; one or two are enough
 
 log = logging.getLogger("fastpf.serve.cluster")
@@ -113,13 +116,20 @@ class Cluster:
         self._sizes: dict[tuple[str, str, str], int] = {}
         self._total_bytes = 0
         self._count = 0
-        self._rv = 1000
+        # resourceVersions start at the clock (µs): a client that watched a previous run of serve
+        # resumes from a version older than anything kept here and gets 410, so it lists again.
+        self._rv = time.time_ns() // 1000
         self._service_ips = 10
         self._listeners: list[Listener] = []
         self._declared: dict[tuple[str, str, str], dict[str, Any]] = {}  # manifest objects, as written
         self._tombstones: set[tuple[str, str]] = set()  # deleted implicit pods
         self._timers: dict[str, asyncio.TimerHandle] = {}  # terminating pods by uid
         self._settling = False
+        # Recent events by resourceVersion: a watch from an older version (an informer's
+        # list-then-watch) replays what it missed, or gets 410 Expired when they are gone.
+        self._history: deque[tuple[int, Event, int]] = deque()
+        self._history_bytes = 0
+        self._history_floor = self._rv  # events at or below this version are not kept
 
     # ---- construction from manifests ---------------------------------------------------------
     @classmethod
@@ -240,7 +250,19 @@ class Cluster:
 
         return unsubscribe
 
-    def _emit(self, event: Event) -> None:
+    def events_since(self, version: int) -> list[Event] | None:
+        """Events after `version`, oldest first; None when some are no longer kept (410)."""
+        if version < self._history_floor:
+            return None
+        return [event for rv, event, _ in self._history if rv > version]
+
+    def _emit(self, event: Event, size: int = 0) -> None:
+        self._history.append((int(event.obj["metadata"]["resourceVersion"]), event, size))
+        self._history_bytes += size
+        while len(self._history) > HISTORY_EVENTS or self._history_bytes > HISTORY_BYTES:
+            rv, _, dropped = self._history.popleft()
+            self._history_bytes -= dropped
+            self._history_floor = rv
         for listener in list(self._listeners):
             try:
                 listener(event)
@@ -467,14 +489,15 @@ class Cluster:
         meta["resourceVersion"] = str(self._rv)
         self._objects[resource.plural][key] = body
         if event is not None:
-            self._emit(Event(event, resource.plural, body, old))
+            self._emit(Event(event, resource.plural, body, old), size)
         return body
 
     def _remove(self, plural: str, key: tuple[str, str]) -> dict[str, Any]:
         """Delete one stored object, then (garbage collection) everything it controls."""
         obj = self._objects[plural].pop(key)
         self._count -= 1
-        self._total_bytes -= self._sizes.pop((plural, *key), 0)
+        size = self._sizes.pop((plural, *key), 0)
+        self._total_bytes -= size
         self._rv += 1
         gone = copy_json(obj)
         gone["metadata"]["resourceVersion"] = str(self._rv)
@@ -482,7 +505,7 @@ class Cluster:
         timer = self._timers.pop(uid, None)
         if timer is not None:
             timer.cancel()
-        self._emit(Event("DELETED", plural, gone, obj))
+        self._emit(Event("DELETED", plural, gone, obj), size)
         for dependent_plural in ("replicasets", "pods"):
             for dkey, dependent in list(self._objects[dependent_plural].items()):
                 if workloads.controller_uid(dependent) == uid and dkey in self._objects[dependent_plural]:

@@ -32,7 +32,7 @@ class Subscription:
         self.namespace = namespace
         self.name = name
         self._matches = matches
-        self._render = render
+        self.render = render
         self._sink: Sink | None = None
         self._unsubscribe: Callable[[], None] | None = None
 
@@ -62,9 +62,10 @@ class Subscription:
             return False
         return self._matches(obj)
 
-    def _on_event(self, event: Event) -> None:
-        if event.plural != self.resource.plural or self._sink is None:
-            return
+    def line(self, event: Event) -> bytes | None:
+        """The watch line this request gets for `event`, if any."""
+        if event.plural != self.resource.plural:
+            return None
         now, before = self._wanted(event.obj), self._wanted(event.old)
         if event.type == "ADDED":
             kind = "ADDED" if now else None
@@ -74,5 +75,11 @@ class Subscription:
             kind = "MODIFIED" if before else "ADDED"
         else:
             kind = "DELETED" if before else None
-        if kind is not None:
-            self._sink(event_line(kind, self._render(event.obj)))
+        return event_line(kind, self.render(event.obj)) if kind is not None else None
+
+    def _on_event(self, event: Event) -> None:
+        if self._sink is None:
+            return
+        line = self.line(event)
+        if line is not None:
+            self._sink(line)
