@@ -4,6 +4,7 @@ reloads, and the fastpf client."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -20,7 +21,14 @@ import h2.config
 import h2.connection
 import h2.events
 import pytest
-from conftest import ServeInstance, Targets, run_kubectl, stop_process, subprocess_env
+from conftest import (
+    KubectlPortForward,
+    ServeInstance,
+    Targets,
+    run_kubectl,
+    stop_process,
+    subprocess_env,
+)
 
 POD_HOST = "127.0.0.2"
 SAFE = "[bcdfghjklmnpqrstvwxz2456789]"
@@ -383,3 +391,26 @@ def test_verbose_log_never_shows_the_token(serve_factory: Callable[..., ServeIns
     assert "Request Header: authorization: <masked>" in out  # -v 8 headers
     assert "access_token=<masked>" in out and "deleted Pod default/db-0" in out
     assert token not in out and token[:12] not in out
+
+
+def test_ws_channel_failed_dial_is_logged(serve_factory: Callable[..., ServeInstance]) -> None:
+    """A v4.channel session's refused pod port is logged like a SPDY one (kubelet's words)."""
+    s = serve_factory()
+    closed = _free_port()
+    cmd = [sys.executable, "-m", "fastpf", "--kubeconfig", str(s.kubeconfig), "--protocol", "ws-channel",
+           "pod/mypod", f":{closed}"]
+    pf = KubectlPortForward(cmd, subprocess_env())
+    try:
+        pf.wait_forwarding(1)
+        with socket.create_connection(("127.0.0.1", pf.local_port(closed)), timeout=10) as sock:
+            sock.settimeout(10)
+            with contextlib.suppress(ConnectionResetError):
+                assert sock.recv(10) == b""
+        want = f"dial tcp4 127.0.0.1:{closed}: connect: connection refused"
+        for _ in range(100):  # bounded: the line follows the failed dial
+            if want in s.stderr_text():
+                break
+            time.sleep(0.05)
+        assert want in s.stderr_text(), s.stderr_text()
+    finally:
+        pf.stop()
