@@ -307,7 +307,7 @@ class Harness:
         if self.kubeconfig.exists():
             self.kubeconfig.unlink()
         argv = [sys.executable, "-m", "fastpf", "serve", "--listen", "127.0.0.1:0",
-                "--kubeconfig-out", str(self.kubeconfig)]
+                "--kubeconfig-out", str(self.kubeconfig), "--pod-address", "127.0.0.1"]
         if self.args.no_tls:
             argv.append("--no-tls")
         p = self.reg.start("fastpf-serve", argv, env=child_env(), cwd=str(ROOT))

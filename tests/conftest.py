@@ -4,7 +4,9 @@ Fixtures
 --------
 ``serve``
     A running ``python -m fastpf serve --listen 127.0.0.1:0 --kubeconfig-out ...`` (TLS, no
-    manifests: every pod exists and forwards to 127.0.0.1). Yields a :class:`ServeInstance`
+    manifests: every pod exists and forwards to 127.0.0.1: the fixtures pass ``--pod-address
+    127.0.0.1`` unless the test gives its own, because the pod stand-ins listen there; serve's
+    own default is 127.0.0.2). Yields a :class:`ServeInstance`
     (``.url``, ``.host``, ``.port``, ``.kubeconfig``, ``.token``, ``.ca_file``, ``.process``,
     ``.config`` (parsed kubeconfig), ``.stdout_text()``/``.stderr_text()``,
     ``.ssl_context(alpn=None)``, ``.connection()``, ``.get(path, token="", method="GET",
@@ -171,6 +173,8 @@ def start_serve(tmp: Path, *args: str, manifest: str | None = None, tls: bool = 
     if not tls:
         cmd.append("--no-tls")
     cmd += list(args)
+    if "--pod-address" not in args:
+        cmd += ["--pod-address", "127.0.0.1"]  # where the `targets` stand-ins listen
     stdout_path = kubeconfig.parent / "stdout.txt"
     stderr_path = kubeconfig.parent / "stderr.txt"
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:

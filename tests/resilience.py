@@ -1,5 +1,5 @@
 """Helpers for the reconnect / pool / fault tests: a `fastpf serve` that can be killed and
-restarted on the same port with the same credentials (token and --cert-dir), a download that
+restarted on the same port with the same credentials (token and --tls-dir), a download that
 checks every byte it receives against the pattern (so a corrupt byte can never pass as a
 short read), RSS sampling and small timing helpers. Everything loopback, bounded in time."""
 
@@ -30,7 +30,7 @@ class RestartableServe:
         self.tls = tls
         self.token = token
         self.base = [*(["--token", token] if token else []),
-                     *(["--cert-dir", str(tmp / "certs")] if tls else []), *args]
+                     *(["--tls-dir", str(tmp / "tls")] if tls else []), *args]
         self.count = 0
         self.inst: ServeInstance = self._start(self.base, manifest, "127.0.0.1:0")
         self.port = self.inst.port

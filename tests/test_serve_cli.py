@@ -4,6 +4,8 @@ test_serve_interop.py."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import os
 import signal
@@ -21,10 +23,14 @@ import h2.config
 import h2.connection
 import h2.events
 import pytest
+import yaml
 from conftest import (
     ServeInstance,
+    Targets,
+    free_port,
     run_kubectl,
     start_serve,
+    stop_process,
     subprocess_env,
 )
 
@@ -270,14 +276,109 @@ def test_malformed_http_gets_400_and_server_lives(serve: ServeInstance) -> None:
     ("apiVersion: v1\nkind: Pod\nmetadata: {name: x, annotations: {fastpf.io/address: 8.8.8.8}}\n",
      "not a loopback address"),
     ("apiVersion: v1\nkind: Secret\nmetadata: {name: x}\n", "unsupported kind 'Secret'"),
+    # issue 9: each of these used to be accepted silently (serve started) or named None
+    ("", "no objects in the manifest (it is empty)"),
+    ("# nothing but a comment\n---\n---\n", "no objects in the manifest (it is empty)"),
+    ("kind: Pod\nmetadata: {name: x}\n", "document 1: Pod has no apiVersion (want 'v1')"),
+    ("apiVersion: v1\nmetadata: {name: x}\n", "document 1: missing 'kind'"),
+    ("apiVersion: v1\nkind: Pod\nmetadata: {labels: {app: x}}\n", "document 1: Pod has no metadata.name"),
+    ("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: [\n"
+     "  {name: a, ports: [{name: http, containerPort: 80}]},\n"
+     "  {name: b, ports: [{name: http, containerPort: 81}]}]}\n",
+     "(Pod x): spec.containers[1].ports[0].name 'http' is already used by spec.containers[0].ports[0]"),
+    ("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: [{name: a, ports: [\n"
+     "  {name: web, containerPort: 80}, {name: web, containerPort: 81}]}]}\n", "'web' is already used"),
+    ("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: [{name: a}, {name: a}]}\n",
+     "spec.containers[1].name 'a' is already used by containers[0]"),
+    ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {selector: {matchLabels: {app: a}},"
+     " template: {metadata: {labels: {app: b}}}}\n", "spec.selector does not match the template's labels"),
+    ("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: !!binary aGVsbG8=\n", "cannot be served as JSON"),
+    ("[" * 100 + "]" * 100, "nested deeper than 64 levels"),
 ])
 def test_malformed_manifest_exits_with_one_line(tmp_path: Path, text: str, needle: str) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     out = tmp_path / "kc"
-    result = _run_serve("--listen", "127.0.0.1:0", "--kubeconfig-out", str(out), "-f", str(path))
+    result = _run_serve("--listen", "127.0.0.1:0", "--kubeconfig-out", str(out), "-f", str(path), timeout=15)
     _one_line_error(result, str(path), needle)
     assert result.returncode == 1 and not out.exists()
+
+
+def _billion_laughs(levels: int = 9) -> str:
+    """The classic ~1 KB alias bomb (9 ** levels strings once expanded), inside a pod."""
+    lines = ["apiVersion: v1", "kind: Pod", "metadata: {name: lol}", "x0: &x0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"x{i}: &x{i} [{', '.join([f'*x{i - 1}'] * 9)}]" for i in range(1, levels)]
+    lines.append(f"spec: {{containers: [{{name: c}}], bomb: *x{levels - 1}}}")
+    return "\n".join(lines) + "\n"
+
+
+def test_yaml_alias_bomb_is_refused_fast_with_bounded_memory(tmp_path: Path) -> None:
+    """Before: the bomb loaded (aliases stay shared), serve started, and a GET of the pod
+    expanded 9**9 strings on the event loop (3.8 GiB). Now start-up refuses it at once."""
+    bomb = _billion_laughs()
+    assert len(bomb) < 1200
+    path = tmp_path / "bomb.yaml"
+    path.write_text(bomb)
+    probe = tmp_path / "maxrss"
+    # VmHWM (peak RSS of this process image): ru_maxrss would carry the forking pytest's over exec.
+    code = ("import sys\n"
+            "from fastpf.serve.main import main\n"
+            "rc = main(sys.argv[1:])\n"
+            "peak = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
+            f"open({str(probe)!r}, 'w').write(peak)\n"
+            "sys.exit(rc)\n")
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code, "--listen", "127.0.0.1:0", "-f", str(path)],
+                            capture_output=True, text=True, timeout=30, env=subprocess_env(),
+                            stdin=subprocess.DEVNULL)
+    elapsed = time.monotonic() - started
+    _one_line_error(result, str(path), "once aliases are expanded", "refusing to expand it")
+    assert elapsed < 10, elapsed  # ~0.3 s here: the expansion is counted, never built
+    assert int(probe.read_text()) < 200 * 1024, probe.read_text()  # KiB: the interpreter alone, no bomb
+
+
+def test_sighup_with_alias_bomb_changes_nothing(serve_factory: Callable[..., ServeInstance]) -> None:
+    s = serve_factory(manifest="apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n")
+    (s.kubeconfig.parent / "manifest.yaml").write_text(_billion_laughs())
+    os.kill(s.process.pid, signal.SIGHUP)
+    for _ in range(200):  # bounded
+        if "reload failed" in s.stderr_text():
+            break
+        time.sleep(0.05)
+    assert "reload failed, objects unchanged" in s.stderr_text() and "refusing to expand it" in s.stderr_text()
+    assert s.get("/api/v1/namespaces/default/pods/a")[0] == 200 and s.process.poll() is None
+
+
+def test_big_manifest_reload_keeps_serving(serve_factory: Callable[..., ServeInstance]) -> None:
+    """SIGHUP with a 4,000-pod manifest: parsed in a worker thread, applied 100 objects per loop
+    turn, so requests meanwhile are answered (before: no reload at all)."""
+    s = serve_factory(manifest="apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n")
+    big = "---\n".join(f"apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, labels: {{app: big}}}}\n"
+                       f"spec: {{containers: [{{name: main, ports: [{{name: http, containerPort: 8080}}]}}]}}\n"
+                       for i in range(4000))
+    (s.kubeconfig.parent / "manifest.yaml").write_text(big)
+    conn = s.connection()
+    try:
+        os.kill(s.process.pid, signal.SIGHUP)
+        worst = 0.0
+        requests = 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # bounded: the reload takes a few seconds
+            started = time.monotonic()
+            requests += 1
+            conn.request("GET", "/version", headers={"Authorization": f"Bearer {s.token}"})
+            assert conn.getresponse().read()
+            worst = max(worst, time.monotonic() - started)
+            if "reloaded" in s.stderr_text():
+                break
+        assert "4000 added, 0 changed, 1 deleted" in s.stderr_text(), s.stderr_text()[-500:]
+        assert requests > 20  # answered all along
+        # The whole reload takes seconds of CPU; no single request waited for it.
+        assert worst < 1.0, worst
+    finally:
+        conn.close()
+    status, body = s.get_json("/api/v1/namespaces/default/pods?labelSelector=app%3Dbig&limit=5")
+    assert status == 200 and len(body["items"]) == 4000
 
 
 @pytest.mark.parametrize(("listen", "needle"), [
@@ -370,9 +471,143 @@ def test_no_tls_on_loopback_lets_kubectl_in(serve_factory: Callable[..., ServeIn
         api_client.close()
 
 
-def test_no_tls_with_token_is_strict(serve_factory: Callable[..., ServeInstance],
-                                     kubectl_bin: Callable[[str], str], tmp_path: Path) -> None:
+def test_no_tls_with_token_lets_kubectl_and_fastpf_in(serve_factory: Callable[..., ServeInstance],
+                                                     kubectl_bin: Callable[[str], str],
+                                                     targets: Targets, tmp_path: Path) -> None:
+    """client-go and fastpf send no credentials over http://, so with --no-tls (loopback only)
+    serve admits requests without a token even when --token is given, says so once at start,
+    and still refuses a wrong token. Before, serve's own kubeconfig got 401 from both."""
     s = serve_factory("--token", "s3cret-token", tls=False)
     r = run_kubectl(kubectl_bin("1.33"), s.kubeconfig, tmp_path, "get", "--raw", "/api")
-    assert r.returncode == 1 and "Unauthorized" in r.stderr
-    assert "kubectl sends no bearer token over plain http://" in s.stderr_text()
+    assert r.returncode == 0 and '"versions"' in r.stdout, r.stderr
+    assert s.get("/api", token="wrong")[0] == 401
+    assert s.get("/api", token=None)[0] == 200 and s.get("/api")[0] == 200
+    assert "requests without a token are admitted on this loopback address" in s.stderr_text()
+    proc = subprocess.Popen([sys.executable, "-m", "fastpf", "--kubeconfig", str(s.kubeconfig), "pod/x",
+                             f":{targets.echo}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, env=subprocess_env())
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        assert line.startswith("Forwarding from 127.0.0.1:"), (line, proc.stderr.read() if proc.stderr else "")
+        local = int(line.split(":")[1].split()[0])
+        with socket.create_connection(("127.0.0.1", local), timeout=10) as sock:
+            sock.sendall(b"over http\n")
+            assert sock.recv(100) == b"over http\n"
+    finally:
+        stop_process(proc)
+    assert "s3cret-token" not in s.stdout_text() + s.stderr_text()
+
+
+def test_no_tls_off_loopback_refused() -> None:
+    result = _run_serve("--listen", "0.0.0.0:0", "--no-tls", "--token", "s3cret-token")
+    _one_line_error(result, "refusing --no-tls on non-loopback address 0.0.0.0",
+                    "kubectl and fastpf send no credentials over http://")
+    assert "s3cret-token" not in result.stdout + result.stderr
+
+
+# ---- the README's first example against a bare `fastpf serve` ----------------------------------
+def _bare_serve(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    """`fastpf serve` with its own defaults (the fixtures pin --pod-address 127.0.0.1)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    kubeconfig = tmp_path / "kc"
+    err = tmp_path / "serve.err"
+    with open(err, "wb") as sink:
+        proc = subprocess.Popen(_serve_cmd("--listen", "127.0.0.1:0", "--kubeconfig-out", str(kubeconfig), *args),
+                                stdout=subprocess.DEVNULL, stderr=sink, stdin=subprocess.DEVNULL,
+                                env=subprocess_env())
+    for _ in range(600):  # bounded: 30 s
+        if kubeconfig.exists() or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert kubeconfig.exists(), err.read_text()
+    return proc, kubeconfig, err
+
+
+def _proc_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _proc_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_first_example_does_not_forward_into_itself(tmp_path: Path) -> None:
+    """`fastpf serve` + `fastpf mypod 5000`: pods used to dial 127.0.0.1:5000, the client's own
+    listener, so one connection made 9,000 in 5 s (serve 44 -> 140 MB). Pods now live on
+    127.0.0.2: the connection is refused with kubelet's text, serve stays flat, and a program
+    on the pod address is reached with the very same command."""
+    serve, kubeconfig, serve_err = _bare_serve(tmp_path)
+    port = free_port()
+    client = subprocess.Popen([sys.executable, "-m", "fastpf", "--kubeconfig", str(kubeconfig), "mypod", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                              env=subprocess_env())
+    echo = None
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline().decode().strip() == f"Forwarding from 127.0.0.1:{port} -> {port}"
+        fds, rss = _proc_fds(serve.pid), _proc_rss_kib(serve.pid)
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.settimeout(10)  # a loop never answers: recv would time out
+                with contextlib.suppress(ConnectionResetError):
+                    assert sock.recv(100) == b""
+        time.sleep(0.5)
+        assert _proc_fds(serve.pid) < fds + 20, "serve holds connections that should be gone"
+        assert _proc_rss_kib(serve.pid) < rss + 20 * 1024
+        log = serve_err.read_text()
+        assert log.count('"Port-forward session started" pod="default/mypod" address="127.0.0.2"') == 1
+        assert f"dial tcp4 127.0.0.1:{port}: connect: connection refused" in log  # kubelet's words
+        # The same command reaches a program listening on the pod address.
+        echo = socket.create_server(("127.0.0.2", port))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"hi\n")
+            peer, _ = echo.accept()
+            with peer:
+                assert peer.recv(10) == b"hi\n"
+                peer.sendall(b"back\n")
+            assert sock.recv(10) == b"back\n"
+    finally:
+        if echo is not None:
+            echo.close()
+        stop_process(client)
+        assert stop_process(serve) == 0
+    assert client.stderr is not None
+    errors = client.stderr.read().decode()
+    assert "connection refused" in errors and errors.count("\n") >= 20  # one line per refused connection
+
+
+def test_pod_address_flag(tmp_path: Path) -> None:
+    result = _run_serve("--listen", "127.0.0.1:0", "--pod-address", "10.1.2.3")
+    _one_line_error(result, "--pod-address '10.1.2.3': must be a loopback address")
+
+
+def test_tls_dir_keeps_the_ca_across_restarts(tmp_path: Path) -> None:
+    """A test hook for reconnect tests (issue 12): serve killed and started again on the same
+    port with the same --token and --tls-dir is trusted by the first run's kubeconfig."""
+    tls_dir = tmp_path / "tls"
+    first, kubeconfig, _ = _bare_serve(tmp_path / "a", "--token", "t0k", "--tls-dir", str(tls_dir))
+    config = yaml.safe_load(kubeconfig.read_text())
+    url = config["clusters"][0]["cluster"]["server"]
+    port = int(url.rsplit(":", 1)[1])
+    ca = base64.b64decode(config["clusters"][0]["cluster"]["certificate-authority-data"])
+    assert (tls_dir / "ca.crt").read_bytes() == ca
+    assert stat.S_IMODE((tls_dir / "ca.key").stat().st_mode) == 0o600
+    stop_process(first, signal.SIGKILL)
+    second, kubeconfig2, _ = _bare_serve(tmp_path / "b", "--listen", f"127.0.0.1:{port}", "--token", "t0k",
+                                         "--tls-dir", str(tls_dir))
+    try:
+        assert kubeconfig2.read_text() == kubeconfig.read_text()
+        ctx = ssl.create_default_context(cadata=ca.decode())
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(b"GET /version HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0k\r\nConnection: close\r\n\r\n")
+            assert tls.recv(100).startswith(b"HTTP/1.1 200")
+    finally:
+        assert stop_process(second) == 0
+    (tls_dir / "ca.key").write_text("not a key")
+    result = _run_serve("--listen", "127.0.0.1:0", "--tls-dir", str(tls_dir))
+    _one_line_error(result, f"--tls-dir {tls_dir}: cannot read the CA")

@@ -81,7 +81,7 @@ apiVersion: apps/v1
 kind: Deployment
 metadata: {{name: web}}
 spec:
-  replicas: 1
+  replicas: 0  # its pods are the hand-written ones above (serve makes `replicas` pods of its own)
   selector:
     matchLabels: {{app: web}}
     matchExpressions: [{{key: app, operator: In, values: [web, www]}}]

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fastpf.serve.api import Api, Forward, Request, Response, Watch
 from fastpf.serve.cluster import Cluster, ManifestError
@@ -49,11 +52,12 @@ apiVersion: apps/v1
 kind: Deployment
 metadata: {name: web, namespace: default}
 spec:
+  replicas: 0
   selector:
     matchLabels: {app: web}
     matchExpressions:
     - {key: tier, operator: In, values: [front, back]}
-  template: {metadata: {labels: {app: web}}}
+  template: {metadata: {labels: {app: web, tier: front}}}
 ---
 apiVersion: v1
 kind: List
@@ -61,11 +65,11 @@ items:
 - apiVersion: apps/v1
   kind: StatefulSet
   metadata: {name: db, namespace: data}
-  spec: {selector: {matchLabels: {app: db}}}
+  spec: {replicas: 0, selector: {matchLabels: {app: db}}}
 - apiVersion: apps/v1
   kind: ReplicaSet
   metadata: {name: web-rs}
-  spec: {selector: {matchLabels: {app: web}}}
+  spec: {replicas: 0, selector: {matchLabels: {app: web}}}
 """
 
 
@@ -149,7 +153,11 @@ def test_no_manifest_every_pod_exists() -> None:
     c = Cluster()
     pod = c.get("pods", "any-ns", "any-pod")
     assert pod is not None and pod["status"]["phase"] == "Running"
-    assert c.pod_target(pod).address == "127.0.0.1"
+    assert c.pod_target(pod).address == "127.0.0.2"  # not where port-forward clients listen
+    legacy = Cluster(pod_address="127.0.0.1")
+    legacy_pod = legacy.get("pods", "any-ns", "any-pod")
+    assert legacy_pod is not None and legacy.pod_target(legacy_pod).address == "127.0.0.1"
+    assert legacy_pod["status"]["podIP"] == "127.0.0.1" and pod["status"]["podIP"] == "127.0.0.2"
     assert c.get("namespaces", "", "whatever") is not None
     assert c.get("services", "default", "x") is None
     assert c.get("pods", "default", "Not_A_Name") is None
@@ -159,7 +167,7 @@ def test_no_manifest_every_pod_exists() -> None:
     ("kind: Pod\nmetadata: {name: [x\n", "invalid YAML"),
     ("- 1\n- 2\n", "expected a mapping"),
     ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n", "unsupported kind 'ConfigMap'"),
-    ("apiVersion: v1\nkind: Pod\nmetadata: {}\n", "metadata.name None is not a valid name"),
+    ("apiVersion: v1\nkind: Pod\nmetadata: {}\n", "Pod has no metadata.name"),
     ("apiVersion: v1\nkind: Pod\nmetadata: {name: x, annotations: {fastpf.io/address: 10.0.0.1}}\n",
      "is not a loopback address"),
     ("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nstatus: {phase: Sleeping}\n", "status.phase 'Sleeping'"),
@@ -171,7 +179,7 @@ def test_no_manifest_every_pod_exists() -> None:
     ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {}\n", "spec.selector is required"),
     ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n"
      "spec: {selector: {matchExpressions: [{key: a, operator: Near}]}}\n", "not a valid label selector operator"),
-    ("kind: List\nitems: 3\n", "needs an 'items' list"),
+    ("apiVersion: v1\nkind: List\nitems: 3\n", "needs an 'items' list"),
     ("apiVersion: v1\nkind: Pod\nmetadata: {name: x, labels: {version: 2}}\n", "quote numbers"),
 ])
 def test_malformed_manifest_names_file_and_problem(tmp_path: Path, text: str, message: str) -> None:
@@ -207,7 +215,9 @@ def test_discovery() -> None:
     assert {"pods", "services", "namespaces", "pods/portforward"} <= set(core)
     assert core["services"]["shortNames"] == ["svc"] and core["pods"]["namespaced"] is True
     apps = {r["name"]: r for r in _json(_get(api, "/apis/apps/v1"))["resources"]}
-    assert set(apps) == {"deployments", "replicasets", "statefulsets"}
+    assert {name for name in apps if "/" not in name} == {"deployments", "replicasets", "statefulsets"}
+    assert apps["deployments/scale"]["group"] == "autoscaling" and apps["deployments/scale"]["kind"] == "Scale"
+    assert "patch" in core["pods/status"]["verbs"] and "delete" in core["pods"]["verbs"]
     assert _json(_get(api, "/version"))["major"] == "1"
 
 
@@ -223,8 +233,9 @@ def test_get_and_not_found_messages() -> None:
     assert _json(_get(api, "/api/v1/namespaces/nosuch"))["message"] == 'namespaces "nosuch" not found'
     assert _get(api, "/api/v1/namespaces/default/nosuchresource").status == 404
     assert _get(api, "/apis/batch/v1").status == 404
-    deleted = _get(api, "/api/v1/namespaces/default/pods/web-1", method="DELETE")
-    assert deleted.status == 405 and _json(deleted)["reason"] == "MethodNotAllowed"
+    not_allowed = _get(api, "/api/v1/namespaces/default/pods/web-1/portforward", method="DELETE")
+    assert not_allowed.status == 405 and _json(not_allowed)["reason"] == "MethodNotAllowed"
+    assert _json(_get(api, "/api/v1/namespaces/default", method="DELETE"))["reason"] == "MethodNotAllowed"
 
 
 def test_list_with_selectors() -> None:
@@ -250,9 +261,35 @@ def test_watch_reply() -> None:
     events = [json.loads(e) for e in reply.events]
     assert [e["type"] for e in events] == ["ADDED", "ADDED"]
     assert events[0]["object"]["kind"] == "Pod"
-    current = _cluster().resource_version
+    current = api.cluster.resource_version
     quiet = _get(api, f"/api/v1/namespaces/default/pods?watch=1&resourceVersion={current}")
     assert isinstance(quiet, Watch) and quiet.events == []
+
+
+def test_watch_resumes_from_a_resource_version_or_expires() -> None:
+    """An informer lists, then watches from the list's version: what happened in between is
+    replayed (a deletion included); a version older than the kept events gets 410 Expired."""
+    c = _cluster()
+    api = Api(c, TOKEN)
+    listed = _json(_get(api, "/api/v1/namespaces/default/pods?labelSelector=app%3Dweb"))
+    version = listed["metadata"]["resourceVersion"]
+    c.delete("pods", "default", "web-pending")
+    c.replace_status("pods", "default", "web-1", {"phase": "Failed"})
+    c.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-2", "labels": {"app": "web"}}})
+    c.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "other"}})
+    reply = _get(api, f"/api/v1/namespaces/default/pods?watch=1&labelSelector=app%3Dweb&resourceVersion={version}")
+    assert isinstance(reply, Watch)
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in map(json.loads, reply.events)] == [
+        ("DELETED", "web-pending"), ("MODIFIED", "web-1"), ("ADDED", "web-2")]
+    for i in range(1000):  # more events than are kept
+        c.replace_status("pods", "default", "other", {"phase": "Failed" if i % 2 else "Running"})
+    expired = _get(api, f"/api/v1/namespaces/default/pods?watch=1&resourceVersion={version}")
+    assert isinstance(expired, Watch) and expired.timeout == 0
+    [event] = [json.loads(e) for e in expired.events]
+    assert event["type"] == "ERROR" and event["object"]["code"] == 410 and event["object"]["reason"] == "Expired"
+    recent = int(c.resource_version) - 1
+    resumed = _get(api, f"/api/v1/namespaces/default/pods?watch=1&resourceVersion={recent}")
+    assert isinstance(resumed, Watch) and [json.loads(e)["type"] for e in resumed.events] == ["MODIFIED"]
 
 
 @pytest.mark.parametrize("path", [
@@ -363,3 +400,106 @@ def test_require_peer_fails_in_ci_and_skips_locally(monkeypatch: pytest.MonkeyPa
     with pytest.raises(pytest.skip.Exception):
         conftest.require_peer(None, "kubectl 9.99")
     assert conftest.require_peer("/bin/true", "x") == "/bin/true"
+
+
+# ---- safe YAML ------------------------------------------------------------------------------------
+def test_aliases_within_bounds_load_unshared() -> None:
+    from fastpf.serve.manifests import parse_documents
+
+    text = ("defaults: &d {image: x, ports: [{containerPort: 80}]}\n"
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p, creationTimestamp: 2024-01-02T03:04:05Z}\n"
+            "spec: {containers: [{<<: *d, name: a}, {<<: *d, name: b}]}\n")
+    [doc] = parse_documents(text, "a.yaml")
+    a, b = doc["spec"]["containers"]
+    assert a["ports"] == b["ports"] and a["ports"] is not b["ports"]  # aliases become copies
+    assert doc["metadata"]["creationTimestamp"] == "2024-01-02T03:04:05Z"  # a string, as kubectl reads it
+    json.dumps(doc)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("a: &a [1, 2, 3, 4, 5, 6, 7, 8, 9]\n" + "".join(
+        f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi", strict=True)),
+     "once aliases are expanded"),
+    ("x: " + "[" * 70 + "]" * 70 + "\n", "nested deeper than 64 levels"),
+    ("x: !!set {a, b}\n", "cannot be served as JSON"),
+    ("x: .nan\n", "is not a JSON number"),
+    ("1: a\n", "mapping key 1 is not a string"),
+    ("x: *nope\n", "invalid YAML"),
+    ("x: !!python/object:os.system {}\n", "invalid YAML"),
+])
+def test_unsafe_yaml_is_refused(text: str, message: str) -> None:
+    from fastpf.serve.manifests import parse_documents
+
+    with pytest.raises(ManifestError, match=re.escape(message)) as info:
+        parse_documents(text, "evil.yaml")
+    assert str(info.value).startswith("evil.yaml") and "\n" not in str(info.value)
+
+
+def test_served_pod_never_holds_shared_or_non_json_values() -> None:
+    c = Cluster(explicit=True)
+    c.load_text("apiVersion: v1\nkind: List\nitems:\n"
+                "- {apiVersion: v1, kind: Pod, metadata: {name: p, labels: &l {app: a}},\n"
+                "   spec: {containers: [{name: c, env: [{name: A, value: 2024-01-01}]}]}}\n"
+                "- {apiVersion: v1, kind: Pod, metadata: {name: q, labels: *l}}\n", "m.yaml")
+    p, q = c.get("pods", "default", "p"), c.get("pods", "default", "q")
+    assert p is not None and q is not None
+    assert p["metadata"]["labels"] == q["metadata"]["labels"] and p["metadata"]["labels"] is not q["metadata"]["labels"]
+    assert p["spec"]["containers"][0]["env"][0]["value"] == "2024-01-01"
+    json.dumps(p)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 70000) | st.sampled_from(
+        ["", "v1", "apps/v1", "Pod", "Service", "Deployment", "StatefulSet", "ReplicaSet", "List", "x", "web",
+         "127.0.0.1", "Running", "Pending", "http", "TCP", "In", "app"]),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.sampled_from(
+        ["apiVersion", "kind", "metadata", "name", "namespace", "labels", "annotations", "spec", "status",
+         "containers", "ports", "containerPort", "protocol", "selector", "matchLabels", "matchExpressions",
+         "template", "replicas", "phase", "items", "targetPort", "port", "key", "operator", "values"]),
+        children, max_size=6),
+    max_leaves=30))
+def test_any_manifest_object_is_loaded_or_refused_in_one_line(doc: Any) -> None:
+    for candidate in (doc, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": doc},
+                      {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": doc}):
+        try:
+            Cluster(explicit=True).load_objects([("f.yaml: document 1", candidate)])
+        except ManifestError as exc:
+            assert "\n" not in str(exc) and str(exc).startswith("f.yaml: document 1")
+
+
+# ---- server-side printing ----------------------------------------------------------------------------
+@pytest.mark.parametrize(("accept", "version"), [
+    ("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,"
+     "application/json", "v1"),
+    ("application/json;as=Table;v=v1beta1;g=meta.k8s.io", "v1beta1"),
+    ("application/json", None),
+    ("application/json;as=Table;v=v2;g=meta.k8s.io", None),
+    (None, None),
+])
+def test_table_is_served_when_asked(accept: str | None, version: str | None) -> None:
+    from fastpf.serve.table import table_version
+
+    assert table_version(accept) == version
+    api = Api(_cluster(), TOKEN)
+    headers = AUTH + ([("accept", accept)] if accept else [])
+    body = _json(api.handle(Request("GET", "/api/v1/namespaces/default/pods?includeObject=Object", headers)))
+    if version is None:
+        assert body["kind"] == "PodList"
+        return
+    assert body["kind"] == "Table" and body["apiVersion"] == f"meta.k8s.io/{version}"
+    assert [c["name"] for c in body["columnDefinitions"]][:5] == ["Name", "Ready", "Status", "Restarts", "Age"]
+    assert [r["cells"][:4] for r in body["rows"]] == [["web-1", "1/1", "Running", "0"],
+                                                     ["web-pending", "0/1", "Pending", "0"]]
+    assert body["rows"][0]["object"]["kind"] == "Pod"  # includeObject=Object
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (-5, "<invalid>"), (-1, "0s"), (0, "0s"), (119, "119s"), (120, "2m"), (150, "2m30s"), (600, "10m"),
+    (3 * 3600 + 60, "3h1m"), (8 * 3600, "8h"), (49 * 3600, "2d1h"), (10 * 86400, "10d"),
+    (800 * 86400, "2y70d"), (9 * 365 * 86400, "9y"),
+])
+def test_age_reads_like_kubectl(seconds: int, text: str) -> None:
+    from fastpf.serve.table import human_duration
+
+    assert human_duration(seconds) == text

@@ -1,23 +1,41 @@
 """The REST side of `fastpf serve`, sans-IO: a request in, a reply out.
 
 HTTP/1.1 (`http1.py`) and HTTP/2 (`http2.py`) both call `Api.handle()`. A reply is a complete
-response, a watch (a response that stays open and streams events), or a port-forward hand-over
-(only HTTP/1.1 can upgrade). Answers are always JSON, whatever Accept asks for: kubectl asks for
-aggregated discovery and protobuf first and falls back to plain JSON (PROTOCOL.md 2.2).
+response, a watch (a response that stays open and streams events as the cluster changes), or a
+port-forward hand-over (only HTTP/1.1 can upgrade). Answers are JSON whatever else Accept asks
+for (kubectl asks for aggregated discovery and protobuf first and falls back to plain JSON,
+PROTOCOL.md 2.2), except that a list asked `as=Table` gets the Table kubectl prints.
+Writes (POST, PUT, PATCH, DELETE, scale) are in `writes.py`.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
+import logging
 import re
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import unquote
 
+from fastpf.serve import table
 from fastpf.serve.cluster import RESOURCES, Cluster, Resource
+from fastpf.serve.logs import V
+from fastpf.serve.replies import (  # noqa: F401 - re-exported: the HTTP handlers and tests use them here
+    NO_RESOURCE,
+    NOT_ALLOWED,
+    Forward,
+    Reply,
+    Request,
+    Response,
+    Target,
+    Watch,
+    dumps,
+    json_response,
+    not_found,
+    status_response,
+)
 from fastpf.serve.selectors import SelectorError, parse_field_selector, parse_label_selector
-from fastpf.types import PodTarget
+from fastpf.serve.watch import Subscription, event_line
+from fastpf.serve.writes import scale_of, write
 
 SERVER_VERSION = {
     "major": "1",
@@ -32,90 +50,11 @@ SERVER_VERSION = {
 }
 MAX_WATCH_SECONDS = 3600.0
 DEFAULT_WATCH_SECONDS = 1800.0
+SUBRESOURCES = ("status", "scale")
+
+log = logging.getLogger("fastpf.serve.api")
 
 
-@dataclass
-class Request:
-    method: str
-    target: str  # path + "?" + query, as sent
-    headers: list[tuple[str, str]]  # lower-case names
-    path: str = ""
-    query: dict[str, list[str]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        path, _, query = self.target.partition("?")
-        self.path = path
-        self.query = parse_qs(query, keep_blank_values=True)
-
-    def header(self, name: str) -> str | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
-
-    def param(self, name: str) -> str | None:
-        values = self.query.get(name)
-        return values[0] if values else None
-
-
-@dataclass
-class Response:
-    status: int
-    body: bytes
-    content_type: str = "application/json"
-
-
-@dataclass
-class Watch:
-    """200 with a stream of JSON watch events (one per line), open for `timeout` seconds."""
-
-    events: list[bytes]
-    timeout: float
-
-
-@dataclass
-class Forward:
-    """Hand the connection to the port-forward engine for this pod."""
-
-    pod: PodTarget
-
-
-Reply = Response | Watch | Forward
-
-
-def status_response(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> Response:
-    """A Kubernetes `Status` failure, as the API server sends for every error."""
-    body: dict[str, Any] = {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "code": code,
-    }
-    if details is not None:
-        body["details"] = details
-    return Response(code, _dumps(body))
-
-
-def not_found(resource: Resource, name: str) -> Response:
-    details: dict[str, Any] = {"name": name, "kind": resource.plural}
-    if resource.group:
-        details["group"] = resource.group
-    return status_response(404, "NotFound", f'{resource.qualified} "{name}" not found', details)
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
-def _json(obj: Any, status: int = 200) -> Response:
-    return Response(status, _dumps(obj))
-
-
-_NO_RESOURCE = status_response(404, "NotFound", "the server could not find the requested resource", {})
-_NOT_ALLOWED = "the server does not allow this method on the requested resource"
 _FORWARD_CACHE_SIZE = 1024
 
 # /api/{v}/proxy/{minions|nodes}/{node}/portForward/{ns}/{pod}[/{uid}] (2015 era) and the same
@@ -129,8 +68,8 @@ class Api:
         self.cluster = cluster
         self._token = token.encode()
         self.server_address = server_address
-        # Plain http on loopback without an explicit --token: client-go never sends credentials
-        # over http://, so a request without Authorization is let in; a wrong token is still 401.
+        # Plain http on loopback: client-go never sends credentials over http://, so a request
+        # without Authorization is let in; a wrong token is still 401.
         self._allow_anonymous = allow_anonymous
         # Port-forward answers per (namespace, pod, uid, api style), valid while the cluster's
         # resourceVersion is unchanged: building an implicit pod costs more than the rest of
@@ -149,24 +88,29 @@ class Api:
         return hmac.compare_digest(credentials.strip().encode(), self._token)
 
     def handle(self, request: Request) -> Reply:
+        reply = self._handle(request)
+        if log.isEnabledFor(V(4)):
+            _log_request(request, reply)
+        return reply
+
+    def _handle(self, request: Request) -> Reply:
         if not self.authenticate(request):
             return status_response(401, "Unauthorized", "Unauthorized")
-        try:
-            segments = [unquote(s) for s in request.path.split("/") if s]
-        except Exception:  # pragma: no cover - unquote does not raise on str
-            return _NO_RESOURCE
+        segments = [unquote(s) for s in request.path.split("/") if s]
         method = request.method.upper()
         forward = self._portforward_path(request.path, segments)
         if forward is not None:
             return self._forward(method, *forward)
-        if method not in ("GET", "HEAD"):
-            if self._known_path(segments):
-                return status_response(405, "MethodNotAllowed", _NOT_ALLOWED, {})
-            return _NO_RESOURCE
-        try:
-            return self._get(request, segments)
-        except SelectorError as exc:
-            return status_response(400, "BadRequest", str(exc))
+        if method in ("GET", "HEAD"):
+            try:
+                return self._get(request, segments)
+            except SelectorError as exc:
+                return status_response(400, "BadRequest", str(exc))
+        target = self.resolve(segments)
+        if target is None:
+            return NO_RESOURCE if not self._known_path(segments) else status_response(
+                405, "MethodNotAllowed", NOT_ALLOWED, {})
+        return write(self, request, method, target)
 
     # ---- port-forward --------------------------------------------------------------------------
     def _portforward_path(self, path: str, segments: list[str]) -> tuple[str, str, str | None, bool] | None:
@@ -183,7 +127,7 @@ class Api:
 
     def _forward(self, method: str, namespace: str, name: str, uid: str | None, api_style: bool) -> Reply:
         if method not in ("GET", "POST"):
-            return status_response(405, "MethodNotAllowed", _NOT_ALLOWED, {})
+            return status_response(405, "MethodNotAllowed", NOT_ALLOWED, {})
         rv = self.cluster.resource_version
         if rv != self._forward_rv or len(self._forward_cache) >= _FORWARD_CACHE_SIZE:
             self._forward_cache.clear()
@@ -209,13 +153,11 @@ class Api:
                                    f"unable to upgrade connection: pod {name} is not running (phase {phase})")
         return Forward(self.cluster.pod_target(pod))
 
-    # ---- GET -----------------------------------------------------------------------------------
+    # ---- paths ---------------------------------------------------------------------------------
     def _known_path(self, segments: list[str]) -> bool:
-        return self._resolve(segments) is not None or segments in (["api"], ["apis"], ["api", "v1"],
-                                                                     ["apis", "apps"], ["apis", "apps", "v1"])
+        return segments in (["api"], ["apis"], ["api", "v1"], ["apis", "apps"], ["apis", "apps", "v1"])
 
-    def _resolve(self, segments: list[str]) -> tuple[Resource, str | None, str | None] | None:
-        """(resource, namespace or None for all, name or None for a list)."""
+    def resolve(self, segments: list[str]) -> Target | None:
         if segments[:2] == ["api", "v1"]:
             rest, group = segments[2:], ""
         elif segments[:3] == ["apis", "apps", "v1"]:
@@ -230,32 +172,45 @@ class Api:
         if rest[0] == "namespaces" and len(rest) >= 3:
             namespace, rest = rest[1], rest[2:]
         resource = RESOURCES.get(rest[0])
-        if resource is None or resource.group != group or len(rest) > 2:
+        if resource is None or resource.group != group or len(rest) > 3:
+            return None
+        name = rest[1] if len(rest) >= 2 else None
+        sub = rest[2] if len(rest) == 3 else None
+        if sub is not None and (sub not in SUBRESOURCES or (sub == "scale" and not resource.scalable)):
             return None
         if resource.plural == "namespaces":
-            if namespace is not None:
+            if namespace is not None or sub is not None:
                 return None
-            return resource, None, rest[1] if len(rest) == 2 else None
-        if len(rest) == 2 and namespace is None:
+            return Target(resource, None, name)
+        if name is not None and namespace is None:
             return None  # a named object needs its namespace
-        return resource, namespace, rest[1] if len(rest) == 2 else None
+        return Target(resource, namespace, name, sub)
 
+    # ---- GET -----------------------------------------------------------------------------------
     def _get(self, request: Request, segments: list[str]) -> Reply:
         discovery = self._discovery(segments)
         if discovery is not None:
-            return _json(discovery)
+            return json_response(discovery)
         if segments in (["healthz"], ["readyz"], ["livez"]):
             return Response(200, b"ok", "text/plain; charset=utf-8")
-        resolved = self._resolve(segments)
-        if resolved is None:
-            return _NO_RESOURCE
-        resource, namespace, name = resolved
+        target = self.resolve(segments)
+        if target is None:
+            return NO_RESOURCE
+        resource, namespace, name = target.resource, target.namespace, target.name
         watch = (request.param("watch") or "").lower() in ("true", "1") or "watch" in segments[:4]
+        table_version = table.table_version(request.header("accept"))
         if name is not None and not watch:
             obj = self.cluster.get(resource.plural, namespace or "", name)
             if obj is None:
                 return not_found(resource, name)
-            return _json({"kind": resource.kind, **obj})
+            if target.subresource == "scale":
+                return json_response(scale_of(obj))
+            if table_version is not None:
+                return json_response(table.table(resource, [obj], table_version, self.cluster.resource_version,
+                                                 request.param("includeObject")))
+            return json_response(obj)
+        if target.subresource is not None:
+            return NO_RESOURCE
         if namespace is not None and self.cluster.get("namespaces", "", namespace) is None:
             return status_response(404, "NotFound", f'namespaces "{namespace}" not found',
                                    {"name": namespace, "kind": "namespaces"})
@@ -263,19 +218,24 @@ class Api:
         field_match = parse_field_selector(request.param("fieldSelector"))
         candidates = self.cluster.list_objects(resource.plural, namespace)
         if resource.plural == "pods" and not self.cluster.explicit and namespace:
-            # Without manifests every pod name exists but none is listed, except the one a
-            # request names (a watch on one pod, `fieldSelector=metadata.name=x`).
+            # Without manifests every pod name exists but only stored ones (created or changed
+            # through the API) are listed, plus the one a request names (a watch on one pod,
+            # `fieldSelector=metadata.name=x`).
             wanted = name or _field_name(request.param("fieldSelector"))
-            pod = self.cluster.get("pods", namespace, wanted) if wanted else None
-            candidates = [pod] if pod is not None else []
-        items = [
-            obj for obj in candidates
-            if label_match(obj["metadata"].get("labels") or {}) and field_match(obj)
-            and (name is None or obj["metadata"]["name"] == name)
-        ]
+            if wanted and not any(p["metadata"]["name"] == wanted for p in candidates):
+                pod = self.cluster.get("pods", namespace, wanted)
+                candidates = candidates + ([pod] if pod is not None else [])
+
+        def matches(obj: dict[str, Any]) -> bool:
+            return label_match(obj["metadata"].get("labels") or {}) and field_match(obj)
+
+        items = [obj for obj in candidates if matches(obj) and (name is None or obj["metadata"]["name"] == name)]
         if watch:
-            return self._watch(request, resource, items, namespace, name)
-        return _json({
+            return self._watch(request, resource, items, namespace, name, matches, table_version)
+        if table_version is not None:
+            return json_response(table.table(resource, items, table_version, self.cluster.resource_version,
+                                             request.param("includeObject")))
+        return json_response({
             "kind": f"{resource.kind}List",
             "apiVersion": resource.api_version,
             "metadata": {"resourceVersion": self.cluster.resource_version},
@@ -283,29 +243,41 @@ class Api:
         })
 
     def _watch(self, request: Request, resource: Resource, items: list[dict[str, Any]], namespace: str | None,
-               name: str | None) -> Watch:
-        # The cluster never changes, so "since resourceVersion N" (N current) has no events;
-        # otherwise the current objects arrive as ADDED, as for a fresh watch.
+               name: str | None, matches: Any, table_version: str | None) -> Watch:
+        # No resourceVersion (or "0"): the current objects as ADDED, then live changes. From an
+        # older version N: what happened since N, replayed from the recent events, then live;
+        # 410 Expired when those are no longer kept (the client lists again), as the API server.
         since = request.param("resourceVersion") or ""
         initial = (request.param("sendInitialEvents") or "").lower() == "true"
-        if not initial and since not in ("", "0") and since.isdigit() and int(since) >= int(self.cluster.resource_version):
-            items = []
+        subscription = Subscription(self.cluster, resource, namespace, name, matches,
+                                    table.renderer(resource, table_version, request.param("includeObject"),
+                                                   lambda: self.cluster.resource_version))
+        replay: list[bytes] | None = None
+        if not initial and since not in ("", "0") and since.isdigit():
+            history = self.cluster.events_since(int(since))
+            if history is None:
+                expired = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                           "message": f"too old resource version: {since} ({self.cluster.resource_version})",
+                           "reason": "Expired", "code": 410}
+                return Watch([event_line("ERROR", expired)], 0.0)
+            replay = [line for line in map(subscription.line, history) if line is not None]
         try:
             timeout = float(request.param("timeoutSeconds") or DEFAULT_WATCH_SECONDS)
         except ValueError:
             timeout = DEFAULT_WATCH_SECONDS
         timeout = min(max(timeout, 0.0), MAX_WATCH_SECONDS)
-        events = [_dumps({"type": "ADDED", "object": {"kind": resource.kind, **obj}}) + b"\n" for obj in items]
-        if (request.param("sendInitialEvents") or "").lower() == "true":
+        events = replay if replay is not None else [
+            event_line("ADDED", subscription.render(obj)) for obj in items]
+        if initial:
             # WatchList (kubectl 1.35+ informers, e.g. `kubectl wait`): the initial ADDED events
             # must be closed by a bookmark, or the client waits for them until it times out.
-            events.append(_dumps({"type": "BOOKMARK", "object": {
+            events.append(dumps({"type": "BOOKMARK", "object": {
                 "kind": resource.kind,
                 "apiVersion": resource.api_version,
                 "metadata": {"resourceVersion": self.cluster.resource_version,
                              "annotations": {"k8s.io/initial-events-end": "true"}},
             }}) + b"\n")
-        return Watch(events, timeout)
+        return Watch(events, timeout, subscription)
 
     def _discovery(self, segments: list[str]) -> dict[str, Any] | None:
         if segments == ["version"]:
@@ -329,6 +301,8 @@ class Api:
             return _resource_list("v1", "")
         if segments == ["apis", "apps", "v1"]:
             return _resource_list("apps/v1", "apps")
+        if segments[:2] == ["openapi", "v3"]:
+            return _openapi_v3(segments[2:])
         return None
 
 
@@ -346,10 +320,42 @@ def _resource_list(group_version: str, group: str) -> dict[str, Any]:
             "shortNames": list(r.short_names),
             **({"categories": ["all"]} if r.plural != "namespaces" else {}),
         })
+        if r.plural == "namespaces":
+            continue
+        resources.append({"name": f"{r.plural}/status", "singularName": "", "namespaced": True, "kind": r.kind,
+                          "verbs": ["get", "patch", "update"]})
+        if r.scalable:
+            resources.append({"name": f"{r.plural}/scale", "singularName": "", "namespaced": True,
+                              "group": "autoscaling", "version": "v1", "kind": "Scale",
+                              "verbs": ["get", "patch", "update"]})
         if r.plural == "pods":
             resources.append({"name": "pods/portforward", "singularName": "", "namespaced": True,
                               "kind": "PodPortForwardOptions", "verbs": ["create", "get"]})
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}
+
+
+def _openapi_v3(rest: list[str]) -> dict[str, Any] | None:
+    """Just enough OpenAPI v3 for kubectl's default `--validate=strict`: every PATCH operation
+    takes the `fieldValidation` query parameter, so kubectl leaves validation to the server
+    (which checks what it serves) instead of failing to download schemas it does not need."""
+    if not rest:
+        return {"paths": {"api/v1": {"serverRelativeURL": "/openapi/v3/api/v1"},
+                          "apis/apps/v1": {"serverRelativeURL": "/openapi/v3/apis/apps/v1"}}}
+    group = {("api", "v1"): "", ("apis", "apps", "v1"): "apps"}.get(tuple(rest))
+    if group is None:
+        return None
+    paths: dict[str, Any] = {}
+    for r in RESOURCES.values():
+        if r.group != group or not r.namespaced:
+            continue
+        prefix = f"/apis/{r.api_version}" if r.group else "/api/v1"
+        paths[f"{prefix}/namespaces/{{namespace}}/{r.plural}/{{name}}"] = {"patch": {
+            "x-kubernetes-group-version-kind": {"group": r.group, "version": r.version, "kind": r.kind},
+            "parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}],
+            "responses": {},
+        }}
+    return {"openapi": "3.0.0", "info": {"title": "fastpf serve", "version": "v1.33.0"}, "paths": paths,
+            "components": {"schemas": {}}}
 
 
 def _field_name(selector: str | None) -> str | None:
@@ -359,3 +365,19 @@ def _field_name(selector: str | None) -> str | None:
         if sep and key.strip() == "metadata.name" and not key.endswith("!"):
             return value.lstrip("=").strip() or None
     return None
+
+
+_SECRET_PARAM = re.compile(r"(?i)([?&][^=&]*(?:token|secret|password)[^=&]*=)[^&]*")
+
+
+def _log_request(request: Request, reply: Reply) -> None:
+    """One line per request at -v 4 (like the API server's httplog), headers at -v 8. Never a
+    credential: Authorization is masked and query values named like tokens are dropped."""
+    status = reply.status if isinstance(reply, Response) else 200 if isinstance(reply, Watch) else 101
+    uri = _SECRET_PARAM.sub(r"\1<masked>", request.target)
+    log.log(V(4), 'HTTP verb="%s" URI="%s" resp=%d userAgent="%s"', request.method, uri, status,
+            request.header("user-agent") or "")
+    if log.isEnabledFor(V(8)):
+        for key, value in request.headers:
+            shown = "<masked>" if key in ("authorization", "proxy-authorization", "cookie") else value
+            log.log(V(8), "Request Header: %s: %s", key, shown)

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import h11
 
+from fastpf.serve import sessions
 from fastpf.serve.api import Forward, Request, Response, Watch, status_response
 from fastpf.types import UpgradeRequest
 
 if TYPE_CHECKING:
     from fastpf.serve.server import HttpProtocol
 
-MAX_BODY = 1 << 20  # REST bodies are ignored (read-only server); refuse big ones
+MAX_BODY = 1 << 20  # REST bodies (POST/PUT/PATCH of one object); refuse big ones
+WATCH_BUFFER_LIMIT = 4 << 20  # a watcher that does not read this much is cut off
 MAX_HEAD = 64 * 1024
 _EVENTS_PER_CALL = 256  # bound on pipelined requests handled in one data_received
 
@@ -26,7 +29,9 @@ class Http1Handler:
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         self._request: h11.Request | None = None
         self._body = 0
+        self._body_data = bytearray()
         self._watch_timer: asyncio.TimerHandle | None = None
+        self._watch_detach: Callable[[], None] | None = None
         self.busy = False  # a request is being received or a watch is streaming
         self.handed_over = False
         self._held = 0  # bytes received while a watch streams
@@ -61,12 +66,14 @@ class Http1Handler:
             if isinstance(event, h11.Request):
                 self._request = event
                 self._body = 0
+                self._body_data.clear()
                 self.busy = True
             elif isinstance(event, h11.Data):
                 self._body += len(event.data)
                 if self._body > MAX_BODY:
                     self._fail(413, "request body too large")
                     return
+                self._body_data += event.data
             elif isinstance(event, h11.EndOfMessage):
                 self._dispatch()
             elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
@@ -83,7 +90,9 @@ class Http1Handler:
             method=req.method.decode("ascii", "replace"),
             target=req.target.decode("latin-1"),
             headers=[(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in req.headers],
+            body=bytes(self._body_data),
         )
+        self._body_data.clear()
         reply = self.proto.server.api.handle(request)
         if isinstance(reply, Forward):
             self._forward(request, reply)
@@ -111,7 +120,7 @@ class Http1Handler:
         self.handed_over = True
         self.proto.detach()
         try:
-            accept(transport, upgrade, reply.pod, self.proto.server.options)
+            sessions.accept(accept, transport, upgrade, reply.pod, self.proto.server.options)
         except Exception as exc:  # the engine must not raise; if it does, drop only this connection
             self.proto.server.log(f"port-forward to {reply.pod.namespace}/{reply.pod.name} failed: {exc!r}")
             transport.abort()
@@ -137,12 +146,28 @@ class Http1Handler:
         loop = asyncio.get_running_loop()
         self._held = 0
         self._watch_timer = loop.call_later(watch.timeout, self.end_watch)
+        if watch.subscription is not None:
+            self._watch_detach = watch.subscription.attach(self._watch_event)
+
+    def _watch_event(self, line: bytes) -> None:
+        transport = self.proto.transport
+        if transport is None or transport.get_write_buffer_size() > WATCH_BUFFER_LIMIT:
+            self.proto.close()  # a watcher that stopped reading; the API server drops it too
+            return
+        self._send(h11.Data(data=line))
+
+    def _stop_watch(self) -> None:
+        if self._watch_detach is not None:
+            self._watch_detach()
+            self._watch_detach = None
+        if self._watch_timer is not None:
+            self._watch_timer.cancel()
+            self._watch_timer = None
 
     def end_watch(self) -> None:
         if self._watch_timer is None:
             return
-        self._watch_timer.cancel()
-        self._watch_timer = None
+        self._stop_watch()
         if self.proto.closing:
             return
         self._send(h11.EndOfMessage())
@@ -188,13 +213,10 @@ class Http1Handler:
     def shutdown(self) -> None:
         """Server is stopping: end a running watch cleanly, then close."""
         if self._watch_timer is not None:
-            self._watch_timer.cancel()
-            self._watch_timer = None
+            self._stop_watch()
             with contextlib.suppress(h11.LocalProtocolError):
                 self._send(h11.EndOfMessage())
         self.proto.close()
 
     def connection_lost(self) -> None:
-        if self._watch_timer is not None:
-            self._watch_timer.cancel()
-            self._watch_timer = None
+        self._stop_watch()

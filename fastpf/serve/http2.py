@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from fastpf.serve.server import HttpProtocol
 
 MAX_BODY = 1 << 20
+WATCH_BUFFER_LIMIT = 4 << 20  # unsent watch events one stream may hold before it is reset
 
 
 @dataclass
@@ -31,9 +33,11 @@ class _Stream:
     method: str = "GET"
     target: str = "/"
     body: int = 0
+    data: bytearray = field(default_factory=bytearray)
     pending: bytearray = field(default_factory=bytearray)
     end: bool = False  # end the stream once `pending` is sent
     timer: asyncio.TimerHandle | None = None
+    detach: Callable[[], None] | None = None
 
 
 class Http2Handler:
@@ -82,6 +86,8 @@ class Http2Handler:
                 receiving.body += len(event.data or b"")
                 if receiving.body > MAX_BODY:
                     self._reset(stream_id)
+                else:
+                    receiving.data += event.data or b""
         elif isinstance(event, h2.events.StreamEnded):
             if event.stream_id in self.streams:
                 self._dispatch(event.stream_id)
@@ -98,7 +104,8 @@ class Http2Handler:
 
     def _dispatch(self, stream_id: int) -> None:
         stream = self.streams[stream_id]
-        request = Request(method=stream.method, target=stream.target, headers=stream.headers)
+        request = Request(method=stream.method, target=stream.target, headers=stream.headers, body=bytes(stream.data))
+        stream.data.clear()
         reply = self.proto.server.api.handle(request)
         if isinstance(reply, Forward):
             reply = status_response(400, "BadRequest",
@@ -110,6 +117,8 @@ class Http2Handler:
                 stream.pending += line
             loop = asyncio.get_running_loop()
             stream.timer = loop.call_later(reply.timeout, self._end_watch, stream_id)
+            if reply.subscription is not None:
+                stream.detach = reply.subscription.attach(lambda line: self._watch_event(stream_id, line))
             self._pump(stream_id)
             return
         assert isinstance(reply, Response)
@@ -126,12 +135,26 @@ class Http2Handler:
         stream.end = True
         self._pump(stream_id)
 
+    def _watch_event(self, stream_id: int, line: bytes) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None or self.proto.closing:
+            return
+        if len(stream.pending) > WATCH_BUFFER_LIMIT:
+            self._reset(stream_id)  # a watcher that stopped reading
+        else:
+            stream.pending += line
+            self._pump(stream_id)
+        self._flush()
+
     def _end_watch(self, stream_id: int) -> None:
         stream = self.streams.get(stream_id)
         if stream is None or self.proto.closing:
             return
         stream.timer = None
         stream.end = True
+        if stream.detach is not None:
+            stream.detach()
+            stream.detach = None
         self._pump(stream_id)
         self._flush()
 
@@ -165,6 +188,9 @@ class Http2Handler:
         stream = self.streams.pop(stream_id, None)
         if stream is not None and stream.timer is not None:
             stream.timer.cancel()
+        if stream is not None and stream.detach is not None:
+            stream.detach()
+            stream.detach = None
 
     def _flush(self) -> None:
         data = self.conn.data_to_send()

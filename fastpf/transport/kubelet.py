@@ -423,8 +423,10 @@ class _ChannelSession:
             # socket, no resolver thread for the numeric address, no task for the timeout).
             result = await dial_relay(ch, self.pod.address, ch.port, connect_timeout=DIAL_TIMEOUT)
         except (OSError, asyncio.TimeoutError) as exc:
+            text = dial_error_text(self.pod, ch.port, exc)
+            log.info("%s", text)
             if not self.options.silent_errors:
-                ch.write_error(dial_error_text(self.pod, ch.port, exc))
+                ch.write_error(text)
             ch.reset()
             return
         if result.error and not self.conn.is_closing and not self.options.silent_errors:
