@@ -230,9 +230,6 @@ def _pods_manifest(pods: list[tuple[str, str, Targets, str | None]],
         docs.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
                      "spec": {"selector": {"app": "web"}, "ports": [
                          {"name": "http", "port": 80, "targetPort": "echo"}]}})
-        docs.append({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
-                     "spec": {"selector": {"matchLabels": {"app": "web"}},
-                              "template": {"metadata": {"labels": {"app": "web"}}}}})
     return yaml.safe_dump_all(docs)
 
 

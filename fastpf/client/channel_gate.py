@@ -80,6 +80,8 @@ class ChannelGate:
         """The pod watcher saw the pod stop serving: resolve again before the next dial."""
         if self.closed or pod != self.endpoint.pod or self.fatal.done():
             return
+        if self._moved_reason and not self._up.is_set():
+            return  # already looking for another pod
         self._moved_reason = reason
         if not self.episode.open:
             self.episode.begin_quiet(pod, f"pod {pod} {reason}")

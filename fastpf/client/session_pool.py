@@ -43,6 +43,11 @@ class Endpoint:
     remotes: tuple[int, ...]
 
 
+# Losses within this long are one event (one line): a server that goes away ends all of its
+# connections within a few milliseconds, in separate loop iterations.
+LOSS_GATHER = 0.02
+
+
 class PoolUnavailable(ConnectionError):
     """No upgraded connection came up within the wait bound (or the forward is ending)."""
 
@@ -205,11 +210,13 @@ class SessionPool:
             self.fatal.set_result("lost connection to pod")
             self._available.set()
             return
-        # Connections of one server usually end together: one line for all of them.
-        self._lost_batch.append(reason)
-        if len(self._lost_batch) == 1:
-            self.loop.call_soon(self._report_losses)
         self._resolve_needed = True
+        if self.episode.open:  # part of the outage being repaired: no line of its own
+            self.episode.failed(reason)
+        else:
+            # Connections of one server usually end together: one line for all of them
+            # (the supervisor gathers them for LOSS_GATHER before it reports).
+            self._lost_batch.append(reason)
         self._wake.set()
 
     def _report_losses(self) -> None:
@@ -230,6 +237,8 @@ class SessionPool:
         target is resolved again for the new ones."""
         if self.closed or pod != self.endpoint.pod or self.fatal.done():
             return
+        if self._moved_reason and self._resolve_needed:
+            return  # already looking for another pod
         self._moved_reason = reason
         self._new_generation(self.endpoint)
         self._resolve_needed = True
@@ -305,6 +314,7 @@ class SessionPool:
         if self._give_up_check():
             await asyncio.Future()  # the forward ends: wait to be cancelled
         if self._lost_batch:
+            await asyncio.sleep(LOSS_GATHER)
             self._report_losses()  # the line comes before the first attempt
         delay = self.episode.next_delay() if self.episode.open else fill.next()
         if delay > 0:
