@@ -1,6 +1,6 @@
 """A fault-injecting TCP proxy for tests (loopback only, own event loop thread), after asyncpg's
 adversity proxy: chunks are delayed and split at random points, connections are cut (RST both
-ways) after a random number of bytes, and bytes can be injected into the server -> client
+ways) with probability cut_prob after every random stretch of cut_bytes server bytes, and bytes can be injected into the server -> client
 stream right after an HTTP head (e.g. hostile frames after a 101). Everything is bounded:
 delays, split counts, the number of cuts, the bytes kept for inspection.
 
@@ -123,10 +123,10 @@ class FaultProxy:
             _reset(cwriter)
             return
         self._live[index] = (cwriter, swriter)
-        cut_at: int | None = None
         faulty = self.enabled
-        if faulty and self.stats.cuts < self.max_cuts and self.rng.random() < self.cut_prob:
-            cut_at = self.rng.randint(*self.cut_bytes)
+        # Every cut_bytes-ish stretch of server -> client bytes, the connection is cut with
+        # probability cut_prob (so long-lived connections keep getting chances).
+        cut_at = self.rng.randint(*self.cut_bytes) if faulty and self.cut_prob > 0 else None
         state = {"cut_at": cut_at, "down": 0, "kept": None}
         inject = self.inject if faulty else None
         try:
@@ -177,10 +177,12 @@ class FaultProxy:
                     down = int(state["down"]) + len(data)  # type: ignore[call-overload]
                     state["down"] = down
                     if down >= cut_at:
-                        self.stats.cuts += 1
-                        _reset(writer)
-                        _reset(other)
-                        return
+                        if self.stats.cuts < self.max_cuts and self.rng.random() < self.cut_prob:
+                            self.stats.cuts += 1
+                            _reset(writer)
+                            _reset(other)
+                            return
+                        state["cut_at"] = down + self.rng.randint(*self.cut_bytes)
                 await self._write(writer, data, faulty)
         except (OSError, RuntimeError, asyncio.IncompleteReadError):
             _reset(other)

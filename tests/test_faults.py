@@ -57,7 +57,7 @@ def test_fault_proxy_never_corrupts(protocol: str, tmp_path: Path, serve: ServeI
                                     targets: Targets, proxies: Callable[..., FaultProxy],
                                     fastpf: Callable[..., Fastpf]) -> None:  # noqa: F811
     proxy = proxies(("127.0.0.1", serve.port), seed=12, delay_max=0.0005, split_max=3,
-                    cut_prob=0.6, cut_bytes=(8 << 10, 2 * MiB), max_cuts=12)
+                    cut_prob=0.3, cut_bytes=(8 << 10, 2 * MiB), max_cuts=5)
     kc = _via(serve.kubeconfig, proxy.port, tmp_path / "kc")
     pf = fastpf(kc, "--protocol", protocol, "--connections", "2", "--ping-interval", "300ms",
                 "--ping-timeout", "2s", "mypod", f":{targets.source}", f":{targets.sink}", wait=2)
@@ -66,7 +66,7 @@ def test_fault_proxy_never_corrupts(protocol: str, tmp_path: Path, serve: ServeI
     lock = threading.Lock()
 
     def worker(i: int) -> None:
-        for j in range(4):  # bounded: 4 transfers per worker, each with a timeout
+        for j in range(6):  # bounded: 6 transfers per worker, each with a timeout
             if (i + j) % 2:
                 result = upload_checked(sink, 4 * MiB, timeout=30)
             else:
@@ -89,7 +89,9 @@ def test_fault_proxy_never_corrupts(protocol: str, tmp_path: Path, serve: ServeI
     for t in threads:
         t.join(120)
     assert not errors, errors
-    assert len(outcomes) == 16
+    # A cut resets every transfer in flight on its upgraded connection (up to all four
+    # workers'), so at most 5 cuts leave some of the 24 transfers complete.
+    assert len(outcomes) == 24
     assert pf.proc.poll() is None, pf.output()
     assert proxy.stats.cuts >= 1
     assert outcomes.count("complete") >= 1, outcomes
@@ -99,7 +101,7 @@ def test_fault_proxy_never_corrupts(protocol: str, tmp_path: Path, serve: ServeI
     cut = time.monotonic()
     recover = time_until(lambda: Download(src, 4 * MiB, timeout=10).run() == "complete", 20)
     _report(f"fault proxy ({protocol})", cuts=proxy.stats.cuts,
-            completed=outcomes.count("complete"), closed=16 - outcomes.count("complete"),
+            completed=outcomes.count("complete"), closed=24 - outcomes.count("complete"),
             clean_transfer_after_last_cut_s=time.monotonic() - cut, time_until=recover)
     assert pf.proc.poll() is None
     assert pf.interrupt() == 0
