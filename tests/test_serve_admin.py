@@ -257,8 +257,11 @@ def test_sighup_reloads_manifests(serve_factory: Callable[..., ServeInstance]) -
 @pytest.mark.parametrize("protocol", ["websocket", "spdy", "ws-channel"])
 def test_deleting_a_pod_ends_its_sessions(world: tuple[ServeInstance, Targets], protocol: str) -> None:
     s, t = world
+    # --reconnect=false: the session's end is what this test looks at (fastpf would reconnect,
+    # tests/test_reconnect.py).
     proc = subprocess.Popen([sys.executable, "-m", "fastpf", "--kubeconfig", str(s.kubeconfig), "--protocol",
-                             protocol, "pod/db-0", f":{t.echo}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             protocol, "--reconnect=false", "pod/db-0", f":{t.echo}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, env=subprocess_env())
     try:
         assert proc.stdout is not None and proc.stderr is not None
@@ -274,7 +277,7 @@ def test_deleting_a_pod_ends_its_sessions(world: tuple[ServeInstance, Targets], 
                 live.settimeout(10)
                 assert live.recv(100) == b""
             else:
-                # Without reconnect (issue 12) the client ends on the GOAWAY, as kubectl does.
+                # Without reconnect the client ends on the GOAWAY, as kubectl does.
                 assert proc.wait(15) == 1
                 assert "lost connection to pod" in proc.stderr.read().decode()
         for _ in range(100):  # bounded: the session end reaches serve's log
