@@ -559,7 +559,11 @@ def test_first_example_does_not_forward_into_itself(tmp_path: Path) -> None:
         assert _proc_fds(serve.pid) < fds + 20, "serve holds connections that should be gone"
         assert _proc_rss_kib(serve.pid) < rss + 20 * 1024
         log = serve_err.read_text()
-        assert log.count('"Port-forward session started" pod="default/mypod" address="127.0.0.2"') == 1
+        # One session per upgraded connection of the client's pool (fastpf --connections).
+        from fastpf.client.args import DEFAULT_CONNECTIONS
+
+        started = '"Port-forward session started" pod="default/mypod" address="127.0.0.2"'
+        assert log.count(started) == DEFAULT_CONNECTIONS
         assert f"dial tcp4 127.0.0.1:{port}: connect: connection refused" in log  # kubelet's words
         # The same command reaches a program listening on the pod address.
         echo = socket.create_server(("127.0.0.2", port))
