@@ -66,20 +66,25 @@ async def _setup(opts: Options, console: Console) -> Forwarder:
     return fwd
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], prog: str = "fastpf") -> int:
+    """`prog` names the program in hints: "kubectl fastpf" when run as kubectl's plugin."""
     console = Console()
     try:
         opts = parse_args(argv)
     except UsageError as exc:
         console.error(exc.line)
         if exc.help_hint:
-            console.error("See 'fastpf -h' for help and examples")
+            console.error(f"See '{prog} -h' for help and examples")
         elif exc.show_usage:
-            console.error("See 'fastpf --help' for usage.")
+            console.error(f"See '{prog} --help' for usage.")
         return exc.exit_code
     if opts.help:
-        console.usage(USAGE.rstrip("\n"))
+        console.usage(USAGE.format(prog=prog).rstrip("\n"))
         return 0
+    if opts.version:
+        from fastpf.client import version
+
+        return version.main(argv, console, quick=True)
     console.quiet = opts.quiet
     console.verbosity = opts.verbosity
     try:

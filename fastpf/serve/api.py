@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote
@@ -151,6 +152,10 @@ class Api:
     def handle(self, request: Request) -> Reply:
         if not self.authenticate(request):
             return status_response(401, "Unauthorized", "Unauthorized")
+        if request.header("impersonate-user") is not None:  # recorded, not enforced
+            extra = [f"{k}={v}" for k, v in request.headers if k.startswith("impersonate-")]
+            print(f"impersonation: {request.method} {request.path} {' '.join(extra)}",
+                  file=sys.stderr, flush=True)
         try:
             segments = [unquote(s) for s in request.path.split("/") if s]
         except Exception:  # pragma: no cover - unquote does not raise on str
