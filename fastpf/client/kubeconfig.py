@@ -65,6 +65,7 @@ class ClientConfig:
     proxy_url: str | None = None
     cluster_info: dict[str, Any] = field(default_factory=dict)  # for exec provideClusterInfo
     in_cluster: bool = False
+    context: str = ""  # the kubeconfig context used ("" for none / in-cluster)
 
     def impersonation_headers(self) -> list[tuple[str, str]]:
         """client-go's Impersonate-* request headers (one Impersonate-Group per group; extra
@@ -228,6 +229,8 @@ def load_config(opts: Options) -> ClientConfig:
         cfg = _from_entries(cluster, user)
         if context.get("namespace"):
             cfg.namespace = str(context["namespace"])
+        if context:
+            cfg.context = context_name
         _check_usable(cluster_name, cluster, user_name, user, opts)
     _apply_overrides(cfg, opts)
     if ((cfg.token or cfg.token_file) and (cfg.username or cfg.password)
