@@ -71,16 +71,18 @@ class Target:
     namespace: str = ""
     context: str = ""
     pod: str = ""
+    name: str = ""  # the `name:` of a forward in a -f file
 
     def fields(self) -> dict[str, Any]:
-        return {"target": self.target, "namespace": self.namespace,
+        return {"target": self.target, "name": self.name or None, "namespace": self.namespace,
                 "context": self.context or None, "pod": self.pod or None}
 
     def label(self) -> str:
         where = [f"context {self.context}"] if self.context else []
         if self.namespace:
             where.append(f"namespace {self.namespace}")
-        return f"{self.target} ({', '.join(where)})" if where else self.target
+        name = self.name or self.target
+        return f"{name} ({', '.join(where)})" if where else name
 
 
 @dataclass

@@ -53,6 +53,7 @@ class Run:
     stats: bool = False
     stats_interval: float = 0.0
     emit: JsonLines | None = None
+    config_file: str | None = None
     wrote_ready: bool = field(default=False, init=False)
 
     def fail(self, job: Job, line: str) -> None:
@@ -76,22 +77,30 @@ async def _run(run_: Run) -> int:
             installed.append(sig)
     view = None
     try:
-        for job in run_.jobs:  # in order: kubectl's lines of one target stay together
-            setup = asyncio.ensure_future(_setup(job))
-            done, _ = await asyncio.wait({setup, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if setup not in done:  # interrupted while resolving / upgrading
-                setup.cancel()
-                with contextlib.suppress(BaseException):
-                    await setup
+        # Resolve every target first (in order: a target's lines stay together), then check
+        # that no two claim one local port, then bind and accept.
+        for phase in (_prepare, _start):
+            for job in run_.jobs:
+                step = asyncio.ensure_future(phase(job))
+                done, _ = await asyncio.wait({step, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if step not in done:  # interrupted while resolving / upgrading
+                    step.cancel()
+                    with contextlib.suppress(BaseException):
+                        await step
+                    await _stop_all(run_)
+                    return 0
+                try:
+                    step.result()
+                except (ClientError, FastpfError, OSError) as exc:
+                    line = exc.line if isinstance(exc, ClientError) else f"error: {exc}"
+                    run_.fail(job, line)
+                    await _stop_all(run_)
+                    return exc.exit_code if isinstance(exc, ClientError) else 1
+            clash = _clash(run_) if phase is _prepare else None
+            if clash:
+                run_.console.error(f"error: {run_.config_file}: {clash}")
                 await _stop_all(run_)
-                return 0
-            try:
-                job.fwd = setup.result()
-            except (ClientError, FastpfError, OSError) as exc:
-                line = exc.line if isinstance(exc, ClientError) else f"error: {exc}"
-                run_.fail(job, line)
-                await _stop_all(run_)
-                return exc.exit_code if isinstance(exc, ClientError) else 1
+                return 1
         _ready(run_)
         if run_.stats:
             from fastpf.client.stats import StatsView
@@ -122,19 +131,35 @@ async def _run(run_: Run) -> int:
                 loop.remove_signal_handler(sig)
 
 
-async def _setup(job: Job) -> Forwarder:
+async def _prepare(job: Job) -> None:
     fwd = await prepare(job.opts, job.console)
     cfg = fwd.api.cfg
     job.tracker.target.namespace = cfg.namespace
     job.tracker.target.context = cfg.context
     job.tracker.target.pod = _pod_of(fwd.path)
     fwd.observer = job.tracker
+    job.fwd = fwd
+
+
+def _clash(run_: Run) -> str | None:
+    """Many targets: the local ports they resolved to must not collide (checked before any
+    listener is bound; numeric ones were checked when the file was read)."""
+    if len(run_.jobs) < 2:
+        return None
+    from fastpf.client.config_file import find_clashes
+
+    clashes = find_clashes([(j.label, j.fwd.addresses, j.fwd.pairs)
+                            for j in run_.jobs if j.fwd is not None])
+    return clashes[0] if clashes else None
+
+
+async def _start(job: Job) -> None:
+    assert job.fwd is not None
     try:
-        await fwd.start()
+        await job.fwd.start()
     except BaseException:
-        await fwd.stop()
+        await job.fwd.stop()
         raise
-    return fwd
 
 
 def _pod_of(path: str) -> str:
@@ -182,7 +207,7 @@ def _jobs(opts: Options, console: Console, emit: JsonLines | None) -> list[Job]:
 
     jobs = []
     for entry in load_forwards(opts.config_file, opts):
-        tracker = Tracker(Target(entry.opts.target), emit)
+        tracker = Tracker(Target(entry.opts.target, name=entry.name), emit)
         jobs.append(Job(entry.opts, console.for_target(entry.label, tracker.error), tracker,
                         entry.label))
     return jobs
@@ -217,7 +242,7 @@ def main(argv: list[str], prog: str = "fastpf") -> int:
     try:
         jobs = _jobs(opts, console, emit)
         return run(_run(Run(jobs, console, opts.ready_file, opts.stats, opts.stats_interval,
-                            emit)))
+                            emit, opts.config_file)))
     except ClientError as exc:
         console.error(exc.line)
         return exc.exit_code
