@@ -395,7 +395,8 @@ async def prepare(opts: Options, console: Console) -> Forwarder:
 async def forward(target: str, ports: list[str], *, namespace: str | None = None,
                   address: str = "localhost", protocol: str = "auto", kubeconfig: str | None = None,
                   context: str | None = None, quiet: bool = True, console: Console | None = None,
-                  pod_running_timeout: float = 60.0, **overrides: Any) -> AsyncIterator[Forwarder]:
+                  pod_running_timeout: float = 60.0, observer: Any = None,
+                  **overrides: Any) -> AsyncIterator[Forwarder]:
     """Library API: forward `ports` of `target` while the block runs; yields the Forwarder
     (`bound_ports`, `pairs`). Errors raise ClientError (with kubectl's message)."""
     opts = Options(target=target, ports=list(ports), namespace=namespace, addresses=address,
@@ -411,6 +412,7 @@ async def forward(target: str, ports: list[str], *, namespace: str | None = None
         console = Console(devnull, devnull, quiet=quiet)
     try:
         fwd = await prepare(opts, console)
+        fwd.observer = observer  # events.ForwardObserver, or None
         try:
             await fwd.start()
             yield fwd
