@@ -1,8 +1,8 @@
 """Entry point of `fastpf` and `kubectl-fastpf`.
 
-`fastpf serve ...` runs the local Kubernetes-compatible endpoint; `version` is a subcommand as
-in kubectl; anything else is the port-forward client (a pod literally named "serve" or
-"version" is reached as `pod/NAME`).
+`fastpf serve ...` runs the local Kubernetes-compatible endpoint; `version`, `completion` and
+cobra's hidden `__complete` are subcommands as in kubectl; anything else is the port-forward
+client (a pod literally named "serve", "version" or "completion" is reached as `pod/NAME`).
 """
 
 from __future__ import annotations
@@ -29,11 +29,16 @@ def main(argv: list[str] | None = None) -> int:
         from fastpf.serve.main import main as serve_main
 
         return serve_main(args[1:])
-    if args and args[0] == "version":
-        from fastpf.client import version
+    if args and args[0] in ("version", "completion", "__complete", "__completeNoDesc"):
         from fastpf.client.console import Console
 
-        return version.main(args[1:], Console())
+        if args[0] == "version":
+            from fastpf.client import version
+
+            return version.main(args[1:], Console())
+        from fastpf.client import completion
+
+        return completion.main(args, Console(), prog)
     from fastpf.client.main import main as client_main
 
     return client_main(args, prog)
