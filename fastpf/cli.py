@@ -39,6 +39,15 @@ def main(argv: list[str] | None = None) -> int:
         from fastpf.client import completion
 
         return completion.main(args, Console(), prog)
+    from fastpf.client.args import positionals_of
+
+    if positionals_of(args) == ["version"]:  # `fastpf --kubeconfig K version`, as kubectl takes it
+        from fastpf.client import version
+        from fastpf.client.console import Console
+
+        rest = list(args)
+        rest.remove("version")
+        return version.main(rest, Console())
     from fastpf.client.main import main as client_main
 
     return client_main(args, prog)

@@ -110,3 +110,8 @@ def test_pods_named_like_subcommands_are_reachable_as_pod_slash(name: str) -> No
     from fastpf.client.args import parse_args
 
     assert parse_args([f"pod/{name}", "80"]).target == f"pod/{name}"
+
+
+def test_version_after_flags_as_kubectl_takes_it(serve: ServeInstance) -> None:
+    r = fastpf_run("--kubeconfig", str(serve.kubeconfig), "version", "--client")
+    assert (r.returncode, r.stdout) == (0, f"Client Version: v{fastpf.__version__}\n")

@@ -361,6 +361,32 @@ def parse_flags(argv: list[str], opts: Any, longs: dict[str, tuple[str, str]] | 
     return positionals
 
 
+def takes_value(word: str) -> bool:
+    """`word` is one of our flags whose value is the next word (`-n`, `--namespace`)."""
+    if not word.startswith("-") or "=" in word or word == "-":
+        return False
+    if not word.startswith("--") and len(word) != 2:
+        return False  # -nfoo: the value is attached
+    name = word[2:] if word.startswith("--") else _SHORT.get(word[1:2], "")
+    return name in _LONG and _LONG[name][1] != "bool"
+
+
+def positionals_of(argv: list[str]) -> list[str]:
+    """The words of `argv` that are not flags or flag values (never raises)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):  # bounded: i strictly increases
+        word = argv[i]
+        i += 1
+        if word == "--":
+            return out + argv[i:]
+        if word.startswith("-") and word != "-":
+            i += 1 if takes_value(word) else 0
+            continue
+        out.append(word)
+    return out
+
+
 def parse_args(argv: list[str]) -> Options:
     """Parse argv (without the program name). Raises UsageError with kubectl's message."""
     opts = Options()

@@ -17,7 +17,17 @@ import contextlib
 import sys
 from typing import Any
 
-from fastpf.client.args import _LONG, _SHORT, OUTPUTS, PROFILES, PROTOCOLS, Options, parse_flags
+from fastpf.client.args import (
+    _LONG,
+    _SHORT,
+    OUTPUTS,
+    PROFILES,
+    PROTOCOLS,
+    Options,
+    parse_flags,
+    positionals_of,
+    takes_value,
+)
 from fastpf.client.console import Console
 from fastpf.client.errors import ClientError, UsageError
 from fastpf.errors import FastpfError
@@ -71,11 +81,11 @@ def complete(args: list[str], cur: str) -> tuple[list[str], int]:
         name, _, partial = cur[2:].partition("=")
         found, directive = _flag_value(name, partial, args)
         return [f"--{name}={c}" for c in found], directive
-    if args and _wants_value(args[-1]):
+    if args and takes_value(args[-1]):
         return _flag_value(_flag_name(args[-1]), cur, args[:-1])
     if cur.startswith("-"):
         return _flags(cur), NO_FILE
-    positionals = _positionals(args)
+    positionals = positionals_of(args)
     if not positionals:
         found = [c for c in SUBCOMMANDS if c.startswith(cur)] if not args else []
         names, directive = _targets(cur, args)
@@ -97,37 +107,10 @@ def _flag_name(word: str) -> str:
     return _SHORT.get(word[1:2], "")
 
 
-def _wants_value(word: str) -> bool:
-    """`word` is a flag that takes its value from the next word."""
-    if not word.startswith("-") or "=" in word or word == "-":
-        return False
-    if not word.startswith("--") and len(word) != 2:
-        return False  # -nfoo: the value is attached
-    name = _flag_name(word)
-    return name in _LONG and _LONG[name][1] != "bool"
-
-
-def _positionals(args: list[str]) -> list[str]:
-    out = []
-    i = 0
-    while i < len(args):  # bounded: i strictly increases
-        word = args[i]
-        i += 1
-        if word == "--":
-            out += args[i:]
-            break
-        if word.startswith("-") and word != "-":
-            if _wants_value(word):
-                i += 1
-            continue
-        out.append(word)
-    return out
-
-
 def _options(args: list[str]) -> Options:
     """The flags typed so far (kubeconfig, context, namespace, ...), leniently."""
     opts = Options()
-    flags = [a for a in args if a not in _positionals(args)]
+    flags = [a for a in args if a not in positionals_of(args)]
     with contextlib.suppress(UsageError):  # half-typed flags: keep what parsed
         parse_flags(flags, opts)
     opts.request_timeout = opts.request_timeout or LOOKUP_TIMEOUT
