@@ -159,3 +159,32 @@ def test_completion_usage_errors(shims: Path) -> None:
                        text=True, timeout=60, env=subprocess_env())
     assert (r.returncode, r.stderr) == (1, "error: expected one of bash, zsh, fish: fastpf "
                                            "completion bash\n")
+
+
+def test_zsh_and_fish_scripts_complete(shims: Path, cluster: ServeInstance) -> None:
+    """Where zsh / fish are installed: their scripts answer like bash's (zsh with compadd and
+    _files stubbed, so no interactive shell is needed; fish through `complete -C`)."""
+    kc = str(cluster.kubeconfig)
+    env = subprocess_env({"PATH": f"{shims}:/usr/bin:/bin"})
+    ran = 0
+    if shutil.which("zsh"):
+        script = subprocess.run([str(shims / "fastpf"), "completion", "zsh"], capture_output=True,
+                                text=True, timeout=60, env=subprocess_env()).stdout
+        program = (script + "\ncompadd() { local -a a; a=(\"$@\"); local i=${a[(i)--]}; "
+                   "print -l -- \"${(@)a[i+1,-1]}\"; }\n_files() { print FILES; }\n"
+                   f"words=(fastpf --kubeconfig {kc} svc/); CURRENT=4; _fastpf\n"
+                   "words=(fastpf --kubeconfig ''); CURRENT=3; _fastpf\n")
+        r = subprocess.run(["zsh", "-f", "-c", program], capture_output=True, text=True,
+                           timeout=60, env=env)
+        assert r.stdout.split() == ["svc/web", "FILES"], r.stderr
+        ran += 1
+    if shutil.which("fish"):
+        script = subprocess.run([str(shims / "fastpf"), "completion", "fish"], capture_output=True,
+                                text=True, timeout=60, env=subprocess_env()).stdout
+        r = subprocess.run(["fish", "--no-config", "-c",
+                            f"{script}\ncomplete -C 'fastpf --kubeconfig {kc} svc/'"],
+                           capture_output=True, text=True, timeout=60, env=env)
+        assert r.stdout.split() == ["svc/web"], r.stderr
+        ran += 1
+    if not ran:
+        pytest.skip("neither zsh nor fish is installed")

@@ -316,16 +316,22 @@ if (( $+functions[compdef] )); then compdef _fastpf fastpf kubectl-fastpf; fi
 _FISH = r"""# fish completion for fastpf. Load it with:  fastpf completion fish | source
 function __fastpf_complete
     set -l args (commandline -opc)
-    set -l out ($args[1] __complete $args[2..-1] (commandline -ct) 2>/dev/null)
+    set -l cur (commandline -ct)
+    set -l out ($args[1] __complete $args[2..-1] $cur 2>/dev/null)
     or return
     set -l directive (string replace -r '^:' '' -- $out[-1])
+    set -e out[-1]
     if test (math "$directive % 2") -eq 1
         return
     end
-    printf '%s\n' $out[1..-2]
+    if test (count $out) -eq 0; and test (math "floor($directive / 4) % 2") -eq 0
+        __fish_complete_path $cur
+        return
+    end
+    printf '%s\n' $out
 end
-complete -c fastpf -a '(__fastpf_complete)'
-complete -c kubectl-fastpf -a '(__fastpf_complete)'
+complete -c fastpf -f -a '(__fastpf_complete)'
+complete -c kubectl-fastpf -f -a '(__fastpf_complete)'
 """
 
 
