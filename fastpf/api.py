@@ -111,8 +111,8 @@ class PortForward:
             return out
 
         loop = self._loop
-        if loop is None or self._on_own_loop():
-            return snap()
+        if loop is None or loop.is_closed() or not loop.is_running() or self._on_own_loop():
+            return snap()  # not started, ended (the counts stay), or called on its own loop
         future: concurrent.futures.Future[list[dict[str, Any]]] = concurrent.futures.Future()
         loop.call_soon_threadsafe(lambda: future.set_result(snap()))
         return future.result(timeout=30)

@@ -77,6 +77,7 @@ def test_with_from_plain_code(cluster: ServeInstance, targets: Targets) -> None:
         assert threading.active_count() == before + 1  # the forward's loop thread
     assert _refused(fwd.local_ports[1])
     assert threading.active_count() == before
+    assert fwd.stats()[0]["connections"] == 1  # the counts outlive the forward
 
 
 def test_errors_raise_with_kubectls_message(cluster: ServeInstance) -> None:

@@ -201,11 +201,15 @@ def test_ready_file_replaces_a_stale_one_and_counts_every_listener(
         start: Callable[..., Run], targets: Targets, tmp_path: Path) -> None:
     ready = tmp_path / "ready.json"
     ready.write_text("stale")
-    run = start("--ready-file", str(ready), "--address", "127.0.0.1", "web-1", f":{targets.echo}")
+    run = start("--ready-file", str(ready), "--address", "127.0.0.1", "--stats",
+                "--stats-interval=1h", "web-1", f":{targets.echo}")
     doc = _wait_file(ready, run)
     assert doc["pid"] == run.proc.pid and len(doc["forwards"]) == 1
-    assert run.stdout[0] == f"Forwarding from 127.0.0.1:{doc['forwards'][0]['local_port']} -> {targets.echo}"
-    assert run.interrupt() == 0 and not ready.exists()
+    local = doc["forwards"][0]["local_port"]
+    assert run.stdout[0] == f"Forwarding from 127.0.0.1:{local} -> {targets.echo}"
+    os.kill(run.proc.pid, signal.SIGTERM)  # SIGTERM, like Ctrl-C: clean exit with the summary
+    assert run.wait_exit(20) == 0 and not ready.exists()
+    assert run.stderr[-1].startswith(f"[summary] web-1 {local}->{targets.echo}: 0 connections, ")
 
 
 def _normalise(lines: list[str], names: dict[int, str]) -> list[str]:
