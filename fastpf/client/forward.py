@@ -112,6 +112,12 @@ class Forwarder:
     relays: set[asyncio.Task[None]] = field(default_factory=set)
     stopping: bool = False
     lost: asyncio.Future[str | None] | None = None
+    observer: Any = None  # events.ForwardObserver: --stats, -o json, the Python API
+
+    def _event(self, name: str, *args: Any) -> None:
+        hook = getattr(self.observer, name, None)  # an observer may listen to some events only
+        if hook is not None:
+            hook(*args)
 
     @property
     def bound_ports(self) -> list[int]:
@@ -183,6 +189,7 @@ class Forwarder:
                 created.append(Listener(sock, ip, pair))
                 display = "127.0.0.1" if ip == "127.0.0.1" else ip
                 self.console.forwarding(display, local, pair.remote)
+                self._event("listening", display, local, pair.remote)
                 ok[mode] += 1
             failed = (ok["all"] == 0 and fail["all"] > 0) or fail["any"] > 0
             if failed:
@@ -218,6 +225,8 @@ class Forwarder:
         task = asyncio.ensure_future(self._handle(local, pair))
         self.relays.add(task)
         task.add_done_callback(self.relays.discard)
+        self._event("connection_opened", task, local, pair.local, pair.remote)
+        task.add_done_callback(functools.partial(self._event, "connection_closed"))
         return local
 
     # ---- one local connection ----------------------------------------------------------------
@@ -283,6 +292,7 @@ class Forwarder:
     def _report_end(self, pair: PortPair, error_text: bytes, result: RelayResult) -> None:
         """kubectl's line for a forwarded connection that ended badly: the pod side's error
         text if it sent one, else a local copy error that is not a plain hang-up."""
+        self._event("relayed", result)  # in the connection's task: its final byte counts
         if self.stopping:
             return
         if error_text:
@@ -385,7 +395,8 @@ async def prepare(opts: Options, console: Console) -> Forwarder:
 async def forward(target: str, ports: list[str], *, namespace: str | None = None,
                   address: str = "localhost", protocol: str = "auto", kubeconfig: str | None = None,
                   context: str | None = None, quiet: bool = True, console: Console | None = None,
-                  pod_running_timeout: float = 60.0, **overrides: Any) -> AsyncIterator[Forwarder]:
+                  pod_running_timeout: float = 60.0, observer: Any = None,
+                  **overrides: Any) -> AsyncIterator[Forwarder]:
     """Library API: forward `ports` of `target` while the block runs; yields the Forwarder
     (`bound_ports`, `pairs`). Errors raise ClientError (with kubectl's message)."""
     opts = Options(target=target, ports=list(ports), namespace=namespace, addresses=address,
@@ -401,6 +412,7 @@ async def forward(target: str, ports: list[str], *, namespace: str | None = None
         console = Console(devnull, devnull, quiet=quiet)
     try:
         fwd = await prepare(opts, console)
+        fwd.observer = observer  # events.ForwardObserver, or None
         try:
             await fwd.start()
             yield fwd
