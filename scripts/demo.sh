@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# fastpf in one command: install it, start a local Kubernetes-compatible endpoint (`fastpf serve`)
-# with a pod "mypod" whose ports 5000 (a data source) and 6000 (a checksumming sink) are served
-# on 127.0.0.2, run `fastpf mypod 5000 6000` exactly as `kubectl port-forward mypod 5000 6000`,
-# then move GiB down through local port 5000 and up through local port 6000, checking sha256
-# both ways. Cleans up everything it started.
+# fastpf in one command: install it into the project's .venv (created on first use; nothing goes
+# into the system interpreter), start a local Kubernetes-compatible endpoint (`fastpf serve`)
+# from a one-pod manifest: pod "mypod" whose ports 5000 (a data source) and 6000 (a checksumming
+# sink) are served by a small Python program on 127.0.0.2. Then run `fastpf mypod 5000 6000`
+# exactly as `kubectl port-forward mypod 5000 6000`, move GiB down through local port 5000 and
+# up through local port 6000, and check sha256 both ways. Cleans up everything it started.
 #   usage: scripts/demo.sh [GiB]        (default 1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GIB="${1:-1}"
 
-echo "== installing fastpf (compiles the Cython frame layer)"
-python3 -m pip install -q --disable-pip-version-check .
+root=$PWD
+if [ ! -x .venv/bin/python ]; then
+    echo "== creating $root/.venv"
+    python3 -m venv .venv
+fi
+py="$root/.venv/bin/python"
+echo "== installing fastpf into .venv (compiles the Cython frame layer)"
+"$py" -m pip install -q --disable-pip-version-check -e .
 
 tmp="$(mktemp -d)"
 pids=()
@@ -66,19 +73,19 @@ async def main():
         await asyncio.gather(a.serve_forever(), b.serve_forever())
 asyncio.run(main())
 EOF
-python3 pod.py & pids+=($!)
+"$py" pod.py & pids+=($!)
 
 echo "== fastpf serve --listen 127.0.0.1:0 -f cluster.yaml --kubeconfig-out $tmp/kubeconfig"
-python3 -m fastpf serve --listen 127.0.0.1:0 -f cluster.yaml --kubeconfig-out "$tmp/kubeconfig" & pids+=($!)
+"$py" -m fastpf serve --listen 127.0.0.1:0 -f cluster.yaml --kubeconfig-out "$tmp/kubeconfig" & pids+=($!)
 for _ in $(seq 100); do [ -s "$tmp/kubeconfig" ] && break; sleep 0.1; done
 
 echo "== fastpf --kubeconfig $tmp/kubeconfig mypod 5000 6000"
-python3 -m fastpf --kubeconfig "$tmp/kubeconfig" mypod 5000 6000 > fwd.log 2>&1 & pids+=($!)
+"$py" -m fastpf --kubeconfig "$tmp/kubeconfig" mypod 5000 6000 > fwd.log 2>&1 & pids+=($!)
 for _ in $(seq 100); do [ "$(grep -c "Forwarding from" fwd.log 2>/dev/null)" -ge 4 ] && break; sleep 0.1; done
 cat fwd.log
 
 echo "== moving $GIB GiB each way through the forward"
-python3 - "$GIB" <<'EOF'
+"$py" - "$GIB" <<'EOF'
 import hashlib, random, socket, sys, time
 n = int(float(sys.argv[1]) * (1 << 30))
 block = random.Random(5000).randbytes(1 << 20)

@@ -1,19 +1,38 @@
 #!/usr/bin/env bash
-# Installs fastpf (compiling the Cython frame layer) with its test extras, then runs
-# lint, type-check and the test suite. Works on a fresh machine; run from anywhere.
+# Lint, type-check and test fastpf inside the project's own virtual environment (.venv, created
+# on first use): nothing is installed into the system interpreter. As root on a Debian/Ubuntu
+# machine it also installs, with apt-get and only when missing: socat (reference relay of the
+# benchmarks, a test target), curl (interop tests), kubectl (the real kubectl.1.27 ... 1.33
+# peers under /usr/lib/google-cloud-sdk/bin) and python3-venv (when `python3 -m venv` cannot
+# work without it). Run from anywhere; extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$PWD
 
-# socat is the single-hop reference relay of the benchmarks and a test target.
-if ! command -v socat >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq && apt-get install -y -qq socat >/dev/null
-fi
-# The real kubectl peers (kubectl.1.27 ... kubectl.1.33) come with the Debian package.
-if ! ls /usr/lib/google-cloud-sdk/bin/kubectl.1.33 >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && apt-get install -y -qq kubectl >/dev/null || echo "warning: could not install kubectl" >&2
-fi
+apt_install() {   # apt_install PACKAGE...: only as root, only with apt-get, never fatal
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "== apt-get install $*" >&2
+        { apt-get update -qq && apt-get install -y -qq "$@" >/dev/null; } \
+            || echo "warning: could not install $*" >&2
+    fi
+}
+missing=()
+command -v socat >/dev/null 2>&1 || missing+=(socat)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+[ -x /usr/lib/google-cloud-sdk/bin/kubectl.1.33 ] || missing+=(kubectl)
+if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 
-python3 -m pip install -q --disable-pip-version-check -e '.[test]'
-python3 -m ruff check fastpf tests bench
-python3 -m mypy
-python3 -m pytest -q -p no:cacheprovider "$@"
+if [ ! -x .venv/bin/python ]; then
+    echo "== creating $root/.venv" >&2
+    if ! python3 -m venv .venv; then
+        rm -rf .venv
+        apt_install python3-venv
+        python3 -m venv .venv
+    fi
+fi
+py="$root/.venv/bin/python"
+"$py" -m pip install -q --disable-pip-version-check -e '.[test]'
+"$py" -m ruff check fastpf tests bench
+"$py" -m mypy
+# The venv's bin first: tests run `fastpf`, `kubectl-fastpf` and the venv's kubectl 1.37.
+PATH="$root/.venv/bin:$PATH" "$py" -m pytest -q -p no:cacheprovider "$@"

@@ -157,3 +157,88 @@ def test_port_translation() -> None:
     headless = {"metadata": {"name": "h"}, "spec": {"clusterIP": "None", "ports": [
         {"port": 80, "targetPort": 8080}]}}
     assert R.translate_service_ports(["80"], headless, pod) == ["80"]
+
+
+# ---- kubectl's global flags (kubectl options) and fastpf's own -----------------------------------
+
+# A valid value for every flag kubectl 1.33 (and 1.37) lists for port-forward; bools take none.
+VALID_VALUES = {
+    "as": "bob", "as-group": "g", "as-uid": "42", "as-user-extra": "k=v", "cache-dir": "/tmp/c",
+    "certificate-authority": "ca.crt", "client-certificate": "c.crt", "client-key": "c.key",
+    "cluster": "c", "context": "c", "kubeconfig": "kc", "kuberc": "rc", "log-flush-frequency": "5s",
+    "namespace": "ns", "password": "p", "profile": "cpu", "profile-output": "out.pprof",
+    "proxy-url": "http://127.0.0.1:3128", "request-timeout": "0", "server": "https://x:1",
+    "tls-server-name": "x", "token": "t", "user": "u", "username": "u", "v": "2",
+    "vmodule": "a=1,b*=2", "address": "localhost", "pod-running-timeout": "1m0s",
+}
+BOOLS = ("disable-compression", "insecure-skip-tls-verify", "match-server-version",
+         "warnings-as-errors", "help")
+KUBECTL_133_GLOBALS = (
+    "as", "as-group", "as-uid", "cache-dir", "certificate-authority", "client-certificate",
+    "client-key", "cluster", "context", "disable-compression", "insecure-skip-tls-verify",
+    "kubeconfig", "log-flush-frequency", "match-server-version", "namespace", "password",
+    "profile", "profile-output", "request-timeout", "server", "tls-server-name", "token", "user",
+    "username", "v", "vmodule", "warnings-as-errors")
+
+
+@pytest.mark.parametrize("flag", sorted(set(KUBECTL_133_GLOBALS) | {"as-user-extra", "kuberc",
+                                                                      "proxy-url", "address",
+                                                                      "pod-running-timeout"}))
+def test_every_kubectl_flag_is_accepted(flag: str) -> None:
+    argv = [f"--{flag}"] if flag in BOOLS else [f"--{flag}={VALID_VALUES[flag]}"]
+    opts = parse_args([*argv, "pod/x", "80"])
+    assert opts.target == "pod/x" and opts.ports == ["80"]
+
+
+def test_kubectl_flag_list_is_complete(kubectl_bin) -> None:  # type: ignore[no-untyped-def]
+    """The real kubectl 1.33's `options` and `port-forward --help`: every flag it names parses."""
+    import re
+    import subprocess
+
+    binary = kubectl_bin("1.33")
+    text = subprocess.run([binary, "options"], capture_output=True, text=True, timeout=30).stdout
+    text += subprocess.run([binary, "port-forward", "--help"], capture_output=True, text=True,
+                           timeout=30).stdout
+    names = set(re.findall(r"^\s+(?:-\w, )?--([a-z][a-z-]*)=", text, re.M))
+    assert {"as", "namespace", "address", "vmodule"} <= names  # the listing was read
+    missing = [n for n in sorted(names) if n not in VALID_VALUES and n not in BOOLS]
+    assert missing == []
+    for name in sorted(names):
+        argv = [f"--{name}"] if name in BOOLS else [f"--{name}={VALID_VALUES[name]}"]
+        parse_args([*argv, "x", "80"])
+
+
+def test_impersonation_flags_collect() -> None:
+    o = parse_args(["--as", "bob", "--as-group=a", "--as-group", "b,c", "--as-uid=7",
+                    "--as-user-extra=scopes=view", "--as-user-extra", "scopes=edit", "x", "1"])
+    assert o.impersonate == "bob" and o.impersonate_uid == "7"
+    assert o.impersonate_groups == ["a", "b,c"]  # stringArray: no comma splitting
+    assert o.impersonate_extra == ["scopes=view", "scopes=edit"]
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--log-flush-frequency=5", "x", "80"],
+     'invalid argument "5" for "--log-flush-frequency" flag: parse error'),
+    (["--vmodule=abc", "x", "80"],
+     'invalid argument "abc" for "--vmodule" flag: syntax error: expect comma-separated list of filename=N'),
+    (["--match-server-version=foo", "x", "80"],
+     'invalid argument "foo" for "--match-server-version" flag: strconv.ParseBool: parsing "foo": invalid syntax'),
+    (["--profile=bogus", "x", "80"], "unknown profile 'bogus'"),
+    (["--profile=bogus"], "unknown profile 'bogus'"),  # before the arguments, as kubectl
+    (["--as-group"], "flag needs an argument: --as-group"),
+    (["-o", "xml", "x", "80"], 'invalid argument "xml" for "-o, --output" flag: must be one of text, json'),
+    (["-f", "f.yaml", "x", "80"], "-f/--config takes no TYPE/NAME or ports: they come from the file"),
+])
+def test_flag_errors(argv: list[str], msg: str) -> None:
+    with pytest.raises(UsageError) as ei:
+        parse_args(argv)
+    assert ei.value.line == "error: " + msg
+
+
+def test_fastpf_own_flags() -> None:
+    o = parse_args(["-o", "json", "--stats", "--stats-interval=250ms", "--ready-file", "/tmp/r",
+                    "x", "1"])
+    assert (o.output, o.stats, o.stats_interval, o.ready_file) == ("json", True, 0.25, "/tmp/r")
+    assert parse_args(["--events=json", "x", "1"]).output == "json"
+    assert parse_args(["-f", "fw.yaml"]).config_file == "fw.yaml"
+    assert parse_args(["--version"]).version

@@ -232,3 +232,102 @@ def test_refused_port_kubectl_dies_fastpf_survives(world, ws_env: str) -> None: 
     assert outcome["kubectl"][3] == "error: lost connection to pod"
     assert outcome["fastpf"][:3] == (True, True, 0)
     assert "an error occurred forwarding" in outcome["fastpf"][3]
+
+
+def test_auth_conflicts_and_global_flags_match_kubectl(world) -> None:  # type: ignore[no-untyped-def]
+    """kubectl's clientcmd validation (one problem: `error: ...`; several: `Error in
+    configuration:` and a list) and its global-flag errors, side by side with kubectl 1.33."""
+    srv, _, both, _, tmp = world
+    token = srv.token
+    basic = _variant_kubeconfig(srv, tmp, "kc-basic", lambda c: c["users"][0].update(
+        user={"username": "u", "password": "p"}))
+    token_file = tmp / "token"
+    token_file.write_text(token)
+    token_file_user = _variant_kubeconfig(srv, tmp, "kc-tf", lambda c: c["users"][0].update(
+        user={"tokenFile": str(token_file), "username": "u"}))
+    exec_v1 = _variant_kubeconfig(srv, tmp, "kc-exec", lambda c: c["users"][0].update(
+        user={"token": token, "exec": {"command": "true",
+                                       "apiVersion": "client.authentication.k8s.io/v1"}}))
+    cases: list[tuple[tuple[str, ...], Path | None]] = [
+        (("--username=u", "web-1", "80"), None),
+        (("--password=p", "web-1", "80"), None),
+        (("--username=u", "--as-group=g", "web-1", "80"), None),
+        (("--as-uid=1", "web-1", "80"), None),
+        (("--as-group=g", "web-1", "80"), None),
+        (("--client-certificate=/nonexistent/c.crt", "web-1", "80"), None),
+        (("--token=x", "web-1", "80"), basic),
+        (("web-1", "80"), token_file_user),
+        (("web-1", "80"), exec_v1),
+        (("--username=v", "web-1", "80"), exec_v1),
+        (("--profile=bogus", "web-1", "80"), None),
+        (("--log-flush-frequency=5", "web-1", "80"), None),
+        (("--vmodule=abc", "web-1", "80"), None),
+        (("--warnings-as-errors=maybe", "web-1", "80"), None),
+    ]
+    mismatches = []
+    for args, kc in cases:
+        k, f = both(*args, kubeconfig=kc)
+        if (k.returncode, first_error(k.stderr), k.stdout) != (f.returncode, first_error(f.stderr), f.stdout):
+            mismatches.append((args, kc, k.returncode, k.stderr, f.returncode, f.stderr))
+        assert k.returncode == 1, (args, k.stderr)
+    assert mismatches == [], "\n".join(map(repr, mismatches))
+
+
+def test_accepted_global_flags_forward_like_kubectl(world) -> None:  # type: ignore[no-untyped-def]
+    """kubectl's global flags that do not change a port-forward: both forward the same."""
+    srv, t, _, cmds, tmp = world
+    flags = ("--cache-dir", str(tmp / "cache"), "--disable-compression", "--warnings-as-errors",
+             "--log-flush-frequency=3s", "--vmodule=a=1", "--profile=none",
+             "--profile-output", str(tmp / "p.pprof"), "--match-server-version=false")
+    port = free_port()
+    outputs = []
+    for cmd in cmds(*flags, "web-1", f"{port}:{t.echo}"):
+        pf = start_pf(cmd)
+        pf.wait_forwarding(1)
+        assert echo_once(port, b"flags") == b"flags"
+        outputs.append((_forwards(pf)[:1], finish(pf)))
+    assert outputs[0] == outputs[1] == ([f"Forwarding from 127.0.0.1:{port} -> {t.echo}"], 0)
+
+
+def _impersonation_lines(srv: ServeInstance) -> set[str]:
+    """What serve recorded (`impersonation: METHOD PATH header=value ...`), as "upgrade ..." for
+    the port-forward request and "rest ..." for the others."""
+    out = set()
+    for line in srv.stderr_text().splitlines():
+        if line.startswith("impersonation: "):
+            _method, path, *headers = line[len("impersonation: "):].split(" ")
+            kind = "upgrade" if path.endswith("/portforward") else "rest"
+            out.add(f"{kind} {' '.join(sorted(headers))}")
+    return out
+
+
+def test_impersonation_headers_as_kubectl(serve_factory, targets: Targets,  # type: ignore[no-untyped-def]
+                                          kubectl_bin, kubectl_cache_dir: Path) -> None:
+    """--as/--as-group/--as-uid reach the server as kubectl sends them (serve records them), on
+    the pod lookup and on the upgrade; without --as nothing is sent."""
+    recorded = []
+    flags = ("--as=bob", "--as-group=dev", "--as-group=ops", "--as-uid=42")
+    for name in ("kubectl", "fastpf"):
+        srv = serve_factory(manifest=manifest(targets))
+        kc = srv.kubeconfig
+        if name == "kubectl":
+            cmd = [kubectl_bin(KUBECTL), "--kubeconfig", str(kc), "--cache-dir",
+                   str(kubectl_cache_dir), "port-forward", *flags, "web-1", f":{targets.echo}"]
+        else:
+            cmd = [sys.executable, "-m", "fastpf", "--kubeconfig", str(kc), *flags, "web-1",
+                   f":{targets.echo}"]
+        pf = start_pf(cmd)
+        pf.wait_forwarding(1)
+        assert echo_once(pf.local_port(targets.echo), b"as") == b"as"
+        assert finish(pf) == 0
+        recorded.append(_impersonation_lines(srv))
+    want = "impersonate-group=dev impersonate-group=ops impersonate-uid=42 impersonate-user=bob"
+    assert recorded[1] == {f"rest {want}", f"upgrade {want}"}
+    assert recorded[1] <= recorded[0]  # kubectl also sends them on its discovery requests
+    # no --as: nothing recorded
+    srv = serve_factory(manifest=manifest(targets))
+    pf = start_pf([sys.executable, "-m", "fastpf", "--kubeconfig", str(srv.kubeconfig), "web-1",
+                   f":{targets.echo}"])
+    pf.wait_forwarding(1)
+    assert finish(pf) == 0
+    assert _impersonation_lines(srv) == set()

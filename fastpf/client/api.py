@@ -248,10 +248,13 @@ class ApiClient:
         # The upgrade dialer is rebuilt only when its credentials or TLS context change.
         self._dialer: ApiDialer | None = None
         self._dialer_authz: str | None = None
+        # Impersonation travels like credentials: over TLS only, as client-go does.
+        self._impersonation = cfg.impersonation_headers() if self.secure else []
         self._upgrade_headers = [
             ("User-Agent", USER_AGENT),
             ("Kubectl-Command", "kubectl port-forward"),
             ("Kubectl-Session", SESSION_ID),
+            *self._impersonation,
         ]
 
     @property
@@ -297,6 +300,7 @@ class ApiClient:
             ("User-Agent", USER_AGENT),
             ("Kubectl-Command", "kubectl port-forward"),
             ("Kubectl-Session", SESSION_ID),
+            *self._impersonation,
         ]
         authz = await self.auth.authorization()
         if authz:

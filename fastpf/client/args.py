@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastpf.client.errors import UsageError
 
 PROTOCOLS = ("auto", "spdy", "websocket", "ws-channel")
+OUTPUTS = ("text", "json")  # -o / --events: kubectl's lines, or one JSON object per event
+PROFILES = ("none", "cpu", "heap", "goroutine", "threadcreate", "block", "mutex")
 DEFAULT_POD_RUNNING_TIMEOUT = 60.0
 # Reconnect / dead-peer / pool flags (issue 12; defaults explained in fastpf.client.reconnect
 # and the README's "Forwards that stay up" section).
@@ -52,9 +55,33 @@ class Options:
     ping_interval: float = DEFAULT_PING_INTERVAL
     ping_timeout: float = DEFAULT_PING_TIMEOUT
     connections: int = DEFAULT_CONNECTIONS
+    # Impersonation (Impersonate-User / -Group / -Uid / -Extra-KEY headers, over TLS only).
+    impersonate: str | None = None
+    impersonate_groups: list[str] = field(default_factory=list)
+    impersonate_uid: str | None = None
+    impersonate_extra: list[str] = field(default_factory=list)  # "key=value" (kubectl 1.34+)
+    proxy_url: str | None = None  # kubectl 1.34+: overrides the cluster's proxy-url
+    # kubectl flags accepted for parity; no effect on a port-forward (README "Flag parity").
+    cache_dir: str | None = None
+    disable_compression: bool = False
+    warnings_as_errors: bool = False
+    match_server_version: bool = False
+    profile: str = "none"
+    profile_output: str = "profile.pprof"
+    log_flush_frequency: float = 5.0
+    vmodule: str = ""
+    kuberc: str | None = None
+    # fastpf's own (never changing kubectl's output unless given)
+    version: bool = False
+    output: str = "text"
+    stats: bool = False
+    stats_interval: float = 0.0  # 0: 1 s on a terminal, 10 s otherwise
+    ready_file: str | None = None
+    config_file: str | None = None
 
 
-# name -> (attribute, kind). kind: str, bool, duration, timeout, int, protocol
+# name -> (attribute, kind). kind: str, bool, duration, timeout, int, protocol, list (repeatable,
+# pflag's stringArray), goduration (Go's flag package: "parse error"), vmodule, output
 _LONG: dict[str, tuple[str, str]] = {
     "namespace": ("namespace", "str"),
     "address": ("addresses", "str"),
@@ -82,34 +109,65 @@ _LONG: dict[str, tuple[str, str]] = {
     "ping-interval": ("ping_interval", "duration"),
     "ping-timeout": ("ping_timeout", "duration"),
     "connections": ("connections", "int"),
+    "as": ("impersonate", "str"),
+    "as-group": ("impersonate_groups", "list"),
+    "as-uid": ("impersonate_uid", "str"),
+    "as-user-extra": ("impersonate_extra", "list"),
+    "proxy-url": ("proxy_url", "str"),
+    "cache-dir": ("cache_dir", "str"),
+    "disable-compression": ("disable_compression", "bool"),
+    "warnings-as-errors": ("warnings_as_errors", "bool"),
+    "match-server-version": ("match_server_version", "bool"),
+    "profile": ("profile", "str"),
+    "profile-output": ("profile_output", "str"),
+    "log-flush-frequency": ("log_flush_frequency", "goduration"),
+    "vmodule": ("vmodule", "vmodule"),
+    "kuberc": ("kuberc", "str"),
+    "version": ("version", "bool"),
+    "output": ("output", "output"),
+    "events": ("output", "output"),
+    "stats": ("stats", "bool"),
+    "stats-interval": ("stats_interval", "duration"),
+    "ready-file": ("ready_file", "str"),
+    "config": ("config_file", "str"),
 }
-_SHORT = {"n": "namespace", "s": "server", "v": "v", "q": "quiet", "h": "help"}
+_SHORT = {"n": "namespace", "s": "server", "v": "v", "q": "quiet", "h": "help", "o": "output",
+          "f": "config"}
 
 USAGE = """Forward one or more local ports to a pod (a drop-in for kubectl port-forward).
 
 Usage:
-  fastpf [flags] TYPE/NAME|NAME [LOCAL_PORT:]REMOTE_PORT [...[LOCAL_PORT_N:]REMOTE_PORT_N]
-  fastpf serve [--listen HOST:PORT] ...   (local Kubernetes-compatible endpoint)
+  {prog} [flags] TYPE/NAME|NAME [LOCAL_PORT:]REMOTE_PORT [...[LOCAL_PORT_N:]REMOTE_PORT_N]
+  {prog} [flags] -f FORWARDS.yaml      many targets, contexts and namespaces in one process
+  {prog} version | completion bash|zsh|fish | serve ...
 
 Examples:
-  fastpf mypod 5000 6000          # local 5000 -> pod 5000, local 6000 -> pod 6000
-  fastpf deploy/web 8888:5000     # local 8888 -> port 5000 of a pod of the deployment
-  fastpf svc/web :http            # random local port -> the service port named http
-  fastpf --address 0.0.0.0 pod/p 8080
+  {prog} mypod 5000 6000          # local 5000 -> pod 5000, local 6000 -> pod 6000
+  {prog} deploy/web 8888:5000     # local 8888 -> port 5000 of a pod of the deployment
+  {prog} svc/web :http            # random local port -> the service port named http
+  {prog} --address 0.0.0.0 pod/p 8080
+  {prog} -o json --ready-file /tmp/ready svc/db :5432   # JSON events for scripts
 
-Flags:
+kubectl's flags:
   -n, --namespace NS              namespace (default: from the kubeconfig context)
       --address LIST              addresses to listen on, comma separated (default localhost)
       --pod-running-timeout DUR   time to wait for a pod of a selector (default 1m0s)
       --kubeconfig, --context, --cluster, --user, -s/--server, --token,
       --certificate-authority, --client-certificate, --client-key,
       --insecure-skip-tls-verify, --tls-server-name, --username, --password,
-      --request-timeout           as kubectl
+      --request-timeout, --proxy-url  as kubectl
+      --as USER, --as-group GROUP (repeatable), --as-uid UID, --as-user-extra KEY=VALUE
+                                  impersonate (Impersonate-* headers), as kubectl
+      --cache-dir, --disable-compression, --warnings-as-errors, --match-server-version,
+      --profile, --profile-output, --log-flush-frequency, --vmodule, --kuberc
+                                  accepted as kubectl; no effect on a port-forward
   -v, --v N                       log verbosity
+
+fastpf's own:
       --protocol P                auto|spdy|websocket|ws-channel (default auto: WebSocket tunnel,
                                   SPDY on refusal; KUBECTL_PORT_FORWARD_WEBSOCKETS=false -> SPDY)
   -q, --quiet                     do not print "Handling connection for" lines
-      --raw-path PATH             upgrade on this server path (e.g. /portForward/{ns}/{pod});
+      --raw-path PATH             upgrade on this server path (e.g. /portForward/{{ns}}/{{pod}});
                                   no pod lookup
       --reconnect=false           exit 1 when the upgraded connection is lost, as kubectl (default:
                                   keep the listeners, re-resolve the target and reconnect)
@@ -118,6 +176,14 @@ Flags:
                                   or progress (default 30s; 0: never)
       --connections N             upgraded connections to spread local connections over
                                   (default 4; spdy/websocket)
+  -o, --output json               one JSON object per event on stdout instead of kubectl's lines
+                                  (--events json is the same; schema: docs/EVENTS.md)
+      --ready-file PATH           written (JSON) once every listener is bound; removed at exit
+      --stats                     live view on stderr: one line per port (refreshed in place on
+                                  a terminal, periodic lines otherwise); a summary at exit
+      --stats-interval DUR        refresh period of --stats (default 1s on a terminal, else 10s)
+  -f, --config FILE               forwards from a YAML file (README "Many forwards")
+      --version                   print the client (and reachable server) version
 """
 
 _DURATION_UNITS = {
@@ -192,13 +258,26 @@ def _parse_go_int(text: str) -> int:
 
 
 def _flag_title(name: str) -> str:
-    # pflag names a flag with a shorthand as "-v, --v" in its messages
+    # pflag names a flag that has a shorthand "-v, --v" in its messages
     shorts = [s for s, long in _SHORT.items() if long == name]
-    return f"-{shorts[0]}, --{name}" if shorts and name == "v" else f"--{name}"
+    return f"-{shorts[0]}, --{name}" if shorts else f"--{name}"
 
 
-def _set(opts: Options, name: str, raw: str) -> None:
-    attr, kind = _LONG[name]
+def _parse_vmodule(text: str) -> str:
+    """klog's --vmodule syntax: comma-separated pattern=N (N a non-negative int32)."""
+    for pat in text.split(","):
+        if not pat:
+            continue
+        parts = pat.split("=")
+        if len(parts) != 2 or not parts[0] or not parts[1] or not re.fullmatch(r"[+-]?\d+", parts[1]):
+            raise ValueError("syntax error: expect comma-separated list of filename=N")
+        if int(parts[1]) < 0:
+            raise ValueError("negative value for vmodule level")
+    return text
+
+
+def _set(opts: Any, name: str, raw: str, table: dict[str, tuple[str, str]] | None = None) -> None:
+    attr, kind = (table or _LONG)[name]
     try:
         value: object
         if kind == "str":
@@ -215,6 +294,24 @@ def _set(opts: Options, name: str, raw: str) -> None:
             if raw not in PROTOCOLS:
                 raise ValueError(f"must be one of {', '.join(PROTOCOLS)}")
             value = raw
+        elif kind == "output":
+            if raw not in OUTPUTS:
+                raise ValueError(f"must be one of {', '.join(OUTPUTS)}")
+            value = raw
+        elif kind.startswith("choice:"):  # a subcommand's own closed set, e.g. "choice:json,yaml"
+            choices = kind[len("choice:"):].split(",")
+            if raw not in choices:
+                raise ValueError(f"must be one of {', '.join(choices)}")
+            value = raw
+        elif kind == "list":
+            value = [*getattr(opts, attr), raw]
+        elif kind == "goduration":
+            try:
+                value = parse_go_duration(raw)
+            except ValueError:
+                raise ValueError("parse error") from None  # Go's flag package says only this
+        elif kind == "vmodule":
+            value = _parse_vmodule(raw)
         else:  # pragma: no cover - table is static
             raise AssertionError(kind)
     except ValueError as exc:
@@ -224,9 +321,12 @@ def _set(opts: Options, name: str, raw: str) -> None:
     setattr(opts, attr, value)
 
 
-def parse_args(argv: list[str]) -> Options:
-    """Parse argv (without the program name). Raises UsageError with kubectl's message."""
-    opts = Options()
+def parse_flags(argv: list[str], opts: Any, longs: dict[str, tuple[str, str]] | None = None,
+                shorts: dict[str, str] | None = None) -> list[str]:
+    """pflag's parse of `argv` into `opts` (kubectl port-forward's flags, plus `longs` /
+    `shorts` for a subcommand's own). Returns the positional arguments."""
+    table = {**_LONG, **(longs or {})}
+    short_table = {**_SHORT, **(shorts or {})}
     positionals: list[str] = []
     i = 0
     n = len(argv)
@@ -239,47 +339,97 @@ def parse_args(argv: list[str]) -> Options:
         if arg.startswith("--") and len(arg) > 2:
             body = arg[2:]
             name, eq, raw = body.partition("=")
-            if name not in _LONG:
+            if name not in table:
                 raise UsageError(f"unknown flag: --{name}", show_usage=True)
             if eq:
-                _set(opts, name, raw)
-            elif _LONG[name][1] == "bool":
-                _set(opts, name, "true")
+                _set(opts, name, raw, table)
+            elif table[name][1] == "bool":
+                _set(opts, name, "true", table)
             elif i < n:
-                _set(opts, name, argv[i])
+                _set(opts, name, argv[i], table)
                 i += 1
             else:
                 raise UsageError(f"flag needs an argument: --{name}", show_usage=True)
             continue
         if arg.startswith("-") and len(arg) > 1:
-            shorts = arg[1:]
+            chars = arg[1:]
             j = 0
-            while j < len(shorts):  # bounded by len(shorts)
-                c = shorts[j]
+            while j < len(chars):  # bounded by len(chars)
+                c = chars[j]
                 j += 1
-                if c not in _SHORT:
+                if c not in short_table:
                     raise UsageError(f"unknown shorthand flag: '{c}' in {arg}", show_usage=True)
-                name = _SHORT[c]
-                if _LONG[name][1] == "bool":
-                    if shorts[j : j + 1] == "=":
-                        _set(opts, name, shorts[j + 1 :])
+                name = short_table[c]
+                if table[name][1] == "bool":
+                    if chars[j : j + 1] == "=":
+                        _set(opts, name, chars[j + 1 :], table)
                         break
-                    _set(opts, name, "true")
+                    _set(opts, name, "true", table)
                     continue
-                rest = shorts[j:]
+                rest = chars[j:]
                 if rest.startswith("="):
                     rest = rest[1:]
                 if rest:
-                    _set(opts, name, rest)
+                    _set(opts, name, rest, table)
                 elif i < n:
-                    _set(opts, name, argv[i])
+                    _set(opts, name, argv[i], table)
                     i += 1
                 else:
                     raise UsageError(f"flag needs an argument: '{c}' in -{c}", show_usage=True)
                 break
             continue
         positionals.append(arg)
-    if opts.help:
+    return positionals
+
+
+def takes_value(word: str) -> bool:
+    """`word` is one of our flags whose value is the next word (`-n`, `--namespace`)."""
+    if not word.startswith("-") or "=" in word or word == "-":
+        return False
+    if not word.startswith("--") and len(word) != 2:
+        return False  # -nfoo: the value is attached
+    name = word[2:] if word.startswith("--") else _SHORT.get(word[1:2], "")
+    return name in _LONG and _LONG[name][1] != "bool"
+
+
+def positionals_of(argv: list[str]) -> list[str]:
+    """The words of `argv` that are not flags or flag values (never raises)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):  # bounded: i strictly increases
+        word = argv[i]
+        i += 1
+        if word == "--":
+            return out + argv[i:]
+        if word.startswith("-") and word != "-":
+            i += 1 if takes_value(word) else 0
+            continue
+        out.append(word)
+    return out
+
+
+def parse_args(argv: list[str]) -> Options:
+    """Parse argv (without the program name). Raises UsageError with kubectl's message."""
+    opts = Options()
+    positionals = parse_flags(argv, opts)
+    if opts.help or opts.version:
+        return opts
+    if opts.profile not in PROFILES:  # kubectl checks it before the arguments, without usage
+        raise UsageError(f"unknown profile '{opts.profile}'")
+    for flag, value in (("--ping-interval", opts.ping_interval),
+                        ("--ping-timeout", opts.ping_timeout)):
+        if value < 0:
+            raise UsageError(f"{flag} must not be negative", show_usage=True, help_hint=True)
+    if not 1 <= opts.connections <= MAX_CONNECTIONS:
+        raise UsageError(f"--connections must be between 1 and {MAX_CONNECTIONS}",
+                         show_usage=True, help_hint=True)
+    if opts.config_file is not None:
+        if positionals:
+            raise UsageError("-f/--config takes no TYPE/NAME or ports: they come from the file",
+                             show_usage=True, help_hint=True)
+        if opts.pod_running_timeout <= 0:
+            raise UsageError("--pod-running-timeout must be higher than zero", show_usage=True,
+                             help_hint=True)
         return opts
     if len(positionals) < 2:
         raise UsageError(
@@ -289,13 +439,6 @@ def parse_args(argv: list[str]) -> Options:
         raise UsageError(
             "--pod-running-timeout must be higher than zero", show_usage=True, help_hint=True
         )
-    for flag, value in (("--ping-interval", opts.ping_interval),
-                        ("--ping-timeout", opts.ping_timeout)):
-        if value < 0:
-            raise UsageError(f"{flag} must not be negative", show_usage=True, help_hint=True)
-    if not 1 <= opts.connections <= MAX_CONNECTIONS:
-        raise UsageError(f"--connections must be between 1 and {MAX_CONNECTIONS}",
-                         show_usage=True, help_hint=True)
     opts.target = positionals[0]
     opts.ports = positionals[1:]
     return opts

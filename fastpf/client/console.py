@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 
 def _fmt_addr(address: str, port: int) -> str:
@@ -24,21 +25,43 @@ class Console:
         self.err = err if err is not None else sys.stderr
         self.quiet = quiet
         self.verbosity = verbosity
+        # fastpf's own options; the defaults print exactly kubectl's lines
+        self.json = False  # -o json: the events replace the stdout lines
+        self.label = ""  # many targets (-f): which one a "Forwarding from" line is about
+        self.on_error: Callable[[str], None] | None = None  # events.Tracker.error
+        self.live: Any = None  # stats.StatsView on a terminal: kept below other stderr lines
+
+    def for_target(self, label: str, on_error: Callable[[str], None] | None) -> Console:
+        """A console on the same streams and settings, for one of several targets."""
+        other = Console(self.out, self.err, quiet=self.quiet, verbosity=self.verbosity)
+        other.json, other.live, other.label, other.on_error = self.json, self.live, label, on_error
+        return other
 
     def _write(self, stream: TextIO, line: str) -> None:
+        live = self.live if stream is self.err else None
+        if live is not None:
+            live.clear()
         try:
             stream.write(line + "\n")
             stream.flush()
         except (BrokenPipeError, ValueError):
             # Reader went away (e.g. `| head`): forwarding goes on, output is dropped.
             pass
+        if live is not None:
+            live.redraw()
+
+    def _report(self, message: str) -> None:
+        if self.on_error is not None:
+            self.on_error(message)
 
     # ---- stdout ---------------------------------------------------------------------------
     def forwarding(self, address: str, local: int, remote: int) -> None:
-        self._write(self.out, f"Forwarding from {_fmt_addr(address, local)} -> {remote}")
+        if not self.json:
+            suffix = f" ({self.label})" if self.label else ""
+            self._write(self.out, f"Forwarding from {_fmt_addr(address, local)} -> {remote}{suffix}")
 
     def handling(self, local: int) -> None:
-        if not self.quiet:
+        if not self.quiet and not self.json:
             self._write(self.out, f"Handling connection for {local}")
 
     def usage(self, text: str) -> None:
@@ -56,6 +79,7 @@ class Console:
     def conn_error(self, message: str) -> None:
         """A per-connection problem (kubectl's E-line); the session goes on."""
         self._write(self.err, klog_line("E", message))
+        self._report(message)
 
     def warn(self, message: str) -> None:
         self._write(self.err, klog_line("W", message))

@@ -141,14 +141,18 @@ class Forwarder:
     ping_interval: float = DEFAULT_PING_INTERVAL
     ping_timeout: float = DEFAULT_PING_TIMEOUT
     give_up_after: float = 60.0  # --pod-running-timeout: max wait for a connection to exist
-    # Extra observer of reconnect events (lost, reconnecting, reconnected, pod_changed; see
-    # fastpf.client.reconnect.ForwardObserver), e.g. --stats / JSON events; the console's
-    # lines are written anyway.
-    observer: Any = None
     pool: SessionPool | None = None
     gate: ChannelGate | None = None
     watcher: PodWatcher | None = None
     _negotiated: str | None = None
+    # events.ForwardObserver: --stats, -o json, the Python API; it also gets the reconnect
+    # events (lost, reconnecting, reconnected, pod_changed) besides the console's lines.
+    observer: Any = None
+
+    def _event(self, name: str, *args: Any) -> None:
+        hook = getattr(self.observer, name, None)  # an observer may listen to some events only
+        if hook is not None:
+            hook(*args)
 
     @property
     def bound_ports(self) -> list[int]:
@@ -312,6 +316,7 @@ class Forwarder:
                 created.append(Listener(sock, ip, pair, index=i))
                 display = "127.0.0.1" if ip == "127.0.0.1" else ip
                 self.console.forwarding(display, local, pair.remote)
+                self._event("listening", display, local, pair.remote)
                 ok[mode] += 1
             failed = (ok["all"] == 0 and fail["all"] > 0) or fail["any"] > 0
             if failed:
@@ -343,10 +348,13 @@ class Forwarder:
         if self.stopping:  # accepted while shutting down: close it once it is connected
             asyncio.get_running_loop().call_soon(local.close)
             return local
-        self.console.handling(self.pairs[index].local)
+        pair = self.pairs[index]
+        self.console.handling(pair.local)
         task = asyncio.ensure_future(self._handle(local, index))
         self.relays.add(task)
         task.add_done_callback(self.relays.discard)
+        self._event("connection_opened", task, local, pair.local, pair.remote)
+        task.add_done_callback(functools.partial(self._event, "connection_closed"))
         return local
 
     # ---- one local connection ----------------------------------------------------------------
@@ -453,6 +461,7 @@ class Forwarder:
     def _report_end(self, pair: PortPair, error_text: bytes, result: RelayResult) -> None:
         """kubectl's line for a forwarded connection that ended badly: the pod side's error
         text if it sent one, else a local copy error that is not a plain hang-up."""
+        self._event("relayed", result)  # in the connection's task: its final byte counts
         if self.stopping:
             return
         if error_text:
@@ -592,7 +601,8 @@ async def prepare(opts: Options, console: Console) -> Forwarder:
 async def forward(target: str, ports: list[str], *, namespace: str | None = None,
                   address: str = "localhost", protocol: str = "auto", kubeconfig: str | None = None,
                   context: str | None = None, quiet: bool = True, console: Console | None = None,
-                  pod_running_timeout: float = 60.0, **overrides: Any) -> AsyncIterator[Forwarder]:
+                  pod_running_timeout: float = 60.0, observer: Any = None,
+                  **overrides: Any) -> AsyncIterator[Forwarder]:
     """Library API: forward `ports` of `target` while the block runs; yields the Forwarder
     (`bound_ports`, `pairs`). Errors raise ClientError (with kubectl's message)."""
     opts = Options(target=target, ports=list(ports), namespace=namespace, addresses=address,
@@ -608,6 +618,7 @@ async def forward(target: str, ports: list[str], *, namespace: str | None = None
         console = Console(devnull, devnull, quiet=quiet)
     try:
         fwd = await prepare(opts, console)
+        fwd.observer = observer  # events.ForwardObserver, or None
         try:
             await fwd.start()
             yield fwd

@@ -55,10 +55,33 @@ class ClientConfig:
     password: str | None = None
     exec: ExecConfig | None = None
     auth_provider: str | None = None
+    # impersonation (kubectl --as/--as-group/--as-uid/--as-user-extra, or the user entry's
+    # as/as-groups/as-uid/as-user-extra); sent like credentials: over TLS only
+    impersonate: str | None = None
+    impersonate_groups: list[str] = field(default_factory=list)
+    impersonate_uid: str | None = None
+    impersonate_extra: dict[str, list[str]] = field(default_factory=dict)
     # transport
     proxy_url: str | None = None
     cluster_info: dict[str, Any] = field(default_factory=dict)  # for exec provideClusterInfo
     in_cluster: bool = False
+    context: str = ""  # the kubeconfig context used ("" for none / in-cluster)
+
+    def impersonation_headers(self) -> list[tuple[str, str]]:
+        """client-go's Impersonate-* request headers (one Impersonate-Group per group; extra
+        keys path-escaped). Empty without a user to impersonate."""
+        if not self.impersonate:
+            return []
+        from urllib.parse import quote
+
+        headers = [("Impersonate-User", self.impersonate)]
+        if self.impersonate_uid:
+            headers.append(("Impersonate-Uid", self.impersonate_uid))
+        headers += [("Impersonate-Group", g) for g in self.impersonate_groups]
+        for key in sorted(self.impersonate_extra):
+            headers += [(f"Impersonate-Extra-{quote(key, safe='')}", v)
+                        for v in self.impersonate_extra[key]]
+        return headers
 
 
 def _decode_b64(value: Any, what: str) -> bytes | None:
@@ -206,13 +229,117 @@ def load_config(opts: Options) -> ClientConfig:
         cfg = _from_entries(cluster, user)
         if context.get("namespace"):
             cfg.namespace = str(context["namespace"])
+        if context:
+            cfg.context = context_name
+        _check_usable(cluster_name, cluster, user_name, user, opts)
     _apply_overrides(cfg, opts)
+    if ((cfg.token or cfg.token_file) and (cfg.username or cfg.password)
+            and not cfg.server.startswith("http://")):
+        # client-go's transport check (a tokenFile is not counted by the validation above)
+        raise ConfigError("username/password or bearer token may be set, but not both")
     if not cfg.server:
         raise ConfigError(
             "invalid configuration: no configuration has been provided, try setting "
             "KUBERNETES_MASTER environment variable"
         )
     return cfg
+
+
+def _check_usable(cluster_name: str, cluster: dict[str, Any], user_name: str, user: dict[str, Any],
+                  opts: Options) -> None:
+    """clientcmd's validation of the merged cluster and user entries (flags applied), in its
+    order and words: one problem is `error: ...`, several `Error in configuration:` + a list."""
+    problems: list[str] = []
+    proxy = opts.proxy_url or cluster.get("proxy-url")
+    if proxy:
+        from urllib.parse import urlsplit
+
+        scheme = urlsplit(str(proxy)).scheme if "://" in str(proxy) else ""
+        if scheme not in ("http", "https", "socks5"):
+            problems.append(f"invalid 'proxy-url' \"{proxy}\" for cluster \"{cluster_name}\": "
+                            f"unsupported scheme \"{scheme}\", must be http, https, or socks5")
+    name = user_name
+    methods = []
+    if opts.token or user.get("token"):
+        methods.append("token")
+    if opts.username or opts.password or user.get("username") or user.get("password"):
+        methods.append("basicAuth")
+    cert: Any
+    key: Any
+    if opts.client_certificate:
+        cert, cert_data = opts.client_certificate, None
+    else:
+        cert, cert_data = user.get("client-certificate"), user.get("client-certificate-data")
+    if opts.client_key:
+        key, key_data = opts.client_key, None
+    else:
+        key, key_data = user.get("client-key"), user.get("client-key-data")
+    if cert or cert_data:
+        if cert and cert_data:
+            problems.append(f"client-cert-data and client-cert are both specified for {name}. "
+                            "client-cert-data will override.")
+        if key and key_data:
+            problems.append(f"client-key-data and client-key are both specified for {name}; "
+                            "client-key-data will override")
+        if not key and not key_data:
+            problems.append(f"client-key-data or client-key must be specified for {name} to use "
+                            "the clientCert authentication method.")
+        base = user.get("_base", ".")
+        for what, path, flagged in (("client-cert", cert, bool(opts.client_certificate)),
+                                    ("client-key", key, bool(opts.client_key))):
+            if path:
+                full = str(path) if flagged else (_resolve(path, base) or str(path))
+                try:
+                    with open(full, "rb"):
+                        pass
+                except OSError as exc:
+                    problems.append(f"unable to read {what} {full} for {name} due to open {full}: "
+                                    f"{(exc.strerror or str(exc)).lower()}")
+    ex = user.get("exec")
+    if isinstance(ex, dict):
+        if user.get("auth-provider"):
+            problems.append(f"authProvider cannot be provided in combination with an exec plugin "
+                            f"for {name}")
+        if not ex.get("command"):
+            problems.append(f"command must be specified for {name} to use exec authentication plugin")
+        if not ex.get("apiVersion"):
+            problems.append(f"apiVersion must be specified for {name} to use exec authentication "
+                            "plugin")
+        for env in ex.get("env") or []:
+            if not isinstance(env, dict) or not env.get("name"):
+                problems.append(f"env variable name must be specified for {name} to use exec "
+                                "authentication plugin")
+        mode = ex.get("interactiveMode")
+        if not mode and str(ex.get("apiVersion") or "").endswith("/v1"):
+            # v1beta1 defaults it to IfAvailable; v1 requires it
+            problems.append(f"interactiveMode must be specified for {name} to use exec "
+                            "authentication plugin")
+        elif mode and mode not in ("Never", "IfAvailable", "Always"):
+            problems.append(f'invalid interactiveMode for {name}: "{mode}"')
+    if len(methods) > 1:
+        problems.append(f"more than one authentication method found for {name}; found "
+                        f"[{' '.join(methods)}], only one is allowed")
+    as_user = opts.impersonate or user.get("as")
+    if (opts.impersonate_uid or user.get("as-uid") or opts.impersonate_groups
+            or user.get("as-groups") or _extra(opts.impersonate_extra)
+            or user.get("as-user-extra")) and not as_user:
+        problems.append(f"requesting uid, groups or user-extra for {name} without impersonating "
+                        "a user")
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError("\n".join(["", *(f"* {p}" for p in problems)]),
+                          prefix="Error in configuration: ")
+
+
+def _extra(pairs: list[str]) -> dict[str, list[str]]:
+    """--as-user-extra KEY=VALUE values (kubectl ignores one without "=")."""
+    out: dict[str, list[str]] = {}
+    for item in pairs:
+        key, sep, value = item.partition("=")
+        if sep and key:
+            out.setdefault(key, []).append(value)
+    return out
 
 
 def _from_entries(cluster: dict[str, Any], user: dict[str, Any]) -> ClientConfig:
@@ -266,6 +393,15 @@ def _from_entries(cluster: dict[str, Any], user: dict[str, Any]) -> ClientConfig
             provide_cluster_info=bool(ex.get("provideClusterInfo") or False),
             interactive_mode=str(ex.get("interactiveMode") or "IfAvailable"),
         )
+    cfg.impersonate = str(user["as"]) if user.get("as") else None
+    cfg.impersonate_uid = str(user["as-uid"]) if user.get("as-uid") else None
+    groups = user.get("as-groups")
+    cfg.impersonate_groups = [str(g) for g in groups] if isinstance(groups, list) else []
+    extra = user.get("as-user-extra")
+    if isinstance(extra, dict):
+        cfg.impersonate_extra = {
+            str(k): [str(x) for x in v] if isinstance(v, list) else [str(v)]
+            for k, v in extra.items()}
     ap = user.get("auth-provider")
     if isinstance(ap, dict) and ap.get("name"):
         cfg.auth_provider = str(ap["name"])
@@ -295,15 +431,23 @@ def _apply_overrides(cfg: ClientConfig, opts: Options) -> None:
         cfg.client_key_file = opts.client_key
         cfg.client_key_data = None
     if opts.token:
-        # An explicit token replaces every other credential kind of the user entry.
+        # An explicit token replaces the user entry's token file and exec plugin (client-go's
+        # exec authenticator stands aside when a token is set); basic auth with it is refused
+        # earlier, as kubectl refuses it.
         cfg.token = opts.token
         cfg.token_file = None
         cfg.exec = None
-        cfg.username = cfg.password = None
     if opts.username:
         cfg.username = opts.username
     if opts.password:
         cfg.password = opts.password
+    if opts.proxy_url:
+        cfg.proxy_url = opts.proxy_url
+    # Field by field, as clientcmd merges the flags over the user entry.
+    cfg.impersonate = opts.impersonate or cfg.impersonate
+    cfg.impersonate_groups = list(opts.impersonate_groups) or cfg.impersonate_groups
+    cfg.impersonate_uid = opts.impersonate_uid or cfg.impersonate_uid
+    cfg.impersonate_extra = _extra(opts.impersonate_extra) or cfg.impersonate_extra
     if opts.insecure_skip_tls_verify and not opts.certificate_authority:
         # As clientcmd: an explicit --insecure-skip-tls-verify clears the kubeconfig's CA.
         cfg.ca_file = None

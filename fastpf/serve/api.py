@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import logging
 import re
+import sys
 from typing import Any
 from urllib.parse import unquote
 
@@ -96,6 +97,10 @@ class Api:
     def _handle(self, request: Request) -> Reply:
         if not self.authenticate(request):
             return status_response(401, "Unauthorized", "Unauthorized")
+        if request.header("impersonate-user") is not None:  # recorded, not enforced
+            extra = [f"{k}={v}" for k, v in request.headers if k.startswith("impersonate-")]
+            print(f"impersonation: {request.method} {request.path} {' '.join(extra)}",
+                  file=sys.stderr, flush=True)
         segments = [unquote(s) for s in request.path.split("/") if s]
         method = request.method.upper()
         forward = self._portforward_path(request.path, segments)

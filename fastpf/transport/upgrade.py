@@ -67,7 +67,7 @@ class _Handshake(asyncio.Protocol):
         if not self.done.done():
             self.h11.receive_data(b"")
             self._pump()
-        return True
+        return self.transport.get_extra_info("ssl_object") is None  # TLS: True only warns
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done.done():
