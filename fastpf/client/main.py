@@ -16,6 +16,7 @@ from fastpf.client.console import Console
 from fastpf.client.errors import ClientError, UsageError
 from fastpf.client.forward import Forwarder, prepare
 from fastpf.errors import FastpfError
+from fastpf.limits import raise_nofile_limit
 from fastpf.loop import run
 
 
@@ -82,6 +83,7 @@ def main(argv: list[str]) -> int:
         return 0
     console.quiet = opts.quiet
     console.verbosity = opts.verbosity
+    raise_nofile_limit()  # as kubectl (Go) does: thousands of connections, not 1024
     try:
         return run(_run(opts, console))
     except ClientError as exc:

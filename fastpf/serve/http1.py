@@ -62,6 +62,7 @@ class Http1Handler:
                 self._request = event
                 self._body = 0
                 self.busy = True
+                self.proto.request_started()
             elif isinstance(event, h11.Data):
                 self._body += len(event.data)
                 if self._body > MAX_BODY:
