@@ -6,16 +6,27 @@ from __future__ import annotations
 import asyncio
 import resource
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from conftest import ServeInstance, Targets
 from support_hostile import (
+    SPDY_101,
+    HostileApi,
     concurrent_echo,
     ensure_nofile,
     fastpf_client,
     lowered_nofile,
     nofile_of,
+    rss_kib,
+    wait_until,
 )
+
+from fastpf import _frames as F
+from fastpf.transport import handshake
+from fastpf.transport.kubelet import MAX_UNPAIRED
+
+PATH = "/api/v1/namespaces/default/pods/x/portforward"
 
 # ---------------------------------------------------------------------------------------------
 # descriptor limits
@@ -66,3 +77,228 @@ def test_client_out_of_descriptors_says_so_once_and_drops_nothing(
     assert len(lines) <= 2  # rate-limited: one line per listener per 10 s
     assert "error accepting connection on port" in lines[0]
     assert "open file limit 96" in lines[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# slowloris
+
+
+async def _slowloris(srv: ServeInstance, n: int) -> list[asyncio.StreamWriter]:
+    """Half the connections never start TLS; the other half finish TLS and send an endless
+    request head (one header line, then silence)."""
+    held: list[asyncio.StreamWriter] = []
+    ctx = srv.ssl_context()
+    for i in range(n):
+        try:
+            if i % 2:
+                _, w = await asyncio.open_connection(srv.host, srv.port)
+            else:
+                _, w = await asyncio.wait_for(
+                    asyncio.open_connection(srv.host, srv.port, ssl=ctx), 10)
+                w.write(b"GET /api HTTP/1.1\r\nHost: x\r\n")
+        except (OSError, asyncio.TimeoutError):
+            continue  # shed before the handshake finished: what serve is meant to do
+        held.append(w)
+    return held
+
+
+def test_slowloris_does_not_starve_rest_or_forwards(serve: ServeInstance, targets: Targets) -> None:
+    """1,000 slowloris connections against serve at a 1024 descriptor limit (soft = hard):
+    REST requests and new forwards keep working (serve sheds the oldest waiting ones)."""
+    if ensure_nofile(4000) < 4000:
+        pytest.skip("needs 4000 descriptors for the slowloris side")
+    resource.prlimit(serve.process.pid, resource.RLIMIT_NOFILE, (1024, 1024))
+
+    async def body() -> None:
+        await asyncio.sleep(1.1)  # serve re-reads its limit once a second
+        held = await _slowloris(serve, 1000)
+        try:
+            status, _, _ = await asyncio.to_thread(serve.get, "/api")
+            assert status == 200
+            pf = fastpf_client(serve.kubeconfig, "--protocol", "spdy", "pod/x", f":{targets.echo}")
+            try:
+                await asyncio.to_thread(pf.wait_forwarding, 1)
+                result = await concurrent_echo(pf.local_port(targets.echo), 50, timeout=20)
+                assert result.failures == [] and result.ok == 50
+            finally:
+                await asyncio.to_thread(pf.stop)
+            status, _, _ = await asyncio.to_thread(serve.get, "/api")
+            assert status == 200
+        finally:
+            for w in held:
+                w.transport.abort()
+
+    asyncio.run(asyncio.wait_for(body(), 90))
+    assert "too many open files" not in serve.stderr_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# floods: what a peer can make us hold is bounded
+
+
+def _pings(first: int, count: int) -> bytes:
+    enc = F.SpdyEncoder()
+    return b"".join(enc.ping(first + 2 * i) for i in range(count))
+
+
+async def _flood(writer: asyncio.StreamWriter, chunk: bytes, total: int) -> int:
+    """Write `chunk` until `total` bytes went out or the peer stops reading (1 s); -> bytes."""
+    sent = 0
+    while sent < total:
+        writer.write(chunk)
+        sent += len(chunk)
+        try:
+            await asyncio.wait_for(writer.drain(), 1.0)
+        except asyncio.TimeoutError:
+            break
+    return sent
+
+
+def test_client_pauses_a_ping_flood_it_cannot_answer(tmp_path: Path) -> None:
+    """A server that floods PINGs and never reads the echoes: the client stops reading once
+    its unsent echoes pass the bound (it grew by the flood's size before: 59 MB -> +50 MiB)."""
+    chunk = _pings(2, 1 << 14)  # even ids: the server's pings, which the client echoes
+    flood_now = asyncio.Event()
+    sent: list[int] = []
+
+    async def on_upgrade(head: bytes, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+        writer.write(SPDY_101)
+        await flood_now.wait()
+        sent.append(await _flood(writer, chunk, 64 << 20))
+        await asyncio.sleep(3600)  # never read, never close
+
+    async def body() -> None:
+        async with HostileApi(on_upgrade) as api:
+            pf = fastpf_client(api.kubeconfig(tmp_path / "kc"), "--protocol", "spdy", "pod/x", ":80")
+            try:
+                await asyncio.to_thread(pf.wait_forwarding, 1)
+                before = rss_kib(pf.proc.pid)
+                flood_now.set()
+                assert await wait_until(lambda: bool(sent), 60)
+                grown = rss_kib(pf.proc.pid) - before
+                assert pf.proc.poll() is None
+            finally:
+                await asyncio.to_thread(pf.stop)
+        assert sent[0] < 40 << 20, "the client read the whole flood"
+        assert grown < 16 << 10, f"client grew {grown} KiB"
+
+    asyncio.run(asyncio.wait_for(body(), 120))
+
+
+async def _raw_spdy(srv: ServeInstance) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection(srv.host, srv.port)
+    _, raw = handshake.spdy_request("127.0.0.1", PATH, [("Authorization", f"Bearer {srv.token}")])
+    writer.write(raw)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert b" 101 " in head, head
+    return reader, writer
+
+
+def test_serve_pauses_a_ping_flood_it_cannot_answer(serve_factory: Callable[..., ServeInstance]) -> None:
+    """A client that floods PINGs and never reads: serve stops reading (it held 200 MiB of
+    echoes for a 200 MB flood before)."""
+    srv = serve_factory(tls=False)
+    chunk = _pings(1, 1 << 14)  # odd ids: the client's pings, which serve echoes
+
+    async def body() -> tuple[int, int]:
+        _, writer = await _raw_spdy(srv)
+        before = rss_kib(srv.process.pid)
+        sent = await _flood(writer, chunk, 64 << 20)
+        grown = rss_kib(srv.process.pid) - before
+        writer.transport.abort()
+        return sent, grown
+
+    sent, grown = asyncio.run(asyncio.wait_for(body(), 120))
+    assert sent < 40 << 20, "serve read the whole flood"
+    assert grown < 16 << 10, f"serve grew {grown} KiB"
+
+
+def test_serve_bounds_streams_that_never_pair(serve_factory: Callable[..., ServeInstance]) -> None:
+    """200,000 SYN_STREAMs that never pair (5 MB): serve held ~480 MiB and kept it after the
+    session closed. Now at most MAX_UNPAIRED are held, the rest refused, and memory goes back."""
+    srv = serve_factory(tls=False)
+    count = 200_000
+    enc = F.SpdyEncoder()
+    flood = b"".join(
+        enc.syn_stream(1 + 2 * i, {"streamtype": "error", "port": "80", "requestid": f"r{i}"})
+        for i in range(count))
+
+    async def body() -> tuple[int, int, int, dict[int, int]]:
+        reader, writer = await _raw_spdy(srv)
+        base = rss_kib(srv.process.pid)
+        kinds: dict[int, int] = {}
+        dec = F.SpdyDecoder()
+
+        async def read_replies() -> None:
+            for _ in range(1 << 20):
+                data = await reader.read(1 << 16)
+                if not data:
+                    return
+                dec.feed(data)
+                for _ in range(1 << 16):
+                    frame = dec.next_frame()
+                    if frame is None:
+                        break
+                    kinds[frame.type] = kinds.get(frame.type, 0) + 1
+                if kinds.get(F.RST_STREAM, 0) + kinds.get(F.SYN_REPLY, 0) >= count:
+                    return
+
+        replies = asyncio.ensure_future(read_replies())
+        writer.write(flood)
+        await asyncio.wait_for(replies, 60)
+        peak = rss_kib(srv.process.pid)
+        writer.transport.abort()
+        after = peak
+        for _ in range(100):  # up to 20 s for the session to end and the memory to go back
+            await asyncio.sleep(0.2)
+            after = rss_kib(srv.process.pid)
+            if after - base < 8 << 10:
+                break
+        return base, peak, after, kinds
+
+    base, peak, after, kinds = asyncio.run(asyncio.wait_for(body(), 120))
+    assert kinds.get(F.SYN_REPLY) == MAX_UNPAIRED
+    assert kinds.get(F.RST_STREAM) == count - MAX_UNPAIRED  # REFUSED_STREAM
+    assert peak - base < 48 << 10, f"serve grew {peak - base} KiB"
+    assert after - base < 8 << 10, f"serve kept {after - base} KiB after the session ended"
+
+
+def test_idle_sessions_are_small_and_give_their_memory_back(serve: ServeInstance) -> None:
+    """2,000 idle upgraded TLS sessions: ~130 KiB each before (a zlib deflate state made per
+    session) and never given back; now the state is made on first use, and after the
+    sessions end serve returns to near its baseline."""
+    if ensure_nofile(4000) < 4000:
+        pytest.skip("needs 4000 descriptors")
+    ctx = serve.ssl_context()
+    n = 2000
+
+    async def one() -> asyncio.StreamWriter:
+        reader, writer = await asyncio.open_connection(serve.host, serve.port, ssl=ctx)
+        _, raw = handshake.spdy_request("127.0.0.1", PATH, [("Authorization", f"Bearer {serve.token}")])
+        writer.write(raw)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
+        assert b" 101 " in head
+        return writer
+
+    async def body() -> tuple[int, int, int]:
+        await asyncio.sleep(0.5)
+        base = rss_kib(serve.process.pid)
+        held: list[asyncio.StreamWriter] = []
+        for _ in range(n // 100):
+            held += await asyncio.gather(*(one() for _ in range(100)))
+        await asyncio.sleep(0.5)
+        peak = rss_kib(serve.process.pid)
+        for w in held:
+            w.close()
+        after = peak
+        for _ in range(100):  # up to 20 s
+            await asyncio.sleep(0.2)
+            after = rss_kib(serve.process.pid)
+            if after - base < 16 << 10:
+                break
+        return base, peak, after
+
+    base, peak, after = asyncio.run(asyncio.wait_for(body(), 150))
+    assert (peak - base) / n < 72, f"{(peak - base) / n:.1f} KiB per idle session"
+    assert after - base < 16 << 10, f"serve kept {after - base} KiB after 2,000 sessions ended"
