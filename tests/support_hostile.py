@@ -257,11 +257,17 @@ class _Leg:
 class Mitm:
     """TCP proxy to `upstream_port` on 127.0.0.1. `legs` lists the proxied connections in
     order; `await mitm.upgraded_leg()` gives the first leg whose server answered 101, so the
-    test can inject frames into that live session. `drop_to_client`/`drop_to_server` stop
-    forwarding one direction (a peer that never reads what the other sends)."""
+    test can inject frames into that live session (`leg.to_client` / `leg.to_server`).
+    `pause_client_reads`: once upgraded, stop reading what the client sends (a server that
+    never reads). `on_upgrade(head, reader, writer)`: answer port-forward requests (a first
+    request head naming /portforward) instead of the server; returning False passes the
+    request on (e.g. the target of a redirect)."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int,
+                 on_upgrade: Callable[[bytes, asyncio.StreamReader, asyncio.StreamWriter],
+                                      Awaitable[bool]] | None = None) -> None:
         self.upstream_port = upstream_port
+        self.on_upgrade = on_upgrade
         self.port = 0
         self.legs: list[_Leg] = []
         self.new_leg = asyncio.Event()
@@ -293,7 +299,22 @@ class Mitm:
         raise AssertionError("no upgraded connection through the proxy")
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = b""
+        if self.on_upgrade is not None:
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError,
+                    asyncio.LimitOverrunError):
+                writer.close()
+                return
+            if b"/portforward" in head.split(b"\r\n", 1)[0]:
+                try:
+                    if await self.on_upgrade(head, reader, writer):
+                        return
+                except OSError:
+                    return
         sr, sw = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        sw.write(head)
         leg = _Leg(reader, writer, sr, sw)
         self.legs.append(leg)
         up = asyncio.ensure_future(self._pump(leg, reader, sw, to_server=True))
@@ -326,3 +347,38 @@ class Mitm:
                 writer.write_eof()
         except (OSError, asyncio.CancelledError):
             pass
+
+
+def kubeconfig_via(srv: Any, port: int, path: Path) -> Path:
+    """`srv`'s kubeconfig (a conftest.ServeInstance) pointing at `port` on the same host (a
+    Mitm in front of it)."""
+    path.write_text(srv.kubeconfig.read_text().replace(f":{srv.port}", f":{port}"))
+    return path
+
+
+async def run_command(cmd: list[str], timeout: float, env: dict[str, str] | None = None
+                      ) -> tuple[int | None, str, float]:
+    """Run `cmd` in the current loop (so in-loop servers keep serving); returns (exit code,
+    stderr, seconds). A process still running after `timeout` is killed (code None)."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=subprocess_env(env))
+    try:
+        _out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        code: int | None = proc.returncode
+    except asyncio.TimeoutError:
+        proc.kill()
+        _out, err = await proc.communicate()
+        code = None
+    return code, err.decode(errors="replace"), loop.time() - start
+
+
+def fastpf_cmd(kubeconfig: Path | str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "fastpf", "--kubeconfig", str(kubeconfig), *args]
+
+
+def last_line(text: str) -> str:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else ""

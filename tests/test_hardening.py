@@ -4,21 +4,27 @@ honest errors. Every test is loopback only and bounded in time; memory is read f
 from __future__ import annotations
 
 import asyncio
+import random
 import resource
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ServeInstance, Targets
+from conftest import ServeInstance, Targets, run_kubectl
 from support_hostile import (
     SPDY_101,
     HostileApi,
+    Mitm,
     concurrent_echo,
     ensure_nofile,
     fastpf_client,
+    fastpf_cmd,
+    kubeconfig_via,
+    last_line,
     lowered_nofile,
     nofile_of,
     rss_kib,
+    run_command,
     wait_until,
 )
 
@@ -302,3 +308,141 @@ def test_idle_sessions_are_small_and_give_their_memory_back(serve: ServeInstance
     base, peak, after = asyncio.run(asyncio.wait_for(body(), 150))
     assert (peak - base) / n < 72, f"{(peak - base) / n:.1f} KiB per idle session"
     assert after - base < 16 << 10, f"serve kept {after - base} KiB after 2,000 sessions ended"
+
+
+# ---------------------------------------------------------------------------------------------
+# honest errors, in kubectl's words (each compared with what kubectl prints for the same peer)
+
+GARBAGE = random.Random(1).randbytes(4096)
+
+
+async def _garbage(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    writer.write(GARBAGE)
+    await asyncio.sleep(30)  # and keep the connection open
+    return True
+
+
+async def _hang_up(head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    writer.close()
+    return True
+
+
+async def _redirect_loop(head: bytes, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> bool:
+    target = head.split(b" ", 2)[1]
+    writer.write(b"HTTP/1.1 302 Found\r\nLocation: " + target + b"\r\nContent-Length: 0\r\n\r\n")
+    await writer.drain()
+    writer.close()
+    return True
+
+
+ANSWERS = {"garbage": _garbage, "hang-up": _hang_up, "redirect-loop": _redirect_loop}
+
+
+@pytest.mark.parametrize("protocol", ["auto", "spdy"])  # kubectl 1.33 with and without websockets
+@pytest.mark.parametrize("answer", list(ANSWERS))
+def test_bad_upgrade_answers_get_kubectls_error_at_once(
+        answer: str, protocol: str, serve_factory: Callable[..., ServeInstance],
+        kubectl_bin: Callable[[str], str], kubectl_cache_dir: Path, tmp_path: Path) -> None:
+    """Garbage instead of an HTTP answer, a server that hangs up without answering, endless
+    redirects: fastpf says exactly what kubectl 1.33 says (no h11 text, no "i/o timeout"
+    after 30 s), at once."""
+    kubectl = kubectl_bin("1.33")
+    srv = serve_factory(tls=False)
+    ws = "true" if protocol == "auto" else "false"
+
+    async def body() -> tuple[tuple[int | None, str, float], tuple[int | None, str, float]]:
+        async with Mitm(srv.port, ANSWERS[answer]) as mitm:
+            kc = kubeconfig_via(srv, mitm.port, tmp_path / "kc")
+            ours = await run_command(fastpf_cmd(kc, "--protocol", protocol, "pod/x", ":80"), 20)
+            theirs = await run_command(
+                [kubectl, "--kubeconfig", str(kc), "--cache-dir", str(kubectl_cache_dir),
+                 "port-forward", "pod/x", ":80"], 40, env={"KUBECTL_PORT_FORWARD_WEBSOCKETS": ws})
+        return ours, theirs
+
+    ours, theirs = asyncio.run(body())
+    assert theirs[0] == 1 and "error upgrading connection: " in theirs[1], theirs
+    assert ours[0] == 1, ours
+    assert last_line(ours[1]) == last_line(theirs[1])
+    assert ours[2] < 10  # at once: the garbage stays open for 30 s
+
+
+def test_spdy_upgrade_follows_a_redirect_as_client_go(
+        serve_factory: Callable[..., ServeInstance], targets: Targets, tmp_path: Path) -> None:
+    """302 on the SPDY upgrade: followed (as a GET, as Go's client does), and forwarding works."""
+    srv = serve_factory(tls=False)
+    seen: list[bytes] = []
+
+    async def redirect_once(head: bytes, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> bool:
+        request_line = head.split(b"\r\n", 1)[0]
+        seen.append(request_line)
+        if b"redirected" in request_line:
+            return False  # pass it on to serve
+        target = head.split(b" ", 2)[1]
+        writer.write(b"HTTP/1.1 302 Found\r\nLocation: " + target + b"?redirected=1\r\n"
+                     b"Content-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+        return True
+
+    async def body() -> None:
+        async with Mitm(srv.port, redirect_once) as mitm:
+            kc = kubeconfig_via(srv, mitm.port, tmp_path / "kc")
+            pf = fastpf_client(kc, "--protocol", "spdy", "pod/x", f":{targets.echo}")
+            try:
+                await asyncio.to_thread(pf.wait_forwarding, 1)
+                result = await concurrent_echo(pf.local_port(targets.echo), 5, timeout=20)
+                assert result.failures == [] and result.ok == 5
+            finally:
+                await asyncio.to_thread(pf.stop)
+
+    asyncio.run(asyncio.wait_for(body(), 60))
+    assert seen[0].startswith(b"POST ") and seen[1].startswith(b"GET ")
+    assert seen[1].endswith(b"?redirected=1 HTTP/1.1")
+
+
+def test_tls_server_name_that_fails_is_named(serve: ServeInstance, kubectl_bin: Callable[[str], str],
+                                             kubectl_cache_dir: Path) -> None:
+    """--tls-server-name wrong.example: the error names wrong.example (it named 127.0.0.1)."""
+    code, err, _ = asyncio.run(run_command(
+        fastpf_cmd(serve.kubeconfig, "--tls-server-name", "wrong.example", "pod/x", ":80"), 20))
+    assert code == 1
+    assert last_line(err) == ("Unable to connect to the server: tls: failed to verify certificate: "
+                              "x509: certificate is not valid for wrong.example")
+    kubectl = kubectl_bin("1.33")  # names the same server name (and lists the certificate's)
+    theirs = run_kubectl(kubectl, serve.kubeconfig, kubectl_cache_dir, "--tls-server-name",
+                         "wrong.example", "port-forward", "pod/x", ":80")
+    assert "not wrong.example" in theirs.stderr
+
+
+@pytest.mark.parametrize("token", ["abc\r\nX-Injected: 1", "abc\x01"])
+def test_token_with_control_characters_is_refused_locally(
+        serve: ServeInstance, token: str, kubectl_bin: Callable[[str], str],
+        kubectl_cache_dir: Path) -> None:
+    """A token HTTP cannot carry: Go's net/http refuses it before sending (we got "server sent
+    goaway" or a 401 from the server)."""
+    code, err, _ = asyncio.run(run_command(
+        fastpf_cmd(serve.kubeconfig, "--token", token, "pod/x", ":80"), 20))
+    theirs = run_kubectl(kubectl_bin("1.33"), serve.kubeconfig, kubectl_cache_dir, "--token", token,
+                         "port-forward", "pod/x", ":80")
+    assert code == 1
+    assert last_line(err) == last_line(theirs.stderr) == (
+        'Unable to connect to the server: net/http: invalid header field value for "Authorization"')
+
+
+def test_serve_refuses_a_complete_request_head_over_64_kib(serve_factory: Callable[..., ServeInstance]) -> None:
+    """h11 caps only incomplete heads: a 100 KiB head arriving whole was accepted."""
+    srv = serve_factory(tls=False)
+
+    async def body() -> bytes:
+        reader, writer = await asyncio.open_connection(srv.host, srv.port)
+        big = b"X-Big: " + b"a" * (100 << 10) + b"\r\n"
+        writer.write(b"GET /api HTTP/1.1\r\nHost: x\r\n" + big + b"\r\n")
+        answer = await asyncio.wait_for(reader.read(4096), 10)
+        writer.close()
+        return answer
+
+    answer = asyncio.run(body())
+    assert answer.startswith(b"HTTP/1.1 431 ")
+    assert b"RequestHeaderFieldsTooLarge" in answer
