@@ -74,26 +74,32 @@ def nofile_limit() -> int:
 # malloc_trim(0) gives back every free page (well under a millisecond). It runs once nothing
 # ended for TRIM_QUIET seconds (at the latest TRIM_MAX_WAIT after the first end).
 # An ended TLS session is freed only by a full garbage collection (uvloop's SSL protocol and
-# its transport refer to each other, and to our session's read methods), and an idle server
-# may not collect for hours: when GC_SESSIONS or more sessions ended, the trim collects first
-# (so at most one forced collection per TRIM_MAX_WAIT). Every full collection that freed much
-# is followed by a trim too.
+# its transport refer to each other, and to our session's read methods), and so is a relay
+# with its read buffers (the relay and its sink adapter refer to each other); an idle process
+# may not collect for hours. So when GC_SESSIONS sessions or GC_STREAMS streams ended, the
+# trim collects first (at most one forced collection per TRIM_MAX_WAIT). Every full
+# collection that freed much is followed by a trim too.
 TRIM_QUIET = 1.0
 TRIM_MAX_WAIT = 10.0
 GC_SESSIONS = 100
+GC_STREAMS = 2000
 _trim_loop: asyncio.AbstractEventLoop | None = None  # the loop a trim is scheduled on
 _malloc_trim: Any = None
 _ended = 0  # sessions ended since the last trim
+_streams_ended = 0
 _first = 0.0  # monotonic time of the first and the last event since the last trim
 _last = 0.0
 
 
-def trim_soon(loop: asyncio.AbstractEventLoop, session_ended: bool = False) -> None:
+def trim_soon(loop: asyncio.AbstractEventLoop, session_ended: bool = False,
+              streams_ended: int = 0) -> None:
     """Give freed memory back once things settle (no-op off glibc). `session_ended`: an
-    upgraded session ended (enough of them make the trim collect garbage first)."""
-    global _trim_loop, _ended, _first, _last
+    upgraded session ended; `streams_ended`: that many streams ended (enough of either make
+    the trim collect garbage first)."""
+    global _trim_loop, _ended, _first, _last, _streams_ended
     if session_ended:
         _ended += 1
+    _streams_ended += streams_ended
     if _malloc_trim is None and not _load_trim():
         return
     _last = time.monotonic()
@@ -123,14 +129,14 @@ def _after_gc(phase: str, info: dict[str, int]) -> None:
 
 
 def _trim() -> None:
-    global _trim_loop, _ended
+    global _trim_loop, _ended, _streams_ended
     now = time.monotonic()
     loop = _trim_loop
     if loop is not None and now - _last < TRIM_QUIET and now - _first < TRIM_MAX_WAIT:
         loop.call_later(TRIM_QUIET - (now - _last), _trim)  # still busy ending things
         return
     _trim_loop = None
-    if _ended >= GC_SESSIONS:
+    if _ended >= GC_SESSIONS or _streams_ended >= GC_STREAMS:
         gc.collect()  # trims through _after_gc when it freed much
-    _ended = 0
+    _ended = _streams_ended = 0
     _malloc_trim(0)

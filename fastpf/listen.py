@@ -9,7 +9,8 @@ backoff; pending connections wait in the kernel's backlog until descriptors are 
 
 Each accepted socket becomes a transport through `loop.connect_accepted_socket` (TLS
 included), so protocols see the usual connection_made; measured no slower than the loop's
-native accept for connection churn.
+native accept for connection churn. A loop without add_reader (Windows' proactor) keeps its
+own accept (loop.create_server).
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ REPORT_INTERVAL = 10.0  # at most one report per acceptor this often
 EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # The peer gave up between the kernel's handshake and our accept(): nothing to serve.
 _GONE = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ECONNRESET})
+
+
+def _close_server(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        task.result().close()  # the server owns the socket: closes it
 
 
 def exhausted_text(exc: OSError) -> str:
@@ -77,8 +83,14 @@ class Acceptor:
         self._reported_at: float | None = None
         self._suppressed = 0
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._native: asyncio.Future[Any] | None = None
         sock.setblocking(False)
-        self.loop.add_reader(sock.fileno(), self._ready)
+        try:
+            self.loop.add_reader(sock.fileno(), self._ready)
+        except NotImplementedError:
+            self._native = self.loop.create_task(self.loop.create_server(
+                functools.partial(factory, None) if with_socket else factory, sock=sock,
+                ssl=ssl, ssl_handshake_timeout=ssl_handshake_timeout))
 
     @property
     def sockets(self) -> list[socket.socket]:
@@ -94,6 +106,9 @@ class Acceptor:
         if self._retry_handle is not None:
             self._retry_handle.cancel()
             self._retry_handle = None
+        if self._native is not None:
+            self._native.add_done_callback(_close_server)
+            return
         if not self.paused:
             self.loop.remove_reader(self.sock.fileno())
         self.sock.close()

@@ -4,13 +4,20 @@ honest errors. Every test is loopback only and bounded in time; memory is read f
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import json
 import random
 import resource
+import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import ServeInstance, Targets, run_kubectl
+from conftest import ServeInstance, Targets, run_kubectl, subprocess_env
 from support_hostile import (
     SPDY_101,
     HostileApi,
@@ -29,8 +36,13 @@ from support_hostile import (
 )
 
 from fastpf import _frames as F
-from fastpf.transport import handshake
+from fastpf.errors import HandshakeError
+from fastpf.listen import Acceptor, exhausted_text
+from fastpf.serve import server as server_module
+from fastpf.serve.server import Server
+from fastpf.transport import handshake, upgrade
 from fastpf.transport.kubelet import MAX_UNPAIRED
+from fastpf.types import ApiDialer
 
 PATH = "/api/v1/namespaces/default/pods/x/portforward"
 
@@ -446,3 +458,161 @@ def test_serve_refuses_a_complete_request_head_over_64_kib(serve_factory: Callab
     answer = asyncio.run(body())
     assert answer.startswith(b"HTTP/1.1 431 ")
     assert b"RequestHeaderFieldsTooLarge" in answer
+
+
+# ---------------------------------------------------------------------------------------------
+# unit level: the acceptor, serve's deadlines and budget, the client's answer deadline
+
+
+class _Echo(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[attr-defined]
+
+
+class _OutOfDescriptors(socket.socket):
+    """A listening socket whose first `failures` accept() calls fail with EMFILE."""
+
+    failures = 5
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        if self.failures > 0:
+            self.failures -= 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return super().accept()
+
+
+def test_acceptor_waits_out_emfile_and_reports_once() -> None:
+    async def body() -> tuple[list[bytes], list[tuple[str, int]]]:
+        sock = _OutOfDescriptors(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        reports: list[tuple[str, int]] = []
+        acceptor = Acceptor(sock, _Echo, report=lambda exc, n: reports.append((exhausted_text(exc), n)))
+        port = sock.getsockname()[1]
+
+        async def echo(i: int) -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"%d" % i)
+            got = await asyncio.wait_for(reader.readexactly(1), 10)
+            writer.close()
+            return got
+
+        try:
+            got = await asyncio.gather(*(echo(i) for i in range(3)))
+        finally:
+            acceptor.close()
+        assert acceptor.exhausted == 5 and acceptor.accepted == 3
+        return got, reports
+
+    got, reports = asyncio.run(asyncio.wait_for(body(), 30))
+    assert sorted(got) == [b"0", b"1", b"2"]  # none dropped
+    assert reports == [("accept4: too many open files", 0)]  # one line for five failures
+
+
+def test_acceptor_without_add_reader_uses_the_loops_accept(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body() -> bytes:
+        loop = asyncio.get_running_loop()
+
+        def no_reader(*_args: Any) -> None:
+            raise NotImplementedError
+
+        monkeypatch.setattr(loop, "add_reader", no_reader)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        acceptor = Acceptor(sock, _Echo)
+        reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+        writer.write(b"x")
+        got = await asyncio.wait_for(reader.readexactly(1), 10)
+        writer.close()
+        acceptor.close()
+        return got
+
+    assert asyncio.run(asyncio.wait_for(body(), 30)) == b"x"
+
+
+def _in_process_server() -> Server:
+    from fastpf.serve.api import Api
+    from fastpf.serve.cluster import Cluster
+    from fastpf.types import ServerOptions
+
+    return Server(Api(Cluster(), "tok", allow_anonymous=True), None, ServerOptions(), quiet=True)
+
+
+def test_serve_cuts_a_connection_without_a_request_head_at_its_deadline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server_module, "HEAD_TIMEOUT", 0.3)
+
+    async def body() -> tuple[bytes, bytes]:
+        server = _in_process_server()
+        (host, port), *_ = await server.start("127.0.0.1", 0)
+        try:
+            slow_r, slow_w = await asyncio.open_connection(host, port)
+            slow_w.write(b"GET /api HTTP/1.1\r\nHost: x\r\n")  # and never the end of the head
+            ok_r, ok_w = await asyncio.open_connection(host, port)
+            ok_w.write(b"GET /api HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = await asyncio.wait_for(ok_r.readuntil(b"\r\n\r\n"), 5)
+            cut = await asyncio.wait_for(slow_r.read(), 5)  # EOF (or reset) well within 5 s
+            slow_w.close()
+            ok_w.close()
+            return answer, cut
+        finally:
+            await server.shutdown()
+
+    answer, cut = asyncio.run(asyncio.wait_for(body(), 30))
+    assert answer.startswith(b"HTTP/1.1 200 ") and cut == b""
+
+
+def test_serve_sheds_the_oldest_waiting_connections_beyond_its_budget(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server_module, "nofile_limit", lambda: 256)  # budget: 64 waiting
+
+    async def body() -> tuple[int, int, int]:
+        server = _in_process_server()
+        (host, port), *_ = await server.start("127.0.0.1", 0)
+        try:
+            conns = [await asyncio.open_connection(host, port) for _ in range(100)]
+            await wait_until(lambda: server.shed_count >= 36, 5)
+            closed = 0
+            for reader, _w in conns[:36]:
+                with contextlib.suppress(ConnectionError):
+                    closed += await asyncio.wait_for(reader.read(), 5) == b""
+            waiting = len(server.waiting)
+            for _r, w in conns:
+                w.close()
+            return closed, waiting, server.shed_count
+        finally:
+            await server.shutdown()
+
+    closed, waiting, shed = asyncio.run(asyncio.wait_for(body(), 30))
+    assert closed == 36 and shed == 36 and waiting <= 64
+
+
+def test_client_says_the_server_never_answered_not_dial_timeout() -> None:
+    async def body() -> str:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)  # accepts, never answers
+        port = server.sockets[0].getsockname()[1]
+        try:
+            with pytest.raises(HandshakeError) as info:
+                await upgrade.connect(ApiDialer("127.0.0.1", port), PATH, "spdy", [], timeout=0.3)
+            return f"{info.value}|{port}"
+        finally:
+            server.close()
+
+    text, port = asyncio.run(asyncio.wait_for(body(), 30)).split("|")
+    assert text == (f'error upgrading connection: error sending request: Post "http://127.0.0.1:{port}'
+                    f'{PATH}": net/http: timeout awaiting response headers')
+
+
+def test_load_script_500_connections(tmp_path: Path) -> None:
+    """bench/load.py (10,000 connections by hand) at 500: every connection's echo checks out."""
+    out = subprocess.run([sys.executable, str(Path(__file__).parent.parent / "bench" / "load.py"),
+                          "--conns", "500", "--rounds", "2", "--settle", "0"],
+                         capture_output=True, text=True, timeout=120, env=subprocess_env())
+    result = json.loads(out.stdout[out.stdout.index("{"):])
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert result["ok"] == 500 and result["lost"] == 0 and result["peak_open"] == 500

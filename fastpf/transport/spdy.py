@@ -346,6 +346,7 @@ class SpdyConnection(UpgradedProtocol):
         self.last_ping_rtt: float | None = None
         self.goaway_received = False
         self._going_away = False
+        self._forgotten = 0  # streams ended since the last trim_soon
         self.first_frame_timeout = (
             FIRST_FRAME_TIMEOUT if first_frame_timeout is None else first_frame_timeout
         )
@@ -584,8 +585,10 @@ class SpdyConnection(UpgradedProtocol):
         streams = self.streams
         if streams.get(stream.stream_id) is stream:
             del streams[stream.stream_id]
-            if not streams:
-                trim_soon(self.loop)  # a burst of connections ended: give the memory back
+            self._forgotten += 1
+            if not streams:  # a burst of connections ended: give the memory back
+                trim_soon(self.loop, streams_ended=self._forgotten)
+                self._forgotten = 0
 
     # -- public API ----------------------------------------------------------------------------
     async def open_stream(self, headers: dict[str, str], timeout: float = 30.0) -> SpdyStream:
