@@ -257,9 +257,10 @@ class _Leg:
 class Mitm:
     """TCP proxy to `upstream_port` on 127.0.0.1. `legs` lists the proxied connections in
     order; `await mitm.upgraded_leg()` gives the first leg whose server answered 101, so the
-    test can inject frames into that live session (`leg.to_client` / `leg.to_server`).
-    `pause_client_reads`: once upgraded, stop reading what the client sends (a server that
-    never reads). `on_upgrade(head, reader, writer)`: answer port-forward requests (a first
+    test can inject frames into that live session (`leg.to_client` / `leg.to_server`; at a
+    frame boundary, i.e. while the other side is quiet). `reading_client` (an Event, set):
+    clear it to stop reading what clients send once upgraded (a server that never reads),
+    set it again to resume. `on_upgrade(head, reader, writer)`: answer port-forward requests (a first
     request head naming /portforward) instead of the server; returning False passes the
     request on (e.g. the target of a redirect)."""
 
@@ -271,7 +272,8 @@ class Mitm:
         self.port = 0
         self.legs: list[_Leg] = []
         self.new_leg = asyncio.Event()
-        self.pause_client_reads = False  # stop reading what the client sends (never read)
+        self.reading_client = asyncio.Event()
+        self.reading_client.set()
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -328,8 +330,8 @@ class Mitm:
         seen = b""
         try:
             for _ in range(1 << 30):
-                if to_server and self.pause_client_reads and leg.upgraded.is_set():
-                    await asyncio.sleep(3600)  # never read the client again
+                if to_server and leg.upgraded.is_set():
+                    await self.reading_client.wait()
                 data = await reader.read(1 << 16)
                 if not data:
                     break

@@ -616,3 +616,40 @@ def test_load_script_500_connections(tmp_path: Path) -> None:
     result = json.loads(out.stdout[out.stdout.index("{"):])
     assert out.returncode == 0, out.stdout + out.stderr
     assert result["ok"] == 500 and result["lost"] == 0 and result["peak_open"] == 500
+
+
+def test_ping_flood_injected_into_a_live_session_pauses_then_recovers(
+        serve_factory: Callable[..., ServeInstance], targets: Targets, tmp_path: Path) -> None:
+    """A man in the middle floods a live client session with PINGs and stops passing the
+    client's bytes on: the client stops reading (bounded memory) instead of queueing every
+    echo, and once its bytes flow again the session and its open connection carry on."""
+    srv = serve_factory(tls=False)
+    chunk = _pings(2, 1 << 14)
+
+    async def body() -> tuple[int, int]:
+        async with Mitm(srv.port) as mitm:
+            kc = kubeconfig_via(srv, mitm.port, tmp_path / "kc")
+            pf = fastpf_client(kc, "--protocol", "spdy", "pod/x", f":{targets.echo}")
+            try:
+                await asyncio.to_thread(pf.wait_forwarding, 1)
+                reader, writer = await asyncio.open_connection("127.0.0.1", pf.local_port(targets.echo))
+                writer.write(b"hello")
+                assert await asyncio.wait_for(reader.readexactly(5), 10) == b"hello"
+                leg = await mitm.upgraded_leg()
+                mitm.reading_client.clear()  # the "server" no longer reads
+                await asyncio.sleep(0.2)
+                before = rss_kib(pf.proc.pid)
+                sent = await _flood(leg.client_writer, chunk, 64 << 20)
+                grown = rss_kib(pf.proc.pid) - before
+                mitm.reading_client.set()
+                writer.write(b"again")
+                assert await asyncio.wait_for(reader.readexactly(5), 30) == b"again"
+                writer.close()
+                assert pf.proc.poll() is None
+            finally:
+                await asyncio.to_thread(pf.stop)
+        return sent, grown
+
+    sent, grown = asyncio.run(asyncio.wait_for(body(), 120))
+    assert sent < 40 << 20, "the client read the whole flood"
+    assert grown < 16 << 10, f"client grew {grown} KiB"
