@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from fastpf import _frames as F
-from fastpf.limits import trim_soon
+from fastpf.limits import track, trim_soon
 
 # Upgraded transport write buffer: generous, since one DATA frame may be up to max_data.
 WRITE_HIGH = 4 << 20
@@ -175,6 +175,7 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
         self._flush_handle: asyncio.Handle | None = None
         self._written = 0  # bytes handed to _emit so far (reply accounting)
         self._reply_debt = 0
+        track(self)  # fastpf.limits: no forced garbage collection while this forwards
 
     # -- taking over the transport -------------------------------------------------------------
     def attach(self, transport: asyncio.BaseTransport, initial: bytes = b"") -> None:
@@ -195,6 +196,10 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
 
     def _attached(self) -> None:
         """Hook: the transport is ours (send greetings, start timers)."""
+
+    def busy(self) -> bool:
+        """True while the session carries forwarded connections (a channel session is one)."""
+        return not self._closing
 
     def _feed(self, data: bytes) -> None:
         """Hook: bytes that arrived before the takeover (after the 101 head)."""

@@ -371,6 +371,9 @@ class SpdyConnection(UpgradedProtocol):
         else:
             self.goaway(F.GOAWAY_OK)
 
+    def busy(self) -> bool:
+        return not self._closing and bool(self.streams)
+
     def _headers(self) -> F.SpdyEncoder:
         enc = self._enc
         if enc is None:
