@@ -140,7 +140,7 @@ def start_chain(reg: Registry, workdir: Path, protocol: str, tls: bool) -> tuple
     target_port = int(m.group(1))
     kubeconfig = workdir / "kubeconfig"
     serve_argv = [sys.executable, "-m", "fastpf", "serve", "--listen", "127.0.0.1:0",
-                  "--kubeconfig-out", str(kubeconfig)]
+                  "--kubeconfig-out", str(kubeconfig), "--pod-address", "127.0.0.1"]
     if not tls:
         serve_argv.append("--no-tls")
     serve = reg.start("serve", serve_argv, env=env, cwd=str(ROOT))
