@@ -566,6 +566,19 @@ cdef class SpdyDecoder(_FrameBuffer):
                 self._fail(f"SPDY decoder failure: {exc!r}", 2)
         return frame
 
+    @property
+    def pending_data_stream(self):
+        """Stream id of a DATA frame whose 8-byte header is in but whose payload is not yet
+        (0 when none): the session can refuse a frame for a stream that never existed before
+        megabytes of it arrive. Read it after next_frame() returned None."""
+        cdef const unsigned char* p
+        if self._failed or self._end - self._start < 8:
+            return 0
+        p = self._ptr + self._start
+        if p[0] & 0x80:
+            return 0
+        return load_be32(p) & C_STREAM_ID_MASK
+
     def feed_borrowed(self, payload):
         """Like feed(), but decode `payload` where it lies when nothing is buffered (no copy).
 

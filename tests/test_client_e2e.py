@@ -145,7 +145,9 @@ def manifest(t: Targets, t2: Targets | None = None) -> str:
              {"name": "http", "port": 80, "targetPort": "echo"},
              {"name": "up", "port": 81, "targetPort": t.sink}]}},
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
-         "spec": {"selector": {"matchLabels": {"app": "web"}},
+         # replicas 0: serve makes no pods of its own, the selector finds web-1 (as kubectl's
+         # deploy/ resolution does: by selector, not by owner)
+         "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "web"}},
                   "template": {"metadata": {"labels": {"app": "web"}}}}},
     ]
     if t2 is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
 from typing import Any
 
 import pytest
@@ -22,8 +23,8 @@ from test_transport_support import (
 )
 
 from fastpf import _frames as F
-from fastpf.errors import HandshakeError
-from fastpf.transport import handshake, upgrade
+from fastpf.errors import HandshakeError, ProtocolError
+from fastpf.transport import handshake, spdy, upgrade
 from fastpf.transport.spdy import SpdyConnection
 from fastpf.types import ApiDialer
 
@@ -401,6 +402,157 @@ def test_ping_timeout_detects_dead_peer() -> None:
         conn = await upgrade.connect(
             ApiDialer("127.0.0.1", port), PATH, "spdy", [], ping_interval=0.05, ping_timeout=0.2
         )
+        result = await asyncio.wait_for(conn.wait_closed(), 5)
+        assert isinstance(result, TimeoutError)
+        server.close()
+
+    run(body, "uvloop")
+
+
+# -- issue 10: absurd input ends a session at once; deadlines before data flows --------------
+
+
+def _random_bytes(seed: int, n: int = 1 << 20) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_bytes_after_the_upgrade_end_the_session_at_once(seed: int) -> None:
+    """1 MiB of random bytes after a SPDY upgrade: half the time the first 8 bytes read as a
+    DATA frame header of up to 16 MiB. The session used to wait for it (4 h idle timeout);
+    DATA for a stream never opened, or a control frame of another version or type, now end
+    it with GOAWAY(PROTOCOL_ERROR) at once."""
+
+    async def body() -> None:
+        async with ApiServer() as srv:
+            reader, writer, _ = await _raw_upgrade(srv.port, "spdy")
+            writer.write(_random_bytes(seed)[:65536])  # one read's worth: no RST race
+            answer = await _read_all(reader)  # EOF within 5 s, or this times out
+            frames = _spdy_frames(answer)
+            assert frames and frames[-1].type == F.GOAWAY
+            assert frames[-1].status == F.GOAWAY_PROTOCOL_ERROR
+            writer.close()
+
+    run(body, "uvloop")
+
+
+def test_control_frame_of_another_version_is_a_protocol_error() -> None:
+    async def body() -> None:
+        async with ApiServer() as srv:
+            reader, writer, _ = await _raw_upgrade(srv.port, "spdy")
+            ping = bytearray(F.SpdyEncoder().ping(1))
+            ping[1] = 2  # SPDY/2
+            writer.write(bytes(ping))
+            frames = _spdy_frames(await _read_all(reader))
+            assert [(f.type, f.status) for f in frames] == [(F.GOAWAY, F.GOAWAY_PROTOCOL_ERROR)]
+            writer.close()
+
+    run(body, "uvloop")
+
+
+def test_data_for_an_ended_stream_is_still_dropped_quietly() -> None:
+    """Only streams that never existed are an error: DATA that was in flight when a stream
+    ended is dropped, as spdystream does, and the session goes on."""
+
+    async def body() -> None:
+        async with ApiServer() as srv:
+            reader, writer, _ = await _raw_upgrade(srv.port, "spdy")
+            enc = F.SpdyEncoder()
+            writer.write(enc.syn_stream(1, {"streamtype": "error", "port": "1", "requestid": "0"}))
+            writer.write(enc.rst_stream(1, 5))
+            writer.write(enc.data(1, b"late"))
+            writer.write(enc.ping(3))
+            dec = F.SpdyDecoder()
+            for _ in range(100):
+                dec.feed(await asyncio.wait_for(reader.read(65536), 5))
+                frames = []
+                for _ in range(100):
+                    f = dec.next_frame()
+                    if f is None:
+                        break
+                    frames.append(f)
+                assert not any(f.type == F.GOAWAY for f in frames)
+                if any(f.type == F.PING and f.ping_id == 3 for f in frames):
+                    break
+            writer.close()
+
+    run(body, "uvloop")
+
+
+def test_client_ends_a_session_of_random_bytes_at_once() -> None:
+    async def body() -> None:
+        errors = _catch_loop_errors()
+        answer = (
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+            b"X-Stream-Protocol-Version: portforward.k8s.io\r\n\r\n" + _random_bytes(3, 65536)
+        )
+        loop = asyncio.get_running_loop()
+
+        class Srv(asyncio.Protocol):  # answers, then keeps the connection open
+            def connection_made(self, transport: Any) -> None:
+                self.transport = transport
+
+            def data_received(self, data: bytes) -> None:
+                if b"\r\n\r\n" in data:
+                    self.transport.write(answer)
+
+        server = await loop.create_server(Srv, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        conn = await upgrade.connect(ApiDialer("127.0.0.1", port), PATH, "spdy", [])
+        result = await asyncio.wait_for(conn.wait_closed(), 5)
+        assert isinstance(result, ProtocolError)
+        server.close()
+        assert not errors
+
+    run(body, "uvloop")
+
+
+def test_server_ends_a_session_that_never_sends_a_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A half-open session (upgraded, then silent) is ended after the first-frame deadline
+    (kubectl pings within 5 s; 10 s tunnelled)."""
+    monkeypatch.setattr(spdy, "FIRST_FRAME_TIMEOUT", 0.3)
+
+    async def body() -> None:
+        async with ApiServer() as srv:
+            reader, writer, _ = await _raw_upgrade(srv.port, "spdy")
+            frames = _spdy_frames(await _read_all(reader))
+            assert [(f.type, f.status) for f in frames] == [(F.GOAWAY, F.GOAWAY_OK)]
+            writer.close()
+            # a session that speaks in time is not touched by the deadline
+            reader, writer, _ = await _raw_upgrade(srv.port, "spdy")
+            writer.write(F.SpdyEncoder().ping(1))
+            await asyncio.sleep(0.6)
+            writer.write(F.SpdyEncoder().ping(3))
+            got = await asyncio.wait_for(reader.readexactly(24), 5)
+            assert [f.ping_id for f in _spdy_frames(got)] == [1, 3]
+            writer.close()
+
+    run(body, "uvloop")
+
+
+def test_client_ends_a_session_whose_server_never_answers_its_pings(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spdy, "FIRST_FRAME_TIMEOUT", 0.3)
+
+    async def body() -> None:
+        answer = (
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+            b"X-Stream-Protocol-Version: portforward.k8s.io\r\n\r\n"
+        )
+        loop = asyncio.get_running_loop()
+
+        class Mute(asyncio.Protocol):
+            def connection_made(self, transport: Any) -> None:
+                self.transport = transport
+
+            def data_received(self, data: bytes) -> None:
+                if b"\r\n\r\n" in data:
+                    self.transport.write(answer)
+
+        server = await loop.create_server(Mute, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        conn = await upgrade.connect(ApiDialer("127.0.0.1", port), PATH, "spdy", [],
+                                     ping_interval=0.05)
         result = await asyncio.wait_for(conn.wait_closed(), 5)
         assert isinstance(result, TimeoutError)
         server.close()

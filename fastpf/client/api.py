@@ -98,8 +98,10 @@ def connect_error(exc: BaseException, host: str, port: int) -> ClientError:
         code = getattr(exc, "verify_code", 0)
         if code in (2, 7, 18, 19, 20, 21):  # no trusted issuer, or a same-named impostor
             detail = "x509: certificate signed by unknown authority"
-        elif code == 62:
-            detail = f"x509: certificate is not valid for {host}"
+        elif code in (62, 64):
+            # The name that failed is the TLS server name (--tls-server-name), not
+            # necessarily the host dialled; OpenSSL's message carries it.
+            detail = f"x509: certificate is not valid for {_checked_name(exc, host)}"
         elif code == 10:
             detail = "x509: certificate has expired or is not yet valid"
         else:
@@ -120,6 +122,12 @@ def connect_error(exc: BaseException, host: str, port: int) -> ClientError:
         text = (exc.strerror or str(exc) or type(exc).__name__).lower()
         return ClientError(f"dial tcp {hostport}: {text}", prefix=_CONNECT_FAIL)
     return ClientError(str(exc) or type(exc).__name__, prefix=_CONNECT_FAIL)
+
+
+def _checked_name(exc: ssl.SSLCertVerificationError, default: str) -> str:
+    message = str(getattr(exc, "verify_message", "") or "")
+    start, end = message.find("'"), message.rfind("'")
+    return message[start + 1:end] if 0 <= start < end else default
 
 
 class _Conn:

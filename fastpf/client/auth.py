@@ -12,6 +12,7 @@ import base64
 import datetime as _dt
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ from fastpf.client.kubeconfig import ClientConfig, ExecConfig
 EXEC_TIMEOUT = 120.0  # a plugin may open a browser for login; still bounded
 TOKEN_FILE_TTL = 60.0
 FRESH_GRACE = 1.0  # seconds a just-fetched exec credential counts as valid  # client-go re-reads tokenFile once a minute (rotated SA tokens)
+# net/http's httpguts.ValidHeaderFieldValue: no control characters but horizontal tab.
+_INVALID_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _EXEC_VERSIONS = ("client.authentication.k8s.io/v1", "client.authentication.k8s.io/v1beta1")
 
 
@@ -82,7 +85,16 @@ class Authenticator:
         return self.enabled and self.cfg.exec is not None
 
     async def authorization(self) -> str | None:
-        """The Authorization header value, or None."""
+        """The Authorization header value, or None. A value HTTP cannot carry (a token with
+        CR, LF or another control character) is refused here, as Go's net/http does, before
+        anything is sent."""
+        value = await self._authorization()
+        if value is not None and _INVALID_VALUE.search(value):
+            raise ClientError('net/http: invalid header field value for "Authorization"',
+                              prefix="Unable to connect to the server: ")
+        return value
+
+    async def _authorization(self) -> str | None:
         if not self.enabled:
             return None
         cfg = self.cfg

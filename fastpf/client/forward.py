@@ -47,6 +47,7 @@ from fastpf.client.resolve import check_running, follows_pods, is_serving, resol
 from fastpf.client.session_pool import Endpoint, PoolUnavailable, SessionPool, Slot
 from fastpf.client.watch import PodWatcher
 from fastpf.errors import FastpfError, HandshakeError
+from fastpf.listen import Acceptor, accept_reporter
 from fastpf.transport._base import TextCollector
 from fastpf.transport.relay import Accepted, RelayResult, relay
 from fastpf.transport.spdy import SessionClosedError
@@ -71,7 +72,7 @@ class Listener:
     sock: socket.socket
     address: str
     pair: PortPair
-    server: asyncio.AbstractServer | None = None
+    server: Acceptor | None = None
     index: int = 0  # position of its pair in Forwarder.pairs (Endpoint.remotes)
 
 
@@ -336,12 +337,12 @@ class Forwarder:
             raise ClientError(f"unable to listen on any of the requested ports: [{ports}]")
 
     async def _accept(self) -> None:
-        """Accept on every listener: the loop accepts natively and hands each connection to
-        an Accepted protocol (reading paused until its streams exist)."""
-        loop = asyncio.get_running_loop()
+        """Accept on every listener (fastpf.listen: never drops a connection when descriptors
+        run out) and hand each connection to an Accepted protocol (reading paused until its
+        streams exist)."""
         for lst in self.listeners:
-            lst.server = await loop.create_server(
-                functools.partial(self._accepted, lst.index), sock=lst.sock, backlog=LISTEN_BACKLOG)
+            lst.server = Acceptor(lst.sock, functools.partial(self._accepted, lst.index),
+                                  report=accept_reporter(lst, self.console.conn_error))
 
     def _accepted(self, index: int) -> Accepted:
         local = Accepted()

@@ -31,6 +31,7 @@ from fastpf.client.events import (
 )
 from fastpf.client.forward import Forwarder, prepare
 from fastpf.errors import FastpfError
+from fastpf.limits import raise_nofile_limit
 from fastpf.loop import run
 
 
@@ -239,6 +240,7 @@ def main(argv: list[str], prog: str = "fastpf") -> int:
     if opts.ready_file:
         with contextlib.suppress(FileNotFoundError):  # a previous run's: not ready yet
             os.remove(opts.ready_file)
+    raise_nofile_limit()  # as kubectl (Go) does: thousands of connections, not 1024
     try:
         jobs = _jobs(opts, console, emit)
         return run(_run(Run(jobs, console, opts.ready_file, opts.stats, opts.stats_interval,

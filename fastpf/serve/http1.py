@@ -21,6 +21,15 @@ MAX_BODY = 1 << 20  # REST bodies (POST/PUT/PATCH of one object); refuse big one
 WATCH_BUFFER_LIMIT = 4 << 20  # a watcher that does not read this much is cut off
 MAX_HEAD = 64 * 1024
 _EVENTS_PER_CALL = 256  # bound on pipelined requests handled in one data_received
+_REASONS = {413: "RequestEntityTooLarge", 431: "RequestHeaderFieldsTooLarge"}
+
+
+def _head_size(request: h11.Request) -> int:
+    """Bytes of a request head as sent, near enough (h11 strips optional whitespace)."""
+    size = len(request.method) + len(request.target) + 13  # " ", " HTTP/1.1\r\n", "\r\n"
+    for name, value in request.headers:
+        size += len(name) + len(value) + 4  # ": ", "\r\n"
+    return size
 
 
 class Http1Handler:
@@ -59,15 +68,24 @@ class Http1Handler:
             try:
                 event = self.conn.next_event()
             except h11.RemoteProtocolError as exc:
-                self._fail(exc.error_status_hint, f"malformed HTTP request: {exc}")
+                if exc.error_status_hint == 431:  # h11 caps a head still incomplete
+                    self._fail(431, "request header fields too large")
+                else:
+                    self._fail(exc.error_status_hint, f"malformed HTTP request: {exc}")
                 return
             if event is h11.NEED_DATA:
                 return
             if isinstance(event, h11.Request):
+                if _head_size(event) > MAX_HEAD:
+                    # h11 only caps heads that are still incomplete; one that arrived whole
+                    # in a single read is measured here.
+                    self._fail(431, "request header fields too large")
+                    return
                 self._request = event
                 self._body = 0
                 self._body_data.clear()
                 self.busy = True
+                self.proto.request_started()
             elif isinstance(event, h11.Data):
                 self._body += len(event.data)
                 if self._body > MAX_BODY:
@@ -193,8 +211,7 @@ class Http1Handler:
     def _fail(self, status: int, message: str) -> None:
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             try:
-                response = status_response(status, "BadRequest" if status == 400 else "RequestEntityTooLarge",
-                                           message)
+                response = status_response(status, _REASONS.get(status, "BadRequest"), message)
                 self._send(h11.Response(status_code=status, headers=[
                     ("Content-Type", response.content_type),
                     ("Content-Length", str(len(response.body))),

@@ -77,6 +77,7 @@ class Http2Handler:
             if ":authority" in pseudo:
                 stream.headers.append(("host", pseudo[":authority"]))
             self.streams[event.stream_id] = stream
+            self.proto.request_started()
         elif isinstance(event, h2.events.DataReceived):
             stream_id = event.stream_id
             # Give the window back at once: bodies are tiny or ignored.
@@ -129,7 +130,7 @@ class Http2Handler:
             ("cache-control", "no-cache, private"),
         ], end_stream=not reply.body or stream.method.upper() == "HEAD")
         if not reply.body or stream.method.upper() == "HEAD":
-            self.streams.pop(stream_id, None)
+            self._drop(stream_id)
             return
         stream.pending += reply.body
         stream.end = True
@@ -186,11 +187,15 @@ class Http2Handler:
 
     def _drop(self, stream_id: int) -> None:
         stream = self.streams.pop(stream_id, None)
-        if stream is not None and stream.timer is not None:
+        if stream is None:
+            return
+        if stream.timer is not None:
             stream.timer.cancel()
-        if stream is not None and stream.detach is not None:
+        if stream.detach is not None:
             stream.detach()
             stream.detach = None
+        if not self.streams:
+            self.proto.touch()  # idle until the next request (keep-alive deadline, budget)
 
     def _flush(self) -> None:
         data = self.conn.data_to_send()

@@ -249,8 +249,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     logs.setup(config.verbosity)
+    from fastpf.limits import raise_nofile_limit
     from fastpf.loop import run
 
+    raise_nofile_limit()  # as Go servers do: thousands of connections, not 1024
     try:
         return run(serve(config, cluster))
     except KeyboardInterrupt:  # signal arrived before the handlers were installed

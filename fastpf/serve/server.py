@@ -5,6 +5,8 @@ upgraded connections to the port-forward engine (`fastpf.transport.kubelet`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import ipaddress
 import socket
 import ssl
@@ -12,6 +14,8 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
 
+from fastpf.limits import nofile_limit
+from fastpf.listen import Acceptor, exhausted_text, open_listeners
 from fastpf.serve.api import Api
 from fastpf.serve.http1 import Http1Handler
 from fastpf.serve.http2 import Http2Handler
@@ -19,7 +23,19 @@ from fastpf.types import PodTarget, ServerOptions, UpgradeRequest
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 REST_IDLE_TIMEOUT = 300.0  # close keep-alive REST connections idle this long
-HEAD_TIMEOUT = 60.0  # a connection must complete its first request head within this
+HANDSHAKE_TIMEOUT = 10.0  # TLS handshake (Go's client-side TLSHandshakeTimeout)
+HEAD_TIMEOUT = 30.0  # from accept: the TLS handshake and the first request head together
+# Connections waiting for a request head (handshaking, sending it, or idle keep-alive) hold a
+# descriptor each and cost a client nothing: slowloris. At most a quarter of the descriptor
+# limit may wait; a new connection beyond that sheds the oldest waiting one. From half of it
+# on ("pressure"), waiting connections older than PRESSURE_DEADLINE are shed too (a few per
+# accept): a real client sends its head within milliseconds of connecting.
+WAITING_SHARE = 4
+WAITING_MIN = 64
+WAITING_MAX = 4096
+PRESSURE_DEADLINE = 2.0
+PRESSURE_SHED = 4  # per accepted connection, besides the cap
+LISTEN_BACKLOG = 1024
 AcceptFn = Callable[[asyncio.Transport, UpgradeRequest, PodTarget, ServerOptions], None]
 ShutdownFn = Callable[..., Awaitable[None]]
 
@@ -43,9 +59,13 @@ class Server:
         self.ssl_context = ssl_context
         self.options = options
         self.connections: set[HttpProtocol] = set()
+        # Connections waiting for a request head, oldest first (insertion order), with the
+        # loop time they started waiting.
+        self.waiting: dict[HttpProtocol, float] = {}
+        self.shed_count = 0  # connections shed so far (tests, status)
         self._engine = engine
         self._engine_loaded = engine is not None
-        self._servers: list[asyncio.base_events.Server] = []
+        self._acceptors: list[Acceptor] = []
         self.quiet = quiet
 
     # ---- engine ---------------------------------------------------------------------------------
@@ -85,8 +105,8 @@ class Server:
                     raise
                 continue  # the other family is optional (e.g. no IPv6)
             if port == 0:
-                port = int(self._servers[0].sockets[0].getsockname()[1])
-        return [(sock.getsockname()[0], sock.getsockname()[1]) for srv in self._servers for sock in srv.sockets]
+                port = int(self._acceptors[0].sock.getsockname()[1])
+        return [(a.sock.getsockname()[0], a.sock.getsockname()[1]) for a in self._acceptors]
 
     async def _addresses(self, host: str) -> list[str]:
         try:
@@ -99,16 +119,48 @@ class Server:
         return list(dict.fromkeys(str(info[4][0]) for info in infos)) or [host]
 
     async def _bind(self, host: str, port: int) -> None:
-        loop = asyncio.get_running_loop()
-        self._servers.append(await loop.create_server(
-            lambda: HttpProtocol(self), host, port, ssl=self.ssl_context, reuse_address=True, backlog=1024,
-            ssl_handshake_timeout=30.0 if self.ssl_context else None,
-        ))
+        # Our own accept (fastpf.listen): out of descriptors, connections wait in the backlog
+        # instead of being accepted and dropped as uvloop's accept does.
+        for sock in await open_listeners(host, port, LISTEN_BACKLOG):
+            address = sock.getsockname()
+            self._acceptors.append(Acceptor(
+                sock, lambda conn: HttpProtocol(self, conn), with_socket=True,
+                ssl=self.ssl_context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT if self.ssl_context else None,
+                report=functools.partial(self._accept_failed, address),
+            ))
+
+    def _accept_failed(self, address: tuple[Any, ...], exc: OSError, suppressed: int) -> None:
+        host = f"[{address[0]}]" if ":" in address[0] else address[0]
+        more = f"; {suppressed} more since the last report" if suppressed else ""
+        self.log(f"cannot accept connections on {host}:{address[1]}: {exhausted_text(exc)} (open file "
+                 f"limit {nofile_limit()}); they wait until connections end{more}")
+
+    # ---- connections waiting for a request head (slowloris budget) --------------------------
+    def admit(self, proto: HttpProtocol) -> None:
+        """A new connection starts waiting for its request head: make room first."""
+        waiting = self.waiting
+        cap = min(WAITING_MAX, max(WAITING_MIN, nofile_limit() // WAITING_SHARE))
+        for _ in range(len(waiting) - cap + 1):  # normally no pass at all
+            self._shed_oldest()
+        if len(waiting) >= cap // 2:
+            now = asyncio.get_running_loop().time()
+            for _ in range(PRESSURE_SHED):
+                oldest = next(iter(waiting.items()), None)
+                if oldest is None or now - oldest[1] < PRESSURE_DEADLINE:
+                    break
+                self._shed_oldest()
+        waiting[proto] = asyncio.get_running_loop().time()
+
+    def _shed_oldest(self) -> None:
+        proto = next(iter(self.waiting), None)
+        if proto is not None:
+            self.shed_count += 1
+            proto.shed()
 
     async def shutdown(self, timeout: float = 2.0) -> None:
         """Stop accepting, end every REST connection and every port-forward session."""
-        for srv in self._servers:
-            srv.close()
+        for acceptor in self._acceptors:
+            acceptor.close()
         for conn in list(self.connections):
             conn.shutdown()
         engine = self._engine if self._engine_loaded else None
@@ -131,18 +183,25 @@ class Server:
 class HttpProtocol(asyncio.Protocol):
     """One client connection until it ends or is handed to the engine."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, sock: socket.socket | None = None) -> None:
         self.server = server
+        self.sock = sock  # the accepted socket, to shed the connection while TLS handshakes
         self.transport: asyncio.Transport | None = None
         self.handler: _Handler | None = None
         self.closing = False
         self._sniff = b""
         self._timer: asyncio.TimerHandle | None = None
         self._first_request = True
+        server.admit(self)
+        # From accept on: the handshake and the first request head share one deadline.
+        self._arm(HEAD_TIMEOUT)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses but have the same API.
         self.transport = cast(asyncio.Transport, transport)
+        if self.closing:  # shed while its TLS handshake was finishing
+            self.transport.abort()
+            return
         self.server.connections.add(self)
         # REST replies are small and latency-bound: uvloop and asyncio both set TCP_NODELAY
         # on every TCP transport already, so no setsockopt here (one syscall per connection).
@@ -153,7 +212,6 @@ class HttpProtocol(asyncio.Protocol):
             else:
                 self.handler = Http1Handler(self)
         # Plain HTTP: decide on the first bytes (h2c prior knowledge or HTTP/1.1).
-        self._arm(HEAD_TIMEOUT)
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -177,6 +235,7 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self._cancel_timer()
+        self.server.waiting.pop(self, None)
         if self.handler is not None:
             self.handler.connection_lost()
         self.server.connections.discard(self)
@@ -185,22 +244,48 @@ class HttpProtocol(asyncio.Protocol):
     def detach(self) -> None:
         """The engine took the transport: forget it here."""
         self._cancel_timer()
+        self.server.waiting.pop(self, None)
         self.server.connections.discard(self)
         self.transport = None
+        self.sock = None
         self.closing = True
+
+    def request_started(self) -> None:
+        """A request head arrived: the connection no longer waits (not sheddable)."""
+        self.server.waiting.pop(self, None)
 
     def touch(self) -> None:
         """A request completed: the connection is idle until the next one."""
+        if self.closing:
+            return
         self._first_request = False
         self._arm(REST_IDLE_TIMEOUT)
+        waiting = self.server.waiting
+        waiting.pop(self, None)
+        waiting[self] = asyncio.get_running_loop().time()
 
     def close(self) -> None:
         if self.closing:
             return
         self.closing = True
         self._cancel_timer()
+        self.server.waiting.pop(self, None)
         if self.transport is not None:
             self.transport.close()
+
+    def shed(self) -> None:
+        """Drop a connection that waits for a request head: at once, no TLS close_notify."""
+        self.server.waiting.pop(self, None)
+        self._cancel_timer()
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+        elif self.sock is not None:
+            # Still in the TLS handshake: the transport sees the end and closes the socket
+            # (uvloop detaches this object then, so a reused descriptor is never touched).
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock = None
 
     def shutdown(self) -> None:
         if self.handler is not None and not self.closing:
@@ -221,6 +306,9 @@ class HttpProtocol(asyncio.Protocol):
     def _on_timer(self) -> None:
         self._timer = None
         if self.closing:
+            return
+        if self.transport is None or (self._first_request and self.server.waiting.get(self) is not None):
+            self.shed()  # no request head within HEAD_TIMEOUT of accept: slowloris or dead
             return
         if self.handler is None or self.handler.idle():
             self.close()

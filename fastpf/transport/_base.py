@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from fastpf import _frames as F
+from fastpf.limits import track, trim_soon
 
 # Upgraded transport write buffer: generous, since one DATA frame may be up to max_data.
 WRITE_HIGH = 4 << 20
@@ -33,6 +34,12 @@ WS_HEADER_ROOM = 14  # 2 + 8 (64-bit length) + 4 (mask key)
 # write: many small frames (stream opens, replies, FINs, small DATA of many connections) then
 # cost one TLS record and one syscall instead of one each. One TLS record holds 16 KiB.
 COALESCE_LIMIT = 16 << 10
+# Bytes a session writes because of what it reads (PING echoes, pongs, SYN_REPLYs, RSTs) while
+# its output is over the high-water mark: past this it stops reading until the output drains.
+# A peer flooding PINGs without reading the echoes is paused, not buffered (kubectl's pings
+# are one per 5 s, so a real peer never comes near it).
+REPLY_DEBT_LIMIT = 64 << 10
+_REPLIES = "replies"  # pause_input key
 
 
 class Sink(Protocol):
@@ -55,12 +62,13 @@ class InboundQueue:
     """Bytes a SPDY stream or WS port channel received before anyone took them (no sink yet).
 
     Bounded without dropping a byte: past STREAM_BUFFER_LIMIT unread bytes the session stops
-    reading its upgraded connection (pause_input keyed by the owner) until they are read or
-    handed to a sink. Chunks are copied: the views point into the session's receive buffer."""
+    reading its upgraded connection (pause_input keyed by this queue) until they are read or
+    handed to a sink. Chunks are copied: the views point into the session's receive buffer.
+    (No reference back to the stream or channel that owns it: a cycle would keep every ended
+    stream until the next full garbage collection.)"""
 
-    def __init__(self, connection: UpgradedProtocol, owner: object) -> None:
+    def __init__(self, connection: UpgradedProtocol) -> None:
         self._connection = connection
-        self._owner = owner
         self._chunks: deque[bytes] = deque()
         self.buffered = 0  # unread bytes
         self._waiter: asyncio.Future[None] | None = None
@@ -69,13 +77,13 @@ class InboundQueue:
         self._chunks.append(bytes(view))
         self.buffered += len(view)
         if self.buffered >= STREAM_BUFFER_LIMIT:
-            self._connection.pause_input(self._owner)
+            self._connection.pause_input(self)
         self.wake()
 
     def hand_to(self, sink: Sink) -> None:
         """Deliver everything queued to `sink` (the owner sends later data there directly)."""
         chunks, self._chunks, self.buffered = self._chunks, deque(), 0
-        self._connection.resume_input(self._owner)
+        self._connection.resume_input(self)
         for chunk in chunks:
             sink.data_received(memoryview(chunk))
 
@@ -86,7 +94,7 @@ class InboundQueue:
                 chunk = self._chunks.popleft()
                 self.buffered -= len(chunk)
                 if self.buffered < STREAM_BUFFER_LIMIT:
-                    self._connection.resume_input(self._owner)
+                    self._connection.resume_input(self)
                 return chunk
             if ended():
                 return None
@@ -166,6 +174,9 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
         self._pending_size = 0
         self._flush_handle: asyncio.Handle | None = None
         self.last_pong: float | None = None  # loop.time() of the last WebSocket pong
+        self._written = 0  # bytes handed to _emit so far (reply accounting)
+        self._reply_debt = 0
+        track(self)  # fastpf.limits: no forced garbage collection while this forwards
 
     # -- taking over the transport -------------------------------------------------------------
     def attach(self, transport: asyncio.BaseTransport, initial: bytes = b"") -> None:
@@ -187,6 +198,10 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
     def _attached(self) -> None:
         """Hook: the transport is ours (send greetings, start timers)."""
 
+    def busy(self) -> bool:
+        """True while the session carries forwarded connections (a channel session is one)."""
+        return not self._closing
+
     def _feed(self, data: bytes) -> None:
         """Hook: bytes that arrived before the takeover (after the 101 head)."""
         raise NotImplementedError
@@ -200,7 +215,17 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
         if self._closing:
             return
         self._touch()
+        written = self._written
         self._safe(self._on_data, nbytes)
+        if self.output_paused and self._written != written:
+            self._replied(self._written - written)
+
+    def _replied(self, n: int) -> None:
+        """`n` bytes were written in answer to input while the output is over its high-water
+        mark: past REPLY_DEBT_LIMIT, stop reading until the peer takes what we wrote."""
+        self._reply_debt += n
+        if self._reply_debt > REPLY_DEBT_LIMIT:
+            self.pause_input(_REPLIES)
 
     def _on_data(self, nbytes: int) -> None:
         raise NotImplementedError
@@ -213,6 +238,7 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
         self._finish(ConnectionResetError("connection closed by peer"))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        trim_soon(self.loop, session_ended=True)  # see fastpf.limits: memory goes back
         self._finish(exc if exc is not None else ConnectionResetError("connection closed"))
 
     def pause_writing(self) -> None:
@@ -222,6 +248,8 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self.output_paused = False
+        self._reply_debt = 0
+        self.resume_input(_REPLIES)
         for listener in list(self._output_listeners):
             listener.resume_output()
 
@@ -275,6 +303,7 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
         """Complete wire bytes to the transport, in order. Small ones are coalesced (copied:
         the caller may reuse its buffer at once) and flushed at the end of this iteration."""
         n = len(data)
+        self._written += n
         if n > COALESCE_LIMIT:
             if self._pending:
                 self._flush()
@@ -290,6 +319,7 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
     def _emit_parts(self, parts: list[Any], total: int) -> None:
         """Like _emit for one frame given in pieces (gather write when large: no copy)."""
         if total > COALESCE_LIMIT:
+            self._written += total
             if self._pending:
                 self._flush()
             self.transport.writelines(parts)

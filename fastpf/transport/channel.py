@@ -46,7 +46,7 @@ class PortChannel:
         self.sent = 0
         self.received = 0
         self._sink: Sink | None = None
-        self._inbox = InboundQueue(conn, self)
+        self._inbox = InboundQueue(conn)
         self._error_waiter: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:

@@ -372,17 +372,18 @@ def _client_request(
 
 
 def spdy_request(
-    host: str, path: str, extra_headers: list[tuple[str, str]]
+    host: str, path: str, extra_headers: list[tuple[str, str]], method: str = "POST"
 ) -> tuple[h11.Connection, bytes]:
-    """kubectl's SPDY upgrade (PROTOCOL.md 3.1): POST, Content-Length: 0."""
+    """kubectl's SPDY upgrade (PROTOCOL.md 3.1): POST, Content-Length: 0. `method` "GET" is
+    the request after a 301/302/303 redirect (Go's client drops the body then)."""
     headers = [
         *extra_headers,
-        ("Content-Length", "0"),
+        *([("Content-Length", "0")] if method == "POST" else []),
         ("Connection", "Upgrade"),
         ("Upgrade", SPDY_UPGRADE),
         ("X-Stream-Protocol-Version", PORTFORWARD_PROTOCOL),
     ]
-    return _client_request(host, path, "POST", headers)
+    return _client_request(host, path, method, headers)
 
 
 def websocket_request(
@@ -528,3 +529,78 @@ def check_websocket_response(
             fallback=True,
         )
     return ResponseCheck(True, 101, subprotocol=proto)
+
+
+# ---------------------------------------------------------------------------------------------
+# Client side: what kubectl says about an answer that is not HTTP (Go's net/http wording)
+
+REDIRECTS = (301, 302, 303, 307, 308)
+_GO_ESCAPES = {7: "\\a", 8: "\\b", 12: "\\f", 10: "\\n", 13: "\\r", 9: "\\t", 11: "\\v",
+               0x22: '\\"', 0x5C: "\\\\"}
+
+
+def go_quote(data: bytes, limit: int = 512) -> str:
+    """Go's %q of `data` (strconv.Quote: printable UTF-8 kept, invalid bytes as \\xNN), cut to
+    `limit` bytes with "..." after the closing quote when longer: one readable line."""
+    cut = data[:limit]
+    out = []
+    for ch in cut.decode("utf-8", "surrogateescape"):
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:  # an invalid byte, kept by surrogateescape
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[code])
+        elif ch.isprintable():
+            out.append(ch)
+        elif code < 0x80:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return '"' + "".join(out) + '"' + ("..." if len(data) > limit else "")
+
+
+def status_line_error(received: bytes) -> str | None:
+    """Go's verdict (net/http.ReadResponse) on the status line at the start of `received`:
+    its error text, or None when the line is valid or may still become valid (incomplete,
+    and a prefix of "HTTP/"). A line that cannot start an HTTP answer is judged at once,
+    as far as it arrived (kubectl would wait for its end, possibly forever)."""
+    end = received.find(b"\n")
+    line = received if end < 0 else received[:end]
+    if end < 0 and b"HTTP/".startswith(line[:5]):
+        return None
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    proto, space, status = line.partition(b" ")
+    if not space:
+        return f"malformed HTTP response {go_quote(line)}"
+    code = status.lstrip(b" ").partition(b" ")[0]
+    if len(code) != 3 or not code.isdigit():
+        return f"malformed HTTP status code {go_quote(code)}"
+    if not _go_http_version(proto):
+        return f"malformed HTTP version {go_quote(proto)}"
+    return None
+
+
+def _go_http_version(proto: bytes) -> bool:
+    if proto in (b"HTTP/1.1", b"HTTP/1.0"):
+        return True
+    return (len(proto) == 8 and proto.startswith(b"HTTP/") and proto[6:7] == b"."
+            and proto[5:6].isdigit() and proto[7:8].isdigit())
+
+
+def header_error(received: bytes, too_long: bool) -> str:
+    """Go's text for a bad header block after a valid status line (h11 found it bad)."""
+    if too_long:
+        return f"net/http: server response headers exceeded {len(received)} bytes; aborted"
+    for line in received.split(b"\n")[1:]:
+        line = line.rstrip(b"\r")
+        if not line:
+            break
+        if line[:1] in (b" ", b"\t"):
+            return f"malformed MIME header initial line: {go_quote(line)[1:-1]}"
+        name, colon, _value = line.partition(b":")
+        if not colon or not name or any(c <= 32 or c >= 127 for c in name):
+            return f"malformed MIME header line: {go_quote(line)[1:-1]}"
+    return "malformed HTTP response headers"

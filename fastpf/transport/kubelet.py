@@ -23,7 +23,7 @@ from fastpf import _frames as F
 from fastpf.transport import handshake
 from fastpf.transport.channel import ChannelConnection, PortChannel
 from fastpf.transport.relay import RelayResult, dial_relay
-from fastpf.transport.spdy import RST_CANCEL, SpdyConnection, SpdyStream
+from fastpf.transport.spdy import RST_CANCEL, RST_REFUSED_STREAM, SpdyConnection, SpdyStream
 from fastpf.types import PodTarget, ServerOptions, UpgradeRequest
 
 log = logging.getLogger("fastpf.transport.kubelet")
@@ -181,6 +181,10 @@ def copy_error_text(pod: PodTarget, port: int, error: str) -> str:
 
 
 DIAL_TIMEOUT = 10.0  # seconds for a pod connection (kubelet's dial has no shorter bound)
+# Stream pairs waiting for their second stream, per session (kubelet has no bound: 200,000
+# SYN_STREAMs that never pair took 500 MiB). A stream that would start one more is refused
+# (RST_STREAM REFUSED_STREAM); streams completing a pair are always taken.
+MAX_UNPAIRED = 4096
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,11 +245,14 @@ class _SpdySession:
             )
             stream.reset(RST_CANCEL)
             return
-        stream.reply()
         request_id = headers.get("requestid")
         if request_id is None:
             # pre-requestID clients: error stream then data stream, back to back
             request_id = str(stream.stream_id if stream_type == "error" else stream.stream_id - 2)
+        if len(self.pairs) >= MAX_UNPAIRED and request_id not in self.pairs:
+            stream.reset(RST_REFUSED_STREAM)
+            return
+        stream.reply()
         pair = self.pairs.get(request_id)
         if pair is None:
             pair = _Pair(request_id)

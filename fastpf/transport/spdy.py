@@ -24,6 +24,7 @@ from fastpf.errors import (
     SpdyStreamError,
     WebSocketError,
 )
+from fastpf.limits import trim_soon
 from fastpf.transport._base import WS_HEADER_ROOM, InboundQueue, Sink, UpgradedProtocol
 
 RST_PROTOCOL_ERROR = 1
@@ -38,6 +39,15 @@ DEFAULT_MAX_DATA = 256 * 1024
 # TLS read of smaller frames fits behind a partial one. Pages are committed only as written.
 RECV_BUFFER = 2 * DEFAULT_MAX_DATA + 64
 MAX_OUTSTANDING_PINGS = 64  # unanswered PINGs remembered (the oldest one always is)
+# A session that upgraded must show a complete frame within this (kubectl pings every 5 s,
+# 10 s tunnelled): the server drops sessions that never speak; a pinging client drops a
+# server that never answers. Later silence is the idle timeout's business.
+FIRST_FRAME_TIMEOUT = 30.0
+SPDY_VERSION = 3
+# Frames without header blocks need no compression state: one stateless encoder for all
+# sessions. The zlib state of a header encoder (~90 KiB) is made on a session's first
+# SYN_STREAM / SYN_REPLY, so idle sessions do not carry it.
+_FRAMES = F.SpdyEncoder(header_level=1)
 
 
 class StreamResetError(FastpfError):
@@ -84,7 +94,7 @@ class SpdyStream:
         self.sent = 0
         self.received = 0
         self._sink: Sink | None = None
-        self._inbox = InboundQueue(conn, self)
+        self._inbox = InboundQueue(conn)
         self._reply_waiter: asyncio.Future[None] | None = None
 
     # relay contract
@@ -105,13 +115,13 @@ class SpdyStream:
         if self.replied or self.local_closed:
             return
         self.replied = True
-        self.connection._write(self.connection._enc.syn_reply(self.stream_id))
+        self.connection._write(self.connection._headers().syn_reply(self.stream_id))
 
     def reset(self, status: int = RST_CANCEL) -> None:
         """Send RST_STREAM(status) and forget the stream. Idempotent."""
         conn = self.connection
         if not (self.local_closed and self.remote_closed):
-            conn._write(conn._enc.rst_stream(self.stream_id, status))
+            conn._write(_FRAMES.rst_stream(self.stream_id, status))
         self.local_closed = True
         if not self.remote_closed:
             self.remote_closed = True
@@ -280,7 +290,9 @@ class SpdyConnection(UpgradedProtocol):
     `on_stream(stream)`: called for each valid SYN_STREAM (server role; reply() or reset()
     it); without it, peer streams are refused. `max_data`: largest DATA payload we send
     (<= 16 MiB). `ping_timeout`: close when no PING reply for that long (None: never, as
-    kubectl).
+    kubectl). `first_frame_timeout`: end the session when no complete frame arrived that long
+    after the upgrade (server role; client role only when it pings); None: FIRST_FRAME_TIMEOUT,
+    0 disables.
 
     `closed` is a future whose *result* is None (clean end) or the exception that ended the
     session; it never raises. `goaway_received` tells whether the peer sent GOAWAY.
@@ -298,6 +310,7 @@ class SpdyConnection(UpgradedProtocol):
         ping_timeout: float | None = None,
         write_high: int | None = None,
         write_low: int | None = None,
+        first_frame_timeout: float | None = None,
     ) -> None:
         ws = {None: None, "ws-server": "server", "ws-client": "client"}[tunnel]
         kwargs: dict[str, Any] = {}
@@ -317,9 +330,9 @@ class SpdyConnection(UpgradedProtocol):
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.streams: dict[int, SpdyStream] = {}
-        # Client: level 6 (same block sizes as kubectl's 9, a third of the CPU per stream);
-        # server: level 9, byte-identical to kubelet's replies.
-        self._enc = F.SpdyEncoder(header_level=6 if client else 9)
+        # Made on first use (_headers). Client: level 6 (same block sizes as kubectl's 9, a
+        # third of the CPU per stream); server: level 9, byte-identical to kubelet's replies.
+        self._enc: F.SpdyEncoder | None = None
         # Tunnelled, the SPDY decoder's own buffer only holds frames split across messages.
         self._dec = F.SpdyDecoder(buffer_size=RECV_BUFFER if ws is None else DEFAULT_MAX_DATA)
         self._wsdec = (
@@ -336,11 +349,39 @@ class SpdyConnection(UpgradedProtocol):
         self.last_ping_reply: float | None = None  # loop.time() of the last answer to our PING
         self.goaway_received = False
         self._going_away = False
+        self._forgotten = 0  # streams ended since the last trim_soon
+        self.first_frame_timeout = (
+            FIRST_FRAME_TIMEOUT if first_frame_timeout is None else first_frame_timeout
+        )
+        self._first_frame_handle: asyncio.TimerHandle | None = None
 
     # -- setup ---------------------------------------------------------------------------------
     def _attached(self) -> None:
-        if self.ping_interval and self.ping_interval > 0:
+        pings = bool(self.ping_interval and self.ping_interval > 0)
+        if pings:
             self._ping_handle = self.loop.call_later(self.ping_interval, self._ping_tick)
+        if self.first_frame_timeout and (pings or not self.client):
+            self._first_frame_handle = self.loop.call_later(
+                self.first_frame_timeout, self._no_first_frame
+            )
+
+    def _no_first_frame(self) -> None:
+        self._first_frame_handle = None
+        if self._closing:
+            return
+        if self.client:  # the server never answered our pings
+            self._abort(TimeoutError(f"no frame from the server within {self.first_frame_timeout:g}s"))
+        else:
+            self.goaway(F.GOAWAY_OK)
+
+    def busy(self) -> bool:
+        return not self._closing and bool(self.streams)
+
+    def _headers(self) -> F.SpdyEncoder:
+        enc = self._enc
+        if enc is None:
+            enc = self._enc = F.SpdyEncoder(header_level=6 if self.client else 9)
+        return enc
 
     def _feed(self, data: bytes) -> None:
         if self._wsdec is not None:
@@ -414,7 +455,7 @@ class SpdyConnection(UpgradedProtocol):
             try:
                 frame = dec.next_frame()
             except SpdyStreamError as exc:
-                self._write(self._enc.rst_stream(exc.stream_id, exc.rst_status))
+                self._write(_FRAMES.rst_stream(exc.stream_id, exc.rst_status))
                 continue
             except ProtocolError as exc:
                 self._spdy_protocol_error(exc)
@@ -422,13 +463,30 @@ class SpdyConnection(UpgradedProtocol):
             if frame is None:
                 if dec.error is not None:
                     self._spdy_protocol_error(dec.error)
+                else:
+                    pending = dec.pending_data_stream
+                    if pending and pending not in self.streams and self._never_opened(pending):
+                        self._unknown_stream(pending)
                 return
+            if self._first_frame_handle is not None:
+                self._first_frame_handle.cancel()
+                self._first_frame_handle = None
             ftype = frame.type
             if ftype == F.DATA:
-                stream = self.streams.get(frame.stream_id)
+                sid = frame.stream_id
+                stream = self.streams.get(sid)
                 if stream is not None:
                     stream._on_data(frame.payload, frame.flags & F.FLAG_FIN)  # type: ignore[arg-type]
-                # unknown stream: dropped (spdystream logs and ignores)
+                elif self._never_opened(sid):
+                    self._unknown_stream(sid)
+                    return
+                # a stream that ended: dropped (spdystream logs and ignores)
+            elif frame.version != SPDY_VERSION:
+                # spdystream does not check; no real peer sends another version, and random
+                # bytes read as a control frame are refused at once
+                self._spdy_protocol_error(
+                    SpdySessionError(f"SPDY control frame of version {frame.version}"))
+                return
             elif ftype == F.SYN_STREAM:
                 self._on_syn_stream(frame)
             elif ftype == F.SYN_REPLY:
@@ -452,14 +510,26 @@ class SpdyConnection(UpgradedProtocol):
                 return
             # SETTINGS, WINDOW_UPDATE, HEADERS: parsed and ignored (no flow control)
 
+    def _never_opened(self, sid: int) -> bool:
+        """True for a stream id no SYN_STREAM ever named (not one that ended)."""
+        if sid & 1 == self._parity:
+            return sid >= self._next_id
+        return sid > self._last_remote_id
+
+    def _unknown_stream(self, sid: int) -> None:
+        # A peer that sends DATA for a stream never opened is broken or hostile (random bytes
+        # after the upgrade read as DATA half the time): end the session now instead of
+        # buffering up to 16 MiB of a frame nobody will take.
+        self._spdy_protocol_error(SpdySessionError(f"SPDY DATA for stream {sid}, never opened"))
+
     def _on_syn_stream(self, frame: Any) -> None:
         sid = frame.stream_id
-        if sid <= self._last_remote_id:
-            self._write(self._enc.rst_stream(sid, RST_PROTOCOL_ERROR))
+        if sid <= self._last_remote_id or sid & 1 == self._parity:
+            self._write(_FRAMES.rst_stream(sid, RST_PROTOCOL_ERROR))
             return
         self._last_remote_id = sid
         if self._going_away or self.on_stream is None:
-            self._write(self._enc.rst_stream(sid, RST_REFUSED_STREAM))
+            self._write(_FRAMES.rst_stream(sid, RST_REFUSED_STREAM))
             return
         stream = SpdyStream(self, sid, dict(frame.headers or {}), local=False)
         self.streams[sid] = stream
@@ -474,7 +544,7 @@ class SpdyConnection(UpgradedProtocol):
 
     def _on_ping(self, ping_id: int) -> None:
         if ping_id & 1 != self._parity:
-            self._write(self._enc.ping(ping_id))  # the peer's ping: echo it
+            self._write(_FRAMES.ping(ping_id))  # the peer's ping: echo it
             return
         sent = self._ping_outstanding.pop(ping_id, None)
         if sent is not None:
@@ -484,7 +554,7 @@ class SpdyConnection(UpgradedProtocol):
     # -- errors --------------------------------------------------------------------------------
     def _spdy_protocol_error(self, exc: BaseException) -> None:
         status = getattr(exc, "goaway_status", F.GOAWAY_PROTOCOL_ERROR)
-        self._write(self._enc.goaway(self._last_remote_id, status))
+        self._write(_FRAMES.goaway(self._last_remote_id, status))
         if self.ws is not None:
             self._send_ws_close(1002)
         self._close_transport(exc)
@@ -495,7 +565,7 @@ class SpdyConnection(UpgradedProtocol):
 
     def _internal_error(self, exc: BaseException) -> None:
         try:
-            self._write(self._enc.goaway(self._last_remote_id, F.GOAWAY_INTERNAL_ERROR))
+            self._write(_FRAMES.goaway(self._last_remote_id, F.GOAWAY_INTERNAL_ERROR))
             if self.ws is not None:
                 self._send_ws_close(1011)
         except Exception:
@@ -519,8 +589,13 @@ class SpdyConnection(UpgradedProtocol):
             self._write_ws_parts([header, payload] if n else [header], 8 + n)
 
     def _forget(self, stream: SpdyStream) -> None:
-        if self.streams.get(stream.stream_id) is stream:
-            del self.streams[stream.stream_id]
+        streams = self.streams
+        if streams.get(stream.stream_id) is stream:
+            del streams[stream.stream_id]
+            self._forgotten += 1
+            if not streams:  # a burst of connections ended: give the memory back
+                trim_soon(self.loop, streams_ended=self._forgotten)
+                self._forgotten = 0
 
     # -- public API ----------------------------------------------------------------------------
     async def open_stream(self, headers: dict[str, str], timeout: float = 30.0) -> SpdyStream:
@@ -546,7 +621,7 @@ class SpdyConnection(UpgradedProtocol):
         stream = SpdyStream(self, sid, hdrs, local=True)
         stream._reply_waiter = self.loop.create_future()
         self.streams[sid] = stream
-        self._write(self._enc.syn_stream(sid, hdrs))
+        self._write(self._headers().syn_stream(sid, hdrs))
         return stream
 
     async def wait_replies(
@@ -594,7 +669,7 @@ class SpdyConnection(UpgradedProtocol):
             # what ping_timeout measures: drop the second oldest (dicts keep insertion order).
             del outstanding[next(itertools.islice(outstanding, 1, None))]
         outstanding[pid] = self.loop.time()
-        self._write(self._enc.ping(pid))
+        self._write(_FRAMES.ping(pid))
         return pid
 
     def _ping_tick(self) -> None:
@@ -614,7 +689,7 @@ class SpdyConnection(UpgradedProtocol):
         if self._closing:
             return
         self._going_away = True
-        self._write(self._enc.goaway(self._last_remote_id, status))
+        self._write(_FRAMES.goaway(self._last_remote_id, status))
         if self.ws is not None:
             self._send_ws_close(ws_close_code)
         self._close_transport(None)
@@ -640,11 +715,17 @@ class SpdyConnection(UpgradedProtocol):
         if self._ping_handle is not None:
             self._ping_handle.cancel()
             self._ping_handle = None
+        if self._first_frame_handle is not None:
+            self._first_frame_handle.cancel()
+            self._first_frame_handle = None
         lost = exc if exc is not None else SessionClosedError("lost connection to pod")
         for stream in list(self.streams.values()):
             stream._on_lost(lost)
         self.streams.clear()
         self._held.clear()
+        # The owner's callback refers back to it (kubelet's session holds this connection):
+        # without the cycle, an ended session is freed at once, not at the next full GC.
+        self.on_stream = None
 
 
 __all__ = [

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
+import ssl as _ssl
 from collections.abc import Awaitable
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urljoin, urlsplit
 
 import h11
 
@@ -27,6 +29,8 @@ PROTOCOLS = ("websocket", "spdy", "ws-channel")  # "auto" = websocket, then spdy
 Connection = SpdyConnection | ChannelConnection
 
 MAX_ERROR_BODY = 64 << 10
+MAX_ANSWER_HEAD = 16 << 10  # h11's default bound on an incomplete head
+MAX_REDIRECTS = 10  # Go's http.Client stops after 10
 _T = TypeVar("_T")
 
 
@@ -40,11 +44,23 @@ class UpgradeRefusedError(HandshakeError):
         self.fallback = fallback
 
 
-class _Handshake(asyncio.Protocol):
-    """Reads the answer to the upgrade request with h11 (bounded body)."""
+class _Redirect(Exception):
+    """The SPDY upgrade answer is a redirect that client-go follows."""
 
-    def __init__(self, conn: h11.Connection) -> None:
+    def __init__(self, status: int, location: str) -> None:
+        super().__init__(location)
+        self.status = status
+        self.location = location
+
+
+class _Handshake(asyncio.Protocol):
+    """Reads the answer to the upgrade request with h11 (bounded head and body). Answers that
+    are not HTTP, and connections that end before an answer, fail with kubectl's words
+    (`fail` prefixes them: "error upgrading connection: ...")."""
+
+    def __init__(self, conn: h11.Connection, fail: str) -> None:
         self.h11 = conn
+        self.fail = fail
         self.transport: Any = None
         self.done: asyncio.Future[tuple[Any, bytes, bytes]] = (
             asyncio.get_running_loop().create_future()
@@ -52,6 +68,7 @@ class _Handshake(asyncio.Protocol):
         self.head: Any = None
         self.body = bytearray()
         self.extra = bytearray()  # bytes after the 101 head
+        self.start = bytearray()  # the answer until its head is parsed (for error texts)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -60,25 +77,35 @@ class _Handshake(asyncio.Protocol):
         if self.done.done():
             self.extra += data  # arrived after the 101, before the takeover
             return
+        if self.head is None:
+            self.start += data[: MAX_ANSWER_HEAD + 1 - len(self.start)]
+            problem = handshake.status_line_error(bytes(self.start))
+            if problem is not None:  # not an HTTP answer: say so now, not at the timeout
+                self._error(problem)
+                return
         self.h11.receive_data(data)
         self._pump()
 
     def eof_received(self) -> bool:
         if not self.done.done():
-            self.h11.receive_data(b"")
-            self._pump()
+            self._ended()
         return self.transport.get_extra_info("ssl_object") is None  # TLS: True only warns
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done.done():
-            if self.head is not None:
-                self.done.set_result((self.head, bytes(self.body), b""))
-            else:
-                self.done.set_exception(
-                    ConnectionResetError("connection closed before the upgrade answer")
-                    if exc is None
-                    else exc
-                )
+            self._ended()
+
+    def _ended(self) -> None:
+        if self.head is None:
+            self._error("unexpected EOF")  # Go's text; the connection ended inside the head
+            return
+        self.done.set_result((self.head, bytes(self.body), b""))  # an error body, cut short
+
+    def _error(self, text: str) -> None:
+        if not self.done.done():
+            self.done.set_exception(HandshakeError(self.fail + text, None))
+        if self.transport is not None:
+            self.transport.abort()
 
     def _pump(self) -> None:
         try:
@@ -105,13 +132,14 @@ class _Handshake(asyncio.Protocol):
                     if self.head is not None:
                         self.done.set_result((self.head, bytes(self.body), b""))
                     else:
-                        self.done.set_exception(
-                            ConnectionResetError("connection closed before the upgrade answer")
-                        )
+                        self._error("unexpected EOF")
                     return
         except h11.RemoteProtocolError as exc:
-            if not self.done.done():
-                self.done.set_exception(HandshakeError(f"error upgrading connection: {exc}", None))
+            if self.head is None:
+                self._error(handshake.header_error(
+                    bytes(self.start), exc.error_status_hint == 431))
+            else:  # a broken body of an error answer: what arrived is the answer
+                self.done.set_result((self.head, bytes(self.body), b""))
 
 
 def _host_header(dialer: ApiDialer) -> str:
@@ -164,6 +192,18 @@ def _full_path(dialer: ApiDialer, path: str, ports: list[int] | None) -> str:
     return full
 
 
+def _url(dialer: ApiDialer, full_path: str) -> str:
+    return f"{'https' if dialer.ssl is not None else 'http'}://{_host_header(dialer)}{full_path}"
+
+
+def _fail_prefix(dialer: ApiDialer, protocol: str, full_path: str) -> str:
+    """kubectl's words before an answer-level error: SPDY goes through Go's http.Client
+    ("error sending request: Post URL: ..."), the WebSocket dialer does not."""
+    if protocol == "spdy":
+        return f"error upgrading connection: error sending request: Post {handshake.go_quote(_url(dialer, full_path).encode())}: "
+    return "error upgrading connection: "
+
+
 async def _upgrade_once(
     dialer: ApiDialer,
     path: str,
@@ -173,6 +213,8 @@ async def _upgrade_once(
     timeout: float,
     max_data: int,
     ping_timeout: float | None = None,
+    method: str = "POST",
+    resume: bool = True,
 ) -> Connection:
     host = _host_header(dialer)
     extra = [
@@ -180,30 +222,38 @@ async def _upgrade_once(
     ]
     key = ""
     offered: list[str] = []
+    full = _full_path(dialer, path, ports if protocol.startswith("ws-channel") else None)
+    fail = _fail_prefix(dialer, protocol, full)
     if protocol == "spdy":
-        conn, request = handshake.spdy_request(host, _full_path(dialer, path, None), extra)
+        conn, request = handshake.spdy_request(host, full, extra, method)
     elif protocol == "websocket":
         offered = [handshake.TUNNEL_PROTOCOL]
-        conn, request, key = handshake.websocket_request(
-            host, _full_path(dialer, path, None), offered, extra
-        )
+        conn, request, key = handshake.websocket_request(host, full, offered, extra)
     elif protocol in ("ws-channel", "ws-channel-base64"):
         offered = [
             handshake.CHANNEL_V4_BASE64 if protocol.endswith("base64") else handshake.CHANNEL_V4
         ]
-        conn, request, key = handshake.websocket_request(
-            host, _full_path(dialer, path, ports), offered, extra
-        )
+        conn, request, key = handshake.websocket_request(host, full, offered, extra)
     else:
         raise ValueError(f"unknown protocol {protocol!r} (expected one of {PROTOCOLS} or 'auto')")
-    proto = _Handshake(conn)
+    proto = _Handshake(conn, fail)
     transport = await _open(dialer, proto, timeout)
     try:
         transport.write(request)  # type: ignore[attr-defined]
-        head, body, trailing = await _within(proto.done, timeout)
+        try:
+            head, body, trailing = await _within(proto.done, timeout)
+        except (asyncio.TimeoutError, TimeoutError):
+            # The dial succeeded: the server never answered (Go's ResponseHeaderTimeout text;
+            # kubectl itself would wait forever).
+            raise HandshakeError(fail + "net/http: timeout awaiting response headers", None) from None
     except BaseException:
         transport.abort()  # type: ignore[attr-defined]
         raise
+    if protocol == "spdy" and head.status_code in handshake.REDIRECTS:
+        location = _location(head)
+        if location is not None:  # client-go's SPDY upgrade is an http.Client request
+            transport.close()
+            raise _Redirect(head.status_code, location)
     if protocol == "spdy":
         check = handshake.check_spdy_response(head, body)
     else:
@@ -213,7 +263,7 @@ async def _upgrade_once(
         raise UpgradeRefusedError(check.message, check.status, check.fallback)
     # A context that resumes TLS sessions (fastpf.client.tlsconfig.ResumingContext) learns
     # this connection's session; its tickets came before the 101.
-    remember = getattr(dialer.ssl, "remember_session", None)
+    remember = getattr(dialer.ssl, "remember_session", None) if resume else None
     if remember is not None:
         remember(transport.get_extra_info("ssl_object"))
     initial = trailing + bytes(proto.extra)
@@ -275,8 +325,81 @@ async def connect(
             if not exc.fallback:
                 raise
         protocol = "spdy"
-    session = await _upgrade_once(
-        dialer, path, protocol, ports, ping_interval, timeout, max_data, ping_timeout
-    )
+    if protocol != "spdy":
+        session = await _upgrade_once(
+            dialer, path, protocol, ports, ping_interval, timeout, max_data, ping_timeout
+        )
+    else:
+        session = await _spdy_following_redirects(
+            dialer, path, ping_interval, timeout, max_data, ping_timeout
+        )
     session.negotiated = protocol  # type: ignore[union-attr]
     return session
+
+
+def _location(head: Any) -> str | None:
+    for name, value in head.headers:
+        if name.lower() == b"location" and value:
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def _spdy_following_redirects(
+    dialer: ApiDialer,
+    path: str,
+    ping_interval: float | None,
+    timeout: float,
+    max_data: int,
+    ping_timeout: float | None,
+) -> Connection:
+    """The SPDY upgrade follows redirects as client-go's (an http.Client request): up to
+    MAX_REDIRECTS hops, POST becomes GET on 301/302/303 and stays POST on 307/308, and the
+    credentials are dropped when the redirect leaves the original scheme, host and port.
+    (The WebSocket dialer does not follow: "auto" falls back to SPDY on a redirect.)"""
+    origin = (dialer.ssl is not None, dialer.host, dialer.port)
+    url = _url(dialer, _full_path(dialer, path, None))
+    method = "POST"
+    last = url
+    for _ in range(MAX_REDIRECTS + 1):
+        try:
+            # A TLS session is remembered only from the server the kubeconfig names.
+            resume = (dialer.ssl is not None, dialer.host, dialer.port) == origin
+            return await _upgrade_once(dialer, path, "spdy", [], ping_interval, timeout, max_data,
+                                       ping_timeout, method=method, resume=resume)
+        except _Redirect as hop:
+            last = hop.location
+            url = urljoin(url, hop.location)
+            if hop.status in (301, 302, 303):
+                method = "GET"
+            dialer, path = _redirected(dialer, url)
+    raise HandshakeError(
+        f"error upgrading connection: error sending request: Post {handshake.go_quote(last.encode())}: "
+        f"stopped after {MAX_REDIRECTS} redirects", None)
+
+
+def _redirected(dialer: ApiDialer, url: str) -> tuple[ApiDialer, str]:
+    """The dialer and path for a redirect target."""
+    parts = urlsplit(url)
+    scheme = (parts.scheme or "").lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise HandshakeError(
+            f"error upgrading connection: error sending request: Post {handshake.go_quote(url.encode())}: "
+            f"unsupported protocol scheme {handshake.go_quote(scheme.encode())}", None)
+    port = parts.port or (443 if scheme == "https" else 80)
+    same = (scheme == ("https" if dialer.ssl is not None else "http")
+            and parts.hostname == dialer.host and port == dialer.port)
+    if not same and dialer.open_socket is not None:
+        raise HandshakeError(
+            f"error upgrading connection: redirect to {url} through a proxy is not supported", None)
+    ctx = dialer.ssl if scheme == "https" else None
+    if scheme == "https" and ctx is None:
+        ctx = _ssl.create_default_context()
+    headers = dialer.headers
+    if not same:  # Go's client drops credentials on a redirect to another host
+        headers = [(k, v) for k, v in headers
+                   if k.lower() not in ("authorization", "cookie", "www-authenticate")]
+    new = dataclasses.replace(
+        dialer, host=parts.hostname, port=port, ssl=ctx, headers=headers, base_path="",
+        server_hostname=(dialer.server_hostname if same else parts.hostname) if ctx else None,
+    )
+    return new, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
