@@ -29,20 +29,30 @@ def pattern_block(seed: int) -> bytes:
     return random.Random(seed).randbytes(BLOCK)
 
 
+def _read_line(conn: socket.socket) -> int | None:
+    """The request "N\\n" (None: the client left first)."""
+    line = b""
+    while not line.endswith(b"\n") and len(line) < 64:
+        chunk = conn.recv(1)
+        if not chunk:
+            return None
+        line += chunk
+    return int(line)
+
+
+def _send_pattern(conn: socket.socket, block: bytes, left: int) -> None:
+    view = memoryview(block)
+    while left > 0:
+        n = min(left, BLOCK)
+        conn.sendall(view[:n])
+        left -= n
+
+
 def _source(conn: socket.socket, block: bytes) -> None:
     with conn:
-        line = b""
-        while not line.endswith(b"\n") and len(line) < 64:
-            chunk = conn.recv(1)
-            if not chunk:
-                return
-            line += chunk
-        left = int(line)
-        view = memoryview(block)
-        while left > 0:
-            n = min(left, BLOCK)
-            conn.sendall(view[:n])
-            left -= n
+        n = _read_line(conn)
+        if n is not None:
+            _send_pattern(conn, block, n)
 
 
 def _reply(conn: socket.socket, block: bytes) -> None:
@@ -61,21 +71,13 @@ def _reply(conn: socket.socket, block: bytes) -> None:
 
 def _sized(conn: socket.socket, block: bytes) -> None:
     with conn:
-        line = b""
-        while not line.endswith(b"\n") and len(line) < 64:
-            chunk = conn.recv(1)
-            if not chunk:
-                return
-            line += chunk
+        n = _read_line(conn)
+        if n is None:
+            return
         for _ in range(1 << 24):  # bounded: to EOF
             if not conn.recv(1 << 16):
                 break
-        left = int(line)
-        view = memoryview(block)
-        while left > 0:
-            n = min(left, BLOCK)
-            conn.sendall(view[:n])
-            left -= n
+        _send_pattern(conn, block, n)
 
 
 def _serve(sock: socket.socket, handler: object, block: bytes) -> None:

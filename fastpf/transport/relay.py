@@ -138,26 +138,25 @@ class _Relay(asyncio.BufferedProtocol):
             elif self._hold_handle is None:
                 self._hold_handle = self.loop.call_later(BUDGET_HOLD, self._send_held)
             return
+        self._send(self.buf, nbytes)
+
+    def _send(self, buf: bytearray, n: int) -> bool:
+        """buf[room:room+n] as one frame; False when the session is gone."""
         try:
-            self.pipe.send_inplace(self.buf, self.room, nbytes)
+            self.pipe.send_inplace(buf, self.room, n)
         except Exception as exc:  # session gone under us
             self._local_error(exc)
-            return
-        self.result.sent += nbytes
+            return False
+        self.result.sent += n
+        return True
 
     def _send_held(self) -> None:
         if self._hold_handle is not None:
             self._hold_handle.cancel()
             self._hold_handle = None
         n, self._held = self._held, 0
-        if not n or self.local_done or self.buf is None:
+        if not n or self.local_done or self.buf is None or not self._send(self.buf, n):
             return
-        try:
-            self.pipe.send_inplace(self.buf, self.room, n)
-        except Exception as exc:  # session gone under us
-            self._local_error(exc)
-            return
-        self.result.sent += n
         if self.eof_budget is not None:
             self.eof_budget -= 1
             if self.eof_budget <= 0:
