@@ -7,6 +7,7 @@
   far above a stall;
 - request / half-close / reply: the pod reads to EOF before it answers, briefly or with 8 MiB;
 - many short connections, one after the other;
+- a connection left idle past every ping interval, then used;
 - curl fetching a file from a real `python3 -m http.server` behind the forward.
 
 A bulk test that sends both ways at once, or stops reading at N bytes, hides a download that
@@ -259,3 +260,42 @@ def test_fastpf_patterns(serve: ServeInstance, pod: Pod, clients: Callable[..., 
     cmd = [sys.executable, "-m", "fastpf", "--kubeconfig", str(serve.kubeconfig), "--protocol", protocol,
            "pod/patterns", *_ports(pod)]
     check_patterns(clients(cmd, None), pod, tmp_path, half_close=protocol != "ws-channel")
+
+
+IDLE_S = 12.0  # past kubectl's pings (5 s raw, 10 s tunnelled) and fastpf's (5 s)
+
+
+def test_long_idle_connections(serve: ServeInstance, pod: Pod, kubectl_bin: Callable[[str], str],
+                               kubectl_cache_dir: Path,
+                               clients: Callable[..., KubectlPortForward]) -> None:
+    """A connection opened, left idle past every ping interval, then used; and the session
+    still takes new connections afterwards. kubectl 1.29 (SPDY), 1.33 (WebSocket tunnel) and
+    the fastpf client, idle at the same time."""
+    started = []
+    for version in ("1.29", "1.33"):
+        started.append(clients([kubectl_bin(version), "--kubeconfig", str(serve.kubeconfig),
+                                "--cache-dir", str(kubectl_cache_dir), "port-forward",
+                                "pod/patterns", *_ports(pod)], None))
+    started.append(clients([sys.executable, "-m", "fastpf", "--kubeconfig", str(serve.kubeconfig),
+                            "pod/patterns", *_ports(pod)], None))
+    idle = []
+    for pf in started:
+        sock = socket.create_connection(("127.0.0.1", pf.local_port(pod.reply)), timeout=30)
+        sock.sendall(b"before the idle, ")
+        idle.append(sock)
+    time.sleep(IDLE_S)
+    for pf, sock in zip(started, idle, strict=True):
+        with sock:
+            sock.sendall(b"after it")
+            sock.shutdown(socket.SHUT_WR)
+            answer = b""
+            for _ in range(100):  # bounded
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+        body = b"before the idle, after it"
+        assert answer == f"{len(body)} {hashlib.sha256(body).hexdigest()}\n".encode(), pf.output()
+        assert request_halfclose_reply(pf.local_port(pod.reply), b"x") == (
+            f"1 {hashlib.sha256(b'x').hexdigest()}\n".encode())
+        assert pf.proc.poll() is None, pf.output()
