@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import ServeInstance, pattern_bytes, start_serve, stop_process
+from test_client_e2e import echo_once  # noqa: F401 - re-exported for the fault tests
 
 PATTERN = bytes(next(pattern_bytes(1 << 20)))  # the 1 MiB block the targets repeat
 TOKEN = "resilience-token-3f9c2d"
@@ -155,20 +156,6 @@ def upload_checked(port: int, n: int, host: str = "127.0.0.1", timeout: float = 
     count = int(count_s)
     assert sha == pattern_sha256(count), f"corrupt upload: {reply!r}"
     return "complete" if count == n else "short"
-
-
-def echo_once(port: int, payload: bytes, host: str = "127.0.0.1", timeout: float = 20.0) -> bytes:
-    with socket.create_connection((host, port), timeout=timeout) as s:
-        s.sendall(payload)
-        got = b""
-        for _ in range(1000):
-            if len(got) >= len(payload):
-                break
-            d = s.recv(65536)
-            if not d:
-                break
-            got += d
-        return got
 
 
 def time_until(check: Callable[[], bool], timeout: float, step: float = 0.02) -> float:

@@ -158,8 +158,9 @@ def manifest(t: Targets, t2: Targets | None = None) -> str:
     return yaml.safe_dump_all(docs)
 
 
-def echo_once(port: int, payload: bytes = b"ping", host: str = "127.0.0.1") -> bytes:
-    with socket.create_connection((host, port), timeout=20) as s:
+def echo_once(port: int, payload: bytes = b"ping", host: str = "127.0.0.1",
+              timeout: float = 20.0) -> bytes:
+    with socket.create_connection((host, port), timeout=timeout) as s:
         s.sendall(payload)
         got = b""
         for _ in range(1000):

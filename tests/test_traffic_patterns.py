@@ -167,18 +167,23 @@ def download_to_eof(port: int, n: int) -> tuple[int, str, float, float]:
     return got, h.hexdigest(), last - start, eof - last
 
 
+def halfclose_and_read(sock: socket.socket, payload: bytes) -> bytes:
+    """Send payload on `sock`, shut its write side, read the answer to EOF."""
+    sock.sendall(payload)
+    sock.shutdown(socket.SHUT_WR)
+    answer = b""
+    for _ in range(1000):  # bounded
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        answer += chunk
+    return answer
+
+
 def request_halfclose_reply(port: int, payload: bytes) -> bytes:
-    """Send payload, shut our write side, read the answer to EOF."""
+    """A fresh connection: send payload, shut our write side, read the answer to EOF."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(payload)
-        sock.shutdown(socket.SHUT_WR)
-        answer = b""
-        for _ in range(1000):  # bounded
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
-        return answer
+        return halfclose_and_read(sock, payload)
 
 
 def halfclose_then_download(port: int, n: int) -> tuple[int, str]:
@@ -286,14 +291,7 @@ def test_long_idle_connections(serve: ServeInstance, pod: Pod, kubectl_bin: Call
     time.sleep(IDLE_S)
     for pf, sock in zip(started, idle, strict=True):
         with sock:
-            sock.sendall(b"after it")
-            sock.shutdown(socket.SHUT_WR)
-            answer = b""
-            for _ in range(100):  # bounded
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                answer += chunk
+            answer = halfclose_and_read(sock, b"after it")
         body = b"before the idle, after it"
         assert answer == f"{len(body)} {hashlib.sha256(body).hexdigest()}\n".encode(), pf.output()
         assert request_halfclose_reply(pf.local_port(pod.reply), b"x") == (
