@@ -1,4 +1,5 @@
-"""Builds the compiled frame layer (fastpf/_frames.pyx).
+"""Builds the compiled frame layer (fastpf/_frames.pyx and the parts it includes, fastpf/frames/*.pxi;
+cythonize rebuilds when any part changes).
 
 FASTPF_CYTHON_ANNOTATE=1 writes the Cython annotation HTML; FASTPF_CYTHON_TRACE=1 enables
 line tracing for profilers. Generated .c files are not committed.
