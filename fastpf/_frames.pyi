@@ -47,6 +47,18 @@ WS_CLOSE: Final = 8
 WS_PING: Final = 9
 WS_PONG: Final = 10
 
+WS_CLOSE_NORMAL: Final = 1000
+WS_CLOSE_GOING_AWAY: Final = 1001
+WS_CLOSE_PROTOCOL_ERROR: Final = 1002
+WS_CLOSE_UNSUPPORTED_DATA: Final = 1003
+WS_CLOSE_INVALID_PAYLOAD: Final = 1007
+WS_CLOSE_POLICY_VIOLATION: Final = 1008
+WS_CLOSE_MESSAGE_TOO_BIG: Final = 1009
+WS_CLOSE_INTERNAL_ERROR: Final = 1011
+
+WS_MAX_HEADER_LENGTH: Final = 14
+SPDY_HEADER_LENGTH: Final = 8
+
 HeaderValue: TypeAlias = str | bytes | int | list[str] | tuple[str, ...]
 HeadersIn: TypeAlias = Mapping[str, HeaderValue] | Iterable[tuple[str, HeaderValue]] | None
 
@@ -189,6 +201,7 @@ def mask_inplace(buf: Buffer, key: Buffer, offset: int = 0, length: int = -1) ->
 def new_mask_key() -> bytes: ...
 def alloc_buffer(size: int) -> bytearray: ...
 def buffer_exported(buf: bytearray) -> bool: ...
+def buffer_exported_portable(buf: bytearray) -> bool: ...
 def ws_close_payload(code: int, reason: str = "") -> bytes: ...
 def parse_close_payload(payload: Buffer) -> tuple[int | None, str]: ...
 def channel_encode(channel: int, payload: Buffer, base64: bool = False) -> tuple[int, bytes]: ...

@@ -2,10 +2,21 @@
 # The receive buffer both decoders share (BufferedProtocol entry points, view safety),
 # plus the bytearray helpers of the relay.
 
-cdef extern from "Python.h":
-    # The export count CPython keeps so that a bytearray with live views cannot be resized.
-    ctypedef struct PyByteArrayObject:
-        Py_ssize_t ob_exports
+cdef extern from *:
+    """
+    /* CPython counts a bytearray's live buffer exports in ob_exports (why a bytearray with live
+       views cannot be resized). The field is private: read it only on CPython's full API;
+       elsewhere buffer_exported() falls back to a resize probe. */
+    #if CYTHON_COMPILING_IN_CPYTHON && !defined(Py_LIMITED_API)
+    #define FASTPF_HAVE_OB_EXPORTS 1
+    #define fastpf_bytearray_exports(o) (((PyByteArrayObject *)(o))->ob_exports)
+    #else
+    #define FASTPF_HAVE_OB_EXPORTS 0
+    #define fastpf_bytearray_exports(o) ((Py_ssize_t)-1)
+    #endif
+    """
+    const bint FASTPF_HAVE_OB_EXPORTS
+    Py_ssize_t fastpf_bytearray_exports(object buf)
 
 
 cdef class _FrameBuffer:
@@ -160,6 +171,33 @@ def alloc_buffer(Py_ssize_t size):
 def buffer_exported(bytearray buf):
     """True while a buffer view (memoryview, a transport's pending write) of `buf` is alive.
 
-    Reads the bytearray's export count: O(1), no allocation. A bytearray whose bytes are still
-    held elsewhere must not be reused for the next read."""
-    return (<PyByteArrayObject*>buf).ob_exports > 0
+    On CPython it reads the bytearray's export count: O(1), no allocation. Elsewhere it is
+    buffer_exported_portable(). A bytearray whose bytes are still held elsewhere must not be
+    reused for the next read."""
+    if FASTPF_HAVE_OB_EXPORTS:
+        return fastpf_bytearray_exports(buf) > 0
+    return buffer_exported_portable(buf)
+
+
+def buffer_exported_portable(bytearray buf):
+    """buffer_exported() without CPython's private export count: whether `buf` refuses a resize.
+
+    A bytearray with live exports cannot change size (BufferError), so this removes the last
+    byte and puts it back (appends and removes one when empty). Contents and length are
+    unchanged afterwards; on CPython neither step reallocates, so it stays O(1)."""
+    cdef Py_ssize_t n = len(buf)
+    cdef int last
+    if n:
+        last = buf[n - 1]
+        try:
+            del buf[n - 1]
+        except BufferError:
+            return True
+        buf.append(last)
+    else:
+        try:
+            buf.append(0)
+        except BufferError:
+            return True
+        del buf[0]
+    return False
