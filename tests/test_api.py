@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, ServeInstance, Targets, subprocess_env
-from test_client_e2e import echo_once, manifest
 
 import fastpf
+from tests.client.test_client_e2e import echo_once, manifest
+from tests.conftest import REPO, ServeInstance, Targets, subprocess_env
 
 pytest_plugins = ["pytester"]
 

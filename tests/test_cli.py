@@ -9,10 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ServeInstance, free_port, run_kubectl, subprocess_env
 
 import fastpf
 from fastpf.cli import program_name
+from tests.conftest import ServeInstance, free_port, run_kubectl, subprocess_env
 
 
 def fastpf_run(*args: str, argv0: str | None = None, timeout: float = 60,

@@ -7,7 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+
+from tests.conftest import REPO
 
 # bench/results/*.md are recorded runs (their command lines name temp dirs): not docs
 DOCS = sorted([REPO / "README.md", REPO / "bench" / "README.md", REPO / "fastpf" / "serve" / "README.md",

@@ -17,8 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ServeInstance, Targets, run_kubectl, subprocess_env
-from support_hostile import (
+
+from fastpf import _frames as F
+from fastpf.errors import HandshakeError
+from fastpf.listen import Acceptor, exhausted_text
+from fastpf.serve import server as server_module
+from fastpf.serve.server import Server
+from fastpf.transport import handshake, upgrade
+from fastpf.transport.kubelet import MAX_UNPAIRED
+from fastpf.types import ApiDialer
+from tests.conftest import ServeInstance, Targets, run_kubectl, subprocess_env
+from tests.support.hostile import (
     SPDY_101,
     HostileApi,
     Mitm,
@@ -34,15 +43,6 @@ from support_hostile import (
     run_command,
     wait_until,
 )
-
-from fastpf import _frames as F
-from fastpf.errors import HandshakeError
-from fastpf.listen import Acceptor, exhausted_text
-from fastpf.serve import server as server_module
-from fastpf.serve.server import Server
-from fastpf.transport import handshake, upgrade
-from fastpf.transport.kubelet import MAX_UNPAIRED
-from fastpf.types import ApiDialer
 
 PATH = "/api/v1/namespaces/default/pods/x/portforward"
 

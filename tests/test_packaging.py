@@ -15,10 +15,10 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO, ServeInstance, Targets, subprocess_env
-from test_client_e2e import echo_once, manifest
 
 import fastpf
+from tests.client.test_client_e2e import echo_once, manifest
+from tests.conftest import REPO, ServeInstance, Targets, subprocess_env
 
 SLOW = os.environ.get("FASTPF_CI") == "1" or os.environ.get("FASTPF_PACKAGING") == "1"
 

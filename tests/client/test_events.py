@@ -16,7 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
+
+from fastpf.client.events import SCHEMA, JsonLines, Target, Tracker, ready_document
+from fastpf.client.stats import StatsView, human_bytes, human_duration
+from tests.client.test_client_e2e import echo_once, manifest
+from tests.conftest import (
     REPO,
     KubectlPortForward,
     ServeInstance,
@@ -25,12 +29,8 @@ from conftest import (
     subprocess_env,
     upload,
 )
-from test_client_e2e import echo_once, manifest
 
-from fastpf.client.events import SCHEMA, JsonLines, Target, Tracker, ready_document
-from fastpf.client.stats import StatsView, human_bytes, human_duration
-
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).parent.parent / "golden"
 _TYPES: dict[str, Callable[[Any], bool]] = {
     "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
     "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),

@@ -391,7 +391,7 @@ def test_watchlist_initial_events_end_with_bookmark() -> None:
 
 
 def test_require_peer_fails_in_ci_and_skips_locally(monkeypatch: pytest.MonkeyPatch) -> None:
-    import conftest
+    from tests import conftest
 
     monkeypatch.setattr(conftest, "REQUIRE_PEERS", True)
     with pytest.raises(pytest.fail.Exception, match="kubectl 9.99 not found"):

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ServeInstance, Targets, free_port, subprocess_env
-from test_client_e2e import manifest
+
+from tests.client.test_client_e2e import manifest
+from tests.conftest import ServeInstance, Targets, free_port, subprocess_env
 
 SHIM = "#!{python}\nimport sys\nfrom fastpf.{module} import {func}\nraise SystemExit({func}())\n"
 

@@ -16,8 +16,6 @@ from typing import Any
 import h11
 import pytest
 import yaml
-from conftest import ServeInstance, Targets
-from test_client_support import Pki, make_pki, write
 
 from fastpf import _frames as F
 from fastpf.client import auth as A
@@ -31,6 +29,8 @@ from fastpf.serve.cluster import Cluster
 from fastpf.transport import handshake, kubelet, upgrade
 from fastpf.transport.channel import ChannelConnection
 from fastpf.types import PodTarget, ServerOptions, UpgradeRequest
+from tests.conftest import ServeInstance, Targets
+from tests.support.client_harness import Pki, make_pki, write
 
 
 @pytest.fixture(scope="module")
@@ -397,7 +397,7 @@ def _memory_handshake(client: ssl.SSLContext, server: ssl.SSLContext) -> ssl.SSL
 
 
 def test_resuming_context_drops_a_session_openssl_refuses(tmp_path: Path) -> None:
-    from test_transport_support import tls_contexts
+    from tests.support.transport_harness import tls_contexts
 
     server, plain_client = tls_contexts()
     ca = plain_client.get_ca_certs(binary_form=True)[0]

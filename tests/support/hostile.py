@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conftest import KubectlPortForward, subprocess_env
+from tests.conftest import KubectlPortForward, subprocess_env
 
 # ---------------------------------------------------------------------------------------------
 # processes

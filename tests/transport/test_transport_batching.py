@@ -9,12 +9,12 @@ import socket
 from typing import Any
 
 import pytest
-from test_transport_spdy import BLOCK1, FakeTransport, HoldingSink, syn_stream_bytes
-from test_transport_support import LOOPS, run
 
 from fastpf import _frames as F
 from fastpf.transport import relay as relay_mod
 from fastpf.transport.spdy import SpdyConnection, SpdyStream
+from tests.support.transport_harness import LOOPS, run
+from tests.transport.test_transport_spdy import BLOCK1, FakeTransport, HoldingSink, syn_stream_bytes
 
 
 def test_exported_tracks_live_views() -> None:

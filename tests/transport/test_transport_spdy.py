@@ -8,12 +8,12 @@ import asyncio
 from typing import Any
 
 import pytest
-from test_transport_support import run
 
 from fastpf import _frames as F
 from fastpf.transport._base import COALESCE_LIMIT
 from fastpf.transport.channel import ChannelConnection
 from fastpf.transport.spdy import SpdyConnection, SpdyStream
+from tests.support.transport_harness import run
 
 # PROTOCOL.md 4.3: kubectl 1.33's first two header blocks of one connection.
 BLOCK1 = bytes.fromhex(

@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import (
+
+from tests.conftest import (
     KubectlPortForward,
     ServeInstance,
     Targets,
@@ -310,7 +311,7 @@ def test_exec_plugin_rerun_after_401(tmp_path: Path, serve_factory: Callable[...
 
 def test_proxy_url_connect(tmp_path: Path, serve: ServeInstance, targets: Targets,
                            fastpf: Callable[..., Fastpf]) -> None:
-    from test_client_support import Proxy
+    from tests.support.client_harness import Proxy
 
     ready = threading.Event()
     box: dict[str, Any] = {}

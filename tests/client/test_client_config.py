@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import yaml
-from test_client_support import MiniApi, Pki, Proxy, make_pki, pod_json, write
 
 from fastpf.client import auth as A
 from fastpf.client import kubeconfig as K
@@ -22,6 +21,7 @@ from fastpf.client.args import Options, parse_args
 from fastpf.client.errors import ClientError
 from fastpf.client.resolve import _ts, resolve
 from fastpf.loop import run
+from tests.support.client_harness import MiniApi, Pki, Proxy, make_pki, pod_json, write
 
 POD = "/api/v1/namespaces/default/pods/p"
 

@@ -10,7 +10,13 @@ import random
 from typing import Any
 
 import pytest
-from test_transport_support import (
+
+from fastpf import _frames as F
+from fastpf.errors import HandshakeError, ProtocolError
+from fastpf.transport import handshake, spdy, upgrade
+from fastpf.transport.spdy import SpdyConnection
+from fastpf.types import ApiDialer
+from tests.support.transport_harness import (
     LOOPS,
     PATH,
     ApiServer,
@@ -21,12 +27,6 @@ from test_transport_support import (
     pattern,
     run,
 )
-
-from fastpf import _frames as F
-from fastpf.errors import HandshakeError, ProtocolError
-from fastpf.transport import handshake, spdy, upgrade
-from fastpf.transport.spdy import SpdyConnection
-from fastpf.types import ApiDialer
 
 
 def _catch_loop_errors() -> list[dict[str, Any]]:

@@ -29,7 +29,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import (
+
+from tests.conftest import (
     KubectlPortForward,
     ServeInstance,
     require_peer,
@@ -82,7 +83,7 @@ class Pod:
 
     def __init__(self, tmp: Path) -> None:
         self.block = random.Random(SEED).randbytes(1 << 20)
-        prog = Path(__file__).with_name("podprog.py")
+        prog = Path(__file__).parent.parent / "support" / "podprog.py"
         self.proc = subprocess.Popen([sys.executable, str(prog), POD_HOST, str(SEED)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=subprocess_env())
         assert self.proc.stdout is not None

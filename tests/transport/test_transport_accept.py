@@ -9,8 +9,6 @@ import socket
 from typing import Any
 
 import pytest
-from test_transport_spdy import FakeTransport, _frames
-from test_transport_support import LOOPS, run
 
 from fastpf import _frames as F
 from fastpf.transport._base import TextCollector
@@ -21,6 +19,8 @@ from fastpf.transport.spdy import (
     StreamResetError,
     StreamTimeoutError,
 )
+from tests.support.transport_harness import LOOPS, run
+from tests.transport.test_transport_spdy import FakeTransport, _frames
 
 
 def _client() -> tuple[SpdyConnection, FakeTransport]:

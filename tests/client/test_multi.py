@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import KubectlPortForward, ServeInstance, Targets, subprocess_env
-from test_client_e2e import echo_once
 
 from fastpf.client.args import Options
 from fastpf.client.config_file import find_clashes, load_forwards
 from fastpf.client.errors import UsageError
+from tests.client.test_client_e2e import echo_once
+from tests.conftest import KubectlPortForward, ServeInstance, Targets, subprocess_env
 
 
 def _pod(name: str, t: Targets) -> str:

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ServeInstance, Targets, pattern_sha256
-from faultproxy import FaultProxy
-from resilience import Download, rss_kib, time_until
-from test_client_e2e import Fastpf, fastpf  # noqa: F401 - the fixture
+
+from tests.client.test_client_e2e import Fastpf, fastpf  # noqa: F401 - the fixture
+from tests.conftest import ServeInstance, Targets, pattern_sha256
+from tests.support.faultproxy import FaultProxy
+from tests.support.resilience import Download, rss_kib, time_until
 
 MiB = 1 << 20
 # Stalled-reader bound (RSS growth over the idle forwarder while a reader is stalled): the

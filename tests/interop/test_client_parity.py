@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import (
+
+from tests.client.test_client_e2e import echo_once, manifest
+from tests.conftest import (
     KubectlPortForward,
     ServeInstance,
     Targets,
@@ -25,7 +27,6 @@ from conftest import (
     run_kubectl,
     subprocess_env,
 )
-from test_client_e2e import echo_once, manifest
 
 KUBECTL = "1.33"
 
@@ -85,7 +86,7 @@ def _variant_kubeconfig(srv: ServeInstance, tmp: Path, name: str, mutate: Callab
 
 def test_error_table_matches_kubectl(world) -> None:  # type: ignore[no-untyped-def]
     srv, t, both, _, tmp = world
-    from test_client_support import make_pki
+    from tests.support.client_harness import make_pki
 
     bad_token = _variant_kubeconfig(srv, tmp, "kc-401",
                                     lambda c: c["users"][0]["user"].update(token="wrong"))

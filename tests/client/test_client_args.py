@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from test_client_support import pod_json
 
 from fastpf.client import resolve as R
 from fastpf.client.args import (
@@ -15,6 +14,7 @@ from fastpf.client.args import (
     parse_request_timeout,
 )
 from fastpf.client.errors import ClientError, UsageError
+from tests.support.client_harness import pod_json
 
 
 def test_flags_interleaved_and_forms() -> None:

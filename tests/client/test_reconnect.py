@@ -18,8 +18,10 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ServeInstance, Targets
-from resilience import (
+
+from tests.client.test_client_e2e import Fastpf, fastpf  # noqa: F401 - the fixture
+from tests.conftest import ServeInstance, Targets
+from tests.support.resilience import (
     TOKEN,
     Download,
     RestartableServe,
@@ -27,7 +29,6 @@ from resilience import (
     time_until,
     wait_line,
 )
-from test_client_e2e import Fastpf, fastpf  # noqa: F401 - the fixture
 
 PROTOCOLS = ["spdy", "websocket", "ws-channel"]
 FAST_PINGS = ("--ping-interval", "300ms", "--ping-timeout", "2s")

@@ -9,7 +9,13 @@ import socket
 from typing import Any
 
 import pytest
-from test_transport_support import (
+
+from fastpf.transport import kubelet, upgrade
+from fastpf.transport.channel import ChannelConnection
+from fastpf.transport.relay import LOCAL_HIGH
+from fastpf.transport.spdy import SpdyConnection, StreamResetError
+from fastpf.types import ServerOptions
+from tests.support.transport_harness import (
     LOOPS,
     PATH,
     POD,
@@ -24,12 +30,6 @@ from test_transport_support import (
     run,
     tls_contexts,
 )
-
-from fastpf.transport import kubelet, upgrade
-from fastpf.transport.channel import ChannelConnection
-from fastpf.transport.relay import LOCAL_HIGH
-from fastpf.transport.spdy import SpdyConnection, StreamResetError
-from fastpf.types import ServerOptions
 
 PROTOCOLS = ["spdy", "websocket", "ws-channel"]
 SPDY_PROTOCOLS = ["spdy", "websocket"]

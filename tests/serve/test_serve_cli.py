@@ -24,7 +24,8 @@ import h2.connection
 import h2.events
 import pytest
 import yaml
-from conftest import (
+
+from tests.conftest import (
     ServeInstance,
     Targets,
     free_port,

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import ServeInstance, pattern_bytes, start_serve, stop_process
-from test_client_e2e import echo_once  # noqa: F401 - re-exported for the fault tests
+from tests.client.test_client_e2e import echo_once  # noqa: F401 - re-exported for the fault tests
+from tests.conftest import ServeInstance, pattern_bytes, start_serve, stop_process
 
 PATTERN = bytes(next(pattern_bytes(1 << 20)))  # the 1 MiB block the targets repeat
 TOKEN = "resilience-token-3f9c2d"
@@ -133,7 +133,7 @@ class Download:
 def upload_checked(port: int, n: int, host: str = "127.0.0.1", timeout: float = 60.0) -> str:
     """Upload N pattern bytes to a `sink`; "complete", or how it ended early. A reply that
     names a byte count with the wrong sha256 of that prefix is corruption (AssertionError)."""
-    from conftest import pattern_sha256
+    from tests.conftest import pattern_sha256
 
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:

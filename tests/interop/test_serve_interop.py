@@ -17,7 +17,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import (
+
+from tests.conftest import (
     KUBECTL_VERSIONS,
     KubectlPortForward,
     ServeInstance,
@@ -350,7 +351,7 @@ def test_python_kubernetes_client(cluster: tuple[ServeInstance, Targets, int]) -
             sink = pf.socket(t.sink)
             sink.settimeout(60)
             sink.sendall(f"{n}\n".encode())
-            from conftest import pattern_bytes
+            from tests.conftest import pattern_bytes
 
             for chunk in pattern_bytes(n):
                 sink.sendall(chunk)

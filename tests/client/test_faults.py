@@ -18,10 +18,18 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ServeInstance, Targets
-from faultproxy import FaultProxy
-from resilience import TOKEN, Download, RestartableServe, echo_once, time_until, upload_checked
-from test_client_e2e import Fastpf, fastpf  # noqa: F401 - the fixture
+
+from tests.client.test_client_e2e import Fastpf, fastpf  # noqa: F401 - the fixture
+from tests.conftest import ServeInstance, Targets
+from tests.support.faultproxy import FaultProxy
+from tests.support.resilience import (
+    TOKEN,
+    Download,
+    RestartableServe,
+    echo_once,
+    time_until,
+    upload_checked,
+)
 
 MiB = 1 << 20
 
@@ -112,7 +120,7 @@ def test_checked_download_sees_a_flipped_byte() -> None:
     """The transfer checks above can fail: one wrong byte in the stream is caught."""
     import socket
 
-    from resilience import PATTERN
+    from tests.support.resilience import PATTERN
 
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]

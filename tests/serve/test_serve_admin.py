@@ -21,7 +21,8 @@ import h2.config
 import h2.connection
 import h2.events
 import pytest
-from conftest import (
+
+from tests.conftest import (
     KubectlPortForward,
     ServeInstance,
     Targets,

@@ -14,7 +14,9 @@ import time
 from collections.abc import Callable
 
 import pytest
-from conftest import (
+
+from tests.client.test_client_e2e import echo_once, manifest
+from tests.conftest import (
     KubectlPortForward,
     ServeInstance,
     Targets,
@@ -23,7 +25,6 @@ from conftest import (
     subprocess_env,
     upload,
 )
-from test_client_e2e import echo_once, manifest
 
 STDOUT_OK = re.compile(r"^(Forwarding from (127\.0\.0\.1|\[::1\]):\d+ -> \d+|Handling connection for \d+)$")
 # klog's header, then kubectl's "Unhandled Error" form for a forwarded connection's failure
