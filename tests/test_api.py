@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 
 import fastpf
-from tests.client.test_client_e2e import echo_once, manifest
-from tests.conftest import REPO, ServeInstance, Targets, subprocess_env
+from tests.support.patterns import echo_once
+from tests.support.processes import REPO, subprocess_env
+from tests.support.serve_process import ServeInstance
+from tests.support.targets import Targets, manifest
 
 pytest_plugins = ["pytester"]
 

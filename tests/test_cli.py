@@ -12,7 +12,10 @@ import pytest
 
 import fastpf
 from fastpf.cli import program_name
-from tests.conftest import ServeInstance, free_port, run_kubectl, subprocess_env
+from tests.support.kubectl import run_kubectl
+from tests.support.processes import subprocess_env
+from tests.support.serve_process import ServeInstance
+from tests.support.targets import free_port
 
 
 def fastpf_run(*args: str, argv0: str | None = None, timeout: float = 60,

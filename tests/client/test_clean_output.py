@@ -15,16 +15,10 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.client.test_client_e2e import echo_once, manifest
-from tests.conftest import (
-    KubectlPortForward,
-    ServeInstance,
-    Targets,
-    download,
-    free_port,
-    subprocess_env,
-    upload,
-)
+from tests.support.patterns import download, echo_once, upload
+from tests.support.processes import KubectlPortForward, subprocess_env
+from tests.support.serve_process import ServeInstance
+from tests.support.targets import Targets, free_port, manifest
 
 STDOUT_OK = re.compile(r"^(Forwarding from (127\.0\.0\.1|\[::1\]):\d+ -> \d+|Handling connection for \d+)$")
 # klog's header, then kubectl's "Unhandled Error" form for a forwarded connection's failure

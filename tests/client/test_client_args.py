@@ -14,7 +14,7 @@ from fastpf.client.args import (
     parse_request_timeout,
 )
 from fastpf.client.errors import ClientError, UsageError
-from tests.support.client_harness import pod_json
+from tests.support.fake_api import pod_json
 
 
 def test_flags_interleaved_and_forms() -> None:

@@ -21,7 +21,9 @@ from fastpf.client.args import Options, parse_args
 from fastpf.client.errors import ClientError
 from fastpf.client.resolve import _ts, resolve
 from fastpf.loop import run
-from tests.support.client_harness import MiniApi, Pki, Proxy, make_pki, pod_json, write
+from tests.support.fake_api import MiniApi, pod_json
+from tests.support.pki import Pki, make_pki, write
+from tests.support.proxies import Proxy
 
 POD = "/api/v1/namespaces/default/pods/p"
 

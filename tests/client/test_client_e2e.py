@@ -10,63 +10,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
-import signal
 import socket
 import stat
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.conftest import (
-    KubectlPortForward,
-    ServeInstance,
-    Targets,
-    download,
-    free_port,
-    pattern_sha256,
-    subprocess_env,
-    upload,
-)
+from tests.support.patterns import download, echo_once, pattern_sha256, upload
+from tests.support.processes import Fastpf
+from tests.support.serve_process import ServeInstance
+from tests.support.targets import Targets, free_port, manifest
 
 PROTOCOLS = ["spdy", "websocket", "ws-channel"]
 BULK = 64 << 20
 CONCURRENT = 100
-
-
-def fastpf_cmd(kubeconfig: Path | str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "fastpf", "--kubeconfig", str(kubeconfig), *args]
-
-
-class Fastpf(KubectlPortForward):
-    """A running `fastpf` client (same output collection as the kubectl helper)."""
-
-    def interrupt(self, timeout: float = 15.0) -> int:
-        os.kill(self.proc.pid, signal.SIGINT)
-        return self.wait_exit(timeout)
-
-
-@pytest.fixture
-def fastpf() -> Iterator[Callable[..., Fastpf]]:
-    started: list[Fastpf] = []
-
-    def start(kubeconfig: Path | str, *args: str, wait: int = 0,
-              env: dict[str, str] | None = None) -> Fastpf:
-        pf = Fastpf(fastpf_cmd(kubeconfig, *args), subprocess_env(env))
-        started.append(pf)
-        if wait:
-            pf.wait_forwarding(wait)
-        return pf
-
-    yield start
-    for pf in started:
-        pf.stop()
 
 
 class HalfCloseTargets:
@@ -129,49 +92,6 @@ class HalfCloseTargets:
     def close(self) -> None:
         for s in self.socks:
             s.close()
-
-
-def manifest(t: Targets, t2: Targets | None = None) -> str:
-    ports = [{"name": "sink", "containerPort": t.sink}, {"name": "source", "containerPort": t.source},
-             {"name": "echo", "containerPort": t.echo},
-             {"name": "dns", "containerPort": 53, "protocol": "UDP"}]
-    docs: list[dict[str, Any]] = [
-        {"apiVersion": "v1", "kind": "Pod",
-         "metadata": {"name": "web-1", "labels": {"app": "web"}},
-         "spec": {"containers": [{"name": "c", "ports": ports}]}},
-        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "pend"},
-         "spec": {"containers": [{"name": "c"}]}, "status": {"phase": "Pending"}},
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
-         "spec": {"selector": {"app": "web"}, "ports": [
-             {"name": "http", "port": 80, "targetPort": "echo"},
-             {"name": "up", "port": 81, "targetPort": t.sink}]}},
-        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
-         # replicas 0: serve makes no pods of its own, the selector finds web-1 (as kubectl's
-         # deploy/ resolution does: by selector, not by owner)
-         "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "web"}},
-                  "template": {"metadata": {"labels": {"app": "web"}}}}},
-    ]
-    if t2 is not None:
-        docs.append({"apiVersion": "v1", "kind": "Pod",
-                     "metadata": {"name": "p2", "annotations": {"fastpf.io/address": t2.host}},
-                     "spec": {"containers": [{"name": "c", "ports": [
-                         {"name": "echo", "containerPort": t2.echo}]}]}})
-    return yaml.safe_dump_all(docs)
-
-
-def echo_once(port: int, payload: bytes = b"ping", host: str = "127.0.0.1",
-              timeout: float = 20.0) -> bytes:
-    with socket.create_connection((host, port), timeout=timeout) as s:
-        s.sendall(payload)
-        got = b""
-        for _ in range(1000):
-            if len(got) >= len(payload):
-                break
-            d = s.recv(65536)
-            if not d:
-                break
-            got += d
-        return got
 
 
 async def _concurrent_echo(port: int, n: int) -> list[bool]:
@@ -311,7 +231,7 @@ def test_exec_plugin_rerun_after_401(tmp_path: Path, serve_factory: Callable[...
 
 def test_proxy_url_connect(tmp_path: Path, serve: ServeInstance, targets: Targets,
                            fastpf: Callable[..., Fastpf]) -> None:
-    from tests.support.client_harness import Proxy
+    from tests.support.proxies import Proxy
 
     ready = threading.Event()
     box: dict[str, Any] = {}

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.client.test_client_e2e import manifest
-from tests.conftest import ServeInstance, Targets, free_port, subprocess_env
+from tests.support.processes import subprocess_env
+from tests.support.serve_process import ServeInstance
+from tests.support.targets import Targets, free_port, manifest
 
 SHIM = "#!{python}\nimport sys\nfrom fastpf.{module} import {func}\nraise SystemExit({func}())\n"
 

@@ -19,16 +19,10 @@ import pytest
 
 from fastpf.client.events import SCHEMA, JsonLines, Target, Tracker, ready_document
 from fastpf.client.stats import StatsView, human_bytes, human_duration
-from tests.client.test_client_e2e import echo_once, manifest
-from tests.conftest import (
-    REPO,
-    KubectlPortForward,
-    ServeInstance,
-    Targets,
-    free_port,
-    subprocess_env,
-    upload,
-)
+from tests.support.patterns import echo_once, upload
+from tests.support.processes import REPO, KubectlPortForward, subprocess_env
+from tests.support.serve_process import ServeInstance
+from tests.support.targets import Targets, free_port, manifest
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 _TYPES: dict[str, Callable[[Any], bool]] = {

@@ -19,17 +19,12 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.client.test_client_e2e import Fastpf, fastpf  # noqa: F401 - the fixture
-from tests.conftest import ServeInstance, Targets
 from tests.support.faultproxy import FaultProxy
-from tests.support.resilience import (
-    TOKEN,
-    Download,
-    RestartableServe,
-    echo_once,
-    time_until,
-    upload_checked,
-)
+from tests.support.patterns import Download, echo_once, upload_checked
+from tests.support.processes import Fastpf
+from tests.support.serve_process import TOKEN, RestartableServe, ServeInstance
+from tests.support.targets import Targets
+from tests.support.waits import time_until
 
 MiB = 1 << 20
 
@@ -120,7 +115,7 @@ def test_checked_download_sees_a_flipped_byte() -> None:
     """The transfer checks above can fail: one wrong byte in the stream is caught."""
     import socket
 
-    from tests.support.resilience import PATTERN
+    from tests.support.patterns import PATTERN
 
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]

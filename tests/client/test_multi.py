@@ -19,8 +19,10 @@ import yaml
 from fastpf.client.args import Options
 from fastpf.client.config_file import find_clashes, load_forwards
 from fastpf.client.errors import UsageError
-from tests.client.test_client_e2e import echo_once
-from tests.conftest import KubectlPortForward, ServeInstance, Targets, subprocess_env
+from tests.support.patterns import echo_once
+from tests.support.processes import KubectlPortForward, subprocess_env
+from tests.support.serve_process import ServeInstance
+from tests.support.targets import Targets
 
 
 def _pod(name: str, t: Targets) -> str:

@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.client.test_client_e2e import Fastpf, fastpf  # noqa: F401 - the fixture
-from tests.conftest import ServeInstance, Targets, pattern_sha256
 from tests.support.faultproxy import FaultProxy
-from tests.support.resilience import Download, rss_kib, time_until
+from tests.support.patterns import Download, pattern_sha256
+from tests.support.processes import Fastpf, rss_kib
+from tests.support.serve_process import ServeInstance
+from tests.support.targets import Targets
+from tests.support.waits import time_until
 
 MiB = 1 << 20
 # Stalled-reader bound (RSS growth over the idle forwarder while a reader is stalled): the

@@ -19,16 +19,11 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.client.test_client_e2e import Fastpf, fastpf  # noqa: F401 - the fixture
-from tests.conftest import ServeInstance, Targets
-from tests.support.resilience import (
-    TOKEN,
-    Download,
-    RestartableServe,
-    echo_once,
-    time_until,
-    wait_line,
-)
+from tests.support.patterns import Download, echo_once
+from tests.support.processes import Fastpf
+from tests.support.serve_process import TOKEN, RestartableServe, ServeInstance
+from tests.support.targets import Targets
+from tests.support.waits import time_until, wait_line
 
 PROTOCOLS = ["spdy", "websocket", "ws-channel"]
 FAST_PINGS = ("--ping-interval", "300ms", "--ping-timeout", "2s")

@@ -29,8 +29,9 @@ from fastpf.serve.cluster import Cluster
 from fastpf.transport import handshake, kubelet, upgrade
 from fastpf.transport.channel import ChannelConnection
 from fastpf.types import PodTarget, ServerOptions, UpgradeRequest
-from tests.conftest import ServeInstance, Targets
-from tests.support.client_harness import Pki, make_pki, write
+from tests.support.pki import Pki, make_pki, write
+from tests.support.serve_process import ServeInstance
+from tests.support.targets import Targets
 
 
 @pytest.fixture(scope="module")
@@ -397,7 +398,7 @@ def _memory_handshake(client: ssl.SSLContext, server: ssl.SSLContext) -> ssl.SSL
 
 
 def test_resuming_context_drops_a_session_openssl_refuses(tmp_path: Path) -> None:
-    from tests.support.transport_harness import tls_contexts
+    from tests.support.pki import tls_contexts
 
     server, plain_client = tls_contexts()
     ca = plain_client.get_ca_certs(binary_form=True)[0]

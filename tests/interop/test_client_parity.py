@@ -18,15 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.client.test_client_e2e import echo_once, manifest
-from tests.conftest import (
-    KubectlPortForward,
-    ServeInstance,
-    Targets,
-    free_port,
-    run_kubectl,
-    subprocess_env,
-)
+from tests.support.kubectl import run_kubectl
+from tests.support.patterns import echo_once
+from tests.support.processes import KubectlPortForward, subprocess_env
+from tests.support.serve_process import ServeInstance
+from tests.support.targets import Targets, free_port, manifest
 
 KUBECTL = "1.33"
 
@@ -86,7 +82,7 @@ def _variant_kubeconfig(srv: ServeInstance, tmp: Path, name: str, mutate: Callab
 
 def test_error_table_matches_kubectl(world) -> None:  # type: ignore[no-untyped-def]
     srv, t, both, _, tmp = world
-    from tests.support.client_harness import make_pki
+    from tests.support.pki import make_pki
 
     bad_token = _variant_kubeconfig(srv, tmp, "kc-401",
                                     lambda c: c["users"][0]["user"].update(token="wrong"))

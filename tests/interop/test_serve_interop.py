@@ -18,17 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import (
-    KUBECTL_VERSIONS,
-    KubectlPortForward,
-    ServeInstance,
-    Targets,
-    download,
-    free_port,
-    pattern_sha256,
-    require_peer,
-    upload,
-)
+from tests.support.kubectl import KUBECTL_VERSIONS, require_peer
+from tests.support.patterns import download, pattern_sha256, upload
+from tests.support.processes import KubectlPortForward
+from tests.support.serve_process import ServeInstance
+from tests.support.targets import Targets, free_port
 
 POD_HOST = "127.0.0.2"
 BIG = 64 << 20
@@ -351,7 +345,7 @@ def test_python_kubernetes_client(cluster: tuple[ServeInstance, Targets, int]) -
             sink = pf.socket(t.sink)
             sink.settimeout(60)
             sink.sendall(f"{n}\n".encode())
-            from tests.conftest import pattern_bytes
+            from tests.support.patterns import pattern_bytes
 
             for chunk in pattern_bytes(n):
                 sink.sendall(chunk)

@@ -30,14 +30,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import (
-    KubectlPortForward,
-    ServeInstance,
-    require_peer,
-    start_serve,
-    stop_process,
-    subprocess_env,
-)
+from tests.support.kubectl import require_peer
+from tests.support.processes import KubectlPortForward, stop_process, subprocess_env
+from tests.support.serve_process import ServeInstance, start_serve
 
 POD_HOST = "127.0.0.2"
 SEED = 9

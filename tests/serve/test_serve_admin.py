@@ -22,14 +22,10 @@ import h2.connection
 import h2.events
 import pytest
 
-from tests.conftest import (
-    KubectlPortForward,
-    ServeInstance,
-    Targets,
-    run_kubectl,
-    stop_process,
-    subprocess_env,
-)
+from tests.support.kubectl import run_kubectl
+from tests.support.processes import KubectlPortForward, stop_process, subprocess_env
+from tests.support.serve_process import ServeInstance
+from tests.support.targets import Targets
 
 POD_HOST = "127.0.0.2"
 SAFE = "[bcdfghjklmnpqrstvwxz2456789]"

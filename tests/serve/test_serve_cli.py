@@ -25,15 +25,10 @@ import h2.events
 import pytest
 import yaml
 
-from tests.conftest import (
-    ServeInstance,
-    Targets,
-    free_port,
-    run_kubectl,
-    start_serve,
-    stop_process,
-    subprocess_env,
-)
+from tests.support.kubectl import run_kubectl
+from tests.support.processes import fd_count, rss_kib, stop_process, subprocess_env
+from tests.support.serve_process import ServeInstance, start_serve
+from tests.support.targets import Targets, free_port
 
 MANIFEST = """
 apiVersion: v1
@@ -525,17 +520,6 @@ def _bare_serve(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], Pa
     return proc, kubeconfig, err
 
 
-def _proc_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def _proc_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 def test_first_example_does_not_forward_into_itself(tmp_path: Path) -> None:
     """`fastpf serve` + `fastpf mypod 5000`: pods used to dial 127.0.0.1:5000, the client's own
     listener, so one connection made 9,000 in 5 s (serve 44 -> 140 MB). Pods now live on
@@ -550,15 +534,15 @@ def test_first_example_does_not_forward_into_itself(tmp_path: Path) -> None:
     try:
         assert client.stdout is not None
         assert client.stdout.readline().decode().strip() == f"Forwarding from 127.0.0.1:{port} -> {port}"
-        fds, rss = _proc_fds(serve.pid), _proc_rss_kib(serve.pid)
+        fds, rss = fd_count(serve.pid), rss_kib(serve.pid)
         for _ in range(20):
             with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
                 sock.settimeout(10)  # a loop never answers: recv would time out
                 with contextlib.suppress(ConnectionResetError):
                     assert sock.recv(100) == b""
         time.sleep(0.5)
-        assert _proc_fds(serve.pid) < fds + 20, "serve holds connections that should be gone"
-        assert _proc_rss_kib(serve.pid) < rss + 20 * 1024
+        assert fd_count(serve.pid) < fds + 20, "serve holds connections that should be gone"
+        assert rss_kib(serve.pid) < rss + 20 * 1024
         log = serve_err.read_text()
         # One session per upgraded connection of the client's pool (fastpf --connections).
         from fastpf.client.args import DEFAULT_CONNECTIONS

@@ -391,15 +391,15 @@ def test_watchlist_initial_events_end_with_bookmark() -> None:
 
 
 def test_require_peer_fails_in_ci_and_skips_locally(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests import conftest
+    from tests.support import kubectl
 
-    monkeypatch.setattr(conftest, "REQUIRE_PEERS", True)
+    monkeypatch.setattr(kubectl, "REQUIRE_PEERS", True)
     with pytest.raises(pytest.fail.Exception, match="kubectl 9.99 not found"):
-        conftest.require_peer(conftest.find_kubectl("9.99"), "kubectl 9.99")
-    monkeypatch.setattr(conftest, "REQUIRE_PEERS", False)
+        kubectl.require_peer(kubectl.find_kubectl("9.99"), "kubectl 9.99")
+    monkeypatch.setattr(kubectl, "REQUIRE_PEERS", False)
     with pytest.raises(pytest.skip.Exception):
-        conftest.require_peer(None, "kubectl 9.99")
-    assert conftest.require_peer("/bin/true", "x") == "/bin/true"
+        kubectl.require_peer(None, "kubectl 9.99")
+    assert kubectl.require_peer("/bin/true", "x") == "/bin/true"
 
 
 # ---- safe YAML ------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """A pod's programs for the traffic-pattern tests, run as their own process (as a pod's would).
 
-    python tests/podprog.py HOST SEED
+    python tests/support/podprog.py HOST SEED
 
 Listens on HOST with OS-chosen ports and prints one JSON line {"source": P, "reply": P, "sized": P} once
 ready. Plain blocking sockets, one thread per connection, like a simple server in a pod:

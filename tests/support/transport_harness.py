@@ -1,11 +1,12 @@
-"""Shared harness for the transport tests (no tests here): an in-process API server stand-in
-that parses the upgrade with h11 and hands it to accept_portforward, pod targets, and a
-client that forwards through upgrade.connect. Everything on 127.0.0.1, every wait bounded."""
+"""The in-process harness of the transport tests: `ApiServer` (an API server stand-in that
+parses the upgrade with h11 and hands it to `kubelet.accept_portforward`), `connect` (a client
+session through `upgrade.connect`), `Forward` (one forwarded connection: a socketpair relayed
+through the session) and `run` (one async test body on a fresh asyncio or uvloop loop,
+bounded in time). Pod targets are in targets.py. Everything on 127.0.0.1, every wait bounded."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,6 +17,7 @@ import h11
 from fastpf.transport import kubelet, upgrade
 from fastpf.transport.relay import relay
 from fastpf.types import ApiDialer, PodTarget, ServerOptions, UpgradeRequest
+from tests.support.targets import small_buffers
 
 TEST_TIMEOUT = 30.0
 PATH = "/api/v1/namespaces/default/pods/x/portforward"
@@ -150,100 +152,6 @@ class ApiServer:
         )
 
 
-def small_buffers(sock: Any, size: int = 256 << 10) -> None:
-    """Fixed kernel buffers (no autotuning); accepted sockets inherit them from a listener."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
-
-
-# -- pod targets ------------------------------------------------------------------------------
-
-
-class Target:
-    """A TCP server on 127.0.0.1 with a per-connection coroutine handler."""
-
-    def __init__(
-        self,
-        handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
-        small: bool = False,
-    ) -> None:
-        self.small = small  # fixed small kernel buffers (see small_buffers)
-        self.handler = handler
-        self.server: asyncio.Server | None = None
-        self.port = 0
-        self.errors: list[BaseException] = []
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await self.handler(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError) as exc:
-            self.errors.append(exc)
-        finally:
-            writer.close()
-
-    async def __aenter__(self) -> Target:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0, limit=1 << 20)
-        if self.small:
-            small_buffers(self.server.sockets[0])
-        self.port = self.server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-
-
-async def echo_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Echo until EOF, then half-close (passes the client's FIN back)."""
-    for _ in range(1 << 20):
-        data = await reader.read(1 << 18)
-        if not data:
-            break
-        writer.write(data)
-        await writer.drain()
-    if writer.can_write_eof():
-        writer.write_eof()
-    await writer.drain()
-
-
-async def digest_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Read to EOF, then answer with the sha256 hex digest and the byte count."""
-    h = hashlib.sha256()
-    n = 0
-    for _ in range(1 << 22):
-        data = await reader.read(1 << 18)
-        if not data:
-            break
-        h.update(data)
-        n += len(data)
-    writer.write(f"{h.hexdigest()} {n}\n".encode())
-    await writer.drain()
-
-
-def pattern(n: int, seed: int = 0) -> bytes:
-    block = hashlib.sha256(str(seed).encode()).digest() * 2048  # 64 KiB
-    return (block * (n // len(block) + 1))[:n]
-
-
-def make_source_handler(
-    size: int,
-) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        data = pattern(size, 7)
-        view = memoryview(data)
-        for pos in range(0, size, 1 << 20):
-            writer.write(view[pos : pos + (1 << 20)])
-            await writer.drain()
-        writer.write_eof()
-        await writer.drain()
-        await reader.read()  # wait for the client's close
-
-    return handler
-
-
-# -- client side ------------------------------------------------------------------------------
-
-
 class Forward:
     """One forwarded connection: a socketpair whose one end is relayed through the session;
     the test talks to the other end with asyncio streams."""
@@ -281,47 +189,3 @@ class Forward:
 
 async def connect(server: ApiServer, protocol: str, ports: list[int], **kw: Any) -> Any:
     return await upgrade.connect(server.dialer, PATH, protocol, ports, **kw)
-
-
-def tls_contexts() -> tuple[Any, Any]:
-    """A self-signed localhost certificate: (server context, client context trusting it)."""
-    import datetime
-    import ssl
-    import tempfile
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    with (
-        tempfile.NamedTemporaryFile("wb", suffix=".pem") as cf,
-        tempfile.NamedTemporaryFile("wb", suffix=".pem") as kf,
-    ):
-        cf.write(cert_pem)
-        kf.write(key_pem)
-        cf.flush()
-        kf.flush()
-        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        server.load_cert_chain(cf.name, kf.name)
-    client = ssl.create_default_context(cadata=cert_pem.decode())
-    return server, client

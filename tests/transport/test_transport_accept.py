@@ -19,8 +19,8 @@ from fastpf.transport.spdy import (
     StreamResetError,
     StreamTimeoutError,
 )
+from tests.support.fake_transport import FakeTransport, decode_frames
 from tests.support.transport_harness import LOOPS, run
-from tests.transport.test_transport_spdy import FakeTransport, _frames
 
 
 def _client() -> tuple[SpdyConnection, FakeTransport]:
@@ -33,7 +33,7 @@ def _client() -> tuple[SpdyConnection, FakeTransport]:
 def _sent(t: FakeTransport) -> list[tuple[int, int, int]]:
     """(type, stream id, status/flags) of every frame written so far."""
     out = []
-    for f in _frames(t.wire()):
+    for f in decode_frames(t.wire()):
         out.append((f.type, f.stream_id, f.status if f.type == F.RST_STREAM else f.flags))
     return out
 

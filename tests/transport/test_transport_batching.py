@@ -13,8 +13,8 @@ import pytest
 from fastpf import _frames as F
 from fastpf.transport import relay as relay_mod
 from fastpf.transport.spdy import SpdyConnection, SpdyStream
+from tests.support.fake_transport import BLOCK1, FakeTransport, HoldingSink, syn_stream_bytes
 from tests.support.transport_harness import LOOPS, run
-from tests.transport.test_transport_spdy import BLOCK1, FakeTransport, HoldingSink, syn_stream_bytes
 
 
 def test_exported_tracks_live_views() -> None:

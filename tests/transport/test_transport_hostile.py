@@ -16,17 +16,9 @@ from fastpf.errors import HandshakeError, ProtocolError
 from fastpf.transport import handshake, spdy, upgrade
 from fastpf.transport.spdy import SpdyConnection
 from fastpf.types import ApiDialer
-from tests.support.transport_harness import (
-    LOOPS,
-    PATH,
-    ApiServer,
-    Forward,
-    Target,
-    connect,
-    echo_handler,
-    pattern,
-    run,
-)
+from tests.support.patterns import pattern
+from tests.support.targets import Target, echo_handler
+from tests.support.transport_harness import LOOPS, PATH, ApiServer, Forward, connect, run
 
 
 def _catch_loop_errors() -> list[dict[str, Any]]:

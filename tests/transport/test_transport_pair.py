@@ -15,21 +15,10 @@ from fastpf.transport.channel import ChannelConnection
 from fastpf.transport.relay import LOCAL_HIGH
 from fastpf.transport.spdy import SpdyConnection, StreamResetError
 from fastpf.types import ServerOptions
-from tests.support.transport_harness import (
-    LOOPS,
-    PATH,
-    POD,
-    ApiServer,
-    Forward,
-    Target,
-    connect,
-    digest_handler,
-    echo_handler,
-    make_source_handler,
-    pattern,
-    run,
-    tls_contexts,
-)
+from tests.support.patterns import pattern
+from tests.support.pki import tls_contexts
+from tests.support.targets import Target, digest_handler, echo_handler, make_source_handler
+from tests.support.transport_harness import LOOPS, PATH, POD, ApiServer, Forward, connect, run
 
 PROTOCOLS = ["spdy", "websocket", "ws-channel"]
 SPDY_PROTOCOLS = ["spdy", "websocket"]

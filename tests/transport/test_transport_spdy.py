@@ -13,107 +13,15 @@ from fastpf import _frames as F
 from fastpf.transport._base import COALESCE_LIMIT
 from fastpf.transport.channel import ChannelConnection
 from fastpf.transport.spdy import SpdyConnection, SpdyStream
-from tests.support.transport_harness import run
-
-# PROTOCOL.md 4.3: kubectl 1.33's first two header blocks of one connection.
-BLOCK1 = bytes.fromhex(
-    "78f9e3c6a7c202253a703a2b294a4dcc851625aca9a0808614cb45e01c60616061c0c0c0c0590489c64c50f2663400000000ffff"
+from tests.support.fake_transport import (
+    BLOCK1,
+    BLOCK2,
+    FakeTransport,
+    HoldingSink,
+    decode_frames,
+    syn_stream_bytes,
 )
-BLOCK2 = bytes.fromhex("c2aa19540e2512d60b000000ffff")
-
-
-def syn_stream_bytes(stream_id: int, block: bytes) -> bytes:
-    """A SYN_STREAM exactly as kubectl puts it on the wire (known-answer vector)."""
-    length = 10 + len(block)
-    return (
-        bytes.fromhex("80030001")
-        + bytes([0])
-        + length.to_bytes(3, "big")
-        + stream_id.to_bytes(4, "big")
-        + bytes(4)
-        + bytes(2)
-        + block
-    )
-
-
-class FakeTransport:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, Any]] = []
-        self.protocol: Any = None
-        self.closed = False
-        self.buffered = 0
-
-    def set_protocol(self, protocol: Any) -> None:
-        self.protocol = protocol
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def write(self, data: Any) -> None:
-        self.calls.append(("write", data))
-
-    def writelines(self, parts: list[Any]) -> None:
-        self.calls.append(("writelines", list(parts)))
-
-    def get_write_buffer_size(self) -> int:
-        return self.buffered
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def wire(self) -> bytes:
-        """Everything written so far, including small writes the session coalesces until the
-        end of the loop iteration (flushed here, as the iteration's end would)."""
-        if self.protocol is not None:
-            self.protocol._flush()
-        out = b""
-        for kind, data in self.calls:
-            out += b"".join(bytes(p) for p in data) if kind == "writelines" else bytes(data)
-        return out
-
-
-class HoldingSink:
-    """A sink that keeps every DATA view it gets and reports not drained until told: the
-    decoder must not overwrite what it holds."""
-
-    def __init__(self, got: list[memoryview]) -> None:
-        self.got = got
-        self.pending = True
-
-    def data_received(self, view: memoryview) -> None:
-        self.got.append(view)
-
-    def eof_received(self) -> None: ...
-    def reset_received(self, status: int) -> None: ...
-    def connection_lost(self, exc: BaseException | None) -> None: ...
-
-    def drained(self) -> bool:
-        return not self.pending
-
-
-def _frames(data: bytes) -> list[Any]:
-    dec = F.SpdyDecoder()
-    dec.feed(data)
-    out = []
-    for _ in range(1000):
-        f = dec.next_frame()
-        if f is None:
-            assert dec.error is None
-            break
-        out.append(f)
-    return out
+from tests.support.transport_harness import run
 
 
 def _server(tunnel: str | None = None) -> tuple[SpdyConnection, FakeTransport, list[SpdyStream]]:
@@ -153,7 +61,7 @@ def test_data_is_one_gather_write_without_copy_and_reply_first() -> None:
         big = COALESCE_LIMIT + 1  # larger writes are never copied
         payload = b"x" * big
         stream.write(payload)  # not replied yet: SYN_REPLY must go first
-        kinds = [f.type for f in _frames(t.wire())]
+        kinds = [f.type for f in decode_frames(t.wire())]
         assert kinds == [F.SYN_REPLY, F.DATA]
         kind, parts = t.calls[-1]
         assert kind == "writelines" and len(parts) == 2 and parts[1].obj is payload
@@ -166,7 +74,7 @@ def test_data_is_one_gather_write_without_copy_and_reply_first() -> None:
         assert len(t.calls) == 1 and t.calls[0][0] == "write"
         view = t.calls[0][1]
         assert isinstance(view, memoryview) and view.obj is buf
-        (frame,) = _frames(t.wire())
+        (frame,) = decode_frames(t.wire())
         assert frame.type == F.DATA and frame.stream_id == 1 and bytes(frame.payload) == b"y" * big
 
     run(body, "uvloop")
@@ -196,7 +104,7 @@ def test_tunnel_one_message_per_frame_and_masking(role: str) -> None:
             assert f.opcode == F.WS_BINARY and f.fin
             messages.append(bytes(f.payload))
         assert ws.error is None and len(messages) == 3  # one WS message per SPDY frame
-        frames = _frames(b"".join(messages))
+        frames = decode_frames(b"".join(messages))
         assert [(f.type, f.flags, len(f.payload)) for f in frames] == [
             (F.DATA, 0, 70000),
             (F.DATA, 0, 3),
@@ -211,14 +119,14 @@ def test_ping_parity_and_client_ping_ids() -> None:
         conn, t, _ = _server()
         enc = F.SpdyEncoder()
         conn._feed(enc.ping(1) + enc.ping(4) + enc.ping(7))
-        assert [(f.type, f.ping_id) for f in _frames(t.wire())] == [(F.PING, 1), (F.PING, 7)]
+        assert [(f.type, f.ping_id) for f in decode_frames(t.wire())] == [(F.PING, 1), (F.PING, 7)]
         client = SpdyConnection(client=True, ping_interval=0)
         ct = FakeTransport()
         client.attach(ct)  # type: ignore[arg-type]
         assert [client.ping(), client.ping()] == [1, 3]
         client._feed(enc.ping(1) + enc.ping(2))  # reply to ours; the server's ping echoed
         assert client.last_ping_rtt is not None
-        assert [f.ping_id for f in _frames(ct.wire())] == [1, 3, 2]
+        assert [f.ping_id for f in decode_frames(ct.wire())] == [1, 3, 2]
 
     run(body, "uvloop")
 
@@ -349,10 +257,10 @@ def test_session_survives_sink_and_decoder_trouble() -> None:
         buf[: len(wire)] = wire
         conn.buffer_updated(len(wire))
         assert not conn.is_closing  # the stream was reset, the session lives
-        assert _frames(t.wire())[-1].type == F.RST_STREAM
+        assert decode_frames(t.wire())[-1].type == F.RST_STREAM
         conn._feed(bytes.fromhex("8003000500000000"))  # NOOP: fatal for spdystream
         assert conn.is_closing and t.closed
-        assert _frames(t.wire())[-1].type == F.GOAWAY
+        assert decode_frames(t.wire())[-1].type == F.GOAWAY
         assert not errors
 
     run(body, "uvloop")
@@ -414,7 +322,7 @@ def test_small_writes_coalesce_into_one_write_per_iteration_in_order() -> None:
         assert t.calls == [] and not conn.output_drained()  # waiting for the iteration's end
         await asyncio.sleep(0)
         assert len(t.calls) == 1 and t.calls[0][0] == "write"  # one TLS record, one syscall
-        frames = _frames(t.wire())
+        frames = decode_frames(t.wire())
         assert [(f.type, f.stream_id, f.flags) for f in frames] == [
             (F.SYN_REPLY, 1, 0), (F.SYN_REPLY, 3, 0), (F.DATA, 3, 0), (F.DATA, 1, F.FLAG_FIN)]
         assert bytes(frames[2].payload) == b"hello" and conn.output_drained()
@@ -426,7 +334,7 @@ def test_small_writes_coalesce_into_one_write_per_iteration_in_order() -> None:
         data.write(b"small")
         data.send_inplace(buf, room, 2 * COALESCE_LIMIT)
         assert [k for k, _ in t.calls] == ["write", "write"] and t.calls[1][1].obj is buf
-        assert [len(f.payload) for f in _frames(t.wire())] == [5, 2 * COALESCE_LIMIT]
+        assert [len(f.payload) for f in decode_frames(t.wire())] == [5, 2 * COALESCE_LIMIT]
 
         # The relay may reuse its buffer at once: a small in-place frame was copied.
         t.calls.clear()
@@ -434,14 +342,14 @@ def test_small_writes_coalesce_into_one_write_per_iteration_in_order() -> None:
         small[room:] = b"abc"
         data.send_inplace(small, room, 3)
         small[room:] = b"XYZ"
-        assert [bytes(f.payload) for f in _frames(t.wire())] == [b"abc"]
+        assert [bytes(f.payload) for f in decode_frames(t.wire())] == [b"abc"]
 
         # Closing flushes what is pending before the transport closes.
         t.calls.clear()
         data.write_eof()
         conn.goaway()
         assert t.closed
-        assert [f.type for f in _frames(t.wire())] == [F.DATA, F.GOAWAY]
+        assert [f.type for f in decode_frames(t.wire())] == [F.DATA, F.GOAWAY]
 
     run(body, "uvloop")
 
@@ -457,6 +365,6 @@ def test_coalesced_bytes_reach_the_limit_and_flush_early() -> None:
         assert len(t.calls) == 1  # flushed at the limit, not held back until the iteration's end
         await asyncio.sleep(0)
         assert len(t.calls) == 1
-        assert [len(f.payload) for f in _frames(t.wire()) if f.type == F.DATA] == [4000] * 5
+        assert [len(f.payload) for f in decode_frames(t.wire()) if f.type == F.DATA] == [4000] * 5
 
     run(body, "uvloop")
