@@ -4,7 +4,8 @@
     python3 bench/run.py --quick    # about a minute
     python3 bench/run.py --rows direct,socat,fastpf-spdy --no-tls --bulk-seconds 3
 
-Writes bench/results/<UTC timestamp>[-quick].{json,md}, bench/results/latest.{json,md,png}.
+Writes bench/results/latest.{json,md,png} (only the latest run is kept; earlier ones are in git
+history; `--out DIR` writes them elsewhere).
 
 Topology (everything on loopback, 2 cores shared by all processes):
 
@@ -756,18 +757,14 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stamp = started.strftime("%Y-%m-%dT%H%M%SZ") + ("-quick" if args.quick else "")
     js = json.dumps(result, indent=1, default=str)
     md = report.markdown(result)
-    (out / f"{stamp}.json").write_text(js)
-    (out / f"{stamp}.md").write_text(md)
     (out / "latest.json").write_text(js)
     (out / "latest.md").write_text(md)
     chart = None if args.no_chart else report.chart(result, out / "latest.png")
     print()
     print(md)
-    log(f"wrote {out / (stamp + '.json')}, {out / (stamp + '.md')}, latest.md"
-        + (", latest.png" if chart else " (no chart)"))
+    log(f"wrote {out / 'latest.json'}, latest.md" + (", latest.png" if chart else " (no chart)"))
     if args.keep_logs:
         log(f"child logs kept in {workdir}")
     else:
