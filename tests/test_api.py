@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,9 @@ pytest_plugins = ["pytester"]
 
 
 @pytest.fixture
-def cluster(serve_factory, targets: Targets) -> ServeInstance:  # type: ignore[no-untyped-def]
-    return serve_factory(manifest=manifest(targets))
+def cluster(serve_factory: Callable[..., ServeInstance], targets: Targets) -> ServeInstance:
+    srv: ServeInstance = serve_factory(manifest=manifest(targets))
+    return srv
 
 
 def _refused(port: int) -> bool:

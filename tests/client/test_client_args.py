@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 
 from fastpf.client import resolve as R
@@ -109,7 +112,7 @@ def test_targets_and_selectors() -> None:
 
 def test_most_active_pod_order() -> None:
     def pod(name: str, phase: str, ready: bool, restarts: int = 0, created: str = "2024-01-01T00:00:00Z",
-            node: str = "n") -> dict:
+            node: str = "n") -> dict[str, Any]:
         p = pod_json(name, phase)
         p["spec"]["nodeName"] = node
         p["metadata"]["creationTimestamp"] = created
@@ -190,7 +193,7 @@ def test_every_kubectl_flag_is_accepted(flag: str) -> None:
     assert opts.target == "pod/x" and opts.ports == ["80"]
 
 
-def test_kubectl_flag_list_is_complete(kubectl_bin) -> None:  # type: ignore[no-untyped-def]
+def test_kubectl_flag_list_is_complete(kubectl_bin: Callable[[str], str]) -> None:
     """The real kubectl 1.33's `options` and `port-forward --help`: every flag it names parses."""
     import re
     import subprocess

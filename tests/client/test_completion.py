@@ -34,8 +34,9 @@ def shims(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def cluster(serve_factory, targets: Targets) -> ServeInstance:  # type: ignore[no-untyped-def]
-    return serve_factory(manifest=manifest(targets))
+def cluster(serve_factory: Callable[..., ServeInstance], targets: Targets) -> ServeInstance:
+    srv: ServeInstance = serve_factory(manifest=manifest(targets))
+    return srv
 
 
 def bash_words(line: str) -> list[str]:

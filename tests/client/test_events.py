@@ -144,7 +144,8 @@ def start(serve_factory: Callable[..., ServeInstance], targets: Targets) -> Iter
 def _wait_file(path: Path, run: Run) -> dict[str, Any]:
     """The ready file's document, once it is fastpf's (a stale one is removed at start)."""
     run.wait_for(lambda: path.exists() and path.read_text().startswith("{"), "ready file")
-    return json.loads(path.read_text())
+    doc: dict[str, Any] = json.loads(path.read_text())
+    return doc
 
 
 @pytest.mark.parametrize("protocol", ["spdy", "ws-channel"])

@@ -44,9 +44,13 @@ def _merged_kubeconfig(path: Path, **serves: ServeInstance) -> Path:
     return path
 
 
+# (merged kubeconfig with contexts a and b, targets of a, targets of b, tmp dir)
+TwoClusters = tuple[Path, Targets, Targets, Path]
+
+
 @pytest.fixture
 def two_clusters(serve_factory: Callable[..., ServeInstance],
-                 targets_factory: Callable[[str], Targets], tmp_path: Path):  # type: ignore[no-untyped-def]
+                 targets_factory: Callable[[str], Targets], tmp_path: Path) -> TwoClusters:
     ta, tb = targets_factory("127.0.0.1"), targets_factory("127.0.0.1")
     a = serve_factory(manifest=_pod("alpha", ta))  # only cluster a has pod alpha
     b = serve_factory(manifest=_pod("beta", tb))  # only cluster b has pod beta
@@ -58,7 +62,7 @@ def _fastpf(kubeconfig: Path, *args: str) -> KubectlPortForward:
     return KubectlPortForward(cmd, subprocess_env())
 
 
-def test_two_contexts_two_serves_one_process(two_clusters) -> None:  # type: ignore[no-untyped-def]
+def test_two_contexts_two_serves_one_process(two_clusters: TwoClusters) -> None:
     kubeconfig, ta, tb, tmp = two_clusters
     forwards = tmp / "forwards.yaml"
     forwards.write_text(yaml.safe_dump({"forwards": [
@@ -101,7 +105,7 @@ def test_two_contexts_two_serves_one_process(two_clusters) -> None:  # type: ign
     assert not ready.exists()
 
 
-def test_kubectl_lines_name_the_forward(two_clusters) -> None:  # type: ignore[no-untyped-def]
+def test_kubectl_lines_name_the_forward(two_clusters: TwoClusters) -> None:
     kubeconfig, ta, tb, tmp = two_clusters
     forwards = tmp / "forwards.yaml"
     forwards.write_text(yaml.safe_dump([
@@ -121,7 +125,7 @@ def test_kubectl_lines_name_the_forward(two_clusters) -> None:  # type: ignore[n
         pf.stop()
 
 
-def test_clash_after_resolving_named_ports(two_clusters) -> None:  # type: ignore[no-untyped-def]
+def test_clash_after_resolving_named_ports(two_clusters: TwoClusters) -> None:
     """`echo` binds local = the pod's port: only known once resolved; nothing is bound."""
     kubeconfig, ta, _tb, tmp = two_clusters
     forwards = tmp / "forwards.yaml"
@@ -137,7 +141,7 @@ def test_clash_after_resolving_named_ports(two_clusters) -> None:  # type: ignor
                         f"context a and by beta, context b\n")
 
 
-def test_one_target_failing_at_start_ends_all(two_clusters) -> None:  # type: ignore[no-untyped-def]
+def test_one_target_failing_at_start_ends_all(two_clusters: TwoClusters) -> None:
     kubeconfig, _ta, _tb, tmp = two_clusters
     forwards = tmp / "forwards.yaml"
     forwards.write_text(yaml.safe_dump({"context": "a", "forwards": [

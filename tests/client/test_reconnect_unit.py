@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
@@ -234,14 +235,15 @@ def test_dead_peer_off_without_interval() -> None:
 # ---- the SPDY PING record (transport/spdy.py) ---------------------------------------------------
 
 
-class _SinkTransport:
+class _SinkTransport(asyncio.Transport):
     def __init__(self) -> None:
+        super().__init__()
         self.data = bytearray()
 
     def write(self, data: Any) -> None:
         self.data += data
 
-    def writelines(self, parts: Any) -> None:
+    def writelines(self, parts: Iterable[Any]) -> None:
         for p in parts:
             self.data += p
 
@@ -254,7 +256,7 @@ class _SinkTransport:
     def set_protocol(self, proto: Any) -> None:
         pass
 
-    def set_write_buffer_limits(self, high: int, low: int) -> None:
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         pass
 
     def resume_reading(self) -> None:
@@ -269,8 +271,8 @@ class _SinkTransport:
     def abort(self) -> None:
         pass
 
-    def get_extra_info(self, name: str) -> None:
-        return None
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
 
 
 def test_ping_timeout_fires_after_more_than_64_unanswered_pings() -> None:

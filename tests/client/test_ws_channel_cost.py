@@ -24,8 +24,9 @@ from fastpf.client.api import ApiClient, pod_path
 from fastpf.client.args import parse_args
 from fastpf.client.tlsconfig import ResumingContext
 from fastpf.loop import run
-from fastpf.serve.api import Api, Forward, Request, Response
+from fastpf.serve.api import Api
 from fastpf.serve.cluster import Cluster
+from fastpf.serve.replies import Forward, Request, Response
 from fastpf.transport import handshake, kubelet, upgrade
 from fastpf.transport.channel import ChannelConnection
 from fastpf.types import PodTarget, ServerOptions, UpgradeRequest
@@ -152,6 +153,7 @@ def test_upgrades_resume_the_tls_session(serve: ServeInstance, targets: Targets)
 
     async def one() -> bool:
         conn = await upgrade.connect(await api.dialer(), path, "ws-channel", [targets.echo])
+        assert isinstance(conn, ChannelConnection)
         try:
             await conn.ready()
             return bool(_ssl_object(conn).session_reused)

@@ -51,7 +51,8 @@ def test_alloc_buffer_is_a_writable_bytearray_of_that_size() -> None:
     decoder = F.SpdyDecoder()
     decoder.feed(memoryview(buf)[:11])
     frame = decoder.next_frame()
-    assert frame is not None and bytes(frame.payload) == b"abc" and frame.flags == F.FLAG_FIN
+    assert frame is not None and frame.payload is not None
+    assert bytes(frame.payload) == b"abc" and frame.flags == F.FLAG_FIN
     assert len(F.alloc_buffer(0)) == 0
     with pytest.raises(ValueError):
         F.alloc_buffer(-1)

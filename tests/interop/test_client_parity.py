@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -51,10 +52,17 @@ def finish(pf: KubectlPortForward, sig: int = signal.SIGINT) -> int:
     return pf.wait_exit(20)
 
 
+Completed = subprocess.CompletedProcess[str]
+# (serve, targets, both(*args, kubeconfig=None) -> (kubectl's run, fastpf's run),
+#  cmds(*args) -> (kubectl's command line, fastpf's), tmp dir)
+World = tuple[ServeInstance, Targets, Callable[..., tuple[Completed, Completed]],
+              Callable[..., tuple[list[str], list[str]]], Path]
+
+
 @pytest.fixture
 def world(serve_factory: Callable[..., ServeInstance], targets: Targets, tmp_path: Path,
-          kubectl_bin: Callable[[str], str], kubectl_cache_dir: Path):  # type: ignore[no-untyped-def]
-    srv = serve_factory(manifest=manifest(targets))
+          kubectl_bin: Callable[[str], str], kubectl_cache_dir: Path) -> World:
+    srv: ServeInstance = serve_factory(manifest=manifest(targets))
     kubectl = kubectl_bin(KUBECTL)
 
     def both(*args: str, kubeconfig: Path | None = None) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
@@ -72,7 +80,7 @@ def world(serve_factory: Callable[..., ServeInstance], targets: Targets, tmp_pat
     return srv, targets, both, cmds, tmp_path
 
 
-def _variant_kubeconfig(srv: ServeInstance, tmp: Path, name: str, mutate: Callable[[dict], None]) -> Path:
+def _variant_kubeconfig(srv: ServeInstance, tmp: Path, name: str, mutate: Callable[[dict[str, Any]], None]) -> Path:
     cfg = yaml.safe_load(srv.kubeconfig.read_text())
     mutate(cfg)
     path = tmp / name
@@ -80,7 +88,7 @@ def _variant_kubeconfig(srv: ServeInstance, tmp: Path, name: str, mutate: Callab
     return path
 
 
-def test_error_table_matches_kubectl(world) -> None:  # type: ignore[no-untyped-def]
+def test_error_table_matches_kubectl(world: World) -> None:
     srv, t, both, _, tmp = world
     from tests.support.pki import make_pki
 
@@ -149,7 +157,7 @@ def _normalise(line: str, randoms: set[str]) -> str:
                   line)
 
 
-def test_forwarding_lines_and_exit_codes(world) -> None:  # type: ignore[no-untyped-def]
+def test_forwarding_lines_and_exit_codes(world: World) -> None:
     srv, t, _, cmds, _ = world
     fixed = free_port()
     specs = (f"{fixed}:{t.echo}", f":{t.echo}", f"0:{t.sink}")
@@ -174,7 +182,7 @@ def test_forwarding_lines_and_exit_codes(world) -> None:  # type: ignore[no-unty
     assert outputs[0][2] == 0 and outputs[0][1] == [f"Handling connection for {fixed}"]
 
 
-def test_duplicate_and_half_busy_ports(world) -> None:  # type: ignore[no-untyped-def]
+def test_duplicate_and_half_busy_ports(world: World) -> None:
     srv, t, _, cmds, _ = world
     port = free_port()
     results = []
@@ -207,7 +215,7 @@ def test_duplicate_and_half_busy_ports(world) -> None:  # type: ignore[no-untype
 
 
 @pytest.mark.parametrize("ws_env", ["true", "false"])
-def test_refused_port_kubectl_dies_fastpf_survives(world, ws_env: str) -> None:  # type: ignore[no-untyped-def]
+def test_refused_port_kubectl_dies_fastpf_survives(world: World, ws_env: str) -> None:
     srv, t, _, cmds, _ = world
     closed = free_port()
     env_args = {"KUBECTL_PORT_FORWARD_WEBSOCKETS": ws_env}
@@ -231,7 +239,7 @@ def test_refused_port_kubectl_dies_fastpf_survives(world, ws_env: str) -> None: 
     assert "an error occurred forwarding" in outcome["fastpf"][3]
 
 
-def test_auth_conflicts_and_global_flags_match_kubectl(world) -> None:  # type: ignore[no-untyped-def]
+def test_auth_conflicts_and_global_flags_match_kubectl(world: World) -> None:
     """kubectl's clientcmd validation (one problem: `error: ...`; several: `Error in
     configuration:` and a list) and its global-flag errors, side by side with kubectl 1.33."""
     srv, _, both, _, tmp = world
@@ -270,7 +278,7 @@ def test_auth_conflicts_and_global_flags_match_kubectl(world) -> None:  # type: 
     assert mismatches == [], "\n".join(map(repr, mismatches))
 
 
-def test_accepted_global_flags_forward_like_kubectl(world) -> None:  # type: ignore[no-untyped-def]
+def test_accepted_global_flags_forward_like_kubectl(world: World) -> None:
     """kubectl's global flags that do not change a port-forward: both forward the same."""
     srv, t, _, cmds, tmp = world
     flags = ("--cache-dir", str(tmp / "cache"), "--disable-compression", "--warnings-as-errors",
@@ -298,8 +306,8 @@ def _impersonation_lines(srv: ServeInstance) -> set[str]:
     return out
 
 
-def test_impersonation_headers_as_kubectl(serve_factory, targets: Targets,  # type: ignore[no-untyped-def]
-                                          kubectl_bin, kubectl_cache_dir: Path) -> None:
+def test_impersonation_headers_as_kubectl(serve_factory: Callable[..., ServeInstance], targets: Targets,
+                                          kubectl_bin: Callable[[str], str], kubectl_cache_dir: Path) -> None:
     """--as/--as-group/--as-uid reach the server as kubectl sends them (serve records them), on
     the pod lookup and on the upgrade; without --as nothing is sent."""
     recorded = []

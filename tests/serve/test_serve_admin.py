@@ -158,7 +158,7 @@ def test_workload_targets_forward_with_kubectl_and_fastpf(world: tuple[ServeInst
         assert proc.stdout is not None
         line = proc.stdout.readline().decode()
         m = re.match(r"Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)", line)
-        assert m and m.group(2) == str(t.echo), (line, proc.stderr.read() if proc.poll() is not None else "")
+        assert m and m.group(2) == str(t.echo), (line, proc.stderr.read() if proc.stderr and proc.poll() is not None else "")
         assert _echo_through(int(m.group(1)), b"hello fastpf\n") == b"hello fastpf\n"
     finally:
         stop_process(proc)

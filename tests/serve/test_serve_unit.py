@@ -12,8 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastpf.serve.api import Api, Forward, Request, Response, Watch
+from fastpf.serve.api import Api
 from fastpf.serve.cluster import Cluster, ManifestError
+from fastpf.serve.replies import Forward, Request, Response, Watch
 from fastpf.serve.selectors import SelectorError, parse_field_selector, parse_label_selector
 from fastpf.serve.server import Server
 from fastpf.types import PodTarget, ServerOptions, UpgradeRequest
@@ -240,7 +241,10 @@ def test_get_and_not_found_messages() -> None:
 
 def test_list_with_selectors() -> None:
     api = Api(_cluster(), TOKEN)
-    names = lambda body: [i["metadata"]["name"] for i in body["items"]]  # noqa: E731
+
+    def names(body: dict[str, Any]) -> list[str]:
+        return [i["metadata"]["name"] for i in body["items"]]
+
     body = _json(_get(api, "/api/v1/namespaces/default/pods?labelSelector=app%3Dweb"))
     assert body["kind"] == "PodList" and names(body) == ["web-1", "web-pending"]
     assert body["metadata"]["resourceVersion"].isdigit()

@@ -14,9 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastpf.serve import patch
-from fastpf.serve.api import Api, Forward, Request, Response, Watch
+from fastpf.serve.api import Api
 from fastpf.serve.cluster import Cluster, Event, ManifestError
 from fastpf.serve.manifests import load_files, parse_documents, split_objects
+from fastpf.serve.replies import Forward, Request, Response, Watch
 from fastpf.serve.workloads import SAFE_ALPHABET, template_hash
 
 TOKEN = "t0ken"
@@ -338,7 +339,10 @@ def test_watch_sees_added_modified_deleted() -> None:
 def test_cluster_events_order_and_listener_failure_is_contained() -> None:
     c = _cluster()
     seen: list[Event] = []
-    c.subscribe(lambda e: 1 / 0)  # type: ignore[arg-type, func-returns-value]
+    def failing(event: Event) -> None:
+        raise ZeroDivisionError("a listener that fails")
+
+    c.subscribe(failing)
     c.subscribe(seen.append)
     c.scale("deployments", "default", "web", 4)
     kinds = [(e.type, e.plural) for e in seen]
@@ -377,7 +381,7 @@ def test_load_files_reads_every_file(tmp_path: Any) -> None:
 
 # ---- patch formats -----------------------------------------------------------------------------------
 def test_patch_formats() -> None:
-    doc = {"spec": {"containers": [{"name": "a", "image": "x", "ports": [{"containerPort": 1}]},
+    doc: dict[str, Any] = {"spec": {"containers": [{"name": "a", "image": "x", "ports": [{"containerPort": 1}]},
                                    {"name": "b", "image": "y"}]}, "metadata": {"labels": {"k": "v"}}}
     merged = patch.merge(doc, {"metadata": {"labels": {"k": None, "n": "1"}}, "spec": {"containers": []}})
     assert merged == {"spec": {"containers": []}, "metadata": {"labels": {"n": "1"}}}

@@ -5,6 +5,8 @@ known-answer SYN_STREAM header blocks (`BLOCK1`, `BLOCK2`, `syn_stream_bytes`)."
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable
 from typing import Any
 
 from fastpf import _frames as F
@@ -30,8 +32,11 @@ def syn_stream_bytes(stream_id: int, block: bytes) -> bytes:
     )
 
 
-class FakeTransport:
+class FakeTransport(asyncio.Transport):
+    """Records every write / writelines call as ("write", data) or ("writelines", parts)."""
+
     def __init__(self) -> None:
+        super().__init__()
         self.calls: list[tuple[str, Any]] = []
         self.protocol: Any = None
         self.closed = False
@@ -46,7 +51,7 @@ class FakeTransport:
     def write(self, data: Any) -> None:
         self.calls.append(("write", data))
 
-    def writelines(self, parts: list[Any]) -> None:
+    def writelines(self, parts: Iterable[Any]) -> None:
         self.calls.append(("writelines", list(parts)))
 
     def get_write_buffer_size(self) -> int:

@@ -36,6 +36,15 @@ class ProxyStats:
     after_inject: list[bytearray] = field(default_factory=list)
 
 
+@dataclass
+class _Conn:
+    """What both directions of one proxied connection share."""
+
+    cut_at: int | None  # server -> client byte count of the next cut chance (None: no cuts)
+    down: int = 0  # server -> client bytes so far
+    kept: bytearray | None = None  # client -> server bytes after an injection (bounded)
+
+
 def _reset(writer: asyncio.StreamWriter) -> None:
     sock = writer.get_extra_info("socket")
     if sock is not None:
@@ -127,7 +136,7 @@ class FaultProxy:
         # Every cut_bytes-ish stretch of server -> client bytes, the connection is cut with
         # probability cut_prob (so long-lived connections keep getting chances).
         cut_at = self.rng.randint(*self.cut_bytes) if faulty and self.cut_prob > 0 else None
-        state = {"cut_at": cut_at, "down": 0, "kept": None}
+        state = _Conn(cut_at)
         inject = self.inject if faulty else None
         try:
             await asyncio.gather(
@@ -139,7 +148,7 @@ class FaultProxy:
                 w.transport.abort()
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    other: asyncio.StreamWriter, state: dict[str, object], direction: str,
+                    other: asyncio.StreamWriter, state: _Conn, direction: str,
                     inject: Callable[[int], bytes | None] | None, faulty: bool) -> None:
         head = bytearray() if inject is not None else None
         try:
@@ -152,8 +161,8 @@ class FaultProxy:
                     return
                 if direction == "up":
                     self.stats.bytes_up += len(data)
-                    kept = state["kept"]
-                    if isinstance(kept, bytearray) and len(kept) < KEEP_AFTER_INJECT:
+                    kept = state.kept
+                    if kept is not None and len(kept) < KEEP_AFTER_INJECT:
                         kept += data[: KEEP_AFTER_INJECT - len(kept)]
                 else:
                     self.stats.bytes_down += len(data)
@@ -170,19 +179,19 @@ class FaultProxy:
                         self.stats.injected += 1
                         kept_buf = bytearray()
                         self.stats.after_inject.append(kept_buf)
-                        state["kept"] = kept_buf
+                        state.kept = kept_buf
                         data = data[: end + 4] + extra  # the server's own frames are dropped
-                cut_at = state["cut_at"]
-                if direction == "down" and isinstance(cut_at, int):
-                    down = int(state["down"]) + len(data)  # type: ignore[call-overload]
-                    state["down"] = down
+                cut_at = state.cut_at
+                if direction == "down" and cut_at is not None:
+                    down = state.down + len(data)
+                    state.down = down
                     if down >= cut_at:
                         if self.stats.cuts < self.max_cuts and self.rng.random() < self.cut_prob:
                             self.stats.cuts += 1
                             _reset(writer)
                             _reset(other)
                             return
-                        state["cut_at"] = down + self.rng.randint(*self.cut_bytes)
+                        state.cut_at = down + self.rng.randint(*self.cut_bytes)
                 await self._write(writer, data, faulty)
         except (OSError, RuntimeError, asyncio.IncompleteReadError):
             _reset(other)

@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import h11
 
 from fastpf.transport import kubelet, upgrade
+from fastpf.transport.channel import ChannelConnection
 from fastpf.transport.relay import relay
 from fastpf.types import ApiDialer, PodTarget, ServerOptions, UpgradeRequest
 from tests.support.targets import small_buffers
@@ -166,7 +167,7 @@ class Forward:
     @classmethod
     async def open(cls, conn: Any, port: int, request_id: int | None, index: int = 0) -> Forward:
         fw = cls()
-        if isinstance(conn, upgrade.ChannelConnection):
+        if isinstance(conn, ChannelConnection):
             await conn.ready(10)
             fw.data = conn.channels[index]
         else:

@@ -26,7 +26,7 @@ from tests.support.transport_harness import LOOPS, run
 def _client() -> tuple[SpdyConnection, FakeTransport]:
     conn = SpdyConnection(client=True, ping_interval=0)
     t = FakeTransport()
-    conn.attach(t)  # type: ignore[arg-type]
+    conn.attach(t)
     return conn, t
 
 
@@ -148,7 +148,7 @@ class _Pipe:
 
 def _session() -> Any:
     conn = SpdyConnection(client=True, ping_interval=0)
-    conn.attach(FakeTransport())  # type: ignore[arg-type]
+    conn.attach(FakeTransport())
     return conn
 
 

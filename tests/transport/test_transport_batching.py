@@ -32,7 +32,7 @@ def test_relay_reuses_read_buffer_only_when_free(loop_kind: str) -> None:
     async def body() -> None:
         conn = SpdyConnection(client=False)
         t = FakeTransport()
-        conn.attach(t)  # type: ignore[arg-type]
+        conn.attach(t)
         stream = SpdyStream(conn, 1, {}, local=False)
         conn.streams[1] = stream
         r = relay_mod._Relay(stream, 4096)
@@ -62,7 +62,7 @@ def test_many_frames_in_one_read_in_order_then_fin(tunnel: str | None, loop_kind
         streams: list[SpdyStream] = []
         conn = SpdyConnection(client=False, tunnel=tunnel, on_stream=streams.append)
         t = FakeTransport()
-        conn.attach(t)  # type: ignore[arg-type]
+        conn.attach(t)
         ws = tunnel is not None
 
         def wrap(spdy: bytes) -> bytes:
@@ -143,7 +143,7 @@ def test_views_survive_relocation_past_the_receive_buffer() -> None:
     async def body() -> None:
         streams: list[SpdyStream] = []
         conn = SpdyConnection(client=False, on_stream=streams.append)
-        conn.attach(FakeTransport())  # type: ignore[arg-type]
+        conn.attach(FakeTransport())
         conn._feed(syn_stream_bytes(1, BLOCK1))
         got: list[memoryview] = []
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import socket
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -17,7 +16,13 @@ from fastpf.transport.spdy import SpdyConnection, StreamResetError
 from fastpf.types import ServerOptions
 from tests.support.patterns import pattern
 from tests.support.pki import tls_contexts
-from tests.support.targets import Target, digest_handler, echo_handler, make_source_handler
+from tests.support.targets import (
+    Target,
+    digest_handler,
+    echo_handler,
+    free_port,
+    make_source_handler,
+)
 from tests.support.transport_harness import LOOPS, PATH, POD, ApiServer, Forward, connect, run
 
 PROTOCOLS = ["spdy", "websocket", "ws-channel"]
@@ -196,14 +201,6 @@ def test_many_concurrent_streams(protocol: str, loop_kind: str) -> None:
     run(body, loop_kind)
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 @pytest.mark.parametrize("loop_kind", LOOPS)
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("mode", ["rst", "fin", "silent"])
@@ -211,7 +208,7 @@ def test_refused_pod_port(protocol: str, mode: str, loop_kind: str) -> None:
     if protocol == "ws-channel" and mode == "fin":
         pytest.skip("no FIN/RST choice on the channel protocol")
     options = ServerOptions(reset_after_error=mode != "fin", silent_errors=mode == "silent")
-    port = _free_port()
+    port = free_port()
 
     async def body() -> None:
         async with ApiServer(options=options) as srv:
@@ -263,7 +260,7 @@ def test_stalled_reader_memory_bounded(protocol: str, loop_kind: str) -> None:
         ):
             conn = await connect(srv, protocol, [t.port])
             fw = await Forward.open(conn, t.port, 0)
-            fw.reader._transport.pause_reading()  # type: ignore[attr-defined]
+            cast(asyncio.Transport, fw.writer.transport).pause_reading()
             sink = fw.data._sink.r  # the client relay (socket protocol + sink)
             server = _server_session()
             last = -1
@@ -283,7 +280,7 @@ def test_stalled_reader_memory_bounded(protocol: str, loop_kind: str) -> None:
             assert conn.input_paused  # the client stopped reading the upgraded connection
             assert fw.data._inbox.buffered == 0  # the relay's sink took everything, nothing queued
             # resume and check integrity
-            fw.reader._transport.resume_reading()  # type: ignore[attr-defined]
+            cast(asyncio.Transport, fw.writer.transport).resume_reading()
             h = hashlib.sha256()
             n = 0
             for _ in range(1 << 20):
@@ -605,6 +602,7 @@ def test_pod_close_ends_error_stream_without_client_fin(user_agent: str) -> None
                 ApiServer() as srv:
             srv.dialer.headers = [("User-Agent", user_agent)]
             conn = await upgrade.connect(srv.dialer, PATH, "spdy", [])
+            assert isinstance(conn, SpdyConnection)
             error = await conn.open_stream({"streamtype": "error", "port": str(t.port), "requestid": "0"})
             error.write_eof()
             data = await conn.open_stream({"streamtype": "data", "port": str(t.port), "requestid": "0"})

@@ -28,7 +28,7 @@ def _server(tunnel: str | None = None) -> tuple[SpdyConnection, FakeTransport, l
     streams: list[SpdyStream] = []
     conn = SpdyConnection(client=False, tunnel=tunnel, on_stream=streams.append)
     t = FakeTransport()
-    conn.attach(t)  # type: ignore[arg-type]
+    conn.attach(t)
     return conn, t, streams
 
 
@@ -85,7 +85,7 @@ def test_tunnel_one_message_per_frame_and_masking(role: str) -> None:
     async def body() -> None:
         conn = SpdyConnection(client=role == "ws-client", tunnel=role)
         t = FakeTransport()
-        conn.attach(t)  # type: ignore[arg-type]
+        conn.attach(t)
         stream = SpdyStream(conn, 1, {}, local=True)
         room = stream.header_room
         buf = bytearray(room + 70000)
@@ -122,7 +122,7 @@ def test_ping_parity_and_client_ping_ids() -> None:
         assert [(f.type, f.ping_id) for f in decode_frames(t.wire())] == [(F.PING, 1), (F.PING, 7)]
         client = SpdyConnection(client=True, ping_interval=0)
         ct = FakeTransport()
-        client.attach(ct)  # type: ignore[arg-type]
+        client.attach(ct)
         assert [client.ping(), client.ping()] == [1, 3]
         client._feed(enc.ping(1) + enc.ping(2))  # reply to ours; the server's ping echoed
         assert client.last_ping_rtt is not None
@@ -166,7 +166,7 @@ def test_tunnel_data_decoded_in_place_waits_for_drained_sinks(tunnel: str) -> No
     async def body() -> None:
         conn = SpdyConnection(client=tunnel == "ws-client", tunnel=tunnel, ping_interval=0)
         t = FakeTransport()
-        conn.attach(t)  # type: ignore[arg-type]
+        conn.attach(t)
         stream = SpdyStream(conn, 1, {}, local=True)
         conn.streams[1] = stream
         got: list[memoryview] = []
@@ -222,7 +222,7 @@ def test_channel_server_announces_ports_little_endian() -> None:
     async def body() -> None:
         conn = ChannelConnection(client=False, ports=[8080, 443])
         t = FakeTransport()
-        conn.attach(t)  # type: ignore[arg-type]
+        conn.attach(t)
         ws = F.WsDecoder(expect_masked=False)
         ws.feed(t.wire())
         msgs = []
