@@ -190,7 +190,7 @@ def test_upgrade_401_retries_without_tls_resumption(tmp_path: Path, pki: Pki,
     async def fake_connect(dialer: Any, path: str, protocol: str, ports: list[int],
                            **kwargs: Any) -> str:
         authz = dict(dialer.headers).get("Authorization")
-        seen.append((authz, dialer.ssl._session))
+        seen.append((authz, dialer.ssl.offered_session))
         if authz == "Bearer stale":
             dialer.ssl._session = "a session"  # as if earlier upgrades had left one
             raise UpgradeRefusedError("error upgrading connection: Unauthorized", 401)
@@ -223,7 +223,7 @@ def test_resuming_context_stops_asking_a_server_without_tickets() -> None:
 
     for _ in range(10):
         ctx.remember_session(NoTicket())  # type: ignore[arg-type]
-    assert NoTicket.asked == 3 and ctx._session is None
+    assert NoTicket.asked == 3 and ctx.offered_session is None
 
 
 # ---- client: error text of a channel without a task ---------------------------------------------
@@ -410,8 +410,8 @@ def test_resuming_context_drops_a_session_openssl_refuses(tmp_path: Path) -> Non
     other.load_verify_locations(cadata=ca)
     first = _memory_handshake(ours, server)
     ours.remember_session(first)
-    assert ours._session is not None
+    assert ours.offered_session is not None
     assert _memory_handshake(ours, server).session_reused
     other._session = ours._session  # from another context: the ssl module refuses it
     assert not _memory_handshake(other, server).session_reused  # full handshake instead
-    assert other._session is None
+    assert other.offered_session is None

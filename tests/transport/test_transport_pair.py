@@ -276,7 +276,7 @@ def test_stalled_reader_memory_bounded(protocol: str, loop_kind: str) -> None:
             assert sink.result.received < size // 2
             frame = 256 << 10
             assert sink.transport.get_write_buffer_size() <= LOCAL_HIGH + frame
-            assert server.transport.get_write_buffer_size() <= server._write_high + 2 * frame
+            assert server.transport.get_write_buffer_size() <= server.transport.get_write_buffer_limits()[1] + 2 * frame
             assert conn.input_paused  # the client stopped reading the upgraded connection
             assert fw.data._inbox.buffered == 0  # the relay's sink took everything, nothing queued
             # resume and check integrity
@@ -522,8 +522,8 @@ def test_stalled_pod_memory_bounded(protocol: str, loop_kind: str) -> None:
             assert stable >= 15, "flow never stopped"
             assert relay_proto.result.sent < size // 2
             frame = 256 << 10
-            assert conn.transport.get_write_buffer_size() <= conn._write_high + 2 * frame
-            assert relay_proto._reading_paused  # client stopped reading the local socket
+            assert conn.transport.get_write_buffer_size() <= conn.transport.get_write_buffer_limits()[1] + 2 * frame
+            assert not relay_proto.transport.is_reading()  # client stopped reading the local socket
             assert server.input_paused  # server stopped reading the upgraded connection
             (pod_relay,) = [k for k in server._input_pauses if hasattr(k, "transport")]
             assert pod_relay.transport.get_write_buffer_size() <= LOCAL_HIGH + frame
