@@ -1,5 +1,5 @@
 """kubeconfig loading/merging, every auth kind, TLS settings, proxies and the REST client,
-against a tiny in-test HTTPS server (test_client_support.MiniApi)."""
+against a tiny in-test HTTPS server (tests/support/fake_api.py: MiniApi)."""
 
 from __future__ import annotations
 

@@ -284,7 +284,7 @@ def test_library_api(serve: ServeInstance, targets: Targets) -> None:
 
 def test_lost_connection_exits_1(serve: ServeInstance, targets: Targets,
                                  fastpf: Callable[..., Fastpf]) -> None:
-    # kubectl's behaviour is opt-in since fastpf reconnects (tests/test_reconnect.py).
+    # kubectl's behaviour is opt-in since fastpf reconnects (tests/client/test_reconnect.py).
     pf = fastpf(serve.kubeconfig, "--reconnect=false", "--protocol", "spdy", "mypod",
                 f":{targets.echo}", wait=1)
     serve.stop()

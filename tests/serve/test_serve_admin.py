@@ -255,7 +255,7 @@ def test_sighup_reloads_manifests(serve_factory: Callable[..., ServeInstance]) -
 def test_deleting_a_pod_ends_its_sessions(world: tuple[ServeInstance, Targets], protocol: str) -> None:
     s, t = world
     # --reconnect=false: the session's end is what this test looks at (fastpf would reconnect,
-    # tests/test_reconnect.py).
+    # tests/client/test_reconnect.py).
     proc = subprocess.Popen([sys.executable, "-m", "fastpf", "--kubeconfig", str(s.kubeconfig), "--protocol",
                              protocol, "--reconnect=false", "pod/db-0", f":{t.echo}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -1,6 +1,6 @@
 """`fastpf serve` as a process: kubeconfig, TLS + ALPN (h2 and HTTP/1.1), auth, REST, watch,
 bad input, signals. Real kubectl is used for REST here; port-forward interop is in
-test_serve_interop.py."""
+tests/interop/test_serve_interop.py."""
 
 from __future__ import annotations
 
