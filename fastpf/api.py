@@ -26,8 +26,8 @@ from dataclasses import asdict
 from typing import Any
 
 from fastpf.client.console import Console
-from fastpf.client.errors import ClientError
 from fastpf.client.events import Target, Tracker
+from fastpf.errors import ClientError
 
 EventCallback = Callable[[dict[str, Any]], None]
 START_GRACE = 60.0  # `with`: beyond pod_running_timeout, how long the start may take at most

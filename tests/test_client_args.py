@@ -14,7 +14,7 @@ from fastpf.client.args import (
     parse_ports,
     parse_request_timeout,
 )
-from fastpf.client.errors import ClientError, UsageError
+from fastpf.errors import ClientError, UsageError
 
 
 def test_flags_interleaved_and_forms() -> None:

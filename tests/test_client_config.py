@@ -19,8 +19,8 @@ from fastpf.client import auth as A
 from fastpf.client import kubeconfig as K
 from fastpf.client.api import ApiClient, status_error
 from fastpf.client.args import Options, parse_args
-from fastpf.client.errors import ClientError
 from fastpf.client.resolve import _ts, resolve
+from fastpf.errors import ClientError
 from fastpf.loop import run
 
 POD = "/api/v1/namespaces/default/pods/p"

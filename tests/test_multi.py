@@ -20,7 +20,7 @@ from test_client_e2e import echo_once
 
 from fastpf.client.args import Options
 from fastpf.client.config_file import find_clashes, load_forwards
-from fastpf.client.errors import UsageError
+from fastpf.errors import UsageError
 
 
 def _pod(name: str, t: Targets) -> str:

@@ -15,18 +15,11 @@ import pytest
 
 from fastpf.client.args import parse_args
 from fastpf.client.console import Console
-from fastpf.client.errors import ApiError, ClientError, UsageError
-from fastpf.client.reconnect import (
-    Backoff,
-    ConsoleObserver,
-    DeadPeer,
-    DeadPeerError,
-    Observers,
-    go_duration,
-)
+from fastpf.client.reconnect import Backoff, ConsoleObserver, DeadPeer, Observers, go_duration
 from fastpf.client.resolve import first_pod, is_serving
-from fastpf.client.session_pool import Endpoint, PoolUnavailable, SessionPool
+from fastpf.client.session_pool import Endpoint, SessionPool
 from fastpf.client.watch import PodWatcher, gone_reason
+from fastpf.errors import ApiError, ClientError, DeadPeerError, PoolUnavailable, UsageError
 
 # ---- backoff, durations, lines ------------------------------------------------------------------
 

@@ -12,9 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fastpf.errors import ManifestError, SelectorError
 from fastpf.serve.api import Api, Forward, Request, Response, Watch
-from fastpf.serve.cluster import Cluster, ManifestError
-from fastpf.serve.selectors import SelectorError, parse_field_selector, parse_label_selector
+from fastpf.serve.cluster import Cluster
+from fastpf.serve.selectors import parse_field_selector, parse_label_selector
 from fastpf.serve.server import Server
 from fastpf.types import PodTarget, ServerOptions, UpgradeRequest
 

@@ -13,14 +13,10 @@ from test_transport_spdy import FakeTransport, _frames
 from test_transport_support import LOOPS, run
 
 from fastpf import _frames as F
+from fastpf.errors import SessionClosedError, StreamResetError, StreamTimeoutError
 from fastpf.transport._base import TextCollector
 from fastpf.transport.relay import Accepted, dial_relay, relay
-from fastpf.transport.spdy import (
-    SessionClosedError,
-    SpdyConnection,
-    StreamResetError,
-    StreamTimeoutError,
-)
+from fastpf.transport.spdy import SpdyConnection
 
 
 def _client() -> tuple[SpdyConnection, FakeTransport]:

@@ -25,10 +25,11 @@ from test_transport_support import (
     tls_contexts,
 )
 
+from fastpf.errors import StreamResetError
 from fastpf.transport import kubelet, upgrade
 from fastpf.transport.channel import ChannelConnection
 from fastpf.transport.relay import LOCAL_HIGH
-from fastpf.transport.spdy import SpdyConnection, StreamResetError
+from fastpf.transport.spdy import SpdyConnection
 from fastpf.types import ServerOptions
 
 PROTOCOLS = ["spdy", "websocket", "ws-channel"]

@@ -173,7 +173,7 @@ def test_upgrade_401_retries_without_tls_resumption(tmp_path: Path, pki: Pki,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from fastpf.client.console import Console
     from fastpf.client.forward import Forwarder
-    from fastpf.transport.upgrade import UpgradeRefusedError
+    from fastpf.errors import UpgradeRefusedError
 
     tokens = ["stale", "good"]
 

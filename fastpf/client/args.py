@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastpf.client.errors import UsageError
+from fastpf.errors import UsageError
 
 PROTOCOLS = ("auto", "spdy", "websocket", "ws-channel")
 OUTPUTS = ("text", "json")  # -o / --events: kubectl's lines, or one JSON object per event

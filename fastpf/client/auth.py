@@ -16,8 +16,8 @@ import re
 import time
 from dataclasses import dataclass
 
-from fastpf.client.errors import ClientError
 from fastpf.client.kubeconfig import ClientConfig, ExecConfig
+from fastpf.errors import ClientError
 
 EXEC_TIMEOUT = 120.0  # a plugin may open a browser for login; still bounded
 TOKEN_FILE_TTL = 60.0

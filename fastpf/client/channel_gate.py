@@ -19,7 +19,8 @@ from fastpf.client.reconnect import (
     give_up_message,
     go_duration,
 )
-from fastpf.client.session_pool import Endpoint, PoolUnavailable, Resolver
+from fastpf.client.session_pool import Endpoint, Resolver
+from fastpf.errors import PoolUnavailable
 
 
 class ChannelGate:

@@ -29,8 +29,7 @@ from fastpf.client.args import (
     takes_value,
 )
 from fastpf.client.console import Console
-from fastpf.client.errors import ClientError, UsageError
-from fastpf.errors import FastpfError
+from fastpf.errors import ClientError, FastpfError, UsageError
 
 ERROR, NO_SPACE, NO_FILE = 1, 2, 4
 LOOKUP_TIMEOUT = 5.0

@@ -35,7 +35,7 @@ from fastpf.client.args import (
     parse_go_duration,
     split_port,
 )
-from fastpf.client.errors import UsageError
+from fastpf.errors import UsageError
 
 MAX_FORWARDS = 256  # a file is read whole; bounded like everything else
 MAX_FILE = 1 << 20

@@ -40,17 +40,22 @@ from fastpf.client.args import (
 )
 from fastpf.client.channel_gate import ChannelGate
 from fastpf.client.console import Console
-from fastpf.client.errors import ApiError, ClientError
 from fastpf.client.kubeconfig import load_config
 from fastpf.client.reconnect import ConsoleObserver, Observers
 from fastpf.client.resolve import check_running, follows_pods, is_serving, resolve
-from fastpf.client.session_pool import Endpoint, PoolUnavailable, SessionPool, Slot
+from fastpf.client.session_pool import Endpoint, SessionPool, Slot
 from fastpf.client.watch import PodWatcher
-from fastpf.errors import FastpfError, HandshakeError
+from fastpf.errors import (
+    ApiError,
+    ClientError,
+    FastpfError,
+    HandshakeError,
+    PoolUnavailable,
+    SessionClosedError,
+)
 from fastpf.listen import Acceptor, accept_reporter
 from fastpf.transport._base import TextCollector
 from fastpf.transport.relay import Accepted, RelayResult, relay
-from fastpf.transport.spdy import SessionClosedError
 
 STREAM_TIMEOUT = 30.0  # kubectl's wait for SYN_REPLY
 ERROR_STREAM_GRACE = 5.0  # after the data stream ended, how long the error text may still take

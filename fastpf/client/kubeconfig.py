@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from fastpf.client.args import Options
-from fastpf.client.errors import ConfigError
+from fastpf.errors import ConfigError
 
 # Overridable by tests: where a pod's service-account credentials live.
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"

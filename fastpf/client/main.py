@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 from fastpf.client.args import USAGE, Options, parse_args
 from fastpf.client.console import Console
-from fastpf.client.errors import ClientError, UsageError
 from fastpf.client.events import (
     JsonLines,
     Target,
@@ -30,7 +29,7 @@ from fastpf.client.events import (
     write_ready_file,
 )
 from fastpf.client.forward import Forwarder, prepare
-from fastpf.errors import FastpfError
+from fastpf.errors import ClientError, FastpfError, UsageError
 from fastpf.limits import raise_nofile_limit
 from fastpf.loop import run
 

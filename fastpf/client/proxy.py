@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 import h11
 
-from fastpf.client.errors import ClientError
+from fastpf.errors import ClientError
 
 _FAIL = "Unable to connect to the server: "
 CONNECT_TIMEOUT = 30.0

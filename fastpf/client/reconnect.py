@@ -48,7 +48,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from fastpf.client.console import Console, klog_line
-from fastpf.errors import ProtocolError
+from fastpf.errors import DeadPeerError, ProtocolError
 
 # Capped, jittered exponential backoff between reconnect attempts. The cap is short because an
 # attempt is cheap (one refused dial while the server is down) and the forward is unusable
@@ -179,10 +179,6 @@ def set_keepalive(conn: Any) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
         if hasattr(socket, "TCP_KEEPCNT"):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
-
-
-class DeadPeerError(TimeoutError):
-    """No answer to PING (or WebSocket ping) and no sign of progress for the ping timeout."""
 
 
 def describe_loss(conn: Any, exc: BaseException | None) -> str:

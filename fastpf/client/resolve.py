@@ -18,7 +18,7 @@ from urllib.parse import quote
 from fastpf.client.api import ApiClient, pod_path
 from fastpf.client.args import go_atoi, split_port
 from fastpf.client.auth import parse_rfc3339
-from fastpf.client.errors import ClientError
+from fastpf.errors import ClientError
 
 POLL_INTERVAL = 1.0
 

@@ -31,6 +31,7 @@ from fastpf.client.reconnect import (
     go_duration,
     set_keepalive,
 )
+from fastpf.errors import PoolUnavailable
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,6 @@ class Endpoint:
 # Losses within this long are one event (one line): a server that goes away ends all of its
 # connections within a few milliseconds, in separate loop iterations.
 LOSS_GATHER = 0.02
-
-
-class PoolUnavailable(ConnectionError):
-    """No upgraded connection came up within the wait bound (or the forward is ending)."""
 
 
 class Slot:

@@ -18,8 +18,7 @@ from typing import Any
 from fastpf import __version__
 from fastpf.client.args import Options, parse_flags
 from fastpf.client.console import Console
-from fastpf.client.errors import ClientError, UsageError
-from fastpf.errors import FastpfError
+from fastpf.errors import ClientError, FastpfError, UsageError
 
 QUICK_TIMEOUT = 2.0  # --version waits this long for a server at most
 

@@ -27,8 +27,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from fastpf.errors import AlreadyExists, InvalidObject, LimitExceeded, ManifestError, NotFound
 from fastpf.serve import manifests, objects, workloads
-from fastpf.serve.manifests import ManifestError
 from fastpf.serve.objects import (
     ADDRESS_ANNOTATION,
     BY_KIND,
@@ -38,7 +38,6 @@ from fastpf.serve.objects import (
     NODE_NAME,
     PHASES,
     RESOURCES,
-    InvalidObject,
     Resource,
     copy_json,
     fill_pod_status,
@@ -68,24 +67,6 @@ HISTORY_BYTES = 64 << 20
 _SETTLE_PASSES = 5  # controller passes per change; one or two are enough
 
 log = logging.getLogger("fastpf.serve.cluster")
-
-
-class NotFound(LookupError):
-    def __init__(self, resource: Resource, name: str) -> None:
-        super().__init__(f'{resource.qualified} "{name}" not found')
-        self.resource = resource
-        self.name = name
-
-
-class AlreadyExists(ValueError):
-    def __init__(self, resource: Resource, name: str) -> None:
-        super().__init__(f'{resource.qualified} "{name}" already exists')
-        self.resource = resource
-        self.name = name
-
-
-class LimitExceeded(ValueError):
-    """A size or count bound of the store would be crossed."""
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from fastpf.errors import SelectorError
+
 Matcher = Callable[[Mapping[str, str]], bool]
 
 # A label key: optional DNS prefix + "/" + name. Values: empty or a 63-char name.
@@ -19,10 +21,6 @@ _SET_RE = re.compile(rf"^\s*({_KEY})\s+(in|notin)\s*\(([^)]*)\)\s*$")
 _CMP_RE = re.compile(rf"^\s*({_KEY})\s*(==|=|!=|>|<)\s*({_VALUE})\s*$")
 _EXISTS_RE = re.compile(rf"^\s*(!?)\s*({_KEY})\s*$")
 _VALUE_RE = re.compile(rf"^{_VALUE}$")
-
-
-class SelectorError(ValueError):
-    """The selector string does not parse; the message is what the API server would say."""
 
 
 def _split_top_level(text: str) -> list[str]:

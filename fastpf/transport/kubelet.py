@@ -20,10 +20,11 @@ import uuid
 from typing import Any
 
 from fastpf import _frames as F
+from fastpf._frames import RST_CANCEL, RST_REFUSED_STREAM
 from fastpf.transport import handshake
 from fastpf.transport.channel import ChannelConnection, PortChannel
 from fastpf.transport.relay import RelayResult, dial_relay
-from fastpf.transport.spdy import RST_CANCEL, RST_REFUSED_STREAM, SpdyConnection, SpdyStream
+from fastpf.transport.spdy import SpdyConnection, SpdyStream
 from fastpf.types import PodTarget, ServerOptions, UpgradeRequest
 
 log = logging.getLogger("fastpf.transport.kubelet")

@@ -18,7 +18,7 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import h11
 
-from fastpf.errors import HandshakeError
+from fastpf.errors import HandshakeError, UpgradeRedirect, UpgradeRefusedError
 from fastpf.transport import handshake
 from fastpf.transport.channel import ChannelConnection
 from fastpf.transport.spdy import DEFAULT_MAX_DATA, SpdyConnection
@@ -32,25 +32,6 @@ MAX_ERROR_BODY = 64 << 10
 MAX_ANSWER_HEAD = 16 << 10  # h11's default bound on an incomplete head
 MAX_REDIRECTS = 10  # Go's http.Client stops after 10
 _T = TypeVar("_T")
-
-
-class UpgradeRefusedError(HandshakeError):
-    """The upgrade was refused; `fallback` says whether kubectl would retry with SPDY."""
-
-    def __init__(
-        self, message: str = "", status: int | None = None, fallback: bool = False
-    ) -> None:
-        super().__init__(message, status)
-        self.fallback = fallback
-
-
-class _Redirect(Exception):
-    """The SPDY upgrade answer is a redirect that client-go follows."""
-
-    def __init__(self, status: int, location: str) -> None:
-        super().__init__(location)
-        self.status = status
-        self.location = location
 
 
 class _Handshake(asyncio.Protocol):
@@ -253,7 +234,7 @@ async def _upgrade_once(
         location = _location(head)
         if location is not None:  # client-go's SPDY upgrade is an http.Client request
             transport.close()
-            raise _Redirect(head.status_code, location)
+            raise UpgradeRedirect(head.status_code, location)
     if protocol == "spdy":
         check = handshake.check_spdy_response(head, body)
     else:
@@ -366,7 +347,7 @@ async def _spdy_following_redirects(
             resume = (dialer.ssl is not None, dialer.host, dialer.port) == origin
             return await _upgrade_once(dialer, path, "spdy", [], ping_interval, timeout, max_data,
                                        ping_timeout, method=method, resume=resume)
-        except _Redirect as hop:
+        except UpgradeRedirect as hop:
             last = hop.location
             url = urljoin(url, hop.location)
             if hop.status in (301, 302, 303):
