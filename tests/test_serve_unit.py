@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastpf.errors import ManifestError, SelectorError
-from fastpf.serve.api import Api, Forward, Request, Response, Watch
+from fastpf.serve.api import Api
 from fastpf.serve.cluster import Cluster
+from fastpf.serve.replies import Forward, Request, Response, Watch
 from fastpf.serve.selectors import parse_field_selector, parse_label_selector
 from fastpf.serve.server import Server
 from fastpf.types import PodTarget, ServerOptions, UpgradeRequest

@@ -26,8 +26,9 @@ from fastpf.client.api import ApiClient, pod_path
 from fastpf.client.args import parse_args
 from fastpf.client.tlsconfig import ResumingContext
 from fastpf.loop import run
-from fastpf.serve.api import Api, Forward, Request, Response
+from fastpf.serve.api import Api
 from fastpf.serve.cluster import Cluster
+from fastpf.serve.replies import Forward, Request, Response
 from fastpf.transport import handshake, kubelet, upgrade
 from fastpf.transport.channel import ChannelConnection
 from fastpf.types import PodTarget, ServerOptions, UpgradeRequest

@@ -21,7 +21,7 @@ from fastpf.errors import SelectorError
 from fastpf.serve import table
 from fastpf.serve.cluster import RESOURCES, Cluster, Resource
 from fastpf.serve.logs import V
-from fastpf.serve.replies import (  # noqa: F401 - re-exported: the HTTP handlers and tests use them here
+from fastpf.serve.replies import (
     NO_RESOURCE,
     NOT_ALLOWED,
     Forward,

@@ -353,7 +353,7 @@ class Cluster:
             self._tombstones.add((namespace, name))
             self._count += 1
             self._rv += 1
-            gone = copy_json(current)
+            gone: dict[str, Any] = copy_json(current)
             gone["metadata"]["resourceVersion"] = str(self._rv)
             self._emit(Event("DELETED", plural, gone, current))
             return gone
@@ -480,7 +480,7 @@ class Cluster:
         size = self._sizes.pop((plural, *key), 0)
         self._total_bytes -= size
         self._rv += 1
-        gone = copy_json(obj)
+        gone: dict[str, Any] = copy_json(obj)
         gone["metadata"]["resourceVersion"] = str(self._rv)
         uid = obj["metadata"]["uid"]
         timer = self._timers.pop(uid, None)

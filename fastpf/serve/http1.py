@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import h11
 
 from fastpf.serve import sessions
-from fastpf.serve.api import Forward, Request, Response, Watch, status_response
+from fastpf.serve.replies import Forward, Request, Response, Watch, status_response
 from fastpf.types import UpgradeRequest
 
 if TYPE_CHECKING:

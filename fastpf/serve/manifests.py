@@ -28,7 +28,7 @@ _Base: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _TIMESTAMP = "tag:yaml.org,2002:timestamp"
 
 
-class _Loader(_Base):  # type: ignore[misc, valid-type]
+class _Loader(_Base):  # type: ignore[misc]
     """SafeLoader (libyaml when present) that leaves timestamps as strings."""
 
     yaml_implicit_resolvers = {
