@@ -53,6 +53,7 @@ from fastpf.errors import (
     PoolUnavailable,
     SessionClosedError,
 )
+from fastpf.goparity import errno_text
 from fastpf.listen import Acceptor, accept_reporter
 from fastpf.transport._base import TextCollector
 from fastpf.transport.relay import Accepted, RelayResult, relay
@@ -88,7 +89,7 @@ def _go_listen_error(proto: str, address: str, port: int, exc: OSError) -> str:
         errno.EADDRNOTAVAIL: "cannot assign requested address",
         errno.EACCES: "permission denied",
         errno.EAFNOSUPPORT: "address family not supported by protocol",
-    }.get(exc.errno or 0, (exc.strerror or str(exc)).lower())
+    }.get(exc.errno or 0, errno_text(exc))
     return f"unable to create listener: Error listen {proto} {host}:{port}: bind: {text}"
 
 

@@ -17,6 +17,7 @@ import yaml
 
 from fastpf.client.args import Options
 from fastpf.errors import ConfigError
+from fastpf.goparity import errno_text
 
 # Overridable by tests: where a pod's service-account credentials live.
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -294,7 +295,7 @@ def _check_usable(cluster_name: str, cluster: dict[str, Any], user_name: str, us
                         pass
                 except OSError as exc:
                     problems.append(f"unable to read {what} {full} for {name} due to open {full}: "
-                                    f"{(exc.strerror or str(exc)).lower()}")
+                                    f"{errno_text(exc)}")
     ex = user.get("exec")
     if isinstance(ex, dict):
         if user.get("auth-provider"):

@@ -25,11 +25,11 @@ from fastpf.client.events import (
     Target,
     Tracker,
     ready_document,
-    utc_now,
     write_ready_file,
 )
 from fastpf.client.forward import Forwarder, prepare
 from fastpf.errors import ClientError, FastpfError, UsageError
+from fastpf.goparity import errno_text, format_rfc3339_micro
 from fastpf.limits import raise_nofile_limit
 from fastpf.loop import run
 
@@ -181,7 +181,7 @@ async def _stop_all(run_: Run) -> None:
 def _ready(run_: Run) -> None:
     doc = ready_document([j.tracker for j in run_.jobs])
     if run_.emit is not None:
-        run_.emit({"schema": doc["schema"], "event": "ready", "time": utc_now(),
+        run_.emit({"schema": doc["schema"], "event": "ready", "time": format_rfc3339_micro(),
                    "forwards": doc["forwards"]})
     if run_.ready_file:
         try:
@@ -189,7 +189,7 @@ def _ready(run_: Run) -> None:
             run_.wrote_ready = True
         except OSError as exc:  # the forward itself works: say so once, go on
             run_.console.warn(f"cannot write --ready-file {run_.ready_file}: "
-                              f"{(exc.strerror or str(exc)).lower()}")
+                              f"{errno_text(exc)}")
 
 
 def _unready(run_: Run) -> None:

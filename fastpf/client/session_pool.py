@@ -28,10 +28,10 @@ from fastpf.client.reconnect import (
     Episode,
     describe_loss,
     give_up_message,
-    go_duration,
     set_keepalive,
 )
 from fastpf.errors import PoolUnavailable
+from fastpf.goparity import format_duration
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,7 @@ class SessionPool:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._available.wait(), left)
         raise PoolUnavailable(f"no connection to pod {self.endpoint.pod} within "
-                              f"{go_duration(timeout)}: {self.episode.reason or 'not connected'}")
+                              f"{format_duration(timeout)}: {self.episode.reason or 'not connected'}")
 
     # ---- connections coming and going ------------------------------------------------------------
     def _attach(self, slot: Slot, conn: Any) -> None:

@@ -23,11 +23,11 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from fastpf.errors import AlreadyExists, InvalidObject, LimitExceeded, ManifestError, NotFound
+from fastpf.goparity import format_rfc3339
 from fastpf.serve import manifests, objects, workloads
 from fastpf.serve.objects import (
     ADDRESS_ANNOTATION,
@@ -80,9 +80,6 @@ class Event:
 Listener = Callable[[Event], None]
 
 
-def timestamp(at: float | None = None) -> str:
-    return datetime.fromtimestamp(time.time() if at is None else at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
 
 class Cluster:
     """Objects by resource plural and (namespace, name)."""
@@ -92,7 +89,7 @@ class Cluster:
             raise ValueError(f"pod address {pod_address!r} is not a loopback address")
         self.explicit = explicit
         self.pod_address = pod_address
-        self.started = timestamp()
+        self.started = format_rfc3339()
         self._objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {p: {} for p in RESOURCES}
         self._sizes: dict[tuple[str, str, str], int] = {}
         self._total_bytes = 0
@@ -264,7 +261,7 @@ class Cluster:
             raise InvalidObject("namespaces cannot be created here; every namespace used exists")
         if (namespace, name) in self._objects[resource.plural]:
             raise AlreadyExists(resource, name)
-        body = self._prepare(resource, obj, uid=str(uuid.uuid4()), created=timestamp())
+        body = self._prepare(resource, obj, uid=str(uuid.uuid4()), created=format_rfc3339())
         stored = self._put(resource, body, "ADDED")
         self._settle()
         return self._objects[resource.plural].get((namespace, name), stored)
@@ -318,7 +315,7 @@ class Cluster:
                         body["status"].pop(field, None)
             if phase == "Pending" and status.get("startTime") == old_status.get("startTime"):
                 body["status"].pop("startTime", None)
-            fill_pod_status(body, pod_address(body, self.pod_address), timestamp())
+            fill_pod_status(body, pod_address(body, self.pod_address), format_rfc3339())
         stored = self._put(resource, body, "MODIFIED", current)
         self._settle()
         return self._objects[plural].get((namespace, name), stored)
@@ -363,7 +360,7 @@ class Cluster:
                 return current
             grace = min(grace, MAX_GRACE_SECONDS)
             body = copy_json(current)
-            body["metadata"]["deletionTimestamp"] = timestamp(time.time() + grace)
+            body["metadata"]["deletionTimestamp"] = format_rfc3339(time.time() + grace)
             body["metadata"]["deletionGracePeriodSeconds"] = int(grace)
             uid = body["metadata"]["uid"]
             self._timers[uid] = loop.call_later(grace, self._finish_delete, namespace, name, uid)
@@ -397,7 +394,7 @@ class Cluster:
 
     def create_owned(self, plural: str, obj: dict[str, Any]) -> None:
         resource = RESOURCES[plural]
-        self._put(resource, self._prepare(resource, obj, uid=str(uuid.uuid4()), created=timestamp()), "ADDED")
+        self._put(resource, self._prepare(resource, obj, uid=str(uuid.uuid4()), created=format_rfc3339()), "ADDED")
 
     def set_replicas(self, plural: str, obj: dict[str, Any], replicas: int) -> None:
         body = copy_json(obj)

@@ -135,12 +135,20 @@ def match_labels_selector(selector: Mapping[str, Any]) -> str:
     """A LabelSelector object (matchLabels + matchExpressions) as the selector string kubectl
     would send; used to validate manifests and to fill `status.selector`."""
     parts: list[str] = []
-    for key, value in sorted((selector.get("matchLabels") or {}).items()):
+    labels = selector.get("matchLabels") or {}
+    exprs = selector.get("matchExpressions") or []
+    if not isinstance(labels, Mapping):
+        raise SelectorError("matchLabels must be a mapping")
+    if not isinstance(exprs, list) or not all(isinstance(e, Mapping) for e in exprs):
+        raise SelectorError("matchExpressions must be a list of mappings")
+    for key, value in sorted(labels.items(), key=lambda kv: str(kv[0])):
         parts.append(f"{key}={value}")
-    for expr in selector.get("matchExpressions") or []:
+    for expr in exprs:
         key = expr.get("key")
         op = expr.get("operator")
         values = expr.get("values") or []
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise SelectorError("matchExpressions values must be a list of strings")
         if op == "In":
             parts.append(f"{key} in ({','.join(sorted(values))})")
         elif op == "NotIn":

@@ -19,6 +19,7 @@ from http import HTTPStatus
 
 import h11
 
+from fastpf.goparity import quote
 from fastpf.types import UpgradeRequest
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -535,32 +536,6 @@ def check_websocket_response(
 # Client side: what kubectl says about an answer that is not HTTP (Go's net/http wording)
 
 REDIRECTS = (301, 302, 303, 307, 308)
-_GO_ESCAPES = {7: "\\a", 8: "\\b", 12: "\\f", 10: "\\n", 13: "\\r", 9: "\\t", 11: "\\v",
-               0x22: '\\"', 0x5C: "\\\\"}
-
-
-def go_quote(data: bytes, limit: int = 512) -> str:
-    """Go's %q of `data` (strconv.Quote: printable UTF-8 kept, invalid bytes as \\xNN), cut to
-    `limit` bytes with "..." after the closing quote when longer: one readable line."""
-    cut = data[:limit]
-    out = []
-    for ch in cut.decode("utf-8", "surrogateescape"):
-        code = ord(ch)
-        if 0xDC80 <= code <= 0xDCFF:  # an invalid byte, kept by surrogateescape
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif code in _GO_ESCAPES:
-            out.append(_GO_ESCAPES[code])
-        elif ch.isprintable():
-            out.append(ch)
-        elif code < 0x80:
-            out.append(f"\\x{code:02x}")
-        elif code < 0x10000:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(f"\\U{code:08x}")
-    return '"' + "".join(out) + '"' + ("..." if len(data) > limit else "")
-
-
 def status_line_error(received: bytes) -> str | None:
     """Go's verdict (net/http.ReadResponse) on the status line at the start of `received`:
     its error text, or None when the line is valid or may still become valid (incomplete,
@@ -574,12 +549,12 @@ def status_line_error(received: bytes) -> str | None:
         line = line[:-1]
     proto, space, status = line.partition(b" ")
     if not space:
-        return f"malformed HTTP response {go_quote(line)}"
+        return f"malformed HTTP response {quote(line)}"
     code = status.lstrip(b" ").partition(b" ")[0]
     if len(code) != 3 or not code.isdigit():
-        return f"malformed HTTP status code {go_quote(code)}"
+        return f"malformed HTTP status code {quote(code)}"
     if not _go_http_version(proto):
-        return f"malformed HTTP version {go_quote(proto)}"
+        return f"malformed HTTP version {quote(proto)}"
     return None
 
 
@@ -599,8 +574,8 @@ def header_error(received: bytes, too_long: bool) -> str:
         if not line:
             break
         if line[:1] in (b" ", b"\t"):
-            return f"malformed MIME header initial line: {go_quote(line)[1:-1]}"
+            return f"malformed MIME header initial line: {quote(line)[1:-1]}"
         name, colon, _value = line.partition(b":")
         if not colon or not name or any(c <= 32 or c >= 127 for c in name):
-            return f"malformed MIME header line: {go_quote(line)[1:-1]}"
+            return f"malformed MIME header line: {quote(line)[1:-1]}"
     return "malformed HTTP response headers"

@@ -21,6 +21,7 @@ from typing import Any
 
 from fastpf import _frames as F
 from fastpf._frames import RST_CANCEL, RST_REFUSED_STREAM
+from fastpf.goparity import errno_text
 from fastpf.transport import handshake
 from fastpf.transport.channel import ChannelConnection, PortChannel
 from fastpf.transport.relay import RelayResult, dial_relay
@@ -163,7 +164,7 @@ def _go_errno_text(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno is not None:
         if exc.errno == errno.ECONNREFUSED:
             return "connect: connection refused"
-        return "connect: " + (exc.strerror or str(exc)).lower()
+        return "connect: " + errno_text(exc)
     return str(exc)
 
 

@@ -18,6 +18,7 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import h11
 
+from fastpf import goparity
 from fastpf.errors import HandshakeError, UpgradeRedirect, UpgradeRefusedError
 from fastpf.transport import handshake
 from fastpf.transport.channel import ChannelConnection
@@ -181,7 +182,7 @@ def _fail_prefix(dialer: ApiDialer, protocol: str, full_path: str) -> str:
     """kubectl's words before an answer-level error: SPDY goes through Go's http.Client
     ("error sending request: Post URL: ..."), the WebSocket dialer does not."""
     if protocol == "spdy":
-        return f"error upgrading connection: error sending request: Post {handshake.go_quote(_url(dialer, full_path).encode())}: "
+        return f"error upgrading connection: error sending request: Post {goparity.quote(_url(dialer, full_path).encode())}: "
     return "error upgrading connection: "
 
 
@@ -354,7 +355,7 @@ async def _spdy_following_redirects(
                 method = "GET"
             dialer, path = _redirected(dialer, url)
     raise HandshakeError(
-        f"error upgrading connection: error sending request: Post {handshake.go_quote(last.encode())}: "
+        f"error upgrading connection: error sending request: Post {goparity.quote(last.encode())}: "
         f"stopped after {MAX_REDIRECTS} redirects", None)
 
 
@@ -364,8 +365,8 @@ def _redirected(dialer: ApiDialer, url: str) -> tuple[ApiDialer, str]:
     scheme = (parts.scheme or "").lower()
     if scheme not in ("http", "https") or not parts.hostname:
         raise HandshakeError(
-            f"error upgrading connection: error sending request: Post {handshake.go_quote(url.encode())}: "
-            f"unsupported protocol scheme {handshake.go_quote(scheme.encode())}", None)
+            f"error upgrading connection: error sending request: Post {goparity.quote(url.encode())}: "
+            f"unsupported protocol scheme {goparity.quote(scheme.encode())}", None)
     port = parts.port or (443 if scheme == "https" else 80)
     same = (scheme == ("https" if dialer.ssl is not None else "http")
             and parts.hostname == dialer.host and port == dialer.port)
