@@ -77,3 +77,29 @@ class ApiDialer:
     headers: list[tuple[str, str]] = field(default_factory=list)  # Authorization, User-Agent, ...
     open_socket: Callable[[], Awaitable[socket.socket]] | None = None
     base_path: str = ""  # path prefix of the server URL (e.g. "/k8s/clusters/c-1")
+
+
+@dataclass(frozen=True)
+class ConfigOverrides:
+    """What the caller sets over the kubeconfig (kubectl's global connection flags), for
+    `fastpf.client.kubeconfig.load_config`. None / empty: take the kubeconfig's value."""
+
+    kubeconfig: str | None = None  # this file only (else $KUBECONFIG, else ~/.kube/config)
+    context: str | None = None
+    cluster: str | None = None
+    user: str | None = None
+    namespace: str | None = None
+    server: str | None = None
+    token: str | None = None
+    username: str | None = None
+    password: str | None = None
+    certificate_authority: str | None = None
+    client_certificate: str | None = None
+    client_key: str | None = None
+    insecure_skip_tls_verify: bool | None = None
+    tls_server_name: str | None = None
+    proxy_url: str | None = None
+    impersonate: str | None = None
+    impersonate_groups: tuple[str, ...] = ()
+    impersonate_uid: str | None = None
+    impersonate_extra: tuple[str, ...] = ()  # "key=value"

@@ -48,7 +48,7 @@ def _kubeconfig(path: Path, user: dict[str, Any], cluster: dict[str, Any]) -> st
 
 
 def _client(kc: str) -> ApiClient:
-    return ApiClient(K.load_config(parse_args(["--kubeconfig", kc, "p", "80"])))
+    return ApiClient(K.load_config(parse_args(["--kubeconfig", kc, "p", "80"]).config_overrides()))
 
 
 def _b64(data: bytes) -> str:

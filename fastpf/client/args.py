@@ -13,6 +13,7 @@ from typing import Any
 
 from fastpf.errors import UsageError
 from fastpf.goparity import parse_bool, parse_duration, parse_int, parse_uint16
+from fastpf.types import ConfigOverrides
 
 PROTOCOLS = ("auto", "spdy", "websocket", "ws-channel")
 OUTPUTS = ("text", "json")  # -o / --events: kubectl's lines, or one JSON object per event
@@ -79,6 +80,21 @@ class Options:
     stats_interval: float = 0.0  # 0: 1 s on a terminal, 10 s otherwise
     ready_file: str | None = None
     config_file: str | None = None
+
+    def config_overrides(self) -> ConfigOverrides:
+        """The flags that override the kubeconfig, for `kubeconfig.load_config`."""
+        return ConfigOverrides(
+            kubeconfig=self.kubeconfig, context=self.context, cluster=self.cluster,
+            user=self.user, namespace=self.namespace, server=self.server, token=self.token,
+            username=self.username, password=self.password,
+            certificate_authority=self.certificate_authority,
+            client_certificate=self.client_certificate, client_key=self.client_key,
+            insecure_skip_tls_verify=self.insecure_skip_tls_verify,
+            tls_server_name=self.tls_server_name, proxy_url=self.proxy_url,
+            impersonate=self.impersonate, impersonate_groups=tuple(self.impersonate_groups),
+            impersonate_uid=self.impersonate_uid,
+            impersonate_extra=tuple(self.impersonate_extra),
+        )
 
 
 # name -> (attribute, kind). kind: str, bool, duration, timeout, int, protocol, list (repeatable,

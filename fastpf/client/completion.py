@@ -210,7 +210,7 @@ def _names(plural: str, prefix: str | None, opts: Options) -> list[str]:
         from fastpf.client.api import ApiClient
         from fastpf.client.kubeconfig import load_config
 
-        cfg = load_config(opts)
+        cfg = load_config(opts.config_overrides())
         api = ApiClient(cfg, request_timeout=opts.request_timeout)
         try:
             if plural == "namespaces":
@@ -231,7 +231,7 @@ def _get(prefix: str, plural: str, name: str, opts: Options) -> dict[str, Any] |
         from fastpf.client.api import ApiClient
         from fastpf.client.kubeconfig import load_config
 
-        cfg = load_config(opts)
+        cfg = load_config(opts.config_overrides())
         api = ApiClient(cfg, request_timeout=opts.request_timeout)
         try:
             return await api.get(f"{prefix}/namespaces/{cfg.namespace}/{plural}/{name}")

@@ -210,7 +210,7 @@ class Forwarder:
         if self.opts is None or not self.reconnect:
             return
         try:
-            cfg = load_config(self.opts)
+            cfg = load_config(self.opts.config_overrides())
         except ClientError:
             return
         if cfg == self.api.cfg:
@@ -577,7 +577,7 @@ def raw_path_for(raw: str, namespace: str, name: str) -> str:
 
 async def prepare(opts: Options, console: Console) -> Forwarder:
     """Resolve everything up to (not including) the upgrade, in kubectl's order."""
-    cfg = load_config(opts)
+    cfg = load_config(opts.config_overrides())
     api = ApiClient(cfg, request_timeout=opts.request_timeout,
                     log=console.info if console.verbosity else None)
     try:

@@ -50,7 +50,7 @@ async def server_info(opts: Options, timeout: float | None = None) -> dict[str, 
     from fastpf.client.api import ApiClient
     from fastpf.client.kubeconfig import load_config
 
-    cfg = load_config(opts)
+    cfg = load_config(opts.config_overrides())
     api = ApiClient(cfg, request_timeout=timeout or opts.request_timeout)
     try:
         info = await api.get("/version")
