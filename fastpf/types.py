@@ -7,6 +7,10 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import h11
 
 
 @dataclass(frozen=True)
@@ -18,6 +22,9 @@ class UpgradeRequest:
     query: dict[str, list[str]]  # parsed query (repeated keys keep every value)
     headers: list[tuple[str, str]]  # names lower-case, values as sent, in order
     trailing: bytes = b""  # bytes the client sent after the request head (already read)
+    # The server's h11 connection that parsed this request: it writes the answer (101 or
+    # refusal). fastpf.transport.handshake.parse_request makes one for callers without a server.
+    http: h11.Connection | None = field(default=None, compare=False, repr=False)
 
     def header(self, name: str) -> str | None:
         """First value of a header (case-insensitive), or None."""

@@ -131,6 +131,7 @@ class Http1Handler:
             query=request.query,
             headers=request.headers,
             trailing=bytes(trailing),
+            http=self.conn,  # writes the 101 (or the refusal) of the request it parsed
         )
         transport = self.proto.transport
         assert transport is not None
