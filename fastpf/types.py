@@ -110,3 +110,22 @@ class ConfigOverrides:
     impersonate_groups: tuple[str, ...] = ()
     impersonate_uid: str | None = None
     impersonate_extra: tuple[str, ...] = ()  # "key=value"
+
+
+@dataclass(frozen=True)
+class ForwardSpec:
+    """One forward as the client engine (`fastpf.client.forward.prepare`) takes it: built
+    from the command line's Options (or the library's keyword arguments) by the front end."""
+
+    target: str  # TYPE/NAME or NAME
+    ports: tuple[str, ...]  # [LOCAL:]REMOTE specs as given
+    addresses: str  # --address (comma list)
+    protocol: str
+    overrides: ConfigOverrides
+    raw_path: str | None  # --raw-path: upgrade this path instead of resolving a pod
+    request_timeout: float  # 0: none
+    pod_running_timeout: float
+    reconnect: bool
+    connections: int
+    ping_interval: float
+    ping_timeout: float

@@ -1,4 +1,5 @@
-"""Config loading takes its own overrides type: kubeconfig.py knows nothing of the command line."""
+"""Config loading and the forward engine take their own types (ConfigOverrides, ForwardSpec),
+built from the command line's Options by the front end; neither imports the CLI's Options."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 import fastpf
 from fastpf.client import kubeconfig as K
 from fastpf.client.args import Options, parse_args
-from fastpf.types import ConfigOverrides
+from fastpf.types import ConfigOverrides, ForwardSpec
 
 PACKAGE = Path(fastpf.__file__).parent
 # The command-line layer: the modules that may know `Options`.
@@ -34,6 +35,43 @@ def _imports(path: Path) -> set[str]:
 def test_config_loading_imports_nothing_from_the_command_line() -> None:
     for name in ("kubeconfig.py", "auth.py", "tlsconfig.py", "api.py", "proxy.py"):
         assert _imports(PACKAGE / "client" / name) & CLI == set(), name
+
+
+def test_no_engine_signature_takes_the_cli_options() -> None:
+    # Only the command-line layer (and the library's keyword front end, forward.forward)
+    # may name Options in a signature or a field.
+    found = []
+    for path in sorted((PACKAGE / "client").glob("*.py")):
+        module = "fastpf.client." + path.stem
+        if module in CLI:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            annotations = []
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                args = node.args.args + node.args.kwonlyargs + node.args.posonlyargs
+                annotations = [a.annotation for a in args if a.annotation is not None]
+            elif isinstance(node, ast.AnnAssign):
+                annotations = [node.annotation]
+            for ann in annotations:
+                if "Options" in {n.id for n in ast.walk(ann) if isinstance(n, ast.Name)}:
+                    found.append(f"{path.name}:{getattr(node, 'lineno', 0)}")
+    assert found == []
+
+
+def test_forward_spec_carries_the_flags() -> None:
+    opts = parse_args(["mypod", "8080:80", ":81", "--address", "127.0.0.1,::1",
+                       "--protocol", "spdy", "--raw-path", "/x/{pod}", "--request-timeout", "5s",
+                       "--pod-running-timeout", "2m", "--reconnect=false", "--connections", "3",
+                       "--ping-interval", "1s", "--ping-timeout", "9s", "--context", "c"])
+    spec = opts.forward_spec()
+    assert spec == ForwardSpec(
+        target="mypod", ports=("8080:80", ":81"), addresses="127.0.0.1,::1", protocol="spdy",
+        overrides=ConfigOverrides(context="c"), raw_path="/x/{pod}", request_timeout=5.0,
+        pod_running_timeout=120.0, reconnect=False, connections=3, ping_interval=1.0,
+        ping_timeout=9.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.target = "other"  # type: ignore[misc]
 
 
 def test_overrides_are_frozen_and_every_field_comes_from_the_flags() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from fastpf.errors import UsageError
 from fastpf.goparity import parse_bool, parse_duration, parse_int, parse_uint16
-from fastpf.types import ConfigOverrides
+from fastpf.types import ConfigOverrides, ForwardSpec
 
 PROTOCOLS = ("auto", "spdy", "websocket", "ws-channel")
 OUTPUTS = ("text", "json")  # -o / --events: kubectl's lines, or one JSON object per event
@@ -80,6 +80,16 @@ class Options:
     stats_interval: float = 0.0  # 0: 1 s on a terminal, 10 s otherwise
     ready_file: str | None = None
     config_file: str | None = None
+
+    def forward_spec(self) -> ForwardSpec:
+        """The forward these flags describe, for `forward.prepare`."""
+        return ForwardSpec(
+            target=self.target, ports=tuple(self.ports), addresses=self.addresses,
+            protocol=self.protocol, overrides=self.config_overrides(), raw_path=self.raw_path,
+            request_timeout=self.request_timeout, pod_running_timeout=self.pod_running_timeout,
+            reconnect=self.reconnect, connections=self.connections,
+            ping_interval=self.ping_interval, ping_timeout=self.ping_timeout,
+        )
 
     def config_overrides(self) -> ConfigOverrides:
         """The flags that override the kubeconfig, for `kubeconfig.load_config`."""

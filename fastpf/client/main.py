@@ -132,7 +132,7 @@ async def _run(run_: Run) -> int:
 
 
 async def _prepare(job: Job) -> None:
-    fwd = await prepare(job.opts, job.console)
+    fwd = await prepare(job.opts.forward_spec(), job.console)
     cfg = fwd.api.cfg
     job.tracker.target.namespace = cfg.namespace
     job.tracker.target.context = cfg.context
