@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
     from fastpf.api import PortForward, forward
-    from fastpf.client.errors import ClientError
+    from fastpf.errors import ClientError
 
 __all__ = ["ClientError", "PortForward", "__version__", "forward"]
 
@@ -28,7 +28,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(api, name)
     if name == "ClientError":
-        from fastpf.client.errors import ClientError
+        from fastpf.errors import ClientError
 
         return ClientError
     raise AttributeError(f"module 'fastpf' has no attribute {name!r}")

@@ -26,8 +26,8 @@ from dataclasses import asdict
 from typing import Any
 
 from fastpf.client.console import Console
-from fastpf.client.errors import ClientError
 from fastpf.client.events import Target, Tracker
+from fastpf.errors import ClientError
 
 EventCallback = Callable[[dict[str, Any]], None]
 START_GRACE = 60.0  # `with`: beyond pod_running_timeout, how long the start may take at most
@@ -212,9 +212,10 @@ class PortForward:
         for event in pending:
             event.update(target.fields())
             self._deliver(event)
-        from fastpf.client.events import SCHEMA, ready_document, utc_now
+        from fastpf.client.events import SCHEMA, ready_document
+        from fastpf.goparity import format_rfc3339_micro
 
-        self._emit({"schema": SCHEMA, "event": "ready", "time": utc_now(),
+        self._emit({"schema": SCHEMA, "event": "ready", "time": format_rfc3339_micro(),
                     "forwards": ready_document([self._tracker])["forwards"]})
 
     def _emit(self, event: dict[str, Any]) -> None:

@@ -7,6 +7,10 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import h11
 
 
 @dataclass(frozen=True)
@@ -18,6 +22,9 @@ class UpgradeRequest:
     query: dict[str, list[str]]  # parsed query (repeated keys keep every value)
     headers: list[tuple[str, str]]  # names lower-case, values as sent, in order
     trailing: bytes = b""  # bytes the client sent after the request head (already read)
+    # The server's h11 connection that parsed this request: it writes the answer (101 or
+    # refusal). fastpf.transport.handshake.parse_request makes one for callers without a server.
+    http: h11.Connection | None = field(default=None, compare=False, repr=False)
 
     def header(self, name: str) -> str | None:
         """First value of a header (case-insensitive), or None."""
@@ -77,3 +84,48 @@ class ApiDialer:
     headers: list[tuple[str, str]] = field(default_factory=list)  # Authorization, User-Agent, ...
     open_socket: Callable[[], Awaitable[socket.socket]] | None = None
     base_path: str = ""  # path prefix of the server URL (e.g. "/k8s/clusters/c-1")
+
+
+@dataclass(frozen=True)
+class ConfigOverrides:
+    """What the caller sets over the kubeconfig (kubectl's global connection flags), for
+    `fastpf.client.kubeconfig.load_config`. None / empty: take the kubeconfig's value."""
+
+    kubeconfig: str | None = None  # this file only (else $KUBECONFIG, else ~/.kube/config)
+    context: str | None = None
+    cluster: str | None = None
+    user: str | None = None
+    namespace: str | None = None
+    server: str | None = None
+    token: str | None = None
+    username: str | None = None
+    password: str | None = None
+    certificate_authority: str | None = None
+    client_certificate: str | None = None
+    client_key: str | None = None
+    insecure_skip_tls_verify: bool | None = None
+    tls_server_name: str | None = None
+    proxy_url: str | None = None
+    impersonate: str | None = None
+    impersonate_groups: tuple[str, ...] = ()
+    impersonate_uid: str | None = None
+    impersonate_extra: tuple[str, ...] = ()  # "key=value"
+
+
+@dataclass(frozen=True)
+class ForwardSpec:
+    """One forward as the client engine (`fastpf.client.forward.prepare`) takes it: built
+    from the command line's Options (or the library's keyword arguments) by the front end."""
+
+    target: str  # TYPE/NAME or NAME
+    ports: tuple[str, ...]  # [LOCAL:]REMOTE specs as given
+    addresses: str  # --address (comma list)
+    protocol: str
+    overrides: ConfigOverrides
+    raw_path: str | None  # --raw-path: upgrade this path instead of resolving a pod
+    request_timeout: float  # 0: none
+    pod_running_timeout: float
+    reconnect: bool
+    connections: int
+    ping_interval: float
+    ping_timeout: float

@@ -25,10 +25,10 @@ import h11
 
 from fastpf import __version__
 from fastpf.client.auth import Authenticator
-from fastpf.client.errors import ApiError, ClientError
 from fastpf.client.kubeconfig import ClientConfig
 from fastpf.client.proxy import open_tunnel, proxy_for
 from fastpf.client.tlsconfig import ContextCache
+from fastpf.errors import ApiError, ClientError
 from fastpf.types import ApiDialer
 
 DEFAULT_REQUEST_TIMEOUT = 60.0

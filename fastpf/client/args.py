@@ -11,7 +11,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastpf.client.errors import UsageError
+from fastpf.errors import UsageError
+from fastpf.goparity import parse_bool, parse_duration, parse_int, parse_uint16
+from fastpf.types import ConfigOverrides, ForwardSpec
 
 PROTOCOLS = ("auto", "spdy", "websocket", "ws-channel")
 OUTPUTS = ("text", "json")  # -o / --events: kubectl's lines, or one JSON object per event
@@ -78,6 +80,31 @@ class Options:
     stats_interval: float = 0.0  # 0: 1 s on a terminal, 10 s otherwise
     ready_file: str | None = None
     config_file: str | None = None
+
+    def forward_spec(self) -> ForwardSpec:
+        """The forward these flags describe, for `forward.prepare`."""
+        return ForwardSpec(
+            target=self.target, ports=tuple(self.ports), addresses=self.addresses,
+            protocol=self.protocol, overrides=self.config_overrides(), raw_path=self.raw_path,
+            request_timeout=self.request_timeout, pod_running_timeout=self.pod_running_timeout,
+            reconnect=self.reconnect, connections=self.connections,
+            ping_interval=self.ping_interval, ping_timeout=self.ping_timeout,
+        )
+
+    def config_overrides(self) -> ConfigOverrides:
+        """The flags that override the kubeconfig, for `kubeconfig.load_config`."""
+        return ConfigOverrides(
+            kubeconfig=self.kubeconfig, context=self.context, cluster=self.cluster,
+            user=self.user, namespace=self.namespace, server=self.server, token=self.token,
+            username=self.username, password=self.password,
+            certificate_authority=self.certificate_authority,
+            client_certificate=self.client_certificate, client_key=self.client_key,
+            insecure_skip_tls_verify=self.insecure_skip_tls_verify,
+            tls_server_name=self.tls_server_name, proxy_url=self.proxy_url,
+            impersonate=self.impersonate, impersonate_groups=tuple(self.impersonate_groups),
+            impersonate_uid=self.impersonate_uid,
+            impersonate_extra=tuple(self.impersonate_extra),
+        )
 
 
 # name -> (attribute, kind). kind: str, bool, duration, timeout, int, protocol, list (repeatable,
@@ -186,46 +213,6 @@ fastpf's own:
       --version                   print the client (and reachable server) version
 """
 
-_DURATION_UNITS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "\u00b5s": 1e-6,
-    "\u03bcs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
-
-
-def parse_go_duration(text: str) -> float:
-    """Go's time.ParseDuration, in seconds. Raises ValueError with Go's message."""
-    orig = text
-    if text in ("0", "+0", "-0"):
-        return 0.0
-    sign = 1.0
-    if text[:1] in "+-" and text:
-        sign = -1.0 if text[0] == "-" else 1.0
-        text = text[1:]
-    if not text:
-        raise ValueError(f'time: invalid duration "{orig}"')
-    total = 0.0
-    pos = 0
-    while pos < len(text):
-        m = _DURATION_PART.match(text, pos)
-        if m is None:
-            if re.match(r"(\d+(?:\.\d*)?|\.\d+)$", text[pos:]):
-                raise ValueError(f'time: missing unit in duration "{orig}"')
-            um = re.match(r"(\d+(?:\.\d*)?|\.\d+)([^\d.]+)", text[pos:])
-            if um:
-                raise ValueError(f'time: unknown unit "{um.group(2)}" in duration "{orig}"')
-            raise ValueError(f'time: invalid duration "{orig}"')
-        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-        pos = m.end()
-    return sign * total
-
-
 def parse_request_timeout(text: str) -> float:
     """kubectl's --request-timeout: integer seconds, or a duration with a unit."""
     msg = (
@@ -235,7 +222,7 @@ def parse_request_timeout(text: str) -> float:
     if text.isdigit():
         return float(text)
     try:
-        value = parse_go_duration(text)
+        value = parse_duration(text)
     except ValueError:
         raise UsageError(msg, show_usage=False) from None
     if value < 0:
@@ -243,18 +230,6 @@ def parse_request_timeout(text: str) -> float:
     return value
 
 
-def _parse_go_bool(text: str) -> bool:
-    if text in ("1", "t", "T", "true", "TRUE", "True"):
-        return True
-    if text in ("0", "f", "F", "false", "FALSE", "False"):
-        return False
-    raise ValueError(f'strconv.ParseBool: parsing "{text}": invalid syntax')
-
-
-def _parse_go_int(text: str) -> int:
-    if not re.fullmatch(r"[+-]?\d+", text):
-        raise ValueError(f'strconv.ParseInt: parsing "{text}": invalid syntax')
-    return int(text)
 
 
 def _flag_title(name: str) -> str:
@@ -283,11 +258,11 @@ def _set(opts: Any, name: str, raw: str, table: dict[str, tuple[str, str]] | Non
         if kind == "str":
             value = raw
         elif kind == "bool":
-            value = _parse_go_bool(raw)
+            value = parse_bool(raw)
         elif kind == "int":
-            value = _parse_go_int(raw)
+            value = parse_int(raw, 32)
         elif kind == "duration":
-            value = parse_go_duration(raw)
+            value = parse_duration(raw)
         elif kind == "timeout":
             value = parse_request_timeout(raw)
         elif kind == "protocol":
@@ -307,7 +282,7 @@ def _set(opts: Any, name: str, raw: str, table: dict[str, tuple[str, str]] | Non
             value = [*getattr(opts, attr), raw]
         elif kind == "goduration":
             try:
-                value = parse_go_duration(raw)
+                value = parse_duration(raw)
             except ValueError:
                 raise ValueError("parse error") from None  # Go's flag package says only this
         elif kind == "vmodule":
@@ -455,20 +430,6 @@ def split_port(spec: str) -> tuple[str, str]:
     return parts[0], parts[0]
 
 
-def go_atoi(text: str) -> int | None:
-    """strconv.Atoi: optional sign and decimal digits (None when it is a name)."""
-    if re.fullmatch(r"[+-]?\d+", text):
-        return int(text)
-    return None
-
-
-def _parse_uint16(text: str) -> int:
-    if not re.fullmatch(r"\d+", text):
-        raise ValueError(f'strconv.ParseUint: parsing "{text}": invalid syntax')
-    value = int(text)
-    if value > 0xFFFF:
-        raise ValueError(f'strconv.ParseUint: parsing "{text}": value out of range')
-    return value
 
 
 @dataclass(frozen=True)
@@ -490,11 +451,11 @@ def parse_ports(specs: list[str]) -> list[PortPair]:
         else:
             raise UsageError(f"invalid port format '{spec}'")
         try:
-            local = _parse_uint16(local_s)
+            local = parse_uint16(local_s)
         except ValueError as exc:
             raise UsageError(f"error parsing local port '{local_s}': {exc}") from None
         try:
-            remote = _parse_uint16(remote_s)
+            remote = parse_uint16(remote_s)
         except ValueError as exc:
             raise UsageError(f"error parsing remote port '{remote_s}': {exc}") from None
         if remote == 0:

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime as _dt
 import json
 import os
 import re
 import time
 from dataclasses import dataclass
 
-from fastpf.client.errors import ClientError
 from fastpf.client.kubeconfig import ClientConfig, ExecConfig
+from fastpf.errors import ClientError
+from fastpf.goparity import parse_rfc3339
 
 EXEC_TIMEOUT = 120.0  # a plugin may open a browser for login; still bounded
 TOKEN_FILE_TTL = 60.0
@@ -46,25 +46,6 @@ class ExecResult:
 _exec_cache: dict[str, ExecResult] = {}
 exec_runs = 0  # how often a plugin was started (tests assert caching)
 
-
-def parse_rfc3339(text: str) -> float:
-    """RFC 3339 time (Kubernetes' format, any fraction length) as a POSIX timestamp."""
-    text = text.strip()
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"
-    # Python < 3.11 cannot parse fractional seconds of arbitrary length; trim to micros.
-    if "." in text:
-        head, _, rest = text.partition(".")
-        frac = ""
-        i = 0
-        while i < len(rest) and rest[i].isdigit():
-            frac += rest[i]
-            i += 1
-        text = head + "." + (frac[:6].ljust(6, "0")) + rest[i:]
-    value = _dt.datetime.fromisoformat(text)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=_dt.timezone.utc)
-    return value.timestamp()
 
 
 def _exec_key(ex: ExecConfig) -> str:

@@ -17,9 +17,10 @@ from fastpf.client.reconnect import (
     DeadPeer,
     Episode,
     give_up_message,
-    go_duration,
 )
-from fastpf.client.session_pool import Endpoint, PoolUnavailable, Resolver
+from fastpf.client.session_pool import Endpoint, Resolver
+from fastpf.errors import PoolUnavailable
+from fastpf.goparity import format_duration
 
 
 class ChannelGate:
@@ -58,7 +59,7 @@ class ChannelGate:
             raise PoolUnavailable(self.fatal.result())
         if not self._up.is_set():
             raise PoolUnavailable(f"no connection to pod {self.endpoint.pod} within "
-                                  f"{go_duration(timeout)}: {self.episode.reason}")
+                                  f"{format_duration(timeout)}: {self.episode.reason}")
         return self.endpoint
 
     def failed(self, endpoint: Endpoint, reason: str) -> None:

@@ -29,8 +29,7 @@ from fastpf.client.args import (
     takes_value,
 )
 from fastpf.client.console import Console
-from fastpf.client.errors import ClientError, UsageError
-from fastpf.errors import FastpfError
+from fastpf.errors import ClientError, FastpfError, UsageError
 
 ERROR, NO_SPACE, NO_FILE = 1, 2, 4
 LOOKUP_TIMEOUT = 5.0
@@ -211,7 +210,7 @@ def _names(plural: str, prefix: str | None, opts: Options) -> list[str]:
         from fastpf.client.api import ApiClient
         from fastpf.client.kubeconfig import load_config
 
-        cfg = load_config(opts)
+        cfg = load_config(opts.config_overrides())
         api = ApiClient(cfg, request_timeout=opts.request_timeout)
         try:
             if plural == "namespaces":
@@ -232,7 +231,7 @@ def _get(prefix: str, plural: str, name: str, opts: Options) -> dict[str, Any] |
         from fastpf.client.api import ApiClient
         from fastpf.client.kubeconfig import load_config
 
-        cfg = load_config(opts)
+        cfg = load_config(opts.config_overrides())
         api = ApiClient(cfg, request_timeout=opts.request_timeout)
         try:
             return await api.get(f"{prefix}/namespaces/{cfg.namespace}/{plural}/{name}")

@@ -32,10 +32,10 @@ from fastpf.client.args import (
     Options,
     PortPair,
     parse_addresses,
-    parse_go_duration,
     split_port,
 )
-from fastpf.client.errors import UsageError
+from fastpf.errors import UsageError
+from fastpf.goparity import errno_text, parse_duration
 
 MAX_FORWARDS = 256  # a file is read whole; bounded like everything else
 MAX_FILE = 1 << 20
@@ -74,7 +74,7 @@ def _apply(opts: Options, key: str, value: Any, where: str, path: str) -> None:
         raise _fail(path, f"{where}: protocol must be one of {', '.join(PROTOCOLS)}")
     if key == "pod-running-timeout":
         try:
-            seconds = parse_go_duration(text)
+            seconds = parse_duration(text)
         except ValueError as exc:
             raise _fail(path, f"{where}: pod-running-timeout: {exc}") from None
         if seconds <= 0:
@@ -98,7 +98,7 @@ def load_forwards(path: str, base: Options) -> list[Entry]:
         with open(path, encoding="utf-8") as fh:
             text = fh.read(MAX_FILE + 1)
     except OSError as exc:
-        raise _fail(path, (exc.strerror or str(exc)).lower()) from None
+        raise _fail(path, errno_text(exc)) from None
     if len(text) > MAX_FILE:
         raise _fail(path, f"larger than {MAX_FILE} bytes")
     try:

@@ -13,7 +13,6 @@ the relay's result when asked for (a live view samples them once per refresh).
 from __future__ import annotations
 
 import asyncio
-import datetime as _dt
 import itertools
 import json
 import os
@@ -22,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
+from fastpf.goparity import format_rfc3339_micro
 from fastpf.transport.relay import RelayResult
 
 SCHEMA = 1  # "schema" of every event object; bumped only for incompatible changes
@@ -57,10 +57,6 @@ def live_result(accepted: Any) -> RelayResult | None:
     result = getattr(protocol, "result", None)
     return result if isinstance(result, RelayResult) else None
 
-
-def utc_now() -> str:
-    """RFC 3339 UTC with microseconds, as Kubernetes writes times."""
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass
@@ -149,7 +145,7 @@ class Tracker:
     # ---- helpers -------------------------------------------------------------------------------
     def _event(self, name: str, **fields: Any) -> None:
         if self.emit is not None:
-            self.emit({"schema": SCHEMA, "event": name, "time": utc_now(),
+            self.emit({"schema": SCHEMA, "event": name, "time": format_rfc3339_micro(),
                        **self.target.fields(), **fields})
 
     def _port(self, local: int, remote: int) -> PortStats:

@@ -40,17 +40,24 @@ from fastpf.client.args import (
 )
 from fastpf.client.channel_gate import ChannelGate
 from fastpf.client.console import Console
-from fastpf.client.errors import ApiError, ClientError
 from fastpf.client.kubeconfig import load_config
 from fastpf.client.reconnect import ConsoleObserver, Observers
 from fastpf.client.resolve import check_running, follows_pods, is_serving, resolve
-from fastpf.client.session_pool import Endpoint, PoolUnavailable, SessionPool, Slot
+from fastpf.client.session_pool import Endpoint, SessionPool, Slot
 from fastpf.client.watch import PodWatcher
-from fastpf.errors import FastpfError, HandshakeError
+from fastpf.errors import (
+    ApiError,
+    ClientError,
+    FastpfError,
+    HandshakeError,
+    PoolUnavailable,
+    SessionClosedError,
+)
+from fastpf.goparity import errno_text
 from fastpf.listen import Acceptor, accept_reporter
 from fastpf.transport._base import TextCollector
 from fastpf.transport.relay import Accepted, RelayResult, relay
-from fastpf.transport.spdy import SessionClosedError
+from fastpf.types import ForwardSpec
 
 STREAM_TIMEOUT = 30.0  # kubectl's wait for SYN_REPLY
 ERROR_STREAM_GRACE = 5.0  # after the data stream ended, how long the error text may still take
@@ -83,7 +90,7 @@ def _go_listen_error(proto: str, address: str, port: int, exc: OSError) -> str:
         errno.EADDRNOTAVAIL: "cannot assign requested address",
         errno.EACCES: "permission denied",
         errno.EAFNOSUPPORT: "address family not supported by protocol",
-    }.get(exc.errno or 0, (exc.strerror or str(exc)).lower())
+    }.get(exc.errno or 0, errno_text(exc))
     return f"unable to create listener: Error listen {proto} {host}:{port}: bind: {text}"
 
 
@@ -134,7 +141,7 @@ class Forwarder:
     stopping: bool = False
     lost: asyncio.Future[str | None] | None = None
     # ---- staying up (issue 12) ----
-    opts: Options | None = None  # for re-resolving and re-reading the kubeconfig
+    spec: ForwardSpec | None = None  # for re-resolving and re-reading the kubeconfig
     namespace: str = "default"
     pod: str = ""  # the pod resolved at start (see _current_pod once it moved)
     reconnect: bool = True
@@ -201,16 +208,16 @@ class Forwarder:
         """After a 401: read the kubeconfig again (a rotated token in it, a new exec or
         tokenFile setting); the next attempt uses a new REST client if anything changed.
         A tokenFile is re-read anyway (Authenticator.unauthorized drops its cache)."""
-        if self.opts is None or not self.reconnect:
+        if self.spec is None or not self.reconnect:
             return
         try:
-            cfg = load_config(self.opts)
+            cfg = load_config(self.spec.overrides)
         except ClientError:
             return
         if cfg == self.api.cfg:
             return
         old = self.api
-        self.api = ApiClient(cfg, request_timeout=self.opts.request_timeout,
+        self.api = ApiClient(cfg, request_timeout=self.spec.request_timeout,
                              log=old.log)
         if self.watcher is not None:
             self.watcher.api = self.api
@@ -229,10 +236,10 @@ class Forwarder:
     async def _resolve_endpoint(self, prefer: str) -> Endpoint:
         """Re-resolve the target for a reconnect: a selector target may now be another pod
         (`prefer`, the current one, while it still runs); a pod/ target must be Running."""
-        assert self.opts is not None
-        opts = self.opts
+        assert self.spec is not None
+        spec = self.spec
         try:
-            res = await resolve(self.api, self.namespace, opts.target, list(opts.ports), 0.0,
+            res = await resolve(self.api, self.namespace, spec.target, list(spec.ports), 0.0,
                                 running_only=True, prefer=prefer)
         except ApiError as exc:
             if exc.status == 401:
@@ -252,7 +259,7 @@ class Forwarder:
         extra = [self.observer] if self.observer is not None else []
         events = Observers(ConsoleObserver(self.console), *extra)
         endpoint = Endpoint(self.pod, self.path, tuple(p.remote for p in self.pairs))
-        can_resolve = self.opts is not None and not self.opts.raw_path
+        can_resolve = self.spec is not None and not self.spec.raw_path
         resolver = self._resolve_endpoint if can_resolve and self.reconnect else None
         log = self.console.info
         if self._effective_protocol() != "ws-channel":
@@ -271,7 +278,7 @@ class Forwarder:
             self.gate.fatal.add_done_callback(self._on_fatal)
         self._listen()
         await self._accept()
-        if can_resolve and self.reconnect and self.opts and follows_pods(self.opts.target):
+        if can_resolve and self.reconnect and self.spec and follows_pods(self.spec.target):
             self.watcher = PodWatcher(self.api, self.namespace, self._current_pod,
                                       self._pod_gone, log=log)
             self.watcher.start()
@@ -569,33 +576,34 @@ def raw_path_for(raw: str, namespace: str, name: str) -> str:
     return raw if raw.startswith("/") else "/" + raw
 
 
-async def prepare(opts: Options, console: Console) -> Forwarder:
+async def prepare(spec: ForwardSpec, console: Console) -> Forwarder:
     """Resolve everything up to (not including) the upgrade, in kubectl's order."""
-    cfg = load_config(opts)
-    api = ApiClient(cfg, request_timeout=opts.request_timeout,
+    cfg = load_config(spec.overrides)
+    api = ApiClient(cfg, request_timeout=spec.request_timeout,
                     log=console.info if console.verbosity else None)
     try:
         namespace = cfg.namespace
-        if opts.raw_path:
-            name = opts.target.split("/", 1)[-1]
-            path = raw_path_for(opts.raw_path, namespace, name)
-            specs = list(opts.ports)
+        if spec.raw_path:
+            name = spec.target.split("/", 1)[-1]
+            path = raw_path_for(spec.raw_path, namespace, name)
+            specs = list(spec.ports)
         else:
-            res = await resolve(api, namespace, opts.target, opts.ports, opts.pod_running_timeout)
+            res = await resolve(api, namespace, spec.target, list(spec.ports),
+                                spec.pod_running_timeout)
             await check_running(api, namespace, res.pod_name)
             name = res.pod_name
             path = pod_path(namespace, res.pod_name, "portforward")
             specs = res.ports
-        addresses = parse_addresses(opts.addresses)
+        addresses = parse_addresses(spec.addresses)
         pairs = parse_ports(specs)
     except BaseException:
         await api.close()
         raise
-    return Forwarder(api=api, path=path, protocol=opts.protocol, pairs=pairs,
-                     addresses=addresses, console=console, opts=opts, namespace=namespace,
-                     pod=name, reconnect=opts.reconnect, connections=opts.connections,
-                     ping_interval=opts.ping_interval, ping_timeout=opts.ping_timeout,
-                     give_up_after=opts.pod_running_timeout)
+    return Forwarder(api=api, path=path, protocol=spec.protocol, pairs=pairs,
+                     addresses=addresses, console=console, spec=spec, namespace=namespace,
+                     pod=name, reconnect=spec.reconnect, connections=spec.connections,
+                     ping_interval=spec.ping_interval, ping_timeout=spec.ping_timeout,
+                     give_up_after=spec.pod_running_timeout)
 
 
 @contextlib.asynccontextmanager
@@ -618,7 +626,7 @@ async def forward(target: str, ports: list[str], *, namespace: str | None = None
         devnull = open(os.devnull, "w")  # noqa: SIM115 - closed below
         console = Console(devnull, devnull, quiet=quiet)
     try:
-        fwd = await prepare(opts, console)
+        fwd = await prepare(opts.forward_spec(), console)
         fwd.observer = observer  # events.ForwardObserver, or None
         try:
             await fwd.start()

@@ -10,13 +10,15 @@ http://localhost:8080 as kubectl does.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
-from fastpf.client.args import Options
-from fastpf.client.errors import ConfigError
+from fastpf.errors import ConfigError
+from fastpf.goparity import errno_text
+from fastpf.types import ConfigOverrides
 
 # Overridable by tests: where a pod's service-account credentials live.
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -196,7 +198,7 @@ def _in_cluster_config() -> ClientConfig | None:
     return cfg
 
 
-def load_config(opts: Options) -> ClientConfig:
+def load_config(opts: ConfigOverrides) -> ClientConfig:
     """Resolve flags + kubeconfig files (+ in-cluster) into one ClientConfig."""
     files = kubeconfig_files(opts.kubeconfig)
     merged = load_merged(files)
@@ -246,7 +248,7 @@ def load_config(opts: Options) -> ClientConfig:
 
 
 def _check_usable(cluster_name: str, cluster: dict[str, Any], user_name: str, user: dict[str, Any],
-                  opts: Options) -> None:
+                  opts: ConfigOverrides) -> None:
     """clientcmd's validation of the merged cluster and user entries (flags applied), in its
     order and words: one problem is `error: ...`, several `Error in configuration:` + a list."""
     problems: list[str] = []
@@ -294,7 +296,7 @@ def _check_usable(cluster_name: str, cluster: dict[str, Any], user_name: str, us
                         pass
                 except OSError as exc:
                     problems.append(f"unable to read {what} {full} for {name} due to open {full}: "
-                                    f"{(exc.strerror or str(exc)).lower()}")
+                                    f"{errno_text(exc)}")
     ex = user.get("exec")
     if isinstance(ex, dict):
         if user.get("auth-provider"):
@@ -332,7 +334,7 @@ def _check_usable(cluster_name: str, cluster: dict[str, Any], user_name: str, us
                           prefix="Error in configuration: ")
 
 
-def _extra(pairs: list[str]) -> dict[str, list[str]]:
+def _extra(pairs: Iterable[str]) -> dict[str, list[str]]:
     """--as-user-extra KEY=VALUE values (kubectl ignores one without "=")."""
     out: dict[str, list[str]] = {}
     for item in pairs:
@@ -412,7 +414,7 @@ def _from_entries(cluster: dict[str, Any], user: dict[str, Any]) -> ClientConfig
     return cfg
 
 
-def _apply_overrides(cfg: ClientConfig, opts: Options) -> None:
+def _apply_overrides(cfg: ClientConfig, opts: ConfigOverrides) -> None:
     if opts.server:
         cfg.server = opts.server
     if opts.namespace:

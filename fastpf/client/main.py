@@ -20,17 +20,16 @@ from dataclasses import dataclass, field
 
 from fastpf.client.args import USAGE, Options, parse_args
 from fastpf.client.console import Console
-from fastpf.client.errors import ClientError, UsageError
 from fastpf.client.events import (
     JsonLines,
     Target,
     Tracker,
     ready_document,
-    utc_now,
     write_ready_file,
 )
 from fastpf.client.forward import Forwarder, prepare
-from fastpf.errors import FastpfError
+from fastpf.errors import ClientError, FastpfError, UsageError
+from fastpf.goparity import errno_text, format_rfc3339_micro
 from fastpf.limits import raise_nofile_limit
 from fastpf.loop import run
 
@@ -133,7 +132,7 @@ async def _run(run_: Run) -> int:
 
 
 async def _prepare(job: Job) -> None:
-    fwd = await prepare(job.opts, job.console)
+    fwd = await prepare(job.opts.forward_spec(), job.console)
     cfg = fwd.api.cfg
     job.tracker.target.namespace = cfg.namespace
     job.tracker.target.context = cfg.context
@@ -182,7 +181,7 @@ async def _stop_all(run_: Run) -> None:
 def _ready(run_: Run) -> None:
     doc = ready_document([j.tracker for j in run_.jobs])
     if run_.emit is not None:
-        run_.emit({"schema": doc["schema"], "event": "ready", "time": utc_now(),
+        run_.emit({"schema": doc["schema"], "event": "ready", "time": format_rfc3339_micro(),
                    "forwards": doc["forwards"]})
     if run_.ready_file:
         try:
@@ -190,7 +189,7 @@ def _ready(run_: Run) -> None:
             run_.wrote_ready = True
         except OSError as exc:  # the forward itself works: say so once, go on
             run_.console.warn(f"cannot write --ready-file {run_.ready_file}: "
-                              f"{(exc.strerror or str(exc)).lower()}")
+                              f"{errno_text(exc)}")
 
 
 def _unready(run_: Run) -> None:

@@ -19,7 +19,8 @@ from urllib.parse import unquote, urlsplit
 
 import h11
 
-from fastpf.client.errors import ClientError
+from fastpf.errors import ClientError
+from fastpf.goparity import errno_text
 
 _FAIL = "Unable to connect to the server: "
 CONNECT_TIMEOUT = 30.0
@@ -271,4 +272,4 @@ async def open_tunnel(proxy_url: str, host: str, port: int) -> socket.socket:
 def _os_error_text(exc: OSError) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "connect: connection refused"
-    return (exc.strerror or str(exc)).lower()
+    return errno_text(exc)

@@ -48,7 +48,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from fastpf.client.console import Console, klog_line
-from fastpf.errors import ProtocolError
+from fastpf.errors import DeadPeerError, ProtocolError
+from fastpf.goparity import format_duration
 
 # Capped, jittered exponential backoff between reconnect attempts. The cap is short because an
 # attempt is cheap (one refused dial while the server is down) and the forward is unusable
@@ -67,20 +68,6 @@ KEEPALIVE_IDLE = 15
 KEEPALIVE_INTERVAL = 15
 KEEPALIVE_COUNT = 9
 
-
-def go_duration(seconds: float) -> str:
-    """Go's time.Duration.String() for the values we print (1m0s, 1.5s, 400ms, 0s)."""
-    if seconds <= 0:
-        return "0s"
-    if seconds < 1:
-        ms = seconds * 1000
-        return f"{ms:.0f}ms" if ms >= 1 else f"{seconds * 1e6:.0f}µs"
-    minutes, secs = divmod(seconds, 60)
-    text = f"{secs:.3f}".rstrip("0").rstrip(".") + "s"
-    if minutes:
-        hours, minutes = divmod(int(minutes), 60)
-        text = (f"{hours}h" if hours else "") + f"{minutes}m" + text
-    return text
 
 
 class Backoff:
@@ -138,12 +125,12 @@ class ConsoleObserver:
         # changes, else at attempts 2, 4, 8, ...: a server down for a minute (an attempt per
         # second) costs a handful of lines, not sixty.
         if attempt > 1 and (reason != self._last_reason or attempt & (attempt - 1) == 0):
-            self._line("W", f"reconnecting in {go_duration(delay)} (attempt {attempt}): {reason}")
+            self._line("W", f"reconnecting in {format_duration(delay)} (attempt {attempt}): {reason}")
         self._last_reason = reason
 
     def reconnected(self, pod: str, attempts: int, downtime: float) -> None:
         tries = f", {attempts} attempts" if attempts > 1 else ""
-        self._line("I", f"reconnected to pod {pod} after {go_duration(downtime)}{tries}")
+        self._line("I", f"reconnected to pod {pod} after {format_duration(downtime)}{tries}")
 
     def pod_changed(self, old: str, new: str, reason: str) -> None:
         self._line("W", f"pod {old} {reason}; new connections go to pod {new}")
@@ -179,10 +166,6 @@ def set_keepalive(conn: Any) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
         if hasattr(socket, "TCP_KEEPCNT"):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
-
-
-class DeadPeerError(TimeoutError):
-    """No answer to PING (or WebSocket ping) and no sign of progress for the ping timeout."""
 
 
 def describe_loss(conn: Any, exc: BaseException | None) -> str:
@@ -286,7 +269,7 @@ class DeadPeer:
             self._watched.pop(id(conn), None)
             conn.fail(DeadPeerError(
                 f"no reply to {'PING' if spdy else 'WebSocket ping'} within "
-                f"{go_duration(self.timeout)}"))
+                f"{format_duration(self.timeout)}"))
             return
         if now - w.last_ping >= self.interval:
             w.last_ping = now
@@ -300,7 +283,7 @@ class DeadPeer:
 
 def give_up_message(pod: str, after: float, reason: str) -> str:
     """The fatal line when the forward stayed without a connection for --pod-running-timeout."""
-    return (f"lost connection to pod {pod} and could not reconnect within {go_duration(after)} "
+    return (f"lost connection to pod {pod} and could not reconnect within {format_duration(after)} "
             f"(--pod-running-timeout): {reason or 'no connection'}")
 
 

@@ -16,9 +16,9 @@ from typing import Any
 from urllib.parse import quote
 
 from fastpf.client.api import ApiClient, pod_path
-from fastpf.client.args import go_atoi, split_port
-from fastpf.client.auth import parse_rfc3339
-from fastpf.client.errors import ClientError
+from fastpf.client.args import split_port
+from fastpf.errors import ClientError
+from fastpf.goparity import atoi, parse_rfc3339
 
 POLL_INTERVAL = 1.0
 
@@ -240,7 +240,7 @@ def _check_udp(specs: list[str], obj: dict[str, Any], kind: str) -> None:
     udp_only = udp - tcp
     for spec in specs:
         _, remote = split_port(spec)
-        num = go_atoi(remote)
+        num = atoi(remote)
         if num is None:
             num = (_service_port_by_name(obj, remote) if kind == "Service"
                    else _container_port_by_name(obj, remote))
@@ -254,7 +254,7 @@ def translate_pod_ports(specs: list[str], pod: dict[str, Any]) -> list[str]:
     for spec in specs:
         local, remote = split_port(spec)
         remote_s = remote
-        if go_atoi(remote) is None:
+        if atoi(remote) is None:
             remote_s = str(_container_port_by_name(pod, remote))
         out.append(f"{local}:{remote_s}" if local != remote else remote_s)
     return out
@@ -265,7 +265,7 @@ def translate_service_ports(specs: list[str], svc: dict[str, Any], pod: dict[str
     out = []
     for spec in specs:
         local, remote = split_port(spec)
-        num = go_atoi(remote)
+        num = atoi(remote)
         if num is None:
             num = _service_port_by_name(svc, remote)
             if local == remote:

@@ -28,9 +28,10 @@ from fastpf.client.reconnect import (
     Episode,
     describe_loss,
     give_up_message,
-    go_duration,
     set_keepalive,
 )
+from fastpf.errors import PoolUnavailable
+from fastpf.goparity import format_duration
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,6 @@ class Endpoint:
 # Losses within this long are one event (one line): a server that goes away ends all of its
 # connections within a few milliseconds, in separate loop iterations.
 LOSS_GATHER = 0.02
-
-
-class PoolUnavailable(ConnectionError):
-    """No upgraded connection came up within the wait bound (or the forward is ending)."""
 
 
 class Slot:
@@ -182,7 +179,7 @@ class SessionPool:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._available.wait(), left)
         raise PoolUnavailable(f"no connection to pod {self.endpoint.pod} within "
-                              f"{go_duration(timeout)}: {self.episode.reason or 'not connected'}")
+                              f"{format_duration(timeout)}: {self.episode.reason or 'not connected'}")
 
     # ---- connections coming and going ------------------------------------------------------------
     def _attach(self, slot: Slot, conn: Any) -> None:

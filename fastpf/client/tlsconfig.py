@@ -13,8 +13,8 @@ import tempfile
 import time
 from collections.abc import Hashable
 
-from fastpf.client.errors import ConfigError
 from fastpf.client.kubeconfig import ClientConfig
+from fastpf.errors import ConfigError
 
 SESSION_REFRESH = 60.0  # seconds between taking a fresh TLS session to resume
 _SESSION_MISSES = 3  # connections without a resumable session before we stop asking

@@ -18,8 +18,7 @@ from typing import Any
 from fastpf import __version__
 from fastpf.client.args import Options, parse_flags
 from fastpf.client.console import Console
-from fastpf.client.errors import ClientError, UsageError
-from fastpf.errors import FastpfError
+from fastpf.errors import ClientError, FastpfError, UsageError
 
 QUICK_TIMEOUT = 2.0  # --version waits this long for a server at most
 
@@ -51,7 +50,7 @@ async def server_info(opts: Options, timeout: float | None = None) -> dict[str, 
     from fastpf.client.api import ApiClient
     from fastpf.client.kubeconfig import load_config
 
-    cfg = load_config(opts)
+    cfg = load_config(opts.config_overrides())
     api = ApiClient(cfg, request_timeout=timeout or opts.request_timeout)
     try:
         info = await api.get("/version")

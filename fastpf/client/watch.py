@@ -16,8 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from fastpf.client.api import ApiClient, pod_path
-from fastpf.client.errors import ApiError
 from fastpf.client.resolve import is_serving
+from fastpf.errors import ApiError
 
 POLL_INTERVAL = 2.0
 REQUEST_TIMEOUT = 5.0  # a frozen API server must not hold the REST client (reconnect uses it)

@@ -17,10 +17,11 @@ import sys
 from typing import Any
 from urllib.parse import unquote
 
+from fastpf.errors import SelectorError
 from fastpf.serve import table
 from fastpf.serve.cluster import RESOURCES, Cluster, Resource
 from fastpf.serve.logs import V
-from fastpf.serve.replies import (  # noqa: F401 - re-exported: the HTTP handlers and tests use them here
+from fastpf.serve.replies import (
     NO_RESOURCE,
     NOT_ALLOWED,
     Forward,
@@ -34,7 +35,7 @@ from fastpf.serve.replies import (  # noqa: F401 - re-exported: the HTTP handler
     not_found,
     status_response,
 )
-from fastpf.serve.selectors import SelectorError, parse_field_selector, parse_label_selector
+from fastpf.serve.selectors import parse_field_selector, parse_label_selector
 from fastpf.serve.watch import Subscription, event_line
 from fastpf.serve.writes import scale_of, write
 

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fastpf.errors import CertError
 from fastpf.tls_suites import prefer_like_go
 
 ALPN = ["h2", "http/1.1"]
@@ -32,10 +33,6 @@ class TlsMaterial:
     ca_pem: bytes
     cert_pem: bytes
     key_pem: bytes
-
-
-class CertError(ValueError):
-    """TLS material could not be read or written; str() is one line."""
 
 
 @dataclass(frozen=True)

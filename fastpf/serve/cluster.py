@@ -23,12 +23,12 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from fastpf.errors import AlreadyExists, InvalidObject, LimitExceeded, ManifestError, NotFound
+from fastpf.goparity import format_rfc3339
 from fastpf.serve import manifests, objects, workloads
-from fastpf.serve.manifests import ManifestError
 from fastpf.serve.objects import (
     ADDRESS_ANNOTATION,
     BY_KIND,
@@ -38,7 +38,6 @@ from fastpf.serve.objects import (
     NODE_NAME,
     PHASES,
     RESOURCES,
-    InvalidObject,
     Resource,
     copy_json,
     fill_pod_status,
@@ -70,24 +69,6 @@ _SETTLE_PASSES = 5  # controller passes per change; one or two are enough
 log = logging.getLogger("fastpf.serve.cluster")
 
 
-class NotFound(LookupError):
-    def __init__(self, resource: Resource, name: str) -> None:
-        super().__init__(f'{resource.qualified} "{name}" not found')
-        self.resource = resource
-        self.name = name
-
-
-class AlreadyExists(ValueError):
-    def __init__(self, resource: Resource, name: str) -> None:
-        super().__init__(f'{resource.qualified} "{name}" already exists')
-        self.resource = resource
-        self.name = name
-
-
-class LimitExceeded(ValueError):
-    """A size or count bound of the store would be crossed."""
-
-
 @dataclass(frozen=True)
 class Event:
     type: str  # ADDED, MODIFIED, DELETED
@@ -99,9 +80,6 @@ class Event:
 Listener = Callable[[Event], None]
 
 
-def timestamp(at: float | None = None) -> str:
-    return datetime.fromtimestamp(time.time() if at is None else at, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
 
 class Cluster:
     """Objects by resource plural and (namespace, name)."""
@@ -111,7 +89,7 @@ class Cluster:
             raise ValueError(f"pod address {pod_address!r} is not a loopback address")
         self.explicit = explicit
         self.pod_address = pod_address
-        self.started = timestamp()
+        self.started = format_rfc3339()
         self._objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {p: {} for p in RESOURCES}
         self._sizes: dict[tuple[str, str, str], int] = {}
         self._total_bytes = 0
@@ -283,7 +261,7 @@ class Cluster:
             raise InvalidObject("namespaces cannot be created here; every namespace used exists")
         if (namespace, name) in self._objects[resource.plural]:
             raise AlreadyExists(resource, name)
-        body = self._prepare(resource, obj, uid=str(uuid.uuid4()), created=timestamp())
+        body = self._prepare(resource, obj, uid=str(uuid.uuid4()), created=format_rfc3339())
         stored = self._put(resource, body, "ADDED")
         self._settle()
         return self._objects[resource.plural].get((namespace, name), stored)
@@ -337,7 +315,7 @@ class Cluster:
                         body["status"].pop(field, None)
             if phase == "Pending" and status.get("startTime") == old_status.get("startTime"):
                 body["status"].pop("startTime", None)
-            fill_pod_status(body, pod_address(body, self.pod_address), timestamp())
+            fill_pod_status(body, pod_address(body, self.pod_address), format_rfc3339())
         stored = self._put(resource, body, "MODIFIED", current)
         self._settle()
         return self._objects[plural].get((namespace, name), stored)
@@ -372,7 +350,7 @@ class Cluster:
             self._tombstones.add((namespace, name))
             self._count += 1
             self._rv += 1
-            gone = copy_json(current)
+            gone: dict[str, Any] = copy_json(current)
             gone["metadata"]["resourceVersion"] = str(self._rv)
             self._emit(Event("DELETED", plural, gone, current))
             return gone
@@ -382,7 +360,7 @@ class Cluster:
                 return current
             grace = min(grace, MAX_GRACE_SECONDS)
             body = copy_json(current)
-            body["metadata"]["deletionTimestamp"] = timestamp(time.time() + grace)
+            body["metadata"]["deletionTimestamp"] = format_rfc3339(time.time() + grace)
             body["metadata"]["deletionGracePeriodSeconds"] = int(grace)
             uid = body["metadata"]["uid"]
             self._timers[uid] = loop.call_later(grace, self._finish_delete, namespace, name, uid)
@@ -416,7 +394,7 @@ class Cluster:
 
     def create_owned(self, plural: str, obj: dict[str, Any]) -> None:
         resource = RESOURCES[plural]
-        self._put(resource, self._prepare(resource, obj, uid=str(uuid.uuid4()), created=timestamp()), "ADDED")
+        self._put(resource, self._prepare(resource, obj, uid=str(uuid.uuid4()), created=format_rfc3339()), "ADDED")
 
     def set_replicas(self, plural: str, obj: dict[str, Any], replicas: int) -> None:
         body = copy_json(obj)
@@ -499,7 +477,7 @@ class Cluster:
         size = self._sizes.pop((plural, *key), 0)
         self._total_bytes -= size
         self._rv += 1
-        gone = copy_json(obj)
+        gone: dict[str, Any] = copy_json(obj)
         gone["metadata"]["resourceVersion"] = str(self._rv)
         uid = obj["metadata"]["uid"]
         timer = self._timers.pop(uid, None)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import h11
 
 from fastpf.serve import sessions
-from fastpf.serve.api import Forward, Request, Response, Watch, status_response
+from fastpf.serve.replies import Forward, Request, Response, Watch, status_response
 from fastpf.types import UpgradeRequest
 
 if TYPE_CHECKING:
@@ -131,6 +131,7 @@ class Http1Handler:
             query=request.query,
             headers=request.headers,
             trailing=bytes(trailing),
+            http=self.conn,  # writes the 101 (or the refusal) of the request it parsed
         )
         transport = self.proto.transport
         assert transport is not None

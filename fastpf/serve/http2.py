@@ -18,7 +18,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 
-from fastpf.serve.api import Forward, Request, Response, Watch, status_response
+from fastpf.serve.replies import Forward, Request, Response, Watch, status_response
 
 if TYPE_CHECKING:
     from fastpf.serve.server import HttpProtocol

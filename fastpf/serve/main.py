@@ -28,19 +28,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
+from fastpf.errors import CertError, LimitExceeded, ManifestError, ServeUsageError
 from fastpf.serve import certs, kubeconfig, logs, manifests, sessions
 from fastpf.serve.api import Api
-from fastpf.serve.cluster import DEFAULT_POD_ADDRESS, Cluster, LimitExceeded, ManifestError
+from fastpf.serve.cluster import DEFAULT_POD_ADDRESS, Cluster
 from fastpf.serve.objects import is_loopback_address
 from fastpf.serve.server import Server, quiet_exception_handler
 from fastpf.types import ServerOptions
 
 DEFAULT_LISTEN = "127.0.0.1:6443"
 log = logging.getLogger("fastpf.serve.main")
-
-
-class UsageError(Exception):
-    """Bad command line; str() is the one-line message."""
 
 
 @dataclass
@@ -60,7 +57,7 @@ class Config:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, not usage + message
-        raise UsageError(message)
+        raise ServeUsageError(message)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -102,16 +99,16 @@ def _verbosity(text: str) -> int:
 def parse_listen(text: str) -> tuple[str, int]:
     host, sep, port_text = text.rpartition(":")
     if not sep or not host:
-        raise UsageError(f"--listen {text!r}: expected HOST:PORT (e.g. {DEFAULT_LISTEN})")
+        raise ServeUsageError(f"--listen {text!r}: expected HOST:PORT (e.g. {DEFAULT_LISTEN})")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise UsageError(f"--listen {text!r}: port must be a number 0..65535")
+        raise ServeUsageError(f"--listen {text!r}: port must be a number 0..65535")
     if ":" in host:
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            raise UsageError(f"--listen {text!r}: bad IPv6 address (write [ADDR]:PORT)") from None
+            raise ServeUsageError(f"--listen {text!r}: bad IPv6 address (write [ADDR]:PORT)") from None
     return host, int(port_text)
 
 
@@ -124,7 +121,7 @@ def is_loopback_host(host: str) -> bool:
     try:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except OSError as exc:
-        raise UsageError(f"--listen: cannot resolve host {host!r}: {exc.strerror or exc}") from None
+        raise ServeUsageError(f"--listen: cannot resolve host {host!r}: {exc.strerror or exc}") from None
     return bool(infos) and all(ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos)
 
 
@@ -134,19 +131,19 @@ def parse_args(argv: list[str]) -> Config:
     if args.token is not None:
         token = args.token.strip()
         if not token or any(ch.isspace() or ord(ch) < 0x21 or ord(ch) > 0x7E for ch in token):
-            raise UsageError("--token must be non-empty printable ASCII without spaces")
+            raise ServeUsageError("--token must be non-empty printable ASCII without spaces")
     loopback = is_loopback_host(host)
     if not loopback and args.no_tls:
         # client-go (kubectl) and fastpf send no credentials over http://: off loopback that
         # would be an open API server, or a token nobody can send.
-        raise UsageError(f"refusing --no-tls on non-loopback address {host}: kubectl and fastpf send no "
+        raise ServeUsageError(f"refusing --no-tls on non-loopback address {host}: kubectl and fastpf send no "
                          "credentials over http://, so nothing could be protected (use TLS, the default)")
     if not loopback and not args.token:
-        raise UsageError(f"refusing to serve on non-loopback address {host} without --token")
+        raise ServeUsageError(f"refusing to serve on non-loopback address {host} without --token")
     if not is_loopback_address(args.pod_address):
-        raise UsageError(f"--pod-address {args.pod_address!r}: must be a loopback address (e.g. 127.0.0.2)")
+        raise ServeUsageError(f"--pod-address {args.pod_address!r}: must be a loopback address (e.g. 127.0.0.2)")
     if args.idle_timeout <= 0:
-        raise UsageError("--idle-timeout must be > 0")
+        raise ServeUsageError("--idle-timeout must be > 0")
     return Config(
         host=host,
         port=port,
@@ -189,7 +186,7 @@ async def serve(config: Config, cluster: Cluster) -> int:
     if config.tls:
         try:
             ca = certs.persistent_ca(config.tls_dir) if config.tls_dir is not None else certs.new_ca()
-        except certs.CertError as exc:
+        except CertError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         material = certs.issue(ca, [config.host])
@@ -245,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         # Manifests are read before serving starts: a big one never holds up requests.
         cluster = (Cluster.from_files(config.manifests, config.pod_address) if config.manifests
                    else Cluster(pod_address=config.pod_address))
-    except (UsageError, ManifestError) as exc:
+    except (ServeUsageError, ManifestError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     logs.setup(config.verbosity)

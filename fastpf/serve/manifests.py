@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from fastpf.errors import ManifestError
+
 MAX_FILE_BYTES = 16 << 20  # one manifest file
 MAX_BODY_NODES = 200_000  # one request body (POST/PUT/PATCH), after alias expansion
 MAX_NODES = 500_000  # one file, after alias expansion
@@ -26,11 +28,7 @@ _Base: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _TIMESTAMP = "tag:yaml.org,2002:timestamp"
 
 
-class ManifestError(ValueError):
-    """A manifest could not be loaded; str() is the one-line message (file and problem)."""
-
-
-class _Loader(_Base):  # type: ignore[misc, valid-type]
+class _Loader(_Base):  # type: ignore[misc]
     """SafeLoader (libyaml when present) that leaves timestamps as strings."""
 
     yaml_implicit_resolvers = {

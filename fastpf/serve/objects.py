@@ -12,7 +12,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from fastpf.serve.selectors import SelectorError, match_labels_selector, parse_label_selector
+from fastpf.errors import InvalidObject, SelectorError
+from fastpf.serve.selectors import match_labels_selector, parse_label_selector
 
 ADDRESS_ANNOTATION = "fastpf.io/address"
 NODE_NAME = "fastpf"
@@ -60,10 +61,6 @@ RESOURCES: dict[str, Resource] = {
 }
 BY_KIND = {r.kind: r for r in RESOURCES.values()}
 WORKLOADS = ("deployments", "replicasets", "statefulsets")
-
-
-class InvalidObject(ValueError):
-    """An object the server refuses; str() is one line."""
 
 
 def copy_json(value: Any) -> Any:

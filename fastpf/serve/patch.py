@@ -13,6 +13,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from fastpf.errors import PatchError
+
 MERGE = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
@@ -24,10 +26,6 @@ _MERGE_KEYS = {
     "imagePullSecrets": "name",
 }
 _PORTS_KEYS = ("containerPort", "port")  # container ports / service ports
-
-
-class PatchError(ValueError):
-    """The patch cannot be applied; str() is the message of a 422 (or 400) reply."""
 
 
 def apply(kind: str, target: Any, patch: Any) -> Any:

@@ -10,6 +10,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from fastpf.errors import SelectorError
+
 Matcher = Callable[[Mapping[str, str]], bool]
 
 # A label key: optional DNS prefix + "/" + name. Values: empty or a 63-char name.
@@ -19,10 +21,6 @@ _SET_RE = re.compile(rf"^\s*({_KEY})\s+(in|notin)\s*\(([^)]*)\)\s*$")
 _CMP_RE = re.compile(rf"^\s*({_KEY})\s*(==|=|!=|>|<)\s*({_VALUE})\s*$")
 _EXISTS_RE = re.compile(rf"^\s*(!?)\s*({_KEY})\s*$")
 _VALUE_RE = re.compile(rf"^{_VALUE}$")
-
-
-class SelectorError(ValueError):
-    """The selector string does not parse; the message is what the API server would say."""
 
 
 def _split_top_level(text: str) -> list[str]:
@@ -137,12 +135,20 @@ def match_labels_selector(selector: Mapping[str, Any]) -> str:
     """A LabelSelector object (matchLabels + matchExpressions) as the selector string kubectl
     would send; used to validate manifests and to fill `status.selector`."""
     parts: list[str] = []
-    for key, value in sorted((selector.get("matchLabels") or {}).items()):
+    labels = selector.get("matchLabels") or {}
+    exprs = selector.get("matchExpressions") or []
+    if not isinstance(labels, Mapping):
+        raise SelectorError("matchLabels must be a mapping")
+    if not isinstance(exprs, list) or not all(isinstance(e, Mapping) for e in exprs):
+        raise SelectorError("matchExpressions must be a list of mappings")
+    for key, value in sorted(labels.items(), key=lambda kv: str(kv[0])):
         parts.append(f"{key}={value}")
-    for expr in selector.get("matchExpressions") or []:
+    for expr in exprs:
         key = expr.get("key")
         op = expr.get("operator")
         values = expr.get("values") or []
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise SelectorError("matchExpressions values must be a list of strings")
         if op == "In":
             parts.append(f"{key} in ({','.join(sorted(values))})")
         elif op == "NotIn":

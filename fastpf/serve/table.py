@@ -6,11 +6,11 @@ server's printers give each kind (pods: NAME READY STATUS RESTARTS AGE, then IP 
 
 from __future__ import annotations
 
-import calendar
 import time
 from collections.abc import Callable
 from typing import Any
 
+from fastpf.goparity import human_duration, parse_rfc3339
 from fastpf.serve.objects import Resource
 from fastpf.serve.selectors import match_labels_selector
 
@@ -44,42 +44,13 @@ def table_version(accept: str | None) -> str | None:
     return None
 
 
-def human_duration(seconds: float) -> str:
-    """apimachinery's duration.HumanDuration, as kubectl shows AGE."""
-    s = int(seconds)
-    if s < -1:
-        return "<invalid>"
-    if s < 0:
-        return "0s"
-    if s < 120:
-        return f"{s}s"
-    minutes = s // 60
-    if minutes < 10:
-        return f"{minutes}m{s % 60}s" if s % 60 else f"{minutes}m"
-    if minutes < 180:
-        return f"{minutes}m"
-    hours = s // 3600
-    if hours < 8:
-        return f"{hours}h{minutes % 60}m" if minutes % 60 else f"{hours}h"
-    if hours < 48:
-        return f"{hours}h"
-    days = hours // 24
-    if hours < 24 * 8:
-        return f"{days}d{hours % 24}h" if hours % 24 else f"{days}d"
-    if hours < 24 * 365 * 2:
-        return f"{days}d"
-    years = days // 365
-    if hours < 24 * 365 * 8:
-        return f"{years}y{days % 365}d" if days % 365 else f"{years}y"
-    return f"{years}y"
-
 
 def _age(obj: dict[str, Any], now: float) -> str:
     text = obj["metadata"].get("creationTimestamp")
     if not text:
         return "<unknown>"
     try:
-        created = calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
+        created = parse_rfc3339(str(text))
     except ValueError:
         return "<unknown>"
     return human_duration(now - created)

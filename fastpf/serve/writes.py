@@ -18,11 +18,17 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from fastpf.errors import (
+    AlreadyExists,
+    InvalidObject,
+    LimitExceeded,
+    ManifestError,
+    NotFound,
+    PatchError,
+)
 from fastpf.serve import patch
-from fastpf.serve.cluster import AlreadyExists, LimitExceeded, NotFound
 from fastpf.serve.logs import V
-from fastpf.serve.manifests import ManifestError, decode_body
-from fastpf.serve.objects import InvalidObject
+from fastpf.serve.manifests import decode_body
 from fastpf.serve.replies import (
     NOT_ALLOWED,
     Reply,
@@ -87,7 +93,7 @@ def write(api: Api, request: Request, method: str, target: Target) -> Reply:
         details = {"name": exc.name, "kind": exc.resource.plural, **({"group": exc.resource.group}
                                                                       if exc.resource.group else {})}
         return status_response(409, "AlreadyExists", str(exc), details)
-    except patch.PatchError as exc:
+    except PatchError as exc:
         if "unsupported patch type" in str(exc):
             return status_response(415, "UnsupportedMediaType", str(exc))
         return status_response(422, "Invalid", str(exc))

@@ -13,14 +13,10 @@ import asyncio
 from typing import Any
 
 from fastpf import _frames as F
-from fastpf.errors import WebSocketError
+from fastpf.errors import ChannelClosedError, WebSocketError
 from fastpf.transport._base import WS_HEADER_ROOM, InboundQueue, Sink, UpgradedProtocol
 
 DEFAULT_MAX_DATA = 256 * 1024
-
-
-class ChannelClosedError(ConnectionError):
-    pass
 
 
 class PortChannel:

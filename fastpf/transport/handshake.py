@@ -2,9 +2,10 @@
 
 Server: `negotiate(request)` decides between SPDY/3.1, the WebSocket SPDY tunnel and the
 WebSocket channel protocols and returns the complete bytes to write (101 head, or a refusal
-with kubelet's / the apiserver's text). Client: `spdy_request` / `websocket_request` build
-the request heads kubectl sends, `check_response` judges the answer like kubectl does.
-Heads are serialised by h11 in both roles; nothing here touches a socket.
+with kubelet's / the apiserver's text), written by the h11 connection that parsed the request
+(`UpgradeRequest.http`; `parse_request` makes one). Client: `spdy_request` /
+`websocket_request` build the request heads kubectl sends, `check_response` judges the answer
+like kubectl does. Heads are serialised by h11 in both roles; nothing here touches a socket.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import json
 import os
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from urllib.parse import parse_qs
 
 import h11
 
+from fastpf.goparity import quote
 from fastpf.types import UpgradeRequest
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -67,101 +70,76 @@ class Refused:
 
 
 # ---------------------------------------------------------------------------------------------
-# HTTP heads via h11 (server side)
+# HTTP heads via h11 (server side): the answer goes through the connection that parsed the request
 
 
-def _server_conn(request: UpgradeRequest) -> h11.Connection:
-    """An h11 server connection that has seen `request`, so it can serialise our answer."""
-    client = h11.Connection(h11.CLIENT)
-    target = request.path or "/"
-    headers = [
-        (k, v) for k, v in request.headers if k not in ("content-length", "transfer-encoding")
-    ]
-    if not any(k == "host" for k, _ in headers):
-        headers.append(("host", "localhost"))
-    raw = client.send(h11.Request(method=request.method or "GET", target=target, headers=headers))
-    raw = (raw or b"") + (client.send(h11.EndOfMessage()) or b"")
-    server = h11.Connection(h11.SERVER)
-    server.receive_data(raw)
-    for _ in range(4):  # Request, EndOfMessage; bounded
-        event = server.next_event()
-        if event is h11.NEED_DATA or isinstance(event, (h11.EndOfMessage, h11.PAUSED)):
+def parse_request(data: bytes) -> UpgradeRequest:
+    """Server role for callers without an HTTP server of their own (tests, embedders): parse
+    one complete request in `data` with an h11 server connection. The result carries that
+    connection, which writes the answer; bytes after the request are its `trailing`.
+    ValueError when `data` does not hold one complete request."""
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(data)
+    head: h11.Request | None = None
+    for _ in range(len(data) + 2):  # bounded: every event consumes input or ends the loop
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise ValueError(f"malformed HTTP request: {exc}") from None
+        if isinstance(event, h11.Request):
+            head = event
+        elif isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
             break
-    return server
-
-
-_UPGRADE_STAND_IN = UpgradeRequest(
-    "GET", "/", {}, [("host", "x"), ("upgrade", "x"), ("connection", "upgrade")]
-)
-# Stand-in for the per-connection Sec-WebSocket-Accept value in a cached 101 head.
-_ACCEPT_SLOT = "{sec-websocket-accept}"
-_switching_cache: dict[tuple[tuple[str, str], ...], bytes] = {}
-
-
-def _serialise_101(headers: list[tuple[str, str]]) -> bytes:
-    # h11 only sends a 101 in answer to a request it saw as an upgrade proposal; the request
-    # was already validated by us, so h11 sees a neutral stand-in request.
-    server = _server_conn(_UPGRADE_STAND_IN)
-    return (
-        server.send(
-            h11.InformationalResponse(
-                status_code=101, headers=headers, reason=b"Switching Protocols"
-            )
-        )
-        or b""
+        elif event is h11.NEED_DATA or isinstance(event, h11.ConnectionClosed):
+            raise ValueError("incomplete HTTP request")
+    if head is None:
+        raise ValueError("no HTTP request")
+    path, _, query = head.target.decode("latin-1").partition("?")
+    return UpgradeRequest(
+        method=head.method.decode("ascii"),
+        path=path,
+        query=parse_qs(query, keep_blank_values=True),
+        headers=[(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in head.headers],
+        trailing=bytes(conn.trailing_data[0]),
+        http=conn,
     )
 
 
+def _answering(request: UpgradeRequest) -> h11.Connection:
+    if request.http is None:
+        raise ValueError("the request carries no h11 connection to answer on (see parse_request)")
+    return request.http
+
+
 def _switching(request: UpgradeRequest, headers: list[tuple[str, str]]) -> bytes:
-    """The 101 head. h11 writes a 1xx as status line + `headers`, nothing taken from the
-    request, so its output is cached per header set with the Accept value swapped in (every
-    channel connection is an upgrade of its own)."""
-    accept: str | None = None
-    items: list[tuple[str, str]] = []
-    for name, value in headers:
-        if name == "Sec-WebSocket-Accept":
-            accept, value = value, _ACCEPT_SLOT
-        items.append((name, value))
-    key = tuple(items)
-    head = _switching_cache.get(key)
-    if head is None:
-        head = _serialise_101(items)
-        if len(_switching_cache) < 64:  # the header sets are few (protocol x subprotocol)
-            _switching_cache[key] = head
-    if accept is not None:
-        head = head.replace(_ACCEPT_SLOT.encode("ascii"), accept.encode("latin-1"))
-    return head
+    """The 101 head, written by the h11 connection that parsed the request (which then has
+    switched protocols: h11 is done with it)."""
+    event = h11.InformationalResponse(
+        status_code=101, headers=headers, reason=b"Switching Protocols"
+    )
+    return _answering(request).send(event) or b""
 
 
 def error_response(
-    request: UpgradeRequest | None,
+    request: UpgradeRequest,
     status: int,
     body: bytes,
     content_type: str = "text/plain; charset=utf-8",
     extra_headers: list[tuple[str, str]] | None = None,
 ) -> bytes:
-    """A complete HTTP/1.1 error response (head + body) with Connection: close."""
+    """A complete HTTP/1.1 error response (head + body) with Connection: close, written by the
+    h11 connection that parsed the request."""
     headers = [("Content-Type", content_type)]
     if content_type.startswith("text/plain"):
         headers.append(("X-Content-Type-Options", "nosniff"))
     headers.extend(extra_headers or [])
     headers.append(("Content-Length", str(len(body))))
     headers.append(("Connection", "close"))
-    stand_in = UpgradeRequest("GET", "/", {}, [("host", "x")])
-    server = _server_conn(request if request is not None else stand_in)
-    try:
-        out = (
-            server.send(h11.Response(status_code=status, headers=headers, reason=_reason(status)))
-            or b""
-        )
-    except h11.ProtocolError:
-        server = _server_conn(stand_in)
-        out = (
-            server.send(h11.Response(status_code=status, headers=headers, reason=_reason(status)))
-            or b""
-        )
-    out += server.send(h11.Data(data=body)) or b""
-    out += server.send(h11.EndOfMessage()) or b""
+    conn = _answering(request)
+    out = conn.send(h11.Response(status_code=status, headers=headers, reason=_reason(status))) or b""
+    if request.method.upper() != "HEAD":  # a HEAD answer has no body (h11 enforces it)
+        out += conn.send(h11.Data(data=body)) or b""
+    out += conn.send(h11.EndOfMessage()) or b""
     return out
 
 
@@ -535,32 +513,6 @@ def check_websocket_response(
 # Client side: what kubectl says about an answer that is not HTTP (Go's net/http wording)
 
 REDIRECTS = (301, 302, 303, 307, 308)
-_GO_ESCAPES = {7: "\\a", 8: "\\b", 12: "\\f", 10: "\\n", 13: "\\r", 9: "\\t", 11: "\\v",
-               0x22: '\\"', 0x5C: "\\\\"}
-
-
-def go_quote(data: bytes, limit: int = 512) -> str:
-    """Go's %q of `data` (strconv.Quote: printable UTF-8 kept, invalid bytes as \\xNN), cut to
-    `limit` bytes with "..." after the closing quote when longer: one readable line."""
-    cut = data[:limit]
-    out = []
-    for ch in cut.decode("utf-8", "surrogateescape"):
-        code = ord(ch)
-        if 0xDC80 <= code <= 0xDCFF:  # an invalid byte, kept by surrogateescape
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif code in _GO_ESCAPES:
-            out.append(_GO_ESCAPES[code])
-        elif ch.isprintable():
-            out.append(ch)
-        elif code < 0x80:
-            out.append(f"\\x{code:02x}")
-        elif code < 0x10000:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(f"\\U{code:08x}")
-    return '"' + "".join(out) + '"' + ("..." if len(data) > limit else "")
-
-
 def status_line_error(received: bytes) -> str | None:
     """Go's verdict (net/http.ReadResponse) on the status line at the start of `received`:
     its error text, or None when the line is valid or may still become valid (incomplete,
@@ -574,12 +526,12 @@ def status_line_error(received: bytes) -> str | None:
         line = line[:-1]
     proto, space, status = line.partition(b" ")
     if not space:
-        return f"malformed HTTP response {go_quote(line)}"
+        return f"malformed HTTP response {quote(line)}"
     code = status.lstrip(b" ").partition(b" ")[0]
     if len(code) != 3 or not code.isdigit():
-        return f"malformed HTTP status code {go_quote(code)}"
+        return f"malformed HTTP status code {quote(code)}"
     if not _go_http_version(proto):
-        return f"malformed HTTP version {go_quote(proto)}"
+        return f"malformed HTTP version {quote(proto)}"
     return None
 
 
@@ -599,8 +551,8 @@ def header_error(received: bytes, too_long: bool) -> str:
         if not line:
             break
         if line[:1] in (b" ", b"\t"):
-            return f"malformed MIME header initial line: {go_quote(line)[1:-1]}"
+            return f"malformed MIME header initial line: {quote(line)[1:-1]}"
         name, colon, _value = line.partition(b":")
         if not colon or not name or any(c <= 32 or c >= 127 for c in name):
-            return f"malformed MIME header line: {go_quote(line)[1:-1]}"
+            return f"malformed MIME header line: {quote(line)[1:-1]}"
     return "malformed HTTP response headers"

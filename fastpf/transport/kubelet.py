@@ -20,10 +20,12 @@ import uuid
 from typing import Any
 
 from fastpf import _frames as F
+from fastpf._frames import RST_CANCEL, RST_REFUSED_STREAM
+from fastpf.goparity import errno_text
 from fastpf.transport import handshake
 from fastpf.transport.channel import ChannelConnection, PortChannel
 from fastpf.transport.relay import RelayResult, dial_relay
-from fastpf.transport.spdy import RST_CANCEL, RST_REFUSED_STREAM, SpdyConnection, SpdyStream
+from fastpf.transport.spdy import SpdyConnection, SpdyStream
 from fastpf.types import PodTarget, ServerOptions, UpgradeRequest
 
 log = logging.getLogger("fastpf.transport.kubelet")
@@ -162,7 +164,7 @@ def _go_errno_text(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno is not None:
         if exc.errno == errno.ECONNREFUSED:
             return "connect: connection refused"
-        return "connect: " + (exc.strerror or str(exc)).lower()
+        return "connect: " + errno_text(exc)
     return str(exc)
 
 

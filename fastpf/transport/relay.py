@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastpf import _frames as F
+from fastpf._frames import RST_CANCEL
 
-RST_CANCEL = 5
 LOCAL_HIGH = 1 << 20  # socket write buffer above which the upgraded connection stops reading
 LOCAL_LOW = 256 << 10
 DEFAULT_READ_SIZE = 256 * 1024

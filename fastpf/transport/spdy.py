@@ -17,21 +17,17 @@ from collections.abc import Callable
 from typing import Any
 
 from fastpf import _frames as F
+from fastpf._frames import RST_CANCEL, RST_PROTOCOL_ERROR, RST_REFUSED_STREAM
 from fastpf.errors import (
-    FastpfError,
     ProtocolError,
+    SessionClosedError,
     SpdySessionError,
-    SpdyStreamError,
+    StreamResetError,
+    StreamTimeoutError,
     WebSocketError,
 )
 from fastpf.limits import trim_soon
 from fastpf.transport._base import WS_HEADER_ROOM, InboundQueue, Sink, UpgradedProtocol
-
-RST_PROTOCOL_ERROR = 1
-RST_INVALID_STREAM = 2
-RST_REFUSED_STREAM = 3
-RST_CANCEL = 5
-RST_STREAM_IN_USE = 8
 
 DEFAULT_MAX_DATA = 256 * 1024
 # Receive buffers hold two whole DATA frames of the default size (plus WS headers): such
@@ -48,25 +44,6 @@ SPDY_VERSION = 3
 # sessions. The zlib state of a header encoder (~90 KiB) is made on a session's first
 # SYN_STREAM / SYN_REPLY, so idle sessions do not carry it.
 _FRAMES = F.SpdyEncoder(header_level=1)
-
-
-class StreamResetError(FastpfError):
-    """The peer reset the stream (kubectl: "Stream reset")."""
-
-    def __init__(self, message: str = "Stream reset", status: int = RST_CANCEL) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class StreamTimeoutError(FastpfError, TimeoutError):
-    """No SYN_REPLY in time (kubectl: "Timeout occurred")."""
-
-    def __init__(self, message: str = "Timeout occurred") -> None:
-        super().__init__(message)
-
-
-class SessionClosedError(FastpfError, ConnectionError):
-    """The SPDY connection ended (GOAWAY, TCP close, protocol error)."""
 
 
 class SpdyStream:
@@ -454,9 +431,6 @@ class SpdyConnection(UpgradedProtocol):
                 return
             try:
                 frame = dec.next_frame()
-            except SpdyStreamError as exc:
-                self._write(_FRAMES.rst_stream(exc.stream_id, exc.rst_status))
-                continue
             except ProtocolError as exc:
                 self._spdy_protocol_error(exc)
                 return

@@ -18,7 +18,8 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import h11
 
-from fastpf.errors import HandshakeError
+from fastpf import goparity
+from fastpf.errors import HandshakeError, UpgradeRedirect, UpgradeRefusedError
 from fastpf.transport import handshake
 from fastpf.transport.channel import ChannelConnection
 from fastpf.transport.spdy import DEFAULT_MAX_DATA, SpdyConnection
@@ -32,25 +33,6 @@ MAX_ERROR_BODY = 64 << 10
 MAX_ANSWER_HEAD = 16 << 10  # h11's default bound on an incomplete head
 MAX_REDIRECTS = 10  # Go's http.Client stops after 10
 _T = TypeVar("_T")
-
-
-class UpgradeRefusedError(HandshakeError):
-    """The upgrade was refused; `fallback` says whether kubectl would retry with SPDY."""
-
-    def __init__(
-        self, message: str = "", status: int | None = None, fallback: bool = False
-    ) -> None:
-        super().__init__(message, status)
-        self.fallback = fallback
-
-
-class _Redirect(Exception):
-    """The SPDY upgrade answer is a redirect that client-go follows."""
-
-    def __init__(self, status: int, location: str) -> None:
-        super().__init__(location)
-        self.status = status
-        self.location = location
 
 
 class _Handshake(asyncio.Protocol):
@@ -200,7 +182,7 @@ def _fail_prefix(dialer: ApiDialer, protocol: str, full_path: str) -> str:
     """kubectl's words before an answer-level error: SPDY goes through Go's http.Client
     ("error sending request: Post URL: ..."), the WebSocket dialer does not."""
     if protocol == "spdy":
-        return f"error upgrading connection: error sending request: Post {handshake.go_quote(_url(dialer, full_path).encode())}: "
+        return f"error upgrading connection: error sending request: Post {goparity.quote(_url(dialer, full_path).encode())}: "
     return "error upgrading connection: "
 
 
@@ -253,7 +235,7 @@ async def _upgrade_once(
         location = _location(head)
         if location is not None:  # client-go's SPDY upgrade is an http.Client request
             transport.close()
-            raise _Redirect(head.status_code, location)
+            raise UpgradeRedirect(head.status_code, location)
     if protocol == "spdy":
         check = handshake.check_spdy_response(head, body)
     else:
@@ -366,14 +348,14 @@ async def _spdy_following_redirects(
             resume = (dialer.ssl is not None, dialer.host, dialer.port) == origin
             return await _upgrade_once(dialer, path, "spdy", [], ping_interval, timeout, max_data,
                                        ping_timeout, method=method, resume=resume)
-        except _Redirect as hop:
+        except UpgradeRedirect as hop:
             last = hop.location
             url = urljoin(url, hop.location)
             if hop.status in (301, 302, 303):
                 method = "GET"
             dialer, path = _redirected(dialer, url)
     raise HandshakeError(
-        f"error upgrading connection: error sending request: Post {handshake.go_quote(last.encode())}: "
+        f"error upgrading connection: error sending request: Post {goparity.quote(last.encode())}: "
         f"stopped after {MAX_REDIRECTS} redirects", None)
 
 
@@ -383,8 +365,8 @@ def _redirected(dialer: ApiDialer, url: str) -> tuple[ApiDialer, str]:
     scheme = (parts.scheme or "").lower()
     if scheme not in ("http", "https") or not parts.hostname:
         raise HandshakeError(
-            f"error upgrading connection: error sending request: Post {handshake.go_quote(url.encode())}: "
-            f"unsupported protocol scheme {handshake.go_quote(scheme.encode())}", None)
+            f"error upgrading connection: error sending request: Post {goparity.quote(url.encode())}: "
+            f"unsupported protocol scheme {goparity.quote(scheme.encode())}", None)
     port = parts.port or (443 if scheme == "https" else 80)
     same = (scheme == ("https" if dialer.ssl is not None else "http")
             and parts.hostname == dialer.host and port == dialer.port)

@@ -12,11 +12,11 @@ from fastpf.client.args import (
     PortPair,
     parse_addresses,
     parse_args,
-    parse_go_duration,
     parse_ports,
     parse_request_timeout,
 )
-from fastpf.client.errors import ClientError, UsageError
+from fastpf.errors import ClientError, UsageError
+from fastpf.goparity import parse_duration
 from tests.support.fake_api import pod_json
 
 
@@ -56,14 +56,14 @@ def test_usage_errors_match_kubectl(argv: list[str], msg: str) -> None:
 
 
 def test_durations() -> None:
-    assert parse_go_duration("1m0s") == 60
-    assert parse_go_duration("1.5h") == 5400
-    assert parse_go_duration("300ms") == pytest.approx(0.3)
-    assert parse_go_duration("0") == 0
-    assert parse_go_duration("-5s") == -5
+    assert parse_duration("1m0s") == 60
+    assert parse_duration("1.5h") == 5400
+    assert parse_duration("300ms") == pytest.approx(0.3)
+    assert parse_duration("0") == 0
+    assert parse_duration("-5s") == -5
     for bad in ("abc", "5", "", "5x"):
         with pytest.raises(ValueError):
-            parse_go_duration(bad)
+            parse_duration(bad)
     assert parse_request_timeout("5") == 5 and parse_request_timeout("2m") == 120
 
 

@@ -17,10 +17,11 @@ import yaml
 from fastpf.client import auth as A
 from fastpf.client import kubeconfig as K
 from fastpf.client.api import ApiClient, status_error
-from fastpf.client.args import Options, parse_args
-from fastpf.client.errors import ClientError
+from fastpf.client.args import parse_args
 from fastpf.client.resolve import _ts, resolve
+from fastpf.errors import ClientError
 from fastpf.loop import run
+from fastpf.types import ConfigOverrides
 from tests.support.fake_api import MiniApi, pod_json
 from tests.support.pki import Pki, make_pki, write
 from tests.support.proxies import Proxy
@@ -56,7 +57,7 @@ def with_server(tmp_path: Any, api: MiniApi, body: Callable[[MiniApi], Awaitable
 
 async def get_pod(kc: str, *extra: str) -> Any:
     opts = parse_args(["--kubeconfig", kc, *extra, "p", "80"])
-    client = ApiClient(K.load_config(opts))
+    client = ApiClient(K.load_config(opts.config_overrides()))
     try:
         return await client.get(POD)
     finally:
@@ -181,7 +182,7 @@ def test_exec_plugin_cache_and_401(tmp_path: Any, pki: Pki, version: str) -> Non
             "env": [{"name": "FOO", "value": "bar"}]}},
             {"certificate-authority-data": ca_b64(pki)})
         opts = parse_args(["--kubeconfig", kc, "p", "80"])
-        client = ApiClient(K.load_config(opts))
+        client = ApiClient(K.load_config(opts.config_overrides()))
         try:
             for _ in range(3):
                 await client.get(POD)
@@ -267,7 +268,7 @@ def test_proxy_url(tmp_path: Any, pki: Pki, kind: str, auth: str | None) -> None
             assert proxy.targets == [f"127.0.0.1:{api.port}"]
             # the upgrade path gets a socket through the same proxy
             opts = parse_args(["--kubeconfig", kc, "p", "80"])
-            client = ApiClient(K.load_config(opts))
+            client = ApiClient(K.load_config(opts.config_overrides()))
             dialer = await client.dialer()
             assert dialer.open_socket is not None and dialer.ssl is not None
             sock = await dialer.open_socket()
@@ -311,23 +312,23 @@ def test_kubeconfig_merging(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> N
     (tmp_path / "bdir").mkdir()
     pb = write(str(tmp_path / "bdir" / "b"), yaml.safe_dump(b))
     monkeypatch.setenv("KUBECONFIG", os.pathsep.join([str(tmp_path / "missing"), pa, pb]))
-    cfg = K.load_config(Options())
+    cfg = K.load_config(ConfigOverrides())
     assert (cfg.server, cfg.token, cfg.namespace) == ("https://one:1", "first", "n1")
-    cfg = K.load_config(Options(context="two"))
+    cfg = K.load_config(ConfigOverrides(context="two"))
     assert cfg.server == "https://two:2" and cfg.namespace == "default"
     assert cfg.token_file == str(tmp_path / "bdir" / "rel" / "tok")
-    cfg = K.load_config(Options(context="two", cluster="c1", user="u1", namespace="x"))
+    cfg = K.load_config(ConfigOverrides(context="two", cluster="c1", user="u1", namespace="x"))
     assert (cfg.server, cfg.token, cfg.namespace) == ("https://one:1", "first", "x")
     with pytest.raises(ClientError) as ei:
-        K.load_config(Options(context="nope"))
+        K.load_config(ConfigOverrides(context="nope"))
     assert ei.value.line == "Error in configuration: context was not found for specified context: nope"
     with pytest.raises(ClientError, match='auth info "nope" does not exist'):
-        K.load_config(Options(user="nope"))
+        K.load_config(ConfigOverrides(user="nope"))
     with pytest.raises(ClientError, match='no server found for cluster "nope"'):
-        K.load_config(Options(cluster="nope"))
+        K.load_config(ConfigOverrides(cluster="nope"))
     bad = write(str(tmp_path / "bad"), "foo: [\n")
     with pytest.raises(ClientError, match=f'error loading config file "{bad}": yaml: line'):
-        K.load_config(Options(kubeconfig=bad))
+        K.load_config(ConfigOverrides(kubeconfig=bad))
 
 
 def test_in_cluster(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -340,11 +341,11 @@ def test_in_cluster(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
-    cfg = K.load_config(Options())
+    cfg = K.load_config(ConfigOverrides())
     assert cfg.in_cluster and cfg.server == "https://10.0.0.1:443"
     assert cfg.token_file == str(sa / "token") and cfg.namespace == "kube-system"
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
-    assert K.load_config(Options()).server == "http://localhost:8080"
+    assert K.load_config(ConfigOverrides()).server == "http://localhost:8080"
 
 
 def test_status_errors() -> None:
@@ -376,7 +377,7 @@ def test_resolve_service_and_wait(tmp_path: Any, pki: Pki) -> None:
 
     async def body(api: MiniApi) -> None:
         kc = kubeconfig(str(tmp_path / "kc"), api.url, {}, {"certificate-authority-data": ca_b64(pki)})
-        client = ApiClient(K.load_config(parse_args(["--kubeconfig", kc, "p", "80"])))
+        client = ApiClient(K.load_config(parse_args(["--kubeconfig", kc, "p", "80"]).config_overrides()))
         try:
             res = await resolve(client, "default", "svc/s", ["http", "9000:80"], 5)
             assert res.pod_name == "older" and res.ports == ["80:8080", "9000:8080"]

@@ -18,7 +18,7 @@ import yaml
 
 from fastpf.client.args import Options
 from fastpf.client.config_file import find_clashes, load_forwards
-from fastpf.client.errors import UsageError
+from fastpf.errors import UsageError
 from tests.support.patterns import echo_once
 from tests.support.processes import KubectlPortForward, subprocess_env
 from tests.support.serve_process import ServeInstance

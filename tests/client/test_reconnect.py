@@ -377,7 +377,7 @@ def test_observer_hooks_see_reconnect_events(restartable: Callable[..., Restarta
     async def go() -> None:
         opts = Options(target="mypod", ports=[f":{targets.echo}"],
                        kubeconfig=str(srv.kubeconfig), protocol="spdy", connections=1)
-        fwd = await prepare(opts, Console(io.StringIO(), err))
+        fwd = await prepare(opts.forward_spec(), Console(io.StringIO(), err))
         fwd.observer = Recorder()
         await fwd.start()
         try:

@@ -16,18 +16,11 @@ import pytest
 
 from fastpf.client.args import parse_args
 from fastpf.client.console import Console
-from fastpf.client.errors import ApiError, ClientError, UsageError
-from fastpf.client.reconnect import (
-    Backoff,
-    ConsoleObserver,
-    DeadPeer,
-    DeadPeerError,
-    Observers,
-    go_duration,
-)
+from fastpf.client.reconnect import Backoff, ConsoleObserver, DeadPeer, Observers
 from fastpf.client.resolve import first_pod, is_serving
-from fastpf.client.session_pool import Endpoint, PoolUnavailable, SessionPool
+from fastpf.client.session_pool import Endpoint, SessionPool
 from fastpf.client.watch import PodWatcher, gone_reason
+from fastpf.errors import ApiError, ClientError, DeadPeerError, PoolUnavailable, UsageError
 
 # ---- backoff, durations, lines ------------------------------------------------------------------
 
@@ -44,11 +37,6 @@ def test_backoff_is_capped_jittered_exponential() -> None:
     assert delays[7] == pytest.approx(0.5)  # capped at 1.0, lowest draw
     b.reset()
     assert b.next() == 0.0
-
-
-def test_go_duration() -> None:
-    assert [go_duration(x) for x in (0, 0.0004, 0.25, 1, 1.5, 60, 90, 3600)] == [
-        "0s", "400µs", "250ms", "1s", "1.5s", "1m0s", "1m30s", "1h0m0s"]
 
 
 def _lines(buf: io.StringIO) -> list[str]:

@@ -1,6 +1,6 @@
 """Per-connection work of ws-channel (one upgrade per local connection) done once: the client's
 TLS context (rebuilt when the exec plugin's certificate or a TLS file changes), TLS session
-resumption across upgrades (dropped after a 401), the server's cached 101 head and
+resumption across upgrades (dropped after a 401), the server's 101 head and
 port-forward answers, and the 101 + port announcements in one write."""
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _kubeconfig(path: Path, user: dict[str, Any], cluster: dict[str, Any]) -> st
 
 
 def _client(kc: str) -> ApiClient:
-    return ApiClient(K.load_config(parse_args(["--kubeconfig", kc, "p", "80"])))
+    return ApiClient(K.load_config(parse_args(["--kubeconfig", kc, "p", "80"]).config_overrides()))
 
 
 def _b64(data: bytes) -> str:
@@ -176,7 +176,7 @@ def test_upgrade_401_retries_without_tls_resumption(tmp_path: Path, pki: Pki,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from fastpf.client.console import Console
     from fastpf.client.forward import Forwarder
-    from fastpf.transport.upgrade import UpgradeRefusedError
+    from fastpf.errors import UpgradeRefusedError
 
     tokens = ["stale", "good"]
 
@@ -248,10 +248,11 @@ def test_wait_error_returns_text_received_before_and_times_out() -> None:
 # ---- server: 101 head, port-forward answers, one write ------------------------------------------
 def _upgrade_request(key: str, protocol: str = handshake.CHANNEL_V4,
                      ports: str = "80,81") -> UpgradeRequest:
-    return UpgradeRequest("GET", "/api/v1/namespaces/default/pods/p/portforward", {"ports": [ports]}, [
-        ("host", "x"), ("connection", "Upgrade"), ("upgrade", "websocket"),
-        ("sec-websocket-version", "13"), ("sec-websocket-key", key),
-        ("sec-websocket-protocol", protocol)])
+    head = (f"GET /api/v1/namespaces/default/pods/p/portforward?ports={ports} HTTP/1.1\r\n"
+            f"host: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n"
+            f"sec-websocket-version: 13\r\nsec-websocket-key: {key}\r\n"
+            f"sec-websocket-protocol: {protocol}\r\n\r\n")
+    return handshake.parse_request(head.encode())
 
 
 def _h11_101(headers: list[tuple[str, str]]) -> bytes:
@@ -342,7 +343,7 @@ def test_101_and_port_announcements_leave_in_one_write(b64: bool) -> None:
     protocol = handshake.CHANNEL_V4_BASE64 if b64 else handshake.CHANNEL_V4
     key = handshake.new_websocket_key()
     request = _upgrade_request(key, protocol)
-    expected_head = handshake.negotiate(request)
+    expected_head = handshake.negotiate(_upgrade_request(key, protocol))  # the same request again
     assert isinstance(expected_head, handshake.Accepted)
     frames = b""
     for port, channels in ((80, (0, 1)), (81, (2, 3))):

@@ -4,7 +4,6 @@ fatal conditions (PROTOCOL.md 4.5), decompression bombs and the receive-buffer c
 from __future__ import annotations
 
 import hashlib
-import pickle
 import struct
 import tracemalloc
 import zlib
@@ -16,14 +15,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from fastpf import _frames as F
-from fastpf.errors import (
-    FastpfError,
-    HandshakeError,
-    ProtocolError,
-    SpdySessionError,
-    SpdyStreamError,
-    WebSocketError,
-)
+from fastpf.errors import SpdySessionError
 
 # kubectl 1.33, consecutive header blocks of one connection direction (PROTOCOL.md 4.3).
 KUBECTL_BLOCK_1 = bytes.fromhex(
@@ -920,38 +912,6 @@ def test_get_buffer_sizehint_never_grows_but_a_pending_frame_does() -> None:
     assert dec.next_frame() is None
     assert len(dec.get_buffer(-1)) >= 50_000  # room for the whole frame after one read
     assert dec.buffered == 8
-
-
-# --- errors module --------------------------------------------------------------------------
-
-
-def test_error_hierarchy_and_codes() -> None:
-    s = SpdySessionError("bad ping", goaway_status=2)
-    t = SpdyStreamError("late data", stream_id=5, rst_status=F.RST_STREAM_ALREADY_CLOSED)
-    w = WebSocketError("too big", close_code=1009)
-    h = HandshakeError("error upgrading connection: 403 Forbidden", status=403)
-    for proto in (s, t, w):
-        assert isinstance(proto, ProtocolError) and isinstance(proto, FastpfError)
-    assert isinstance(h, FastpfError) and not isinstance(h, ProtocolError)
-    assert (s.goaway_status, t.stream_id, t.rst_status, w.close_code, h.status) == (
-        2,
-        5,
-        9,
-        1009,
-        403,
-    )
-    assert str(s) == "bad ping" and str(h) == "error upgrading connection: 403 Forbidden"
-    assert "\n" not in str(t)
-    assert SpdySessionError().goaway_status == 1
-    assert WebSocketError("x").close_code == 1002
-    assert HandshakeError("x").status is None
-    assert str(FastpfError()) == "FastpfError"
-    everything: list[FastpfError] = [s, t, w, h]
-    for e in everything:
-        e2 = pickle.loads(pickle.dumps(e))
-        assert type(e2) is type(e) and repr(e2) == repr(e)
-    with pytest.raises(ProtocolError):
-        raise t
 
 
 def test_every_truncation_yields_only_complete_frames() -> None:

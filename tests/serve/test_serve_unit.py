@@ -12,10 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fastpf.errors import ManifestError, SelectorError
 from fastpf.serve.api import Api
-from fastpf.serve.cluster import Cluster, ManifestError
+from fastpf.serve.cluster import Cluster
 from fastpf.serve.replies import Forward, Request, Response, Watch
-from fastpf.serve.selectors import SelectorError, parse_field_selector, parse_label_selector
+from fastpf.serve.selectors import parse_field_selector, parse_label_selector
 from fastpf.serve.server import Server
 from fastpf.types import PodTarget, ServerOptions, UpgradeRequest
 
@@ -498,12 +499,3 @@ def test_table_is_served_when_asked(accept: str | None, version: str | None) -> 
     assert body["rows"][0]["object"]["kind"] == "Pod"  # includeObject=Object
 
 
-@pytest.mark.parametrize(("seconds", "text"), [
-    (-5, "<invalid>"), (-1, "0s"), (0, "0s"), (119, "119s"), (120, "2m"), (150, "2m30s"), (600, "10m"),
-    (3 * 3600 + 60, "3h1m"), (8 * 3600, "8h"), (49 * 3600, "2d1h"), (10 * 86400, "10d"),
-    (800 * 86400, "2y70d"), (9 * 365 * 86400, "9y"),
-])
-def test_age_reads_like_kubectl(seconds: int, text: str) -> None:
-    from fastpf.serve.table import human_duration
-
-    assert human_duration(seconds) == text

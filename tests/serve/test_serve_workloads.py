@@ -13,9 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fastpf.errors import ManifestError, PatchError
 from fastpf.serve import patch
 from fastpf.serve.api import Api
-from fastpf.serve.cluster import Cluster, Event, ManifestError
+from fastpf.serve.cluster import Cluster, Event
 from fastpf.serve.manifests import load_files, parse_documents, split_objects
 from fastpf.serve.replies import Forward, Request, Response, Watch
 from fastpf.serve.workloads import SAFE_ALPHABET, template_hash
@@ -401,7 +402,7 @@ def test_patch_formats() -> None:
     assert doc["spec"]["containers"][0]["ports"] == [{"containerPort": 1}]  # never in place
     for bad in ([{"op": "test", "path": "/metadata", "value": 1}], [{"op": "remove", "path": "/nope"}],
                 [{"op": "jump", "path": "/"}], {"op": "add"}, [{"op": "add", "path": "x", "value": 1}]):
-        with pytest.raises(patch.PatchError):
+        with pytest.raises(PatchError):
             patch.json_patch(doc, bad)
 
 

@@ -89,6 +89,7 @@ class _ApiProtocol(asyncio.Protocol):
             query=parse_qs(parts.query),
             headers=[(k.decode().lower(), v.decode()) for k, v in req.headers],
             trailing=bytes(trailing),
+            http=self.h11,  # answers the request it parsed
         )
         self.server.requests.append(upgrade_request)
         self.transport.pause_reading()

@@ -11,14 +11,10 @@ from typing import Any
 import pytest
 
 from fastpf import _frames as F
+from fastpf.errors import SessionClosedError, StreamResetError, StreamTimeoutError
 from fastpf.transport._base import TextCollector
 from fastpf.transport.relay import Accepted, dial_relay, relay
-from fastpf.transport.spdy import (
-    SessionClosedError,
-    SpdyConnection,
-    StreamResetError,
-    StreamTimeoutError,
-)
+from fastpf.transport.spdy import SpdyConnection
 from tests.support.fake_transport import FakeTransport, decode_frames
 from tests.support.transport_harness import LOOPS, run
 

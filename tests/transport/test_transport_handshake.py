@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from urllib.parse import urlencode
 
 import h11
 import pytest
@@ -13,6 +14,17 @@ from fastpf.types import UpgradeRequest
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
 
+def request(
+    method: str, path: str, query: dict[str, list[str]], headers: list[tuple[str, str]]
+) -> UpgradeRequest:
+    """The request as a client sends it, parsed by the server role's h11 connection."""
+    target = path + ("?" + urlencode(query, doseq=True) if query else "")
+    client = h11.Connection(h11.CLIENT)
+    raw = client.send(h11.Request(method=method, target=target, headers=headers)) or b""
+    raw += client.send(h11.EndOfMessage()) or b""
+    return hs.parse_request(raw)
+
+
 def spdy_req(*extra: tuple[str, str], method: str = "POST") -> UpgradeRequest:
     headers = [
         ("host", "127.0.0.1:1"),
@@ -21,7 +33,7 @@ def spdy_req(*extra: tuple[str, str], method: str = "POST") -> UpgradeRequest:
         ("upgrade", "SPDY/3.1"),
         *extra,
     ]
-    return UpgradeRequest(method, "/api/v1/namespaces/default/pods/x/portforward", {}, headers)
+    return request(method, "/api/v1/namespaces/default/pods/x/portforward", {}, headers)
 
 
 def ws_req(protocols: str | None, query: dict[str, list[str]] | None = None) -> UpgradeRequest:
@@ -34,7 +46,7 @@ def ws_req(protocols: str | None, query: dict[str, list[str]] | None = None) -> 
     ]
     if protocols is not None:
         headers.append(("sec-websocket-protocol", protocols))
-    return UpgradeRequest("GET", "/p", query or {}, headers)
+    return request("GET", "/p", query or {}, headers)
 
 
 def parse(raw: bytes) -> tuple[int, dict[str, list[str]], bytes]:
@@ -114,7 +126,7 @@ def test_spdy_missing_version_400() -> None:
 
 
 def test_spdy_missing_upgrade_headers_400() -> None:
-    req = UpgradeRequest(
+    req = request(
         "POST", "/p", {}, [("host", "h"), ("x-stream-protocol-version", "portforward.k8s.io")]
     )
     result = hs.negotiate(req)
@@ -179,7 +191,7 @@ def test_channel_port_errors() -> None:
 
 
 def test_bad_websocket_key_400() -> None:
-    req = UpgradeRequest(
+    req = request(
         "GET",
         "/p",
         {"ports": ["1"]},

@@ -9,10 +9,11 @@ from typing import Any, cast
 
 import pytest
 
+from fastpf.errors import StreamResetError
 from fastpf.transport import kubelet, upgrade
 from fastpf.transport.channel import ChannelConnection
 from fastpf.transport.relay import LOCAL_HIGH
-from fastpf.transport.spdy import SpdyConnection, StreamResetError
+from fastpf.transport.spdy import SpdyConnection
 from fastpf.types import ServerOptions
 from tests.support.patterns import pattern
 from tests.support.pki import tls_contexts
