@@ -1,0 +1,29 @@
+# Python-level API of the compiled relay pump (fastpf/_pump.pyx); the C-level one is _pump.pxd.
+import asyncio
+from typing import Any
+
+SPARE_BUFFERS: int
+
+class RelayCore:
+    pipe: Any
+    transport: Any
+    buf: bytearray | None
+    room: int
+    read_size: int
+    held: int
+    sent: int
+    received: int
+    local_done: bool
+    remote_done: bool
+    closed: bool
+    budgeted: bool
+    def init_pump(self, pipe: Any, read_size: int) -> None: ...
+    def attach_transport(self, transport: asyncio.BaseTransport) -> None: ...
+    def get_buffer(self, sizehint: int) -> memoryview: ...
+    def buffer_updated(self, nbytes: int) -> None: ...
+    def send_buffered(self, n: int) -> bool: ...
+    def data_received(self, view: memoryview) -> None: ...
+    @property
+    def spare_count(self) -> int: ...
+    def drained(self) -> bool: ...
+    def deliver_bytes(self, data: bytes | bytearray | memoryview) -> None: ...
