@@ -1,4 +1,5 @@
-"""Builds the compiled layer: fastpf/_frames.pyx (codecs) and fastpf/_pump.pyx (relay pump).
+"""Builds the compiled layer: fastpf/_frames.pyx (the codecs, with the parts it includes,
+fastpf/frames/*.pxi; cythonize rebuilds when any part changes) and fastpf/_pump.pyx (relay pump).
 
 FASTPF_CYTHON_ANNOTATE=1 writes the Cython annotation HTML; FASTPF_CYTHON_TRACE=1 enables
 line tracing for profilers. Generated .c files are not committed.
