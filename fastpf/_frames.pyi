@@ -5,6 +5,7 @@ from typing import Final, TypeAlias
 
 from typing_extensions import Buffer
 
+from fastpf._pump import SinkTable
 from fastpf.errors import SpdySessionError, WebSocketError
 
 DATA: Final = 0
@@ -195,3 +196,5 @@ def channel_encode(channel: int, payload: Buffer, base64: bool = False) -> tuple
 def channel_decode(
     opcode: int, message: Buffer, base64: bool = False
 ) -> tuple[int, memoryview | bytes]: ...
+
+def deliver_data(dec: SpdyDecoder, sinks: SinkTable) -> int: ...

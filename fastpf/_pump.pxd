@@ -30,3 +30,12 @@ cdef class RelayCore:
     # Payload bytes for the local socket. Returns 0, or -1 with a Python exception set only for
     # a bug (socket errors end the relay through its error path, never raise into the caller).
     cdef int deliver(self, const char* data, Py_ssize_t n) except -1
+
+
+cdef class SinkTable:
+    # stream id -> RelayCore for the streams whose DATA a compiled dispatcher may deliver (the
+    # session keeps it: a stream is in it only while it may still receive)
+    cdef dict _cores
+    cdef unsigned int _last_id    # one-entry cache: a run of frames of one stream costs no
+    cdef RelayCore _last          # lookup and no Python int
+    cdef RelayCore lookup(self, unsigned int stream_id)

@@ -186,3 +186,46 @@ cdef class RelayCore:
         cdef const unsigned char[:] view = data
         if view.shape[0]:
             self.deliver(<const char*>&view[0], view.shape[0])
+
+
+cdef class SinkTable:
+    """Stream id -> RelayCore for a compiled DATA dispatcher. The session adds a stream when its
+    relay attaches and discards it when the stream may no longer receive (FIN, RST, gone), so a
+    frame for a stream not in the table always takes the session's own path."""
+
+    def __cinit__(self):
+        self._cores = {}
+        self._last_id = 0
+        self._last = None
+
+    def add(self, unsigned int stream_id, RelayCore core not None):
+        self._cores[stream_id] = core
+        self._last_id = 0
+        self._last = None
+
+    def discard(self, unsigned int stream_id):
+        self._cores.pop(stream_id, None)
+        if self._last_id == stream_id:
+            self._last_id = 0
+            self._last = None
+
+    def clear(self):
+        self._cores.clear()
+        self._last_id = 0
+        self._last = None
+
+    def __len__(self):
+        return len(self._cores)
+
+    def __contains__(self, stream_id):
+        return stream_id in self._cores
+
+    cdef RelayCore lookup(self, unsigned int stream_id):
+        if stream_id == self._last_id and self._last is not None:
+            return self._last
+        core = self._cores.get(stream_id)
+        if core is None:
+            return None
+        self._last_id = stream_id
+        self._last = <RelayCore>core
+        return self._last

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastpf import _frames as F
+from fastpf._pump import SinkTable
 from fastpf.errors import (
     FastpfError,
     ProtocolError,
@@ -125,6 +126,7 @@ class SpdyStream:
         self.local_closed = True
         if not self.remote_closed:
             self.remote_closed = True
+            conn._fast.discard(self.stream_id)
             self._wake()
         conn._forget(self)
 
@@ -180,6 +182,12 @@ class SpdyStream:
     def set_sink(self, sink: Sink | None) -> None:
         """Deliver received data to `sink` from now on (buffered data first)."""
         self._sink = sink
+        fast = self.connection._fast
+        core = getattr(sink, "core", None)  # a relay: its DATA may take the compiled path
+        if core is None or self.remote_closed:
+            fast.discard(self.stream_id)
+        else:
+            fast.add(self.stream_id, core)
         if sink is None:
             return
         self._inbox.hand_to(sink)
@@ -241,6 +249,7 @@ class SpdyStream:
                 self._inbox.push(view)
         if fin:
             self.remote_closed = True
+            self.connection._fast.discard(self.stream_id)
             if self._sink is not None:
                 self._sink.eof_received()
             self._wake()
@@ -252,6 +261,7 @@ class SpdyStream:
         if self.remote_closed:
             return
         self.remote_closed = True
+        self.connection._fast.discard(self.stream_id)
         self.reset_status = status
         rw = self._reply_waiter
         if rw is not None and not rw.done():
@@ -268,6 +278,7 @@ class SpdyStream:
         if self.remote_closed:
             return
         self.remote_closed = True
+        self.connection._fast.discard(self.stream_id)
         self.error = exc
         if self._sink is not None:
             self._sink.connection_lost(exc)
@@ -339,6 +350,8 @@ class SpdyConnection(UpgradedProtocol):
             F.WsDecoder(expect_masked=(ws == "server"), buffer_size=RECV_BUFFER) if ws else None
         )
         self._held: set[Sink] = set()
+        # Streams whose relay takes DATA straight from the receive buffer (F.deliver_data).
+        self._fast = SinkTable()
         self._next_id = 1 if client else 2
         self._next_ping = 1 if client else 2
         self._parity = 1 if client else 0
@@ -449,9 +462,14 @@ class SpdyConnection(UpgradedProtocol):
 
     def _drain_spdy(self) -> None:
         dec = self._dec
+        fast = self._fast
         for _ in range(1 << 30):  # bounded by the bytes received
             if self._closing:
                 return
+            if fast:
+                F.deliver_data(dec, fast)  # a run of plain DATA for relays, compiled
+                if self._closing:
+                    return
             try:
                 frame = dec.next_frame()
             except SpdyStreamError as exc:
@@ -589,6 +607,7 @@ class SpdyConnection(UpgradedProtocol):
             self._write_ws_parts([header, payload] if n else [header], 8 + n)
 
     def _forget(self, stream: SpdyStream) -> None:
+        self._fast.discard(stream.stream_id)
         streams = self.streams
         if streams.get(stream.stream_id) is stream:
             del streams[stream.stream_id]
@@ -723,6 +742,7 @@ class SpdyConnection(UpgradedProtocol):
             stream._on_lost(lost)
         self.streams.clear()
         self._held.clear()
+        self._fast.clear()
         # The owner's callback refers back to it (kubelet's session holds this connection):
         # without the cycle, an ended session is freed at once, not at the next full GC.
         self.on_stream = None
