@@ -94,9 +94,9 @@ class DirectSSLObject(ssl.SSLObject):
         self = super()._create(*args, **kwargs)  # type: ignore[misc]
         inner = getattr(self, "_sslobj", None)
         if inner is not None:
-            self.read = inner.read  # type: ignore[method-assign]
-            self.write = inner.write  # type: ignore[method-assign]
-            self.pending = inner.pending  # type: ignore[method-assign]
+            self.read = inner.read
+            self.write = inner.write
+            self.pending = inner.pending
         return self  # type: ignore[no-any-return]
 
 

@@ -58,7 +58,7 @@ def test_direct_object_is_direct_and_behaves_like_sslobject() -> None:
     buf = bytearray(50_000)
     for _ in range(100):  # bounded
         try:
-            n = client.read(len(buf), buf)  # the (size, buffer) form the event loops use
+            n = int(client.read(len(buf), buf))  # the (size, buffer) form the event loops use
         except ssl.SSLWantReadError:
             break
         got += buf[:n]
