@@ -45,7 +45,7 @@ __all__ = [
     "SpdyFrame", "SpdyDecoder", "SpdyEncoder", "HeaderCompressor", "HeaderDecompressor",
     "data_header", "pack_data_header", "encode_header_block", "decode_header_block",
     "WsFrame", "WsDecoder", "ws_frame_header", "ws_encode", "mask_inplace", "new_mask_key",
-    "alloc_buffer", "buffer_exported", "deliver_data",
+    "alloc_buffer", "buffer_exported", "deliver_data", "deliver_channel_data",
     "ws_close_payload", "parse_close_payload", "channel_encode", "channel_decode",
 ]
 

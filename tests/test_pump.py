@@ -212,3 +212,101 @@ def test_stream_zero_is_left_to_the_decoder_error(bad: bytes) -> None:
     sinks.add(1, Core(FakeTransport()))
     assert F.deliver_data(dec, sinks) == 0
     assert dec.next_frame() is None and dec.error is not None
+
+
+def ws_message(channel: int, payload: bytes, masked: bool, opcode: int = F.WS_BINARY,
+               fin: bool = True) -> bytes:
+    body = bytes([channel]) + payload
+    if not masked:
+        return F.ws_frame_header(opcode, len(body), fin=fin) + body  # type: ignore[call-arg]
+    return F.ws_encode(opcode, body, fin, True)
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_channel_messages_go_to_the_pump_and_the_rest_to_next_frame(masked: bool) -> None:
+    dec = F.WsDecoder(masked)
+    wire = (ws_message(0, b"abc", masked) + ws_message(0, b"de", masked)
+            + ws_message(2, b"other", masked)  # channel 2: not in the table
+            + ws_message(1, b"error text", masked)  # error channel: never in the table
+            + ws_message(0, b"", masked)  # no data byte: the session decides
+            + ws_message(0, b"x" * 70_000, masked)  # 64-bit length form
+            + ws_message(0, b"part", masked)[:5])
+    dec.feed(wire)
+    t = FakeTransport()
+    sinks = SinkTable()
+    sinks.add(0, Core(t))
+    assert F.deliver_channel_data(dec, sinks) == 5
+    assert b"".join(t.written) == b"abcde"
+    seen = []
+    for _ in range(10):  # bounded
+        F.deliver_channel_data(dec, sinks)
+        frame = dec.next_frame()
+        if frame is None:
+            break
+        assert frame.payload is not None
+        seen.append(bytes(frame.payload))
+    assert seen == [b"\x02other", b"\x01error text", b"\x00"]
+    assert b"".join(t.written) == b"abcde" + b"x" * 70_000
+    assert dec.error is None and dec.next_frame() is None
+
+
+def test_channel_dispatch_leaves_fragments_text_and_control_frames() -> None:
+    dec = F.WsDecoder(False)
+    first = F.ws_frame_header(F.WS_BINARY, 3, fin=False) + b"\x00ab"  # type: ignore[call-arg]
+    cont = F.ws_frame_header(F.WS_CONT, 2) + b"cd"
+    dec.feed(first + cont + F.ws_frame_header(F.WS_PING, 1) + b"p"
+             + F.ws_frame_header(F.WS_TEXT, 3) + b"\x00hi")
+    sinks = SinkTable()
+    t = FakeTransport()
+    sinks.add(0, Core(t))
+    opcodes = []
+    for _ in range(10):  # bounded
+        assert F.deliver_channel_data(dec, sinks) == 0
+        frame = dec.next_frame()
+        if frame is None:
+            break
+        opcodes.append(frame.opcode)
+    assert opcodes == [F.WS_BINARY, F.WS_CONT, F.WS_PING, F.WS_TEXT] and t.written == []
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    messages=st.lists(st.tuples(st.sampled_from([0, 1, 2, 4]), st.binary(max_size=300)),
+                      max_size=20),
+    fast=st.sets(st.sampled_from([0, 2, 4])),
+    masked=st.booleans(),
+    cuts=st.lists(st.integers(min_value=1, max_value=200), max_size=12),
+)
+def test_fuzz_channel_dispatch_agrees_with_next_frame(
+    messages: list[tuple[int, bytes]], fast: set[int], masked: bool, cuts: list[int]
+) -> None:
+    wire = b"".join(ws_message(ch, p, masked) for ch, p in messages)
+    transports = {ch: FakeTransport() for ch in (0, 2, 4)}
+    sinks = SinkTable()
+    for ch in fast:
+        sinks.add(ch, Core(transports[ch]))
+    dec = F.WsDecoder(masked)
+    framed: dict[int, bytearray] = {0: bytearray(), 1: bytearray(), 2: bytearray(), 4: bytearray()}
+    pos = 0
+    pieces = []
+    for c in cuts:
+        pieces.append(wire[pos : pos + c])
+        pos += c
+    pieces.append(wire[pos:])
+    for piece in pieces:
+        dec.feed(piece)
+        for _ in range(1000):  # bounded by the messages
+            F.deliver_channel_data(dec, sinks)
+            frame = dec.next_frame()
+            if frame is None:
+                break
+            assert frame.payload is not None and len(frame.payload) >= 1
+            framed[frame.payload[0]] += frame.payload[1:]
+    assert dec.error is None and dec.buffered == 0
+    for ch in (0, 1, 2, 4):
+        sent = b"".join(p for c, p in messages if c == ch)
+        pumped = b"".join(transports[ch].written) if ch in transports else b""
+        if ch in fast:
+            assert pumped == sent and bytes(framed[ch]) == b""
+        else:
+            assert pumped == b"" and bytes(framed[ch]) == sent
