@@ -218,7 +218,7 @@ def ws_message(channel: int, payload: bytes, masked: bool, opcode: int = F.WS_BI
                fin: bool = True) -> bytes:
     body = bytes([channel]) + payload
     if not masked:
-        return F.ws_frame_header(opcode, len(body), fin=fin) + body  # type: ignore[call-arg]
+        return F.ws_frame_header(opcode, len(body), fin=fin) + body
     return F.ws_encode(opcode, body, fin, True)
 
 
@@ -252,7 +252,7 @@ def test_channel_messages_go_to_the_pump_and_the_rest_to_next_frame(masked: bool
 
 def test_channel_dispatch_leaves_fragments_text_and_control_frames() -> None:
     dec = F.WsDecoder(False)
-    first = F.ws_frame_header(F.WS_BINARY, 3, fin=False) + b"\x00ab"  # type: ignore[call-arg]
+    first = F.ws_frame_header(F.WS_BINARY, 3, fin=False) + b"\x00ab"
     cont = F.ws_frame_header(F.WS_CONT, 2) + b"cd"
     dec.feed(first + cont + F.ws_frame_header(F.WS_PING, 1) + b"p"
              + F.ws_frame_header(F.WS_TEXT, 3) + b"\x00hi")
