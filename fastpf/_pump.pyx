@@ -150,20 +150,18 @@ cdef class RelayCore:
         self.received += n
         if self._fd >= 0 and t.get_write_buffer_size() == 0:
             # Nothing queued: the bytes can go now, in order, straight from the session's
-            # buffer (what uvloop itself would try first, minus the Python objects).
-            while done < n and tries < _EINTR_RETRIES:
-                r = c_send(self._fd, data + done, <size_t>(n - done), MSG_DONTWAIT | MSG_NOSIGNAL)
-                if r > 0:
-                    done += r
-                    continue
-                if r < 0 and errno == EINTR:
-                    tries += 1
-                    continue
-                if r < 0 and errno != EAGAIN and errno != EWOULDBLOCK:
-                    code = errno
-                    self._local_error(OSError(code, _os.strerror(code)))
-                    return 0
-                break  # the socket is full: queue the rest
+            # buffer (what uvloop itself would try first, minus the Python objects). One try:
+            # what the kernel does not take now waits in the transport's queue.
+            r = c_send(self._fd, data, <size_t>n, MSG_DONTWAIT | MSG_NOSIGNAL)
+            while r < 0 and errno == EINTR and tries < _EINTR_RETRIES:
+                tries += 1
+                r = c_send(self._fd, data, <size_t>n, MSG_DONTWAIT | MSG_NOSIGNAL)
+            if r >= 0:
+                done = r
+            elif errno != EAGAIN and errno != EWOULDBLOCK:
+                code = errno
+                self._local_error(OSError(code, _os.strerror(code)))
+                return 0
         if done < n:
             try:
                 t.write(PyBytes_FromStringAndSize(data + done, n - done))
