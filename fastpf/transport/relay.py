@@ -263,11 +263,11 @@ class _SinkAdapter:
     """Gives the pipe the Sink method names without clashing with the protocol's own
     eof_received/connection_lost (which mean the *local* socket there)."""
 
-    __slots__ = ("r", "core", "data_received", "drained")
+    __slots__ = ("r", "pump", "data_received", "drained")
 
     def __init__(self, relay: _Relay) -> None:
         self.r = relay
-        self.core = relay  # a compiled dispatcher delivers to RelayCore.deliver()
+        self.pump = relay  # a compiled dispatcher delivers to RelayCore.deliver()
         self.data_received = relay.data_received
         self.drained = relay.drained
 

@@ -183,7 +183,7 @@ class SpdyStream:
         """Deliver received data to `sink` from now on (buffered data first)."""
         self._sink = sink
         fast = self.connection._fast
-        core = getattr(sink, "core", None)  # a relay: its DATA may take the compiled path
+        core = getattr(sink, "pump", None)  # a relay: its DATA may take the compiled path
         if core is None or self.remote_closed:
             fast.discard(self.stream_id)
         else:
