@@ -309,3 +309,17 @@ def test_ws_encode_masked_32k(benchmark: Any) -> None:
 def test_channel_helpers(benchmark: Any, name: str, call: Callable[[], Any]) -> None:
     benchmark(call)
     benchmark.extra_info["ops_per_s"] = round(1 / _median(benchmark))
+
+
+_RELAY_BUFFER = F.alloc_buffer(256 * KIB)
+
+
+@pytest.mark.parametrize(
+    "name,probe",
+    [("export_count", F.buffer_exported), ("resize_probe", F.buffer_exported_portable)],
+)
+def test_buffer_exported(benchmark: Any, name: str, probe: Callable[[bytearray], bool]) -> None:
+    """The relay asks once per read whether its buffer is still held: CPython's export count
+    against the portable resize probe used elsewhere."""
+    assert benchmark(probe, _RELAY_BUFFER) is False
+    benchmark.extra_info["ops_per_s"] = round(1 / _median(benchmark))

@@ -42,10 +42,15 @@ __all__ = [
     "RST_STREAM_ALREADY_CLOSED", "RST_INVALID_CREDENTIALS", "RST_FRAME_TOO_LARGE",
     "GOAWAY_OK", "GOAWAY_PROTOCOL_ERROR", "GOAWAY_INTERNAL_ERROR", "MAX_DATA_LENGTH",
     "SPDY_DICTIONARY", "WS_CONT", "WS_TEXT", "WS_BINARY", "WS_CLOSE", "WS_PING", "WS_PONG",
+    "WS_CLOSE_NORMAL", "WS_CLOSE_GOING_AWAY", "WS_CLOSE_PROTOCOL_ERROR",
+    "WS_CLOSE_UNSUPPORTED_DATA", "WS_CLOSE_INVALID_PAYLOAD", "WS_CLOSE_POLICY_VIOLATION",
+    "WS_CLOSE_MESSAGE_TOO_BIG", "WS_CLOSE_INTERNAL_ERROR", "WS_MAX_HEADER_LENGTH",
+    "SPDY_HEADER_LENGTH",
     "SpdyFrame", "SpdyDecoder", "SpdyEncoder", "HeaderCompressor", "HeaderDecompressor",
     "data_header", "pack_data_header", "encode_header_block", "decode_header_block",
     "WsFrame", "WsDecoder", "ws_frame_header", "ws_encode", "mask_inplace", "new_mask_key",
-    "alloc_buffer", "buffer_exported", "deliver_data", "deliver_channel_data",
+    "alloc_buffer", "buffer_exported", "buffer_exported_portable", "deliver_data",
+    "deliver_channel_data",
     "ws_close_payload", "parse_close_payload", "channel_encode", "channel_decode",
 ]
 

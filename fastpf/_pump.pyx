@@ -24,10 +24,7 @@ from libc.errno cimport EAGAIN, EINTR, errno
 import os as _os
 
 
-cdef extern from "Python.h":
-    # The export count CPython keeps so that a bytearray with live views cannot be resized.
-    ctypedef struct PyByteArrayObject:
-        Py_ssize_t ob_exports
+include "frames/exports.pxi"  # bytearray_exported(), shared with the codecs
 
 cdef extern from "<sys/types.h>" nogil:
     ctypedef long ssize_t
@@ -46,8 +43,8 @@ cdef int _SPARES = 3
 cdef int _EINTR_RETRIES = 16
 
 
-cdef inline bint _exported(object buf):
-    return (<PyByteArrayObject*>buf).ob_exports > 0
+cdef inline bint _exported(object buf) except -1:
+    return bytearray_exported(<bytearray>buf)
 
 
 cdef class RelayCore:

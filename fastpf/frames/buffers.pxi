@@ -2,10 +2,7 @@
 # The receive buffer both decoders share (BufferedProtocol entry points, view safety),
 # plus the bytearray helpers of the relay.
 
-cdef extern from "Python.h":
-    # The export count CPython keeps so that a bytearray with live views cannot be resized.
-    ctypedef struct PyByteArrayObject:
-        Py_ssize_t ob_exports
+include "exports.pxi"  # bytearray_exported(): shared with fastpf/_pump.pyx
 
 
 cdef class _FrameBuffer:
@@ -160,6 +157,16 @@ def alloc_buffer(Py_ssize_t size):
 def buffer_exported(bytearray buf):
     """True while a buffer view (memoryview, a transport's pending write) of `buf` is alive.
 
-    Reads the bytearray's export count: O(1), no allocation. A bytearray whose bytes are still
-    held elsewhere must not be reused for the next read."""
-    return (<PyByteArrayObject*>buf).ob_exports > 0
+    On CPython it reads the bytearray's export count: O(1), no allocation. Elsewhere it is
+    buffer_exported_portable(). A bytearray whose bytes are still held elsewhere must not be
+    reused for the next read."""
+    return bytearray_exported(buf)
+
+
+def buffer_exported_portable(bytearray buf):
+    """buffer_exported() without CPython's private export count: whether `buf` refuses a resize.
+
+    A bytearray with live exports cannot change size (BufferError), so this removes the last
+    byte and puts it back (appends and removes one when empty). Contents and length are
+    unchanged afterwards; on CPython neither step reallocates, so it stays O(1)."""
+    return bytearray_refuses_resize(buf)

@@ -41,6 +41,20 @@ WS_CLOSE = 8
 WS_PING = 9
 WS_PONG = 10
 
+# RFC 6455 7.4.1 close codes the port-forward sessions send or check (1005/1006 never travel).
+WS_CLOSE_NORMAL = 1000
+WS_CLOSE_GOING_AWAY = 1001
+WS_CLOSE_PROTOCOL_ERROR = 1002
+WS_CLOSE_UNSUPPORTED_DATA = 1003
+WS_CLOSE_INVALID_PAYLOAD = 1007
+WS_CLOSE_POLICY_VIOLATION = 1008
+WS_CLOSE_MESSAGE_TOO_BIG = 1009
+WS_CLOSE_INTERNAL_ERROR = 1011
+
+# Longest frame headers: a WebSocket header with a 64-bit length and a mask key; a SPDY header.
+WS_MAX_HEADER_LENGTH = 14
+SPDY_HEADER_LENGTH = 8
+
 # SPDY/3 header-compression dictionary: draft 3 section 2.6.10.1, byte-identical to
 # moby/spdystream spdy/dictionary.go. 1423 bytes, Adler-32 0xE3C6A7C2 (the zlib DICTID every
 # kubectl header block names), SHA-256 51d27341...407f02; tests pin all three.
