@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -55,7 +55,7 @@ async def _measure(port: int, stall: float, client_pid: int, serve_pid: int) -> 
     await a_reader.readexactly(1 << 20)
     rss0 = (vm_kib(client_pid, "VmRSS"), vm_kib(serve_pid, "VmRSS"))
     stall_start = loop.time()
-    a_writer.transport.pause_reading()  # the local reader stops reading
+    cast(asyncio.Transport, a_writer.transport).pause_reading()  # the local reader stops reading
     await asyncio.sleep(stall)
     rss1 = (vm_kib(client_pid, "VmRSS"), vm_kib(serve_pid, "VmRSS"))
     stall_end = loop.time()

@@ -13,7 +13,7 @@ new streams' replies included, so with one connection some of 64 wait seconds.
     python3 bench/pool.py --quick      # ~40 s: N = 1 4, 2 s windows, one round
     python3 bench/pool.py --protocol websocket
 
-Results go to bench/results/pool-<UTC>.md and .json (and pool-latest.md).
+Results go to bench/results/pool-latest.md and pool-latest.json (only the latest run is kept).
 """
 
 from __future__ import annotations
@@ -220,8 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(), "runs": {str(n): v for n, v in runs.items()}}
     text = render(rows, meta)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"pool-{when}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    (RESULTS / f"pool-{when}.md").write_text(text)
+    (RESULTS / "pool-latest.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     (RESULTS / "pool-latest.md").write_text(text)
     print(text)
     return 0

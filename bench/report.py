@@ -241,7 +241,7 @@ def markdown(result: dict[str, Any]) -> str:
                   "| row | client ms/conn | serve ms/conn | loadgen+target ms/conn |", "|---|--:|--:|--:|"]
         for label, m in churn_cpu:
             lt = [m.get(f"cpu_{p}_churn_ms_per_conn") for p in ("loadgen", "target")]
-            harness = sum(lt) if None not in lt else None  # type: ignore[arg-type]
+            harness = sum(x for x in lt if x is not None) if None not in lt else None
             lines.append(f"| {label} | {_f(m.get('cpu_client_churn_ms_per_conn'), 3)} "
                          f"| {_f(m.get('cpu_serve_churn_ms_per_conn'), 3)} | {_f(harness, 3)} |")
     micro = result.get("micro")

@@ -4,7 +4,8 @@
     python3 bench/run.py --quick    # about a minute
     python3 bench/run.py --rows direct,socat,fastpf-spdy --no-tls --bulk-seconds 3
 
-Writes bench/results/<UTC timestamp>[-quick].{json,md}, bench/results/latest.{json,md,png}.
+Writes bench/results/latest.{json,md,png} (only the latest run is kept; earlier ones are in git
+history; `--out DIR` writes them elsewhere).
 
 Topology (everything on loopback, 2 cores shared by all processes):
 
@@ -24,6 +25,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
+import importlib.metadata
 import json
 import os
 import platform
@@ -170,9 +172,9 @@ class RowState:
             for party in ("client", "serve", "loadgen", "target"):
                 if (party, direction) in self.cpu and (party, direction) not in self.cpu_incomplete:
                     m[f"cpu_{party}_{direction}_s_per_GiB"] = self.cpu[(party, direction)] / (nbytes / GIB)
-            lg = [self.cpu.get((p, direction)) for p in ("loadgen", "target")]
-            if None not in lg:
-                m[f"cpu_harness_{direction}_s_per_GiB"] = sum(lg) / (nbytes / GIB)  # type: ignore[arg-type]
+            lg = [self.cpu[(p, direction)] for p in ("loadgen", "target") if (p, direction) in self.cpu]
+            if len(lg) == 2:
+                m[f"cpu_harness_{direction}_s_per_GiB"] = sum(lg) / (nbytes / GIB)
         self.res["log_error_lines"] = self.log_errors
 
 
@@ -429,7 +431,8 @@ class Harness:
                     st.port = self.target_port
                 else:
                     st.fwd, st.port = self.wait_forwarder(st.row, *started)
-                    st.res["command"] = " ".join(st.fwd.popen.args)  # type: ignore[arg-type]
+                    args = st.fwd.popen.args  # always a list here (procs.start)
+                    st.res["command"] = " ".join(map(str, args)) if isinstance(args, list) else str(args)
             except Unavailable as exc:
                 st.res.update(status="unavailable", reason=str(exc))
                 log(f"{st.row.key}: unavailable: {exc}")
@@ -633,10 +636,8 @@ def machine_info(rows: list[RowSpec]) -> dict[str, Any]:
     except OSError:
         pass
     try:
-        import uvloop
-
-        info["uvloop"] = uvloop.__version__
-    except ImportError:
+        info["uvloop"] = importlib.metadata.version("uvloop")
+    except importlib.metadata.PackageNotFoundError:
         info["uvloop"] = None
     for b in sorted({r.binary for r in rows if r.kind == "kubectl"}):
         try:
@@ -756,18 +757,14 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stamp = started.strftime("%Y-%m-%dT%H%M%SZ") + ("-quick" if args.quick else "")
     js = json.dumps(result, indent=1, default=str)
     md = report.markdown(result)
-    (out / f"{stamp}.json").write_text(js)
-    (out / f"{stamp}.md").write_text(md)
     (out / "latest.json").write_text(js)
     (out / "latest.md").write_text(md)
     chart = None if args.no_chart else report.chart(result, out / "latest.png")
     print()
     print(md)
-    log(f"wrote {out / (stamp + '.json')}, {out / (stamp + '.md')}, latest.md"
-        + (", latest.png" if chart else " (no chart)"))
+    log(f"wrote {out / 'latest.json'}, latest.md" + (", latest.png" if chart else " (no chart)"))
     if args.keep_logs:
         log(f"child logs kept in {workdir}")
     else:

@@ -9,22 +9,26 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, ServeInstance, Targets, subprocess_env
-from test_client_e2e import echo_once, manifest
 
 import fastpf
+from tests.support.patterns import echo_once
+from tests.support.processes import REPO, subprocess_env
+from tests.support.serve_process import ServeInstance
+from tests.support.targets import Targets, manifest
 
 pytest_plugins = ["pytester"]
 
 
 @pytest.fixture
-def cluster(serve_factory, targets: Targets) -> ServeInstance:  # type: ignore[no-untyped-def]
-    return serve_factory(manifest=manifest(targets))
+def cluster(serve_factory: Callable[..., ServeInstance], targets: Targets) -> ServeInstance:
+    srv: ServeInstance = serve_factory(manifest=manifest(targets))
+    return srv
 
 
 def _refused(port: int) -> bool:

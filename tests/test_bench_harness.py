@@ -27,7 +27,7 @@ import run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def target_port():
+def target_port() -> Iterator[int]:
     """The benchmark target in its own process, as the harness runs it; killed by PID."""
     p = subprocess.Popen([sys.executable, str(BENCH / "loadgen.py"), "target"], stdout=subprocess.PIPE,
                          text=True, start_new_session=True)
@@ -89,7 +89,7 @@ def test_churn_pingpong_hold_direct(target_port: int) -> None:
     r = loadgen.pingpong("127.0.0.1", target_port, 0.2)
     assert r["errors"] == 0 and r["count"] > 0
 
-    async def hold_release() -> tuple[dict, dict]:
+    async def hold_release() -> tuple[dict[str, Any], dict[str, Any]]:
         return await loadgen.hold("127.0.0.1", target_port, 100), await loadgen.release()
 
     held, released = loadgen.run(hold_release())
@@ -125,7 +125,7 @@ async def _corrupting_relay(dst_port: int, flip_at: int) -> tuple[asyncio.Abstra
 
 
 def test_corruption_through_relay_is_counted(target_port: int) -> None:
-    async def go() -> dict:
+    async def go() -> dict[str, Any]:
         server, port = await _corrupting_relay(target_port, flip_at=300_000)
         async with server:
             return await loadgen.bulk("127.0.0.1", port, "down", 1, 0.2)
@@ -293,7 +293,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _run_harness(tmp_path: Path, extra: list[str]) -> subprocess.Popen:
+def _run_harness(tmp_path: Path, extra: list[str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, str(BENCH / "run.py"), "--quick", "--rows", "direct,socat", "--hold-conns", "20",
          "--bulk-seconds", "0.2", "--eof-mib", "8", "--out", str(tmp_path), *extra],

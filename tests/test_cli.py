@@ -9,10 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ServeInstance, free_port, run_kubectl, subprocess_env
 
 import fastpf
 from fastpf.cli import program_name
+from tests.support.kubectl import run_kubectl
+from tests.support.processes import subprocess_env
+from tests.support.serve_process import ServeInstance
+from tests.support.targets import free_port
 
 
 def fastpf_run(*args: str, argv0: str | None = None, timeout: float = 60,

@@ -7,10 +7,12 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+
+from tests.support.processes import REPO
 
 # bench/results/*.md are recorded runs (their command lines name temp dirs): not docs
 DOCS = sorted([REPO / "README.md", REPO / "bench" / "README.md", REPO / "fastpf" / "serve" / "README.md",
+               REPO / "tests" / "README.md",
                *(REPO / "docs").glob("*.md")])
 OUTSIDE = [
     (re.compile(r"(?<![.\w])\.\./"), "a path above the repository"),

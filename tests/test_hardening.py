@@ -17,23 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ServeInstance, Targets, run_kubectl, subprocess_env
-from support_hostile import (
-    SPDY_101,
-    HostileApi,
-    Mitm,
-    concurrent_echo,
-    ensure_nofile,
-    fastpf_client,
-    fastpf_cmd,
-    kubeconfig_via,
-    last_line,
-    lowered_nofile,
-    nofile_of,
-    rss_kib,
-    run_command,
-    wait_until,
-)
 
 from fastpf import _frames as F
 from fastpf.errors import HandshakeError
@@ -43,6 +26,24 @@ from fastpf.serve.server import Server
 from fastpf.transport import handshake, upgrade
 from fastpf.transport.kubelet import MAX_UNPAIRED
 from fastpf.types import ApiDialer
+from tests.support.fake_api import SPDY_101, HostileApi
+from tests.support.kubectl import run_kubectl
+from tests.support.patterns import concurrent_echo
+from tests.support.processes import (
+    ensure_nofile,
+    fastpf_client,
+    fastpf_cmd,
+    last_line,
+    lowered_nofile,
+    nofile_of,
+    rss_kib,
+    run_command,
+    subprocess_env,
+)
+from tests.support.proxies import Mitm, kubeconfig_via
+from tests.support.serve_process import ServeInstance
+from tests.support.targets import Targets
+from tests.support.waits import wait_until
 
 PATH = "/api/v1/namespaces/default/pods/x/portforward"
 

@@ -12,13 +12,16 @@ import subprocess
 import sys
 import sysconfig
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import REPO, ServeInstance, Targets, subprocess_env
-from test_client_e2e import echo_once, manifest
 
 import fastpf
+from tests.support.patterns import echo_once
+from tests.support.processes import REPO, subprocess_env
+from tests.support.serve_process import ServeInstance
+from tests.support.targets import Targets, manifest
 
 SLOW = os.environ.get("FASTPF_CI") == "1" or os.environ.get("FASTPF_PACKAGING") == "1"
 
@@ -67,7 +70,8 @@ def test_sdist_carries_the_cython_sources(sdist: Path) -> None:
 
 
 @pytest.mark.skipif(not SLOW, reason="compiles the wheel (~45 s): CI only (FASTPF_CI=1)")
-def test_wheel_from_sdist_installs_and_forwards(sdist: Path, tmp_path: Path, serve_factory,  # type: ignore[no-untyped-def]
+def test_wheel_from_sdist_installs_and_forwards(sdist: Path, tmp_path: Path,
+                                               serve_factory: Callable[..., ServeInstance],
                                                targets: Targets) -> None:
     wheels = tmp_path / "wheels"
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index",
@@ -151,7 +155,7 @@ def test_krew_manifest_and_archive(tmp_path: Path) -> None:
         assert fnmatch.filter(names, entry["from"]), entry
 
 
-def test_krew_launcher_through_kubectl(kubectl_bin, tmp_path: Path,  # type: ignore[no-untyped-def]
+def test_krew_launcher_through_kubectl(kubectl_bin: Callable[[str], str], tmp_path: Path,
                                        serve: ServeInstance) -> None:
     """kubectl finds the launcher as a plugin; its errors name `kubectl fastpf`."""
     bin_dir = tmp_path / "bin"

@@ -96,6 +96,10 @@ class ResumingContext(ssl.SSLContext):
             self._session = None
             self._misses += 1
 
+    @property
+    def offered_session(self) -> ssl.SSLSession | None:  # read-only probe (tests)
+        return self._session
+
     def forget_session(self) -> None:
         self._session = None
 

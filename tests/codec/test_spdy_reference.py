@@ -14,10 +14,10 @@ import zlib
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import spdy_reference as R
 
 from fastpf import _frames as F
 from fastpf.errors import SpdySessionError
+from tests.support import spdy_reference as R
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
