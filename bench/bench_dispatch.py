@@ -90,7 +90,7 @@ def test_dispatch(benchmark: Any, wire_pair: socket.socket, size: int, path: str
             frame = dec.next_frame()
             if frame is None:
                 break
-            if frame.type == F.DATA and frame.stream_id == 1:
+            if frame.type == F.DATA and frame.payload is not None:
                 sink(frame.payload)
 
     def compiled_path() -> None:
