@@ -1,5 +1,5 @@
-"""Builds the compiled frame layer (fastpf/_frames.pyx and the parts it includes, fastpf/frames/*.pxi;
-cythonize rebuilds when any part changes).
+"""Builds the compiled layer: fastpf/_frames.pyx (the codecs, with the parts it includes,
+fastpf/frames/*.pxi; cythonize rebuilds when any part changes) and fastpf/_pump.pyx (relay pump).
 
 FASTPF_CYTHON_ANNOTATE=1 writes the Cython annotation HTML; FASTPF_CYTHON_TRACE=1 enables
 line tracing for profilers. Generated .c files are not committed.
@@ -13,13 +13,11 @@ from setuptools import Extension, setup
 trace = os.environ.get("FASTPF_CYTHON_TRACE") == "1"
 macros = [("CYTHON_TRACE", "1")] if trace else []
 
+FLAGS = ["-O2", "-Wall", "-Wno-unused-function", "-Wno-unreachable-code"]
 extensions = [
-    Extension(
-        "fastpf._frames",
-        ["fastpf/_frames.pyx"],
-        define_macros=macros,
-        extra_compile_args=["-O2", "-Wall", "-Wno-unused-function", "-Wno-unreachable-code"],
-    )
+    # the codecs (frame layouts), and the relay's per-byte pump
+    Extension("fastpf._frames", ["fastpf/_frames.pyx"], define_macros=macros, extra_compile_args=FLAGS),
+    Extension("fastpf._pump", ["fastpf/_pump.pyx"], define_macros=macros, extra_compile_args=FLAGS),
 ]
 
 setup(

@@ -5,6 +5,7 @@ from typing import Final, TypeAlias
 
 from typing_extensions import Buffer, disjoint_base
 
+from fastpf._pump import SinkTable
 from fastpf.errors import SpdySessionError, WebSocketError
 
 __all__ = [
@@ -74,6 +75,8 @@ __all__ = [
     "parse_close_payload",
     "channel_encode",
     "channel_decode",
+    "deliver_data",
+    "deliver_channel_data",
 ]
 
 DATA: Final = 0
@@ -285,3 +288,6 @@ def channel_encode(channel: int, payload: Buffer, base64: bool = False) -> tuple
 def channel_decode(
     opcode: int, message: Buffer, base64: bool = False
 ) -> tuple[int, memoryview | bytes]: ...
+
+def deliver_data(dec: SpdyDecoder, sinks: SinkTable) -> int: ...
+def deliver_channel_data(dec: WsDecoder, sinks: SinkTable) -> int: ...

@@ -25,6 +25,8 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memmove
 
+from fastpf._pump cimport RelayCore, SinkTable
+
 import base64 as _base64
 import binascii as _binascii
 import os as _os
@@ -47,7 +49,8 @@ __all__ = [
     "SpdyFrame", "SpdyDecoder", "SpdyEncoder", "HeaderCompressor", "HeaderDecompressor",
     "data_header", "pack_data_header", "encode_header_block", "decode_header_block",
     "WsFrame", "WsDecoder", "ws_frame_header", "ws_encode", "mask_inplace", "new_mask_key",
-    "alloc_buffer", "buffer_exported", "buffer_exported_portable",
+    "alloc_buffer", "buffer_exported", "buffer_exported_portable", "deliver_data",
+    "deliver_channel_data",
     "ws_close_payload", "parse_close_payload", "channel_encode", "channel_decode",
 ]
 
@@ -63,3 +66,4 @@ include "frames/ws_close.pxi"
 include "frames/ws_decoder.pxi"
 include "frames/ws_encoder.pxi"
 include "frames/channel.pxi"
+include "frames/dispatch.pxi"

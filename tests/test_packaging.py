@@ -61,6 +61,7 @@ def test_sdist_carries_the_cython_sources(sdist: Path) -> None:
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     assert {"fastpf/_frames.pyx", "fastpf/_frames.pxd", "fastpf/_frames.pyi", "fastpf/py.typed",
+            "fastpf/_pump.pyx", "fastpf/_pump.pxd", "fastpf/_pump.pyi", "fastpf/frames/exports.pxi",
             "setup.py", "pyproject.toml", "README.md", "MANIFEST.in", "docs/EVENTS.md",
             "docs/PROTOCOL.md", "tests/conftest.py", "tests/golden/stats_plain.txt",
             "scripts/test.sh", "plugins/fastpf.yaml"} <= names
@@ -91,7 +92,8 @@ def test_wheel_from_sdist_installs_and_forwards(sdist: Path, tmp_path: Path,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     clean_env = {k: v for k, v in subprocess_env().items() if k != "PYTHONPATH"}
-    where = subprocess.run([str(py), "-c", "import fastpf._frames as f; print(f.__file__)"],
+    where = subprocess.run([str(py), "-c", "import fastpf._frames as f, fastpf._pump as p; "
+                            "print(p.__file__); print(f.__file__)"],
                            capture_output=True, text=True, timeout=60, cwd=tmp_path, env=clean_env)
     assert where.stdout.startswith(site), where  # the wheel's compiled module, not the checkout
     for script in ("fastpf", "kubectl-fastpf", "kubectl_complete-fastpf"):

@@ -15,6 +15,7 @@ from collections.abc import Hashable
 
 from fastpf.client.kubeconfig import ClientConfig
 from fastpf.errors import ConfigError
+from fastpf.tls_suites import direct_io
 
 SESSION_REFRESH = 60.0  # seconds between taking a fresh TLS session to resume
 _SESSION_MISSES = 3  # connections without a resumable session before we stop asking
@@ -148,7 +149,7 @@ def build_ssl_context(cfg: ClientConfig, *, alpn: list[str] | None,
         raise ConfigError("tls: client certificate and key must both be given")
     if alpn:
         ctx.set_alpn_protocols(alpn)
-    return ctx
+    return direct_io(ctx)  # no Python frame per TLS record
 
 
 def _file_stamp(path: str) -> tuple[int, int, int, int]:

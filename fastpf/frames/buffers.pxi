@@ -2,21 +2,7 @@
 # The receive buffer both decoders share (BufferedProtocol entry points, view safety),
 # plus the bytearray helpers of the relay.
 
-cdef extern from *:
-    """
-    /* CPython counts a bytearray's live buffer exports in ob_exports (why a bytearray with live
-       views cannot be resized). The field is private: read it only on CPython's full API;
-       elsewhere buffer_exported() falls back to a resize probe. */
-    #if CYTHON_COMPILING_IN_CPYTHON && !defined(Py_LIMITED_API)
-    #define FASTPF_HAVE_OB_EXPORTS 1
-    #define fastpf_bytearray_exports(o) (((PyByteArrayObject *)(o))->ob_exports)
-    #else
-    #define FASTPF_HAVE_OB_EXPORTS 0
-    #define fastpf_bytearray_exports(o) ((Py_ssize_t)-1)
-    #endif
-    """
-    const bint FASTPF_HAVE_OB_EXPORTS
-    Py_ssize_t fastpf_bytearray_exports(object buf)
+include "exports.pxi"  # bytearray_exported(): shared with fastpf/_pump.pyx
 
 
 cdef class _FrameBuffer:
@@ -174,9 +160,7 @@ def buffer_exported(bytearray buf):
     On CPython it reads the bytearray's export count: O(1), no allocation. Elsewhere it is
     buffer_exported_portable(). A bytearray whose bytes are still held elsewhere must not be
     reused for the next read."""
-    if FASTPF_HAVE_OB_EXPORTS:
-        return fastpf_bytearray_exports(buf) > 0
-    return buffer_exported_portable(buf)
+    return bytearray_exported(buf)
 
 
 def buffer_exported_portable(bytearray buf):
@@ -185,19 +169,4 @@ def buffer_exported_portable(bytearray buf):
     A bytearray with live exports cannot change size (BufferError), so this removes the last
     byte and puts it back (appends and removes one when empty). Contents and length are
     unchanged afterwards; on CPython neither step reallocates, so it stays O(1)."""
-    cdef Py_ssize_t n = len(buf)
-    cdef int last
-    if n:
-        last = buf[n - 1]
-        try:
-            del buf[n - 1]
-        except BufferError:
-            return True
-        buf.append(last)
-    else:
-        try:
-            buf.append(0)
-        except BufferError:
-            return True
-        del buf[0]
-    return False
+    return bytearray_refuses_resize(buf)

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fastpf.errors import CertError
-from fastpf.tls_suites import prefer_like_go
+from fastpf.tls_suites import direct_io, prefer_like_go
 
 ALPN = ["h2", "http/1.1"]
 
@@ -176,4 +176,4 @@ def server_context(material: TlsMaterial) -> ssl.SSLContext:
     # Choose the cipher as a Go API server does (AES-128-GCM first on AES hardware), so
     # clients, fastpf's included, are measured as a cluster would see them.
     prefer_like_go(ctx)
-    return ctx
+    return direct_io(ctx)  # no Python frame per TLS record

@@ -1,14 +1,11 @@
 """TCP socket <-> SPDY stream / WS port channel pump: zero-copy, half-close, backpressure.
 
-Local -> remote: the socket reads (BufferedProtocol) into a buffer with `header_room` bytes
-reserved in front, so the stream packs its frame header(s) in place and sends header + payload
-in ONE write without copying. A buffer is reused only once no memoryview of it is alive any more
-(uvloop holds written memoryviews until sent; a TLS transport encrypts at once and holds
-nothing): the bytearray's export count is the exact test. A few spare
-buffers are kept so a busy transport does not cost a fresh zero-filled allocation per read.
-
-Remote -> local: the session hands us memoryviews into its receive buffer; we write them to
-the socket transport as they are. The session releases its buffer only when `drained()`.
+The per-chunk work is compiled (fastpf/_pump.pyx, RelayCore: its docstring has the buffer
+rules): local reads land in a buffer with `header_room` bytes free in front, so the stream
+frames them in place (one write, no copy); the session hands data to us as memoryviews into
+its receive buffer (written as they are; the session keeps the buffer until `drained()`), or,
+through a compiled dispatcher, as raw bytes sent straight to the socket. This module keeps the
+rest: half-close, lingers, budgets, resets, errors and the result.
 
 Backpressure (SPDY has no flow control): the socket transport's pause_writing pauses reading
 of the whole upgraded connection; the upgraded transport's pause_writing pauses every local
@@ -25,21 +22,15 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from fastpf import _frames as F
 from fastpf._frames import RST_CANCEL
+from fastpf._pump import RelayCore
 
 LOCAL_HIGH = 1 << 20  # socket write buffer above which the upgraded connection stops reading
 LOCAL_LOW = 256 << 10
 DEFAULT_READ_SIZE = 256 * 1024
-SPARE_BUFFERS = 3  # per relay: reusable read buffers besides the current one
 # Under an `eof_budget` every frame counts, so reads are gathered into whole-buffer frames and
 # held at most this long before they leave.
 BUDGET_HOLD = 0.02
-
-
-def _exported(buf: bytearray) -> bool:
-    """True while a memoryview of `buf` is alive (e.g. held by a transport until sent)."""
-    return F.buffer_exported(buf)
 
 
 @dataclass
@@ -53,8 +44,10 @@ class RelayResult:
     lingered: bool = False  # cut by eof_linger after the remote side's EOF
 
 
-class _Relay(asyncio.BufferedProtocol):
-    """The local socket's protocol, the pipe's sink and the session's output listener."""
+class _Relay(RelayCore, asyncio.BufferedProtocol):
+    """The local socket's protocol, the pipe's sink and the session's output listener. The
+    per-chunk paths (get_buffer, buffer_updated, data_received, drained, and deliver() for a
+    compiled dispatcher) are RelayCore's (fastpf/_pump.pyx); the rest is here."""
 
     def __init__(
         self,
@@ -64,98 +57,54 @@ class _Relay(asyncio.BufferedProtocol):
         eof_budget: int | None = None,
         local_eof_linger: float | None = None,
     ) -> None:
+        self.init_pump(pipe, read_size)
         self.eof_linger = eof_linger
         self.eof_budget = eof_budget  # frames still allowed local -> remote after remote EOF
+        self.budgeted = eof_budget is not None
         self.local_eof_linger = local_eof_linger
         self._linger_handle: asyncio.TimerHandle | None = None
-        self._held = 0  # bytes gathered in self.buf for one budgeted frame (see BUDGET_HOLD)
         self._hold_handle: asyncio.TimerHandle | None = None
-        self.pipe = pipe
         self.session = pipe.session
         self.loop = asyncio.get_running_loop()
-        self.transport: Any = None
-        self.result = RelayResult()
+        self._result = RelayResult()
         self.done: asyncio.Future[None] = self.loop.create_future()
-        self.room = pipe.header_room
-        self.read_size = max(1024, min(read_size, pipe.max_payload))
-        # Allocated on the first read: an idle connection costs no buffer. Never keep a
-        # memoryview of it here: that would count as an export and block reuse.
-        self.buf: bytearray | None = None
-        self._spares: list[bytearray] = []
-        self.local_done = False  # local -> remote direction ended
-        self.remote_done = False  # remote -> local direction ended
-        self.closed = False
         self._reading_paused = False
         # Channels have no half-close: a socket EOF finishes the whole port.
         self.eof_ends_both = bool(getattr(pipe, "eof_ends_both", False))
         self.sink = _SinkAdapter(self)
 
+    @property
+    def result(self) -> RelayResult:
+        """What happened so far (byte counts from the compiled pump)."""
+        r = self._result
+        r.sent = self.sent
+        r.received = self.received
+        return r
+
     # -- local socket protocol -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
+        self.attach_transport(transport)
         transport.set_write_buffer_limits(high=LOCAL_HIGH, low=LOCAL_LOW)  # type: ignore[attr-defined]
         self.session.add_output_listener(self)
         if self.session.output_paused:
             self.pause_output()
         self.pipe.set_sink(self.sink)
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        buf = self.buf
-        if self._held and buf is not None:  # gathering a budgeted frame: nobody holds buf
-            return memoryview(buf)[self.room + self._held :]
-        if buf is None or _exported(buf):
-            buf = self._take_buffer()
-        # uvloop releases this view before buffer_updated(), so it blocks no reuse.
-        return memoryview(buf)[self.room :]
-
-    def _take_buffer(self) -> bytearray:
-        """The current buffer is still held by the upgraded transport (or there is none yet):
-        switch to a spare nobody holds, else a fresh one. Bounded, since local reads pause
-        once the upgraded transport passes its high-water mark."""
-        spares = self._spares
-        old = self.buf
-        for i, spare in enumerate(spares):
-            if not _exported(spare):
-                buf = spares.pop(i)
-                break
-        else:
-            # Not zero-filled: pages are committed only as reads fill them, so a connection
-            # that moved a few bytes costs a few pages, not the whole buffer.
-            buf = F.alloc_buffer(self.room + self.read_size)
-        if old is not None and len(spares) < SPARE_BUFFERS:
-            spares.append(old)  # freed by the transport later; then reusable
-        self.buf = buf
-        return buf
-
-    def buffer_updated(self, nbytes: int) -> None:
-        if self.local_done or self.buf is None:
-            return
-        if self.remote_done and self.eof_budget is not None:
-            # Few frames left: make each a whole buffer (or what came within BUDGET_HOLD).
-            self._held += nbytes
-            if self._held >= self.read_size:
-                self._send_held()
-            elif self._hold_handle is None:
-                self._hold_handle = self.loop.call_later(BUDGET_HOLD, self._send_held)
-            return
-        self._send(self.buf, nbytes)
-
-    def _send(self, buf: bytearray, n: int) -> bool:
-        """buf[room:room+n] as one frame; False when the session is gone."""
-        try:
-            self.pipe.send_inplace(buf, self.room, n)
-        except Exception as exc:  # session gone under us
-            self._local_error(exc)
-            return False
-        self.result.sent += n
-        return True
+    def _budget_updated(self, nbytes: int) -> None:
+        # Few frames left after the remote EOF: make each a whole buffer (or what came within
+        # BUDGET_HOLD).
+        self.held += nbytes
+        if self.held >= self.read_size:
+            self._send_held()
+        elif self._hold_handle is None:
+            self._hold_handle = self.loop.call_later(BUDGET_HOLD, self._send_held)
 
     def _send_held(self) -> None:
         if self._hold_handle is not None:
             self._hold_handle.cancel()
             self._hold_handle = None
-        n, self._held = self._held, 0
-        if not n or self.local_done or self.buf is None or not self._send(self.buf, n):
+        n, self.held = self.held, 0
+        if not n or self.local_done or self.buf is None or not self.send_buffered(n):
             return
         if self.eof_budget is not None:
             self.eof_budget -= 1
@@ -163,8 +112,8 @@ class _Relay(asyncio.BufferedProtocol):
                 self._linger_expired()
 
     def eof_received(self) -> bool:
-        self.result.local_eof = True
-        if self._held:
+        self._result.local_eof = True
+        if self.held:
             self._send_held()  # the gathered tail leaves before the FIN
         if not self.local_done:
             self.local_done = True
@@ -182,13 +131,13 @@ class _Relay(asyncio.BufferedProtocol):
         if self._linger_handle is not None:
             self._linger_handle.cancel()
             self._linger_handle = None
-        if self._held:
+        if self.held:
             self._send_held()  # read before the loss: still the pod's bytes, in order
         self.session.remove_output_listener(self)
         self.session.resume_input(self)
         if not (self.local_done and self.remote_done):
-            if exc is not None and self.result.error is None:
-                self.result.error = _err_text(exc)
+            if exc is not None and self._result.error is None:
+                self._result.error = _err_text(exc)
             if not self.pipe_closed():
                 with contextlib.suppress(Exception):
                     self.pipe.reset(RST_CANCEL)
@@ -215,19 +164,9 @@ class _Relay(asyncio.BufferedProtocol):
             self._reading_paused = False
             self.transport.resume_reading()
 
-    # -- sink (data from the remote side) ------------------------------------------------------
-    def data_received(self, view: memoryview) -> None:
-        t = self.transport
-        if self.closed or self.remote_done or t.is_closing():
-            return  # local side gone: drop (the stream is being reset)
-        self.result.received += len(view)
-        try:
-            t.write(view)
-        except (OSError, RuntimeError) as exc:  # never into the session's read callback
-            self._local_error(exc)
-
+    # -- sink (data from the remote side): data_received and drained are RelayCore's ------
     def eof_received_remote(self) -> None:
-        self.result.remote_eof = True
+        self._result.remote_eof = True
         if self.remote_done:
             return
         self.remote_done = True
@@ -253,7 +192,7 @@ class _Relay(asyncio.BufferedProtocol):
         self._linger_handle = None
         if self.closed or self.remote_done:
             return
-        self.result.lingered = True
+        self._result.lingered = True
         self.remote_done = True
         self._maybe_finish()  # flushes what the local side has not read yet, then closes
 
@@ -267,17 +206,17 @@ class _Relay(asyncio.BufferedProtocol):
         if self._hold_handle is not None:
             self._hold_handle.cancel()
             self._hold_handle = None
-        self._held = 0  # cut: dropped like the rest of what the local side has unsent
+        self.held = 0  # cut: dropped like the rest of what the local side has unsent
         if self.closed or self.local_done:
             return
-        self.result.lingered = True
+        self._result.lingered = True
         self.local_done = True
         with contextlib.suppress(Exception):
             self.pipe.write_eof()
         self.transport.abort()  # drop what the local side still has unsent
 
     def reset_received(self, status: int) -> None:
-        self.result.reset = status
+        self._result.reset = status
         self.remote_done = self.local_done = True
         if not self.closed:
             self.transport.abort()  # the pod/peer reset: pass the reset on
@@ -285,10 +224,10 @@ class _Relay(asyncio.BufferedProtocol):
     def session_lost(self, exc: BaseException | None) -> None:
         if (
             exc is not None
-            and self.result.error is None
+            and self._result.error is None
             and not (self.local_done and self.remote_done)
         ):
-            self.result.error = _err_text(exc)
+            self._result.error = _err_text(exc)
         if not self.remote_done:
             self.remote_done = True
             self.local_done = True
@@ -303,10 +242,6 @@ class _Relay(asyncio.BufferedProtocol):
             self.local_done = True
             self._maybe_finish()
 
-    def drained(self) -> bool:
-        t = self.transport
-        return t is None or self.closed or t.get_write_buffer_size() == 0
-
     # -- helpers -------------------------------------------------------------------------------
     def pipe_closed(self) -> bool:
         return bool(
@@ -314,8 +249,8 @@ class _Relay(asyncio.BufferedProtocol):
         )
 
     def _local_error(self, exc: BaseException) -> None:
-        if self.result.error is None:
-            self.result.error = _err_text(exc)
+        if self._result.error is None:
+            self._result.error = _err_text(exc)
         if not self.closed:
             self.transport.abort()  # connection_lost then resets the stream
 
@@ -328,10 +263,11 @@ class _SinkAdapter:
     """Gives the pipe the Sink method names without clashing with the protocol's own
     eof_received/connection_lost (which mean the *local* socket there)."""
 
-    __slots__ = ("r", "data_received", "drained")
+    __slots__ = ("r", "pump", "data_received", "drained")
 
     def __init__(self, relay: _Relay) -> None:
         self.r = relay
+        self.pump = relay  # a compiled dispatcher delivers to RelayCore.deliver()
         self.data_received = relay.data_received
         self.drained = relay.drained
 
@@ -472,7 +408,7 @@ def _adopt(proto: _Relay, accepted: Accepted) -> None:
     try:
         for chunk in accepted.early:  # bytes that came before the stream existed, in order
             proto.pipe.write(chunk)
-            proto.result.sent += len(chunk)
+            proto.sent += len(chunk)
     except Exception as exc:  # session gone under us
         proto._local_error(exc)
         return

@@ -18,6 +18,7 @@ from typing import Any
 
 from fastpf import _frames as F
 from fastpf._frames import RST_CANCEL, RST_PROTOCOL_ERROR, RST_REFUSED_STREAM
+from fastpf._pump import SinkTable
 from fastpf.errors import (
     ProtocolError,
     SessionClosedError,
@@ -102,6 +103,7 @@ class SpdyStream:
         self.local_closed = True
         if not self.remote_closed:
             self.remote_closed = True
+            conn._fast.discard(self.stream_id)
             self._wake()
         conn._forget(self)
 
@@ -157,6 +159,12 @@ class SpdyStream:
     def set_sink(self, sink: Sink | None) -> None:
         """Deliver received data to `sink` from now on (buffered data first)."""
         self._sink = sink
+        fast = self.connection._fast
+        core = getattr(sink, "pump", None)  # a relay: its DATA may take the compiled path
+        if core is None or self.remote_closed:
+            fast.discard(self.stream_id)
+        else:
+            fast.add(self.stream_id, core)
         if sink is None:
             return
         self._inbox.hand_to(sink)
@@ -218,6 +226,7 @@ class SpdyStream:
                 self._inbox.push(view)
         if fin:
             self.remote_closed = True
+            self.connection._fast.discard(self.stream_id)
             if self._sink is not None:
                 self._sink.eof_received()
             self._wake()
@@ -229,6 +238,7 @@ class SpdyStream:
         if self.remote_closed:
             return
         self.remote_closed = True
+        self.connection._fast.discard(self.stream_id)
         self.reset_status = status
         rw = self._reply_waiter
         if rw is not None and not rw.done():
@@ -245,6 +255,7 @@ class SpdyStream:
         if self.remote_closed:
             return
         self.remote_closed = True
+        self.connection._fast.discard(self.stream_id)
         self.error = exc
         if self._sink is not None:
             self._sink.connection_lost(exc)
@@ -316,6 +327,8 @@ class SpdyConnection(UpgradedProtocol):
             F.WsDecoder(expect_masked=(ws == "server"), buffer_size=RECV_BUFFER) if ws else None
         )
         self._held: set[Sink] = set()
+        # Streams whose relay takes DATA straight from the receive buffer (F.deliver_data).
+        self._fast = SinkTable()
         self._next_id = 1 if client else 2
         self._next_ping = 1 if client else 2
         self._parity = 1 if client else 0
@@ -426,9 +439,14 @@ class SpdyConnection(UpgradedProtocol):
 
     def _drain_spdy(self) -> None:
         dec = self._dec
+        fast = self._fast
         for _ in range(1 << 30):  # bounded by the bytes received
             if self._closing:
                 return
+            if fast:
+                F.deliver_data(dec, fast)  # a run of plain DATA for relays, compiled
+                if self._closing:
+                    return
             try:
                 frame = dec.next_frame()
             except ProtocolError as exc:
@@ -563,6 +581,7 @@ class SpdyConnection(UpgradedProtocol):
             self._write_ws_parts([header, payload] if n else [header], 8 + n)
 
     def _forget(self, stream: SpdyStream) -> None:
+        self._fast.discard(stream.stream_id)
         streams = self.streams
         if streams.get(stream.stream_id) is stream:
             del streams[stream.stream_id]
@@ -697,6 +716,7 @@ class SpdyConnection(UpgradedProtocol):
             stream._on_lost(lost)
         self.streams.clear()
         self._held.clear()
+        self._fast.clear()
         # The owner's callback refers back to it (kubelet's session holds this connection):
         # without the cycle, an ended session is freed at once, not at the next full GC.
         self.on_stream = None

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from fastpf import _frames as F
+from fastpf._pump import SPARE_BUFFERS
 from fastpf.transport import relay as relay_mod
 from fastpf.transport.spdy import SpdyConnection, SpdyStream
 from tests.support.fake_transport import BLOCK1, FakeTransport, HoldingSink, syn_stream_bytes
@@ -19,11 +20,11 @@ from tests.support.transport_harness import LOOPS, run
 
 def test_exported_tracks_live_views() -> None:
     buf = bytearray(1000)
-    assert not relay_mod._exported(buf)
+    assert not F.buffer_exported(buf)
     view = memoryview(buf)[10:20]
-    assert relay_mod._exported(buf)  # a transport holding this view blocks reuse
+    assert F.buffer_exported(buf)  # a transport holding this view blocks reuse
     view.release()
-    assert not relay_mod._exported(buf)
+    assert not F.buffer_exported(buf)
     assert len(buf) == 1000
 
 
@@ -49,7 +50,7 @@ def test_relay_reuses_read_buffer_only_when_free(loop_kind: str) -> None:
         r.buffer_updated(3)  # writes from the current buffer (held again by the fake)
         r.get_buffer(-1)
         assert r.buf is buf1  # a free spare is reused, no fresh allocation
-        assert len(r._spares) <= relay_mod.SPARE_BUFFERS
+        assert r.spare_count <= SPARE_BUFFERS
 
 
 @pytest.mark.parametrize("loop_kind", LOOPS)
