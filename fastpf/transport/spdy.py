@@ -163,6 +163,8 @@ class SpdyConnection(UpgradedProtocol):
             clock=self._now,
             stream_class=SpdyStream,
         )
+        self.get_buffer = self.core.get_buffer  # type: ignore[method-assign]
+        self._on_data = self.core.buffer_updated  # type: ignore[method-assign]
         if ping_interval is None:
             ping_interval = (10.0 if tunnel else 5.0) if client else 0.0
         self.ping_interval = ping_interval
@@ -240,6 +242,8 @@ class SpdyConnection(UpgradedProtocol):
         self.core.feed(data)
 
     # -- reading (the session decodes in its own buffer) --------------------------------------
+    # get_buffer and _on_data are the session's own bound methods (set in __init__): no extra
+    # call per read on the hot path.
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.core.get_buffer(sizehint)
 

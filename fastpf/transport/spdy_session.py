@@ -441,6 +441,7 @@ class SpdySession:
     def _drain_spdy(self) -> None:
         dec = self._dec
         streams = self.streams
+        deliver = self._deliver_data
         for _ in range(1 << 30):  # bounded by the bytes received
             if self.ended:
                 return
@@ -467,7 +468,7 @@ class SpdySession:
                 stream = streams.get(sid)
                 if stream is None:
                     stream = self._ghost(sid)
-                self._deliver_data(stream, frame.payload, frame.flags & _FIN)  # type: ignore[arg-type]
+                deliver(stream, frame.payload, frame.flags & _FIN)  # type: ignore[arg-type]
             else:
                 self._control(frame)
 
