@@ -357,68 +357,15 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
         self._touch()
         self._emit_parts(parts, total)
 
-    def _write(self, data: bytes) -> None:
-        """One complete frame of the session's own protocol (wrapped in a WS message if any)."""
-        if self._closing or self.transport is None:
-            return
-        self._touch()
-        if self._wsout is None:
-            self._emit(data)
-        else:
-            self._wsout.message(F.WS_BINARY, data)
-
-    def _write_ws(self, opcode: int, payload: Buffer) -> None:
-        assert self._wsout is not None
-        self._wsout.message(opcode, payload)
-
-    def _write_ws_parts(self, parts: list[Any], total: int) -> None:
-        """One binary WS message whose payload is the concatenation of `parts`."""
-        assert self._wsout is not None
-        self._wsout.binary_parts(parts, total)
-
-    def _write_ws_inplace(self, buf: bytearray, start: int, end: int) -> None:
-        """Send buf[start:end] as one binary WS message, header in the gap in front."""
-        assert self._wsout is not None
-        self._wsout.binary_inplace(buf, start, end)
-
-    @property
-    def _ws_close_sent(self) -> bool:
-        return self._wsout is not None and self._wsout.close_sent
-
-    def _send_ws_close(self, code: int, reason: str = "") -> None:
-        if self._wsout is None or self._wsout.close_sent or self.transport is None:
-            return
-        with contextlib.suppress(Exception):
-            self._wsout.close(code, reason)
-
-    def _handle_ws_control(self, frame: Any) -> bool:
-        """Answer WS ping/close. Returns False when the session must stop reading."""
-        op = frame.opcode
-        if op == F.WS_PING:
-            if not self._ws_close_sent:
-                self._write_ws(F.WS_PONG, bytes(frame.payload))
-            return True
-        if op == F.WS_PONG:
-            self.ws_pong()
-            return True
-        if op == F.WS_CLOSE:
-            code, _reason = F.parse_close_payload(frame.payload)
-            self._send_ws_close(code if code is not None else 1000)
-            self._peer_closed_ws(code)
-            return False
-        return True
-
     def ws_pong(self) -> None:
+        """The session read a WebSocket pong."""
         self.last_pong = self.loop.time()
 
     def ws_ping(self, payload: bytes = b"") -> None:
         """Send a WebSocket ping (dead-peer detection above the session); the answer sets
         `last_pong` (loop.time()). No-op without a WebSocket or once closing."""
-        if self.ws is not None and not self._closing and not self._ws_close_sent:
-            self._write_ws(F.WS_PING, payload)
-
-    def _peer_closed_ws(self, code: int | None) -> None:
-        self._close_transport(None)
+        if self._wsout is not None and not self._closing and not self._wsout.close_sent:
+            self._wsout.message(F.WS_PING, payload)
 
     # -- idle timeout --------------------------------------------------------------------------
     def _idle_check(self) -> None:

@@ -180,9 +180,6 @@ class ChannelConnection(UpgradedProtocol):
         self.core.internal_error()
         self._close_transport(exc)
 
-    def _channel_done(self) -> None:
-        self.core.channel_done()
-
     # -- public --------------------------------------------------------------------------------
     def close(self, code: int = 1000) -> None:
         """Send WS close(code) and close the connection (flushing what was written)."""

@@ -355,9 +355,6 @@ class SpdyConnection(UpgradedProtocol):
     def _on_idle(self) -> None:
         self.goaway(F.GOAWAY_OK)
 
-    def _peer_closed_ws(self, code: int | None) -> None:  # not reached: the session reads WS
-        self._close_transport(None)
-
     def _ended(self, exc: BaseException | None) -> None:
         if self._ping_handle is not None:
             self._ping_handle.cancel()

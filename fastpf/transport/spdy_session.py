@@ -292,8 +292,13 @@ class SpdySession:
             self._frame(_FRAMES.rst_stream(stream.stream_id, t.status))
             return False
         if action is Action.GOAWAY:
+            # A peer that sends DATA for a stream never opened is broken or hostile (random
+            # bytes after the upgrade read as DATA half the time): end the session now instead
+            # of buffering up to 16 MiB of a frame nobody will take.
             self._protocol_error(
-                SpdySessionError(f"SPDY DATA for stream {stream.stream_id}, never opened")
+                SpdySessionError(
+                    f"SPDY {event.name} for stream {stream.stream_id}, never opened", t.status
+                )
             )
             return False
         old = stream.state
