@@ -303,15 +303,21 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
         if self._idle_timeout is not None:
             self._last_activity = self.loop.time()
 
-    def _emit(self, data: bytes | bytearray | memoryview) -> None:
-        """Complete wire bytes to the transport, in order. Small ones are coalesced (copied:
-        the caller may reuse its buffer at once) and flushed at the end of this iteration."""
+    def emit(self, data: Buffer) -> None:
+        """The sessions' output: complete wire bytes to the transport, in order. Small ones are
+        coalesced (copied: the caller may reuse its buffer at once) and flushed at the end of
+        this iteration. Any write is activity for the idle timeout."""
+        if self._idle_timeout is not None:
+            self._last_activity = self.loop.time()
         n = len(data)
         self._written += n
         if n > COALESCE_LIMIT:
+            t = self.transport
+            if t is None:
+                return
             if self._pending:
                 self._flush()
-            self.transport.write(data)
+            t.write(data)
             return
         self._pending.append(data if type(data) is bytes else bytes(data))
         self._pending_size += n
@@ -320,15 +326,23 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
         elif self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self._flush)
 
-    def _emit_parts(self, parts: list[Any], total: int) -> None:
-        """Like _emit for one frame given in pieces (gather write when large: no copy)."""
+    def emit_parts(self, parts: list[Any], total: int) -> None:
+        """Like emit for one frame given in pieces (gather write when large: no copy)."""
         if total > COALESCE_LIMIT:
+            t = self.transport
+            if t is None:
+                return
+            if self._idle_timeout is not None:
+                self._last_activity = self.loop.time()
             self._written += total
             if self._pending:
                 self._flush()
-            self.transport.writelines(parts)
+            t.writelines(parts)
             return
-        self._emit(b"".join(parts))
+        self.emit(b"".join(parts))
+
+    _emit = emit  # one call on the DATA path: the sessions call these directly
+    _emit_parts = emit_parts
 
     def _flush(self) -> None:
         if self._flush_handle is not None:
@@ -342,20 +356,6 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
         t = self.transport
         if t is not None and not t.is_closing():
             t.write(pending[0] if len(pending) == 1 else b"".join(pending))
-
-    def emit(self, data: Buffer) -> None:
-        """Sans-IO session output: complete wire bytes (dropped once the transport is gone)."""
-        if self.transport is None:
-            return
-        self._touch()
-        self._emit(data)
-
-    def emit_parts(self, parts: list[Any], total: int) -> None:
-        """Sans-IO session output: one frame in pieces."""
-        if self.transport is None:
-            return
-        self._touch()
-        self._emit_parts(parts, total)
 
     def ws_pong(self) -> None:
         """The session read a WebSocket pong."""
