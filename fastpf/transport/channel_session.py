@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from fastpf import _frames as F
 from fastpf.errors import WebSocketError
 from fastpf.transport._base import InboundQueue
-from fastpf.transport.contract import Buffer, Sink
+from fastpf.transport.contract import Buffer, SessionControl, Sink
 from fastpf.transport.ws_output import WS_HEADER_ROOM, WsOutput, close_outcome
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ class ChannelPort:
     def __init__(self, core: ChannelSession, index: int, port: int) -> None:
         self.core = core
         self.connection: ChannelConnection = core.owner  # type: ignore[assignment]
-        self.session = core.owner  # relay contract: the adapter
+        self.session: SessionControl = core.owner  # type: ignore[assignment]  # the adapter
         self.index = index
         self.port = port
         self.data_channel = 2 * index

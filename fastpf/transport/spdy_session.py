@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from fastpf import _frames as F
 from fastpf.errors import ProtocolError, SpdySessionError, SpdyStreamError, WebSocketError
 from fastpf.transport._base import InboundQueue
-from fastpf.transport.contract import Buffer, Sink
+from fastpf.transport.contract import Buffer, SessionControl, Sink
 from fastpf.transport.stream_machine import (
     DELIVERS,
     LOCAL_CLOSED,
@@ -109,7 +109,8 @@ class SessionStream:
         self.core = core
         owner = core.owner
         self.connection: SpdyConnection = owner  # type: ignore[assignment]
-        self.session = owner  # relay contract: the adapter (pause_input, output listeners)
+        # relay contract: the adapter (pause_input, output listeners)
+        self.session: SessionControl = owner  # type: ignore[assignment]
         self.stream_id = stream_id
         self.headers = headers
         self.local = local  # opened by us
@@ -117,7 +118,9 @@ class SessionStream:
         opened_by = (
             _ST.SEND_SYN_STREAM
             if local
-            else _ST.RECV_SYN_STREAM_UNI if uni else _ST.RECV_SYN_STREAM
+            else _ST.RECV_SYN_STREAM_UNI
+            if uni
+            else _ST.RECV_SYN_STREAM
         )
         first = ROWS[StreamState.IDLE][opened_by]
         if first.action is not Action.OK:
@@ -217,9 +220,7 @@ class SessionStream:
 
 
 # States in which send_inplace may go straight to the wire (the table says OK for SEND_DATA).
-_SEND_OK = frozenset(
-    s for s in StreamState if ROWS[s][_ST.SEND_DATA].action is Action.OK
-)
+_SEND_OK = frozenset(s for s in StreamState if ROWS[s][_ST.SEND_DATA].action is Action.OK)
 
 
 class SpdySession:

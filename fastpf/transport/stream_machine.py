@@ -300,9 +300,7 @@ DELIVERS: frozenset[int] = frozenset(
 REMOTE_CLOSED: frozenset[int] = frozenset(
     {S.AWAIT_REPLY_REMOTE_FIN, S.REPLY_DUE_REMOTE_FIN, S.HALF_CLOSED_REMOTE, S.CLOSED}
 )
-LOCAL_CLOSED: frozenset[int] = frozenset(
-    {S.AWAIT_REPLY_LOCAL_FIN, S.HALF_CLOSED_LOCAL, S.CLOSED}
-)
+LOCAL_CLOSED: frozenset[int] = frozenset({S.AWAIT_REPLY_LOCAL_FIN, S.HALF_CLOSED_LOCAL, S.CLOSED})
 
 
 def decide(state: int, event: int) -> Transition:

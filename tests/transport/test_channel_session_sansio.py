@@ -10,6 +10,7 @@ import pytest
 from fastpf import _frames as F
 from fastpf.errors import WebSocketError
 from fastpf.transport.channel_session import ChannelSession
+from fastpf.transport.contract import Pipe
 from fastpf.transport.ws_output import WsOutput
 
 
@@ -106,7 +107,9 @@ def test_server_announcements_are_what_the_client_expects(base64: bool) -> None:
 
 def test_client_data_error_and_session_end() -> None:
     cli, owner = make(True, [8080])
-    cli.feed(from_server(0, (8080).to_bytes(2, "little")) + from_server(1, (8080).to_bytes(2, "little")))
+    cli.feed(
+        from_server(0, (8080).to_bytes(2, "little")) + from_server(1, (8080).to_bytes(2, "little"))
+    )
     port = cli.channels[0]
     sink = Sink()
     port.set_sink(sink)
@@ -170,3 +173,12 @@ def test_text_on_a_binary_session_is_refused() -> None:
     srv, owner = make(False, [80])
     srv.feed(F.ws_encode(F.WS_TEXT, b"0aGk=", True, True))
     assert len(owner.ended) == 1 and owner.messages(False)[0][0] == F.WS_CLOSE
+
+
+def header_room_of(pipe: Pipe) -> int:
+    return pipe.header_room  # mypy checks a ChannelPort is a Pipe where this is called
+
+
+def test_a_port_is_a_pipe() -> None:
+    srv, _ = make(False, [80])
+    assert header_room_of(srv.channels[0]) == 15  # WS header room + the channel byte

@@ -10,6 +10,8 @@ import pytest
 
 from fastpf import _frames as F
 from fastpf.errors import SpdySessionError
+from fastpf.transport.contract import Pipe
+from fastpf.transport.contract import Sink as SinkContract
 from fastpf.transport.spdy import SessionClosedError, StreamResetError
 from fastpf.transport.spdy_session import SessionStream, SpdySession
 from fastpf.transport.stream_machine import StreamState, StreamStateError
@@ -101,8 +103,11 @@ def state_of(stream: SessionStream) -> StreamState:
 
 def frames(data: bytes) -> list[tuple[str, int, int, int]]:
     """(type name, stream or ping id, flags, status or payload length) of each frame."""
-    names = {v: k for k, v in vars(F).items() if k in ("DATA", "SYN_STREAM", "SYN_REPLY",
-                                                        "RST_STREAM", "PING", "GOAWAY")}
+    names = {
+        v: k
+        for k, v in vars(F).items()
+        if k in ("DATA", "SYN_STREAM", "SYN_REPLY", "RST_STREAM", "PING", "GOAWAY")
+    }
     dec = F.SpdyDecoder()
     dec.feed(data)
     out: list[tuple[str, int, int, int]] = []
@@ -479,3 +484,14 @@ def test_tunnel_text_message_is_refused() -> None:
     owner.session = s
     s.feed(F.ws_encode(F.WS_TEXT, b"hi", True, True))
     assert len(owner.ended) == 1 and owner.ended[0] is not None and s.ended
+
+
+def header_room_of(pipe: Pipe) -> int:
+    return pipe.header_room  # mypy checks a SessionStream is a Pipe where this is called
+
+
+def test_a_stream_is_a_pipe_and_the_test_sink_a_sink() -> None:
+    s, _owner = client()
+    st = s.start_stream({})
+    assert header_room_of(st) == 8 and st.max_payload == s.max_data
+    assert isinstance(Sink(), SinkContract)

@@ -71,7 +71,11 @@ def test_every_state_is_reachable_from_idle_and_closed_is_final() -> None:
 
 def test_the_end_of_the_connection_ends_every_opened_stream() -> None:
     for state in StreamState:
-        for event in (StreamInput.SEND_GOAWAY, StreamInput.RECV_GOAWAY, StreamInput.CONNECTION_LOST):
+        for event in (
+            StreamInput.SEND_GOAWAY,
+            StreamInput.RECV_GOAWAY,
+            StreamInput.CONNECTION_LOST,
+        ):
             t = TABLE[state][event]
             if state in (StreamState.IDLE, StreamState.CLOSED):
                 assert t.action is Action.NOOP
