@@ -187,8 +187,12 @@ class SessionStream:
         """Relay fast path: buf[start:start+n] is the payload and at least `header_room` bytes
         in front of it are free; the frame header(s) are packed there and sent in ONE write."""
         core = self.core
-        if self.state not in _SEND_OK and not core._step(self, _ST.SEND_DATA):
-            return
+        if self.state not in _SEND_OK:
+            # REPLY_FIRST replies, then sends; the relay's fast path never raises: after our
+            # FIN (MISUSE for write()) or once ended (NOOP) the bytes are dropped silently.
+            if ROWS[self.state][_ST.SEND_DATA].action is not Action.REPLY_FIRST:
+                return
+            core._step(self, _ST.SEND_DATA)
         if core.ended:
             return
         F.pack_data_header(buf, start - 8, self.stream_id, 0, n)

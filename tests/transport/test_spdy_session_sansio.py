@@ -289,12 +289,27 @@ def test_syn_stream_with_an_old_id_or_our_parity_gets_rst_protocol_error() -> No
 
 
 def test_write_after_write_eof_is_a_local_error() -> None:
-    s, _owner, opened = server()
+    s, owner, opened = server()
     s.feed(syn(1))
     opened[0].write_eof()
     opened[0].write_eof()  # idempotent
+    owner.take()
     with pytest.raises(SessionClosedError):
         opened[0].write(b"x")
+    room = opened[0].header_room
+    buf = bytearray(room + 3)
+    opened[0].send_inplace(buf, room, 3)  # the relay's fast path drops it silently
+    assert owner.take() == b""
+
+
+def test_send_inplace_replies_first_and_sends_one_frame() -> None:
+    s, owner, opened = server()
+    s.feed(syn(1))
+    room = opened[0].header_room
+    buf = bytearray(room) + b"abc"
+    opened[0].send_inplace(buf, room, 3)
+    assert frames(owner.take()) == [("SYN_REPLY", 1, 0, 0), ("DATA", 1, 0, 3)]
+    assert opened[0].sent == 3
 
 
 # -- client role ---------------------------------------------------------------------------------
