@@ -231,9 +231,10 @@ class SpdySession:
     """The SPDY/3 protocol state of one upgraded connection, both roles.
 
     client=True: our stream ids and ping ids are odd. ws: None (raw SPDY) or the WsOutput of
-    the WebSocket tunnel (its `mask` tells the role: a client masks, a server does not). `on_stream(stream)`
-    takes each valid SYN_STREAM (server role); without it, peer streams are refused.
-    `max_data`: largest DATA payload we send. `clock()`: seconds, for the ping record.
+    the WebSocket tunnel (its `mask` tells the role: a client masks, a server does not).
+    `on_stream(stream)` takes each valid SYN_STREAM (server role); without it, peer streams
+    are refused. `max_data`: largest DATA payload we send. `clock()`: seconds, for the ping
+    record. `stream_class`: what streams are made as (the adapter's adds awaitable reads).
     """
 
     def __init__(

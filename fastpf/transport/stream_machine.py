@@ -10,10 +10,11 @@ silent no-op for a local call on a finished stream, or a local misuse that raise
 
 Decisions follow what the session did before this table existed (pinned by the tests), the
 wire reference (docs/PROTOCOL.md 4.4, 4.5) and spdystream's connection.go as kubelet and
-kubectl run it: DATA after the peer's FIN is dropped (DATA before SYN_REPLY is delivered,
-as fastpf always did: see AWAIT_REPLY); SYN_REPLY for a gone or already replied stream is dropped; RST_STREAM
-for a gone stream is dropped; a SYN_STREAM whose id is not new gets RST_STREAM(PROTOCOL_ERROR)
-and leaves a live stream of that id alone; GOAWAY (either way) ends every stream.
+kubectl run it: DATA after the peer's FIN is dropped (DATA before SYN_REPLY is delivered, as
+fastpf always did: see AWAIT_REPLY); SYN_REPLY for a gone or already replied stream is
+dropped; RST_STREAM for a gone stream is dropped; a SYN_STREAM whose id is not new gets
+RST_STREAM(PROTOCOL_ERROR) and leaves a live stream of that id alone; GOAWAY (either way)
+ends every stream.
 
 Two things are session rules, not stream rules, and live in the session before the table is
 consulted: a SYN_STREAM is looked up as CLOSED when its id is not new for the peer (not above
