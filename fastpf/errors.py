@@ -49,6 +49,7 @@ __all__ = [
     "RemoteError",
     "SelectorError",
     "ServeUsageError",
+    "StreamStateError",
     "SessionClosedError",
     "SpdySessionError",
     "StreamResetError",
@@ -121,6 +122,10 @@ class UsageError(ClientError, LocalError):
 
 class ConfigError(ClientError, LocalError):
     """kubeconfig could not be loaded or does not describe a usable server."""
+
+
+class StreamStateError(LocalError):
+    """A local call the stream's state cannot take (a bug in the caller, never the peer)."""
 
 
 class ServeUsageError(LocalError):

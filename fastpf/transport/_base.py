@@ -1,8 +1,9 @@
-"""What SPDY and channel sessions share: owning an upgraded transport, WebSocket message
-writing (masked as client, plain as server), input/output pause bookkeeping for the relays,
+"""What SPDY and channel sessions share: owning an upgraded transport (the asyncio adapter
+around a sans-IO session), coalesced writes, input/output pause bookkeeping for the relays,
 idle timeout, and an end-of-session future that never raises.
 
-The relay contract (implemented by SpdyStream and PortChannel, consumed by relay.py):
+The relay contract (typed in fastpf.transport.contract: Pipe, Sink, SessionControl;
+implemented by SpdyStream and PortChannel, consumed by relay.py):
   pipe.header_room           bytes to reserve in front of a payload for send_inplace()
   pipe.max_payload           largest payload per send_inplace()
   pipe.send_inplace(buf, start, n)  frame buf[start:start+n] using the gap in front; ONE write
@@ -21,15 +22,16 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from fastpf import _frames as F
 from fastpf.limits import track, trim_soon
+from fastpf.transport.contract import Buffer, OutputListener, Sink
+from fastpf.transport.ws_output import WS_HEADER_ROOM, WsOutput
 
 # Upgraded transport write buffer: generous, since one DATA frame may be up to max_data.
 WRITE_HIGH = 4 << 20
 WRITE_LOW = 1 << 20
-WS_HEADER_ROOM = 14  # 2 + 8 (64-bit length) + 4 (mask key)
 # Writes up to this size wait (in order) until the end of the loop iteration and leave as one
 # write: many small frames (stream opens, replies, FINs, small DATA of many connections) then
 # cost one TLS record and one syscall instead of one each. One TLS record holds 16 KiB.
@@ -41,18 +43,19 @@ COALESCE_LIMIT = 16 << 10
 REPLY_DEBT_LIMIT = 64 << 10
 _REPLIES = "replies"  # pause_input key
 
-
-class Sink(Protocol):
-    def data_received(self, view: memoryview) -> None: ...
-    def eof_received(self) -> None: ...
-    def reset_received(self, status: int) -> None: ...
-    def connection_lost(self, exc: BaseException | None) -> None: ...
-    def drained(self) -> bool: ...
-
-
-class OutputListener(Protocol):
-    def pause_output(self) -> None: ...
-    def resume_output(self) -> None: ...
+__all__ = [
+    "COALESCE_LIMIT",
+    "REPLY_DEBT_LIMIT",
+    "STREAM_BUFFER_LIMIT",
+    "WRITE_HIGH",
+    "WRITE_LOW",
+    "WS_HEADER_ROOM",
+    "InboundQueue",
+    "OutputListener",
+    "Sink",
+    "TextCollector",
+    "UpgradedProtocol",
+]
 
 
 STREAM_BUFFER_LIMIT = 1 << 20  # unread bytes of a sink-less stream before input pauses
@@ -169,7 +172,8 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
         self._idle_timeout = idle_timeout if idle_timeout and idle_timeout > 0 else None
         self._idle_handle: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
-        self._ws_close_sent = False
+        # WebSocket message writing (sans-IO), over our coalescing writes
+        self._wsout = WsOutput(self._mask, self._emit, self._emit_parts) if ws else None
         self._pending: list[bytes] = []  # small writes waiting for _flush (COALESCE_LIMIT)
         self._pending_size = 0
         self._flush_handle: asyncio.Handle | None = None
@@ -299,15 +303,21 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
         if self._idle_timeout is not None:
             self._last_activity = self.loop.time()
 
-    def _emit(self, data: bytes | bytearray | memoryview) -> None:
-        """Complete wire bytes to the transport, in order. Small ones are coalesced (copied:
-        the caller may reuse its buffer at once) and flushed at the end of this iteration."""
+    def emit(self, data: Buffer) -> None:
+        """The sessions' output: complete wire bytes to the transport, in order. Small ones are
+        coalesced (copied: the caller may reuse its buffer at once) and flushed at the end of
+        this iteration. Any write is activity for the idle timeout."""
+        if self._idle_timeout is not None:
+            self._last_activity = self.loop.time()
         n = len(data)
         self._written += n
         if n > COALESCE_LIMIT:
+            t = self.transport
+            if t is None:
+                return
             if self._pending:
                 self._flush()
-            self.transport.write(data)
+            t.write(data)
             return
         self._pending.append(data if type(data) is bytes else bytes(data))
         self._pending_size += n
@@ -316,15 +326,23 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
         elif self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self._flush)
 
-    def _emit_parts(self, parts: list[Any], total: int) -> None:
-        """Like _emit for one frame given in pieces (gather write when large: no copy)."""
+    def emit_parts(self, parts: list[Any], total: int) -> None:
+        """Like emit for one frame given in pieces (gather write when large: no copy)."""
         if total > COALESCE_LIMIT:
+            t = self.transport
+            if t is None:
+                return
+            if self._idle_timeout is not None:
+                self._last_activity = self.loop.time()
             self._written += total
             if self._pending:
                 self._flush()
-            self.transport.writelines(parts)
+            t.writelines(parts)
             return
-        self._emit(b"".join(parts))
+        self.emit(b"".join(parts))
+
+    _emit = emit  # one call on the DATA path: the sessions call these directly
+    _emit_parts = emit_parts
 
     def _flush(self) -> None:
         if self._flush_handle is not None:
@@ -339,84 +357,15 @@ class UpgradedProtocol(asyncio.BufferedProtocol):
         if t is not None and not t.is_closing():
             t.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
-    def _write(self, data: bytes) -> None:
-        """One complete frame of the session's own protocol (wrapped in a WS message if any)."""
-        if self._closing or self.transport is None:
-            return
-        self._touch()
-        if self.ws is None:
-            self._emit(data)
-        else:
-            self._write_ws(F.WS_BINARY, data)
-
-    def _write_ws(self, opcode: int, payload: bytes | bytearray | memoryview) -> None:
-        if self._mask:
-            self._emit(F.ws_encode(opcode, payload, True, True))
-        else:
-            self._emit_parts([F.ws_frame_header(opcode, len(payload)), payload], len(payload) + 10)
-
-    def _write_ws_parts(self, parts: list[Any], total: int) -> None:
-        """One binary WS message whose payload is the concatenation of `parts` (server: gather
-        write, no copy; client: one copy into a buffer that is masked in place)."""
-        if not self._mask:
-            self._emit_parts([F.ws_frame_header(F.WS_BINARY, total), *parts], total + 10)
-            return
-        key = F.new_mask_key()
-        buf = F.alloc_buffer(total)  # every byte is overwritten below
-        pos = 0
-        for part in parts:
-            n = len(part)
-            buf[pos : pos + n] = part
-            pos += n
-        F.mask_inplace(buf, key, 0, total)
-        self._emit_parts([F.ws_frame_header(F.WS_BINARY, total, True, key), buf], total + 14)
-
-    def _write_ws_inplace(self, buf: bytearray, start: int, end: int) -> None:
-        """Send buf[start:end] as one binary WS message; the WS header goes into the gap in
-        front of `start` (at least WS_HEADER_ROOM bytes), so this is one write, no copy."""
-        length = end - start
-        if self._mask:
-            key = F.new_mask_key()
-            header = F.ws_frame_header(F.WS_BINARY, length, True, key)
-            F.mask_inplace(buf, key, start, length)
-        else:
-            header = F.ws_frame_header(F.WS_BINARY, length)
-        hs = start - len(header)
-        buf[hs:start] = header
-        self._emit(memoryview(buf)[hs:end])
-
-    def _send_ws_close(self, code: int, reason: str = "") -> None:
-        if self._ws_close_sent or self.transport is None or self.ws is None:
-            return
-        self._ws_close_sent = True
-        with contextlib.suppress(Exception):
-            self._write_ws(F.WS_CLOSE, F.ws_close_payload(code, reason))
-
-    def _handle_ws_control(self, frame: Any) -> bool:
-        """Answer WS ping/close. Returns False when the session must stop reading."""
-        op = frame.opcode
-        if op == F.WS_PING:
-            if not self._ws_close_sent:
-                self._write_ws(F.WS_PONG, bytes(frame.payload))
-            return True
-        if op == F.WS_PONG:
-            self.last_pong = self.loop.time()
-            return True
-        if op == F.WS_CLOSE:
-            code, _reason = F.parse_close_payload(frame.payload)
-            self._send_ws_close(code if code is not None else 1000)
-            self._peer_closed_ws(code)
-            return False
-        return True
+    def ws_pong(self) -> None:
+        """The session read a WebSocket pong."""
+        self.last_pong = self.loop.time()
 
     def ws_ping(self, payload: bytes = b"") -> None:
         """Send a WebSocket ping (dead-peer detection above the session); the answer sets
         `last_pong` (loop.time()). No-op without a WebSocket or once closing."""
-        if self.ws is not None and not self._closing and not self._ws_close_sent:
-            self._write_ws(F.WS_PING, payload)
-
-    def _peer_closed_ws(self, code: int | None) -> None:
-        self._close_transport(None)
+        if self._wsout is not None and not self._closing and not self._wsout.close_sent:
+            self._wsout.message(F.WS_PING, payload)
 
     # -- idle timeout --------------------------------------------------------------------------
     def _idle_check(self) -> None:
