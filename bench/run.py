@@ -1,6 +1,6 @@
 """End-to-end benchmark: fastpf against kubectl, socat and a direct connection, in one run.
 
-    python3 bench/run.py            # full suite (~10 min) + micro benchmarks (bench/bench_frames.py)
+    python3 bench/run.py            # full suite (~10 min) + micro benchmarks (bench/bench_*.py)
     python3 bench/run.py --quick    # about a minute
     python3 bench/run.py --rows direct,socat,fastpf-spdy --no-tls --bulk-seconds 3
 
@@ -601,12 +601,13 @@ class Harness:
 
 
 def run_micro(workdir: Path) -> dict[str, Any]:
-    """pytest-benchmark micro benchmarks of the codec (owned by the codec engineer)."""
-    path = HERE / "bench_frames.py"
-    if not path.exists():
-        return {"status": "unavailable", "reason": "bench/bench_frames.py not written yet"}
+    """pytest-benchmark micro benchmarks: the codecs (bench_frames.py) and the DATA path,
+    Python dispatch against the compiled one (bench_dispatch.py)."""
+    paths = [str(p) for p in (HERE / "bench_frames.py", HERE / "bench_dispatch.py") if p.exists()]
+    if not paths:
+        return {"status": "unavailable", "reason": "no bench/bench_*.py micro benchmarks"}
     out = workdir / "micro.json"
-    cmd = [sys.executable, "-m", "pytest", str(path), "--benchmark-only", "-q", "-p", "no:cacheprovider",
+    cmd = [sys.executable, "-m", "pytest", *paths, "--benchmark-only", "-q", "-p", "no:cacheprovider",
            f"--benchmark-json={out}"]
     log("micro benchmarks: " + " ".join(cmd[1:]))
     try:
