@@ -60,8 +60,7 @@ def wire_pair() -> Any:
     """A socket whose peer is drained by another process (no GIL shared with the sender)."""
     a, b = socket.socketpair()
     a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
-    drain = subprocess.Popen([sys.executable, "-c", _DRAIN, str(b.fileno())],
-                             pass_fds=[b.fileno()])
+    drain = subprocess.Popen([sys.executable, "-c", _DRAIN, str(b.fileno())], pass_fds=[b.fileno()])
     b.close()
     yield a
     a.close()
@@ -98,8 +97,9 @@ def test_dispatch(benchmark: Any, wire_pair: socket.socket, size: int, path: str
         dec.feed(wire)
         F.deliver_data(dec, sinks)
 
-    benchmark.pedantic(python_path if path == "python" else compiled_path, rounds=15,
-                       warmup_rounds=2)
+    benchmark.pedantic(
+        python_path if path == "python" else compiled_path, rounds=15, warmup_rounds=2
+    )
     median = float(benchmark.stats.stats.median)
     benchmark.extra_info["us_per_frame"] = median / FRAMES * 1e6
     assert core.received == 17 * FRAMES * size

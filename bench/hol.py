@@ -82,8 +82,9 @@ def measure(protocol: str, stall: float, tls: bool) -> dict[str, Any]:
     try:
         serve, client, _target, local = start_chain(reg, workdir, protocol, tls)
         start = time.monotonic()
-        result = asyncio.run(asyncio.wait_for(
-            _measure(local, stall, client.pid, serve.pid), stall + 120))
+        result = asyncio.run(
+            asyncio.wait_for(_measure(local, stall, client.pid, serve.pid), stall + 120)
+        )
         result["protocol"] = protocol
         result["seconds"] = round(time.monotonic() - start, 1)
         return result

@@ -43,13 +43,21 @@ FORWARD_RE = re.compile(r"Forwarding from 127\.0\.0\.1:(\d+) ->")
 # the load generator (runs in its own process: `load.py worker PORT N ROUNDS BLOCK`)
 
 
-async def _one(i: int, port: int, rounds: int, block: int, gate: asyncio.Semaphore,
-               all_open: asyncio.Event, stats: dict[str, Any]) -> None:
+async def _one(
+    i: int,
+    port: int,
+    rounds: int,
+    block: int,
+    gate: asyncio.Semaphore,
+    all_open: asyncio.Event,
+    stats: dict[str, Any],
+) -> None:
     writer = None
     try:
         async with gate:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection("127.0.0.1", port, limit=2 * block), 120)
+                asyncio.open_connection("127.0.0.1", port, limit=2 * block), 120
+            )
         writer.write(b"E")  # the target's echo operation
         stats["open"] += 1
         stats["peak_open"] = max(stats["peak_open"], stats["open"])
@@ -79,8 +87,15 @@ async def _one(i: int, port: int, rounds: int, block: int, gate: asyncio.Semapho
 
 
 async def _load(port: int, n: int, rounds: int, block: int) -> dict[str, Any]:
-    stats: dict[str, Any] = {"n": n, "ok": 0, "lost": 0, "corrupted": 0, "open": 0,
-                             "peak_open": 0, "errors": []}
+    stats: dict[str, Any] = {
+        "n": n,
+        "ok": 0,
+        "lost": 0,
+        "corrupted": 0,
+        "open": 0,
+        "peak_open": 0,
+        "errors": [],
+    }
     gate = asyncio.Semaphore(CONNECT_PARALLEL)
     all_open = asyncio.Event()
     start = time.monotonic()
@@ -129,7 +144,9 @@ def _wait_file(path: Path, timeout: float) -> bool:
     return False
 
 
-def start_chain(reg: Registry, workdir: Path, protocol: str, tls: bool) -> tuple[Any, Any, int, int]:
+def start_chain(
+    reg: Registry, workdir: Path, protocol: str, tls: bool
+) -> tuple[Any, Any, int, int]:
     """The benchmark target, `fastpf serve` and a `fastpf` client forwarding a random local
     port to the target. Returns (serve, client, target port, local port)."""
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "NO_PROXY": "*"}
@@ -139,16 +156,39 @@ def start_chain(reg: Registry, workdir: Path, protocol: str, tls: bool) -> tuple
         raise RuntimeError(f"target did not start: {target.tail()}")
     target_port = int(m.group(1))
     kubeconfig = workdir / "kubeconfig"
-    serve_argv = [sys.executable, "-m", "fastpf", "serve", "--listen", "127.0.0.1:0",
-                  "--kubeconfig-out", str(kubeconfig), "--pod-address", "127.0.0.1"]
+    serve_argv = [
+        sys.executable,
+        "-m",
+        "fastpf",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--kubeconfig-out",
+        str(kubeconfig),
+        "--pod-address",
+        "127.0.0.1",
+    ]
     if not tls:
         serve_argv.append("--no-tls")
     serve = reg.start("serve", serve_argv, env=env, cwd=str(ROOT))
     if not _wait_file(kubeconfig, 30):
         raise RuntimeError(f"fastpf serve did not start: {serve.tail()}")
-    client = reg.start("client", [sys.executable, "-m", "fastpf", "--kubeconfig", str(kubeconfig),
-                                  "--protocol", protocol, "pod/bench", f":{target_port}"],
-                       env=env, cwd=str(ROOT))
+    client = reg.start(
+        "client",
+        [
+            sys.executable,
+            "-m",
+            "fastpf",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--protocol",
+            protocol,
+            "pod/bench",
+            f":{target_port}",
+        ],
+        env=env,
+        cwd=str(ROOT),
+    )
     m = client.wait_for_line(FORWARD_RE.pattern, 30)
     if not m:
         raise RuntimeError(f"fastpf did not start forwarding: {client.tail()}")
@@ -159,20 +199,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="fastpf-load-"))
     reg = Registry(workdir)
     try:
-        serve, client, _target_port, local = start_chain(reg, workdir, args.protocol, not args.no_tls)
-        load = reg.start("load", [sys.executable, str(HERE / "load.py"), "worker", str(local),
-                                  str(args.conns), str(args.rounds), str(args.block)], pipes=True)
+        serve, client, _target_port, local = start_chain(
+            reg, workdir, args.protocol, not args.no_tls
+        )
+        load = reg.start(
+            "load",
+            [
+                sys.executable,
+                str(HERE / "load.py"),
+                "worker",
+                str(local),
+                str(args.conns),
+                str(args.rounds),
+                str(args.block),
+            ],
+            pipes=True,
+        )
         assert load.popen.stdout is not None
         line = load.popen.stdout.readline()  # bounded: the worker's own waits are bounded
         result: dict[str, Any] = json.loads(line) if line else {"error": load.tail()}
-        result.update({
-            "protocol": args.protocol,
-            "tls": not args.no_tls,
-            "client_peak_rss_mib": round(vm_kib(client.pid, "VmHWM") / 1024, 1),
-            "serve_peak_rss_mib": round(vm_kib(serve.pid, "VmHWM") / 1024, 1),
-            "client_nofile": _limits(client.pid),
-            "serve_nofile": _limits(serve.pid),
-        })
+        result.update(
+            {
+                "protocol": args.protocol,
+                "tls": not args.no_tls,
+                "client_peak_rss_mib": round(vm_kib(client.pid, "VmHWM") / 1024, 1),
+                "serve_peak_rss_mib": round(vm_kib(serve.pid, "VmHWM") / 1024, 1),
+                "client_nofile": _limits(client.pid),
+                "serve_nofile": _limits(serve.pid),
+            }
+        )
         time.sleep(args.settle)  # sessions end, memory goes back
         result["client_rss_after_mib"] = round(vm_kib(client.pid, "VmRSS") / 1024, 1)
         result["serve_rss_after_mib"] = round(vm_kib(serve.pid, "VmRSS") / 1024, 1)

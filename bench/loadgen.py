@@ -407,7 +407,11 @@ async def _one_bulk(host: str, port: int, direction: str, duration: float) -> di
             r = proto.reader
             ok = r.ok
             nbytes = r.offset
-            why = "" if ok else f"corrupt={r.corrupt} claimed={r.claimed} got={r.offset} extra={r.extra}"
+            why = (
+                ""
+                if ok
+                else f"corrupt={r.corrupt} claimed={r.claimed} got={r.offset} extra={r.extra}"
+            )
         else:
             _, proto = await asyncio.wait_for(
                 loop.create_connection(UploadClient, host, port), 10.0
@@ -574,7 +578,12 @@ def percentiles(samples: list[float]) -> dict[str, float | None]:
 
 
 async def churn(
-    host: str, port: int, concurrency: int, duration: float, size: int = 128, max_conns: int = 2_000_000
+    host: str,
+    port: int,
+    concurrency: int,
+    duration: float,
+    size: int = 128,
+    max_conns: int = 2_000_000,
 ) -> dict[str, Any]:
     """Short connections: connect, 5-byte request, `size`-byte response, close. Latency in ms."""
     loop = asyncio.get_running_loop()
@@ -593,7 +602,8 @@ async def churn(
             tr = None
             try:
                 tr, _ = await asyncio.wait_for(
-                    loop.create_connection(functools.partial(ChurnClient, size, done), host, port), 10.0
+                    loop.create_connection(functools.partial(ChurnClient, size, done), host, port),
+                    10.0,
                 )
                 await asyncio.wait_for(done, 10.0)
                 lat.append((time.perf_counter() - t0) * 1e3)
@@ -725,11 +735,21 @@ async def dispatch(cmd: dict[str, Any]) -> dict[str, Any]:
     if op == "bulk":
         return await bulk(host, port, cmd["dir"], int(cmd.get("conns", 1)), float(cmd["duration"]))
     if op == "eof":
-        return download_eof(host, port, int(cmd["n"]), float(cmd.get("eof_timeout", 10.0)),
-                            float(cmd.get("transfer_timeout", 60.0)))
+        return download_eof(
+            host,
+            port,
+            int(cmd["n"]),
+            float(cmd.get("eof_timeout", 10.0)),
+            float(cmd.get("transfer_timeout", 60.0)),
+        )
     if op == "churn":
-        return await churn(host, port, int(cmd.get("concurrency", 50)), float(cmd["duration"]),
-                           int(cmd.get("size", 128)))
+        return await churn(
+            host,
+            port,
+            int(cmd.get("concurrency", 50)),
+            float(cmd["duration"]),
+            int(cmd.get("size", 128)),
+        )
     if op == "pingpong":
         return pingpong(host, port, float(cmd["duration"]))
     if op == "hold":

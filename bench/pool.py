@@ -73,16 +73,19 @@ async def _window(port: int, conns: int, seconds: float, stalled: int = 0) -> di
     """`conns` downloads (plus `stalled` stalled ones) for `seconds`; bytes of the counted ones
     during the window (after a 0.5 s warm-up)."""
     loop = asyncio.get_running_loop()
-    stall = [(await loop.create_connection(lambda: _Counter(1 << 20), "127.0.0.1", port))[1]
-             for _ in range(stalled)]
+    stall = [
+        (await loop.create_connection(lambda: _Counter(1 << 20), "127.0.0.1", port))[1]
+        for _ in range(stalled)
+    ]
     for _ in range(100):  # bounded (5 s): until every stalled reader reached its stall point
         if all(c.bytes >= (c.stall_after or 0) for c in stall):
             break
         await asyncio.sleep(0.05)
     if stall:
         await asyncio.sleep(0.5)  # its socket buffers fill, its upgraded connection stops
-    made = await asyncio.gather(*(loop.create_connection(_Counter, "127.0.0.1", port)
-                                  for _ in range(conns)))
+    made = await asyncio.gather(
+        *(loop.create_connection(_Counter, "127.0.0.1", port) for _ in range(conns))
+    )
     counters = [p for _, p in made]
     await asyncio.sleep(0.5)
     start = [c.bytes for c in counters]
@@ -95,29 +98,53 @@ async def _window(port: int, conns: int, seconds: float, stalled: int = 0) -> di
     for c in [*counters, *stall]:
         c.transport.abort()
     await asyncio.sleep(SETTLE)
-    return {"MBps": sum(got) / took / 1e6, "min_conn_MBps": min(got) / took / 1e6,
-            "starved": sum(1 for g in got if g == 0), "corrupt": corrupt, "lost": lost}
+    return {
+        "MBps": sum(got) / took / 1e6,
+        "min_conn_MBps": min(got) / took / 1e6,
+        "starved": sum(1 for g in got if g == 0),
+        "corrupt": corrupt,
+        "lost": lost,
+    }
 
 
-def _forwarder(reg: procs.Registry, kubeconfig: Path, protocol: str, n: int,
-               target_port: int) -> tuple[procs.Proc, int]:
+def _forwarder(
+    reg: procs.Registry, kubeconfig: Path, protocol: str, n: int, target_port: int
+) -> tuple[procs.Proc, int]:
     local = procs.free_port()
-    p = reg.start(f"fastpf-{n}", [sys.executable, "-m", "fastpf", "--kubeconfig", str(kubeconfig),
-                                  "-q", "--protocol", protocol, "--connections", str(n),
-                                  "bench", f"{local}:{target_port}"],
-                  env=child_env(), cwd=str(ROOT))
+    p = reg.start(
+        f"fastpf-{n}",
+        [
+            sys.executable,
+            "-m",
+            "fastpf",
+            "--kubeconfig",
+            str(kubeconfig),
+            "-q",
+            "--protocol",
+            protocol,
+            "--connections",
+            str(n),
+            "bench",
+            f"{local}:{target_port}",
+        ],
+        env=child_env(),
+        cwd=str(ROOT),
+    )
     if not p.wait_for_line(r"Forwarding from 127\.0\.0\.1", 30):
         raise RuntimeError(f"fastpf did not start: {p.tail()}")
     time.sleep(0.5)  # the rest of the pool connects in the background
     return p, local
 
 
-def measure(reg: procs.Registry, kubeconfig: Path, protocol: str, n: int, target_port: int,
-            seconds: float) -> dict[str, Any]:
+def measure(
+    reg: procs.Registry, kubeconfig: Path, protocol: str, n: int, target_port: int, seconds: float
+) -> dict[str, Any]:
     fwd, port = _forwarder(reg, kubeconfig, protocol, n, target_port)
     try:
-        row: dict[str, Any] = {"connections": n,
-                               "rss_idle_MiB": procs.vm_kib(fwd.pid, "VmRSS") / 1024}
+        row: dict[str, Any] = {
+            "connections": n,
+            "rss_idle_MiB": procs.vm_kib(fwd.pid, "VmRSS") / 1024,
+        }
         cpu0 = procs.cpu_seconds(fwd.pid)
         moved = 0.0
         for label, conns, stalled in (("p8", 8, 0), ("p64", 64, 0), ("p8_stall1", 8, 1)):
@@ -139,34 +166,44 @@ def _median(values: list[float]) -> float:
 
 def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Median of every figure over the rounds of one N; errors are summed."""
-    out: dict[str, Any] = {"connections": runs[0]["connections"], "rounds": len(runs),
-                           "alive": all(r["alive"] for r in runs)}
+    out: dict[str, Any] = {
+        "connections": runs[0]["connections"],
+        "rounds": len(runs),
+        "alive": all(r["alive"] for r in runs),
+    }
     for key in ("rss_idle_MiB", "client_cpu_s_per_GiB"):
         out[key] = _median([r[key] for r in runs])
     for label in ("p8", "p64", "p8_stall1"):
-        out[label] = {k: _median([r[label][k] for r in runs])
-                      for k in ("MBps", "min_conn_MBps", "starved")}
+        out[label] = {
+            k: _median([r[label][k] for r in runs]) for k in ("MBps", "min_conn_MBps", "starved")
+        }
         out[label]["corrupt"] = sum(r[label]["corrupt"] for r in runs)
         out[label]["lost"] = sum(r[label]["lost"] for r in runs)
     return out
 
 
 def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    out = [f"# Pool benchmark ({meta['when']}, protocol {meta['protocol']}, "
-           f"{meta['seconds']:g} s windows, median of {meta['rounds']} rounds, "
-           f"{meta['cpus']} CPUs)", "",
-           "fastpf -> fastpf serve (TLS) -> target; download rates in MB/s, every byte checked.",
-           "`stall1`: one more local reader stopped reading; `min/conn`: the slowest of the "
-           "counted connections; `starved`: counted connections that got nothing.", "",
-           "| --connections | 8 conns MB/s | 64 conns MB/s | 64: starved | 64: min/conn MB/s | "
-           "8 + stall1 MB/s | stall1: starved of 8 | client CPU s/GiB | idle RSS MiB | errors |",
-           "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    out = [
+        f"# Pool benchmark ({meta['when']}, protocol {meta['protocol']}, "
+        f"{meta['seconds']:g} s windows, median of {meta['rounds']} rounds, "
+        f"{meta['cpus']} CPUs)",
+        "",
+        "fastpf -> fastpf serve (TLS) -> target; download rates in MB/s, every byte checked.",
+        "`stall1`: one more local reader stopped reading; `min/conn`: the slowest of the "
+        "counted connections; `starved`: counted connections that got nothing.",
+        "",
+        "| --connections | 8 conns MB/s | 64 conns MB/s | 64: starved | 64: min/conn MB/s | "
+        "8 + stall1 MB/s | stall1: starved of 8 | client CPU s/GiB | idle RSS MiB | errors |",
+        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
     for r in rows:
         errors = sum(r[k]["corrupt"] + r[k]["lost"] for k in ("p8", "p64", "p8_stall1"))
-        out.append(f"| {r['connections']} | {r['p8']['MBps']:.0f} | {r['p64']['MBps']:.0f} | "
-                   f"{r['p64']['starved']:g} | {r['p64']['min_conn_MBps']:.2f} | {r['p8_stall1']['MBps']:.0f} | "
-                   f"{r['p8_stall1']['starved']:g} | {r['client_cpu_s_per_GiB']:.2f} | "
-                   f"{r['rss_idle_MiB']:.1f} | {errors} |")
+        out.append(
+            f"| {r['connections']} | {r['p8']['MBps']:.0f} | {r['p64']['MBps']:.0f} | "
+            f"{r['p64']['starved']:g} | {r['p64']['min_conn_MBps']:.2f} | {r['p8_stall1']['MBps']:.0f} | "
+            f"{r['p8_stall1']['starved']:g} | {r['client_cpu_s_per_GiB']:.2f} | "
+            f"{r['rss_idle_MiB']:.1f} | {errors} |"
+        )
     return "\n".join(out) + "\n"
 
 
@@ -176,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--protocol", default="spdy", choices=["spdy", "websocket"])
     ap.add_argument("--sizes", default="")
     ap.add_argument("--seconds", type=float, default=0.0)
-    ap.add_argument("--rounds", type=int, default=0, help="repetitions (median; default 3, quick 1)")
+    ap.add_argument(
+        "--rounds", type=int, default=0, help="repetitions (median; default 3, quick 1)"
+    )
     args = ap.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",") if x] or ([1, 4] if args.quick else [1, 2, 4, 8])
     seconds = args.seconds or (2.0 if args.quick else 3.0)
@@ -196,16 +235,28 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(f"target did not start: {target.tail()}")
             target_port = int(m.group(1))
             kubeconfig = work / "kubeconfig"
-            reg.start("serve", [sys.executable, "-m", "fastpf", "serve", "--listen",
-                                "127.0.0.1:0", "--kubeconfig-out", str(kubeconfig)],
-                      env=child_env(), cwd=str(ROOT))
+            reg.start(
+                "serve",
+                [
+                    sys.executable,
+                    "-m",
+                    "fastpf",
+                    "serve",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--kubeconfig-out",
+                    str(kubeconfig),
+                ],
+                env=child_env(),
+                cwd=str(ROOT),
+            )
             for _ in range(300):  # bounded: 30 s for serve to write its kubeconfig
                 if kubeconfig.exists():
                     break
                 time.sleep(0.1)
             runs: dict[int, list[dict[str, Any]]] = {n: [] for n in sizes}
             for r in range(rounds):  # N interleaved, so machine noise spreads over all of them
-                order = sizes[r % len(sizes):] + sizes[:r % len(sizes)]
+                order = sizes[r % len(sizes) :] + sizes[: r % len(sizes)]
                 for n in order:
                     row = measure(reg, kubeconfig, args.protocol, n, target_port, seconds)
                     runs[n].append(row)
@@ -216,8 +267,14 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     when = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
-    meta = {"when": when, "protocol": args.protocol, "seconds": seconds, "rounds": rounds,
-            "cpus": os.cpu_count(), "runs": {str(n): v for n, v in runs.items()}}
+    meta = {
+        "when": when,
+        "protocol": args.protocol,
+        "seconds": seconds,
+        "rounds": rounds,
+        "cpus": os.cpu_count(),
+        "runs": {str(n): v for n, v in runs.items()},
+    }
     text = render(rows, meta)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "pool-latest.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

@@ -72,7 +72,9 @@ class Proc:
         if self.log is None or not self.log.exists():
             return 0
         rx = re.compile(pattern)
-        return sum(1 for line in self.log.read_text(errors="replace").splitlines() if rx.search(line))
+        return sum(
+            1 for line in self.log.read_text(errors="replace").splitlines() if rx.search(line)
+        )
 
     def wait_for_line(self, pattern: str, timeout: float) -> re.Match[str] | None:
         """Wait until the log has a line matching `pattern` (or the child exits / time runs out)."""

@@ -1,6 +1,6 @@
 """Turns a bench/run.py result (JSON) into the targets table, Markdown and a PNG chart.
 
-    python3 bench/report.py bench/results/latest.json     # re-render latest.md / latest.png
+python3 bench/report.py bench/results/latest.json     # re-render latest.md / latest.png
 """
 
 from __future__ import annotations
@@ -43,8 +43,13 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     rows = [k for k in FASTPF_ROWS if k in result.get("rows", {})]
     for name, key, ref, goal, higher in GOALS:
-        entry: dict[str, Any] = {"target": name, "metric": key, "reference": ref,
-                                 "goal": f"{'≥' if higher else '≤'} {goal:g}×", "by_row": {}}
+        entry: dict[str, Any] = {
+            "target": name,
+            "metric": key,
+            "reference": ref,
+            "goal": f"{'≥' if higher else '≤'} {goal:g}×",
+            "by_row": {},
+        }
         for row in rows:
             v, base = _metric(result, row, key), _metric(result, ref, key)
             if v is None or base is None or base <= 0:
@@ -60,8 +65,13 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             ok = ratio >= goal if higher else ratio <= goal
             entry["by_row"][row] = {"ratio": ratio, "pass": ok, "detail": f"{v:.4g} vs {base:.4g}"}
         out.append(entry)
-    errs: dict[str, Any] = {"target": "errors (failed or corrupted transfers)", "metric": "errors",
-                            "reference": "", "goal": "= 0", "by_row": {}}
+    errs: dict[str, Any] = {
+        "target": "errors (failed or corrupted transfers)",
+        "metric": "errors",
+        "reference": "",
+        "goal": "= 0",
+        "by_row": {},
+    }
     for row in rows:
         r = result["rows"][row]
         if r.get("status") != "ok":
@@ -93,11 +103,15 @@ def _load_note(meta: dict[str, Any]) -> str:
     if share is None:
         return ""
     cpus = (meta.get("machine") or {}).get("cpus") or 1
-    note = (f"Other work on the machine used {share:.0%} of its {cpus} CPUs during the run "
-            "(/proc/stat busy time minus this run's own processes)")
+    note = (
+        f"Other work on the machine used {share:.0%} of its {cpus} CPUs during the run "
+        "(/proc/stat busy time minus this run's own processes)"
+    )
     if share > 0.1:
-        note += ("; absolute figures are noisy, rows were interleaved so the ratios are the "
-                 "figures to quote")
+        note += (
+            "; absolute figures are noisy, rows were interleaved so the ratios are the "
+            "figures to quote"
+        )
     return note + ".\n"
 
 
@@ -105,13 +119,22 @@ def _eof_failures(m: dict[str, Any]) -> str:
     """What went wrong in a row's download-to-EOF runs, in a few words."""
     parts = []
     if m.get("eof_no_eof"):
-        parts.append(f"**no EOF** after the last byte in {m['eof_no_eof']}/{m.get('eof_runs')} runs")
+        parts.append(
+            f"**no EOF** after the last byte in {m['eof_no_eof']}/{m.get('eof_runs')} runs"
+        )
     if m.get("eof_transfer_timeouts"):
         rate = m.get("eof_partial_MBps")
-        parts.append("**transfer timeout**" + (f" at {rate:.3g} MB/s" if rate is not None else "")
-                     + " (further runs skipped)")
-    rest = m.get("eof_runs", 0) - m.get("eof_ok", 0) - m.get("eof_no_eof", 0) - m.get(
-        "eof_transfer_timeouts", 0)
+        parts.append(
+            "**transfer timeout**"
+            + (f" at {rate:.3g} MB/s" if rate is not None else "")
+            + " (further runs skipped)"
+        )
+    rest = (
+        m.get("eof_runs", 0)
+        - m.get("eof_ok", 0)
+        - m.get("eof_no_eof", 0)
+        - m.get("eof_transfer_timeouts", 0)
+    )
     if rest > 0:
         parts.append(f"{rest} failed: {str(m.get('eof_first_error'))[:120]}")
     return "; ".join(parts) or "–"
@@ -119,21 +142,27 @@ def _eof_failures(m: dict[str, Any]) -> str:
 
 def eof_table(result: dict[str, Any]) -> list[str]:
     """Markdown lines of the download-to-EOF table (empty for results that predate it)."""
-    rows = [(k, r) for k, r in result.get("rows", {}).items()
-            if r.get("status") == "ok" and r.get("metrics", {}).get("eof_runs")]
+    rows = [
+        (k, r)
+        for k, r in result.get("rows", {}).items()
+        if r.get("status") == "ok" and r.get("metrics", {}).get("eof_runs")
+    ]
     if not rows:
         return []
     d = result.get("meta", {}).get("durations", {})
     base = _metric(result, KUBECTL, "eof_MBps")
     lines = [
-        "", "## Download to EOF (blocking socket)", "",
+        "",
+        "## Download to EOF (blocking socket)",
+        "",
         f"A plain blocking socket sends a 9-byte request, then only reads (recv_into, 1 MiB buffer) "
         f"until EOF; the target sends {d.get('eof_mib')} MiB of pattern bytes and closes, as a pod's "
         "server does after its reply (curl, a browser, pg_dump). MB/s from before connect to the last "
         "byte (median of the runs whose bytes all arrived, every byte verified); EOF delay: last byte "
         f"→ EOF, the pod's close reaching the local client. {d.get('eof_reps')} runs per row, one row "
         f"after the other; no EOF within {d.get('eof_timeout')} s or no complete transfer within "
-        f"{d.get('eof_transfer_timeout')} s is an error.", "",
+        f"{d.get('eof_transfer_timeout')} s is an error.",
+        "",
         "| row | MB/s | vs kubectl 1.33 | EOF delay ms (median / max) | runs ok | failures |",
         "|---|--:|--:|--:|--:|---|",
     ]
@@ -142,9 +171,11 @@ def eof_table(result: dict[str, Any]) -> list[str]:
         v = m.get("eof_MBps")
         ratio = f"{v / base:.2f}×" if v is not None and base else "–"
         ms = {k: m[k] * 1e3 for k in ("eof_delay_s", "eof_delay_max_s") if m.get(k) is not None}
-        lines.append(f"| {r.get('label', key)} | {_f(v)} | {ratio} "
-                     f"| {_pair(ms, 'eof_delay_s', 'eof_delay_max_s', 1)} "
-                     f"| {m.get('eof_ok', 0)}/{m.get('eof_runs')} | {_eof_failures(m)} |")
+        lines.append(
+            f"| {r.get('label', key)} | {_f(v)} | {ratio} "
+            f"| {_pair(ms, 'eof_delay_s', 'eof_delay_max_s', 1)} "
+            f"| {m.get('eof_ok', 0)}/{m.get('eof_runs')} | {_eof_failures(m)} |"
+        )
     return lines
 
 
@@ -159,7 +190,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"uvloop {mach.get('uvloop')}; kubectl {mach.get('kubectl.1.33')} / {mach.get('kubectl.1.29')}; "
         f"{mach.get('socat') or 'socat ?'}; fastpf {mach.get('fastpf_commit')}. "
         f"fastpf serve with {'TLS' if meta.get('tls') else 'no TLS'}. Run took {meta.get('seconds')} s"
-        + (" (INTERRUPTED: partial)" if meta.get("interrupted") else "") + ".",
+        + (" (INTERRUPTED: partial)" if meta.get("interrupted") else "")
+        + ".",
         "",
         *[f"**Build:** {n}\n" for n in meta.get("build_notes", [])],
         _load_note(meta),
@@ -198,9 +230,13 @@ def markdown(result: dict[str, Any]) -> str:
     tg = result.get("targets") or targets(result)
     rows = [k for k in FASTPF_ROWS if k in result.get("rows", {})]
     if tg and rows:
-        lines += ["", "## Targets (ratio = fastpf / reference; kubectl 1.33 = its default WebSocket tunnel)", "",
-                  "| target | goal | " + " | ".join(rows) + " |",
-                  "|---|---|" + "---|" * len(rows)]
+        lines += [
+            "",
+            "## Targets (ratio = fastpf / reference; kubectl 1.33 = its default WebSocket tunnel)",
+            "",
+            "| target | goal | " + " | ".join(rows) + " |",
+            "|---|---|" + "---|" * len(rows),
+        ]
         for t in tg:
             cells = []
             for row in rows:
@@ -219,31 +255,58 @@ def markdown(result: dict[str, Any]) -> str:
     if errs:
         lines += ["", "## Errors", ""]
         for k, r in errs:
-            lines.append(f"- **{r.get('label', k)}** ({r['errors']}): "
-                         + "; ".join(str(s)[:300] for s in r.get("error_samples", [])))
-    lg = [(r.get("label", k), r["metrics"]) for k, r in result.get("rows", {}).items()
-          if r.get("status") == "ok" and r.get("metrics", {}).get("cpu_harness_down_s_per_GiB") is not None]
+            lines.append(
+                f"- **{r.get('label', k)}** ({r['errors']}): "
+                + "; ".join(str(s)[:300] for s in r.get("error_samples", []))
+            )
+    lg = [
+        (r.get("label", k), r["metrics"])
+        for k, r in result.get("rows", {}).items()
+        if r.get("status") == "ok"
+        and r.get("metrics", {}).get("cpu_harness_down_s_per_GiB") is not None
+    ]
     if lg:
-        lines += ["", "## Load generator + target CPU (is the harness the bottleneck?)", "",
-                  "CPU s/GiB of the load-generator and target processes together, and error/traceback "
-                  "lines the forwarder printed (informational; errors above count failed transfers).", "",
-                  "| row | loadgen+target CPU s/GiB ↓ / ↑ | forwarder error lines |", "|---|--:|--:|"]
+        lines += [
+            "",
+            "## Load generator + target CPU (is the harness the bottleneck?)",
+            "",
+            "CPU s/GiB of the load-generator and target processes together, and error/traceback "
+            "lines the forwarder printed (informational; errors above count failed transfers).",
+            "",
+            "| row | loadgen+target CPU s/GiB ↓ / ↑ | forwarder error lines |",
+            "|---|--:|--:|",
+        ]
         for label, m in lg:
-            found: dict[str, Any] = next((r for r in result["rows"].values() if r.get("label") == label), {})
-            lines.append(f"| {label} | {_pair(m, 'cpu_harness_down_s_per_GiB', 'cpu_harness_up_s_per_GiB', 2)} "
-                         f"| {_f(found.get('log_error_lines'))} |")
-    churn_cpu = [(r.get("label", k), r.get("metrics", {})) for k, r in result.get("rows", {}).items()
-                 if r.get("metrics", {}).get("cpu_client_churn_ms_per_conn") is not None]
+            found: dict[str, Any] = next(
+                (r for r in result["rows"].values() if r.get("label") == label), {}
+            )
+            lines.append(
+                f"| {label} | {_pair(m, 'cpu_harness_down_s_per_GiB', 'cpu_harness_up_s_per_GiB', 2)} "
+                f"| {_f(found.get('log_error_lines'))} |"
+            )
+    churn_cpu = [
+        (r.get("label", k), r.get("metrics", {}))
+        for k, r in result.get("rows", {}).items()
+        if r.get("metrics", {}).get("cpu_client_churn_ms_per_conn") is not None
+    ]
     if churn_cpu:
-        lines += ["", "## Connection churn: CPU per connection", "",
-                  "CPU milliseconds per short connection during the churn runs (far less sensitive to "
-                  "other load on the machine than conn/s and latency above).", "",
-                  "| row | client ms/conn | serve ms/conn | loadgen+target ms/conn |", "|---|--:|--:|--:|"]
+        lines += [
+            "",
+            "## Connection churn: CPU per connection",
+            "",
+            "CPU milliseconds per short connection during the churn runs (far less sensitive to "
+            "other load on the machine than conn/s and latency above).",
+            "",
+            "| row | client ms/conn | serve ms/conn | loadgen+target ms/conn |",
+            "|---|--:|--:|--:|",
+        ]
         for label, m in churn_cpu:
             lt = [m.get(f"cpu_{p}_churn_ms_per_conn") for p in ("loadgen", "target")]
             harness = sum(x for x in lt if x is not None) if None not in lt else None
-            lines.append(f"| {label} | {_f(m.get('cpu_client_churn_ms_per_conn'), 3)} "
-                         f"| {_f(m.get('cpu_serve_churn_ms_per_conn'), 3)} | {_f(harness, 3)} |")
+            lines.append(
+                f"| {label} | {_f(m.get('cpu_client_churn_ms_per_conn'), 3)} "
+                f"| {_f(m.get('cpu_serve_churn_ms_per_conn'), 3)} | {_f(harness, 3)} |"
+            )
     micro = result.get("micro")
     if micro:
         lines += ["", "## Micro benchmarks (bench/bench_frames.py)", ""]
@@ -255,10 +318,21 @@ def markdown(result: dict[str, Any]) -> str:
                 lines.append(f"\nstatus: {micro.get('status')}")
         else:
             lines.append(f"{micro.get('status')}: {micro.get('reason', '')}")
-    lines += ["", "## Topology", "", meta.get("topology", ""), "",
-              "Commands: `python3 bench/run.py` (full), `python3 bench/run.py --quick`; "
-              "see `python3 bench/run.py --help`.", ""]
-    cmds = [(r.get("label", k), r.get("command")) for k, r in result.get("rows", {}).items() if r.get("command")]
+    lines += [
+        "",
+        "## Topology",
+        "",
+        meta.get("topology", ""),
+        "",
+        "Commands: `python3 bench/run.py` (full), `python3 bench/run.py --quick`; "
+        "see `python3 bench/run.py --help`.",
+        "",
+    ]
+    cmds = [
+        (r.get("label", k), r.get("command"))
+        for k, r in result.get("rows", {}).items()
+        if r.get("command")
+    ]
     if cmds:
         lines += ["Forwarder command lines (ports vary per run):", ""]
         lines += [f"- {label}: `{c}`" for label, c in cmds]
@@ -278,17 +352,29 @@ def chart(result: dict[str, Any], path: Path) -> Path | None:
     labels = [r.get("label", k).replace(" (", "\n(") for k, r in rows]
 
     def vals(key: str) -> list[float]:
-        return [float(r.get("metrics", {}).get(key) or 0) if r.get("status") == "ok" else 0.0
-                for _, r in rows]
+        return [
+            float(r.get("metrics", {}).get(key) or 0) if r.get("status") == "ok" else 0.0
+            for _, r in rows
+        ]
 
     panels = [
-        ("Bulk throughput, 1 connection (MB/s)", [("download", "down1_MBps"), ("upload", "up1_MBps"),
-                                                  ("download to EOF", "eof_MBps")]),
-        ("Bulk throughput, 8 connections (MB/s)", [("download", "down8_MBps"), ("upload", "up8_MBps")]),
-        ("Client CPU s/GiB (lower is better)", [("download", "cpu_client_down_s_per_GiB"),
-                                                ("upload", "cpu_client_up_s_per_GiB")]),
+        (
+            "Bulk throughput, 1 connection (MB/s)",
+            [("download", "down1_MBps"), ("upload", "up1_MBps"), ("download to EOF", "eof_MBps")],
+        ),
+        (
+            "Bulk throughput, 8 connections (MB/s)",
+            [("download", "down8_MBps"), ("upload", "up8_MBps")],
+        ),
+        (
+            "Client CPU s/GiB (lower is better)",
+            [("download", "cpu_client_down_s_per_GiB"), ("upload", "cpu_client_up_s_per_GiB")],
+        ),
         ("Connection churn (conn/s, c=50)", [("conn/s", "churn_per_s")]),
-        ("p99 latency (ms, lower is better)", [("churn", "churn_p99_ms"), ("ping-pong", "pp_p99_ms")]),
+        (
+            "p99 latency (ms, lower is better)",
+            [("churn", "churn_p99_ms"), ("ping-pong", "pp_p99_ms")],
+        ),
         ("Peak RSS with 1,000 connections (MiB)", [("VmHWM", "rss_hwm_MiB")]),
     ]
     fig, axes = plt.subplots(3, 2, figsize=(15, 13))
@@ -300,11 +386,22 @@ def chart(result: dict[str, Any], path: Path) -> Path | None:
             bars = ax.bar([xi + (i - (len(series) - 1) / 2) * w for xi in x], v, w, label=name)
             for b, val, (_, r) in zip(bars, v, rows, strict=True):
                 if r.get("status") != "ok":
-                    ax.annotate("n/a", (b.get_x() + b.get_width() / 2, 0), ha="center", va="bottom",
-                                fontsize=7, color="grey")
+                    ax.annotate(
+                        "n/a",
+                        (b.get_x() + b.get_width() / 2, 0),
+                        ha="center",
+                        va="bottom",
+                        fontsize=7,
+                        color="grey",
+                    )
                 elif val:
-                    ax.annotate(f"{val:,.0f}" if val >= 100 else f"{val:.3g}", (b.get_x() + b.get_width() / 2, val), ha="center",
-                                va="bottom", fontsize=6)
+                    ax.annotate(
+                        f"{val:,.0f}" if val >= 100 else f"{val:.3g}",
+                        (b.get_x() + b.get_width() / 2, val),
+                        ha="center",
+                        va="bottom",
+                        fontsize=6,
+                    )
         ax.set_title(title, fontsize=10)
         if "latency" in title and any(v > 0 for _, key in series for v in vals(key)):
             ax.set_yscale("log")  # churn (tens of ms) and ping-pong (sub-ms) on one panel
@@ -314,8 +411,11 @@ def chart(result: dict[str, Any], path: Path) -> Path | None:
             ax.legend(fontsize=7)
         ax.grid(axis="y", alpha=0.3)
     meta = result.get("meta", {})
-    fig.suptitle(f"fastpf benchmark {meta.get('started', '')} ({meta.get('mode', '')}, "
-                 f"{'TLS' if meta.get('tls') else 'no TLS'}; medians)", fontsize=12)
+    fig.suptitle(
+        f"fastpf benchmark {meta.get('started', '')} ({meta.get('mode', '')}, "
+        f"{'TLS' if meta.get('tls') else 'no TLS'}; medians)",
+        fontsize=12,
+    )
     fig.subplots_adjust(left=0.05, right=0.99, top=0.94, bottom=0.09, hspace=0.55, wspace=0.12)
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -85,12 +85,27 @@ class Mode:
     eof_timeout: float = 10.0
 
 
-FULL = Mode(bulk1_seconds=5.0, bulk1_reps=3, bulk8_seconds=4.0, bulk8_reps=3,
-            # ping-pong: 5 s per run (~12k round trips) for the p99; on this VM the tail still
-            # varies 2-4x between identical runs (scheduling), the p50 does not.
-            churn_seconds=3.0, pingpong_seconds=5.0, latency_reps=3)
-QUICK = Mode(bulk1_seconds=0.7, bulk1_reps=1, bulk8_seconds=0.5, bulk8_reps=1,
-             churn_seconds=0.7, pingpong_seconds=0.3, eof_mib=64, eof_transfer_timeout=30.0)
+FULL = Mode(
+    bulk1_seconds=5.0,
+    bulk1_reps=3,
+    bulk8_seconds=4.0,
+    bulk8_reps=3,
+    # ping-pong: 5 s per run (~12k round trips) for the p99; on this VM the tail still
+    # varies 2-4x between identical runs (scheduling), the p50 does not.
+    churn_seconds=3.0,
+    pingpong_seconds=5.0,
+    latency_reps=3,
+)
+QUICK = Mode(
+    bulk1_seconds=0.7,
+    bulk1_reps=1,
+    bulk8_seconds=0.5,
+    bulk8_reps=1,
+    churn_seconds=0.7,
+    pingpong_seconds=0.3,
+    eof_mib=64,
+    eof_transfer_timeout=30.0,
+)
 
 
 @dataclass
@@ -111,8 +126,13 @@ ROWS = [
     RowSpec("direct", "direct (no forwarder)", "direct"),
     RowSpec("socat", "socat (1 hop)", "socat"),
     RowSpec("kubectl-1.33", "kubectl 1.33 (WS tunnel)", "kubectl", "kubectl.1.33"),
-    RowSpec("kubectl-1.33-spdy", "kubectl 1.33 (SPDY)", "kubectl", "kubectl.1.33",
-            {"KUBECTL_PORT_FORWARD_WEBSOCKETS": "false"}),
+    RowSpec(
+        "kubectl-1.33-spdy",
+        "kubectl 1.33 (SPDY)",
+        "kubectl",
+        "kubectl.1.33",
+        {"KUBECTL_PORT_FORWARD_WEBSOCKETS": "false"},
+    ),
     RowSpec("kubectl-1.29", "kubectl 1.29 (SPDY)", "kubectl", "kubectl.1.29"),
     RowSpec("fastpf-spdy", "fastpf spdy", "fastpf", protocol="spdy"),
     RowSpec("fastpf-websocket", "fastpf websocket", "fastpf", protocol="websocket"),
@@ -160,7 +180,11 @@ class RowState:
             m.update(eof_metrics(self.eof_runs))
         conns = self.moved.get("churn", 0)
         for party in ("client", "serve", "loadgen", "target"):
-            if conns and (party, "churn") in self.cpu and (party, "churn") not in self.cpu_incomplete:
+            if (
+                conns
+                and (party, "churn") in self.cpu
+                and (party, "churn") not in self.cpu_incomplete
+            ):
                 # contention-proof: CPU per connection does not depend on who else is running
                 m[f"cpu_{party}_churn_ms_per_conn"] = self.cpu[(party, "churn")] / conns * 1e3
         for direction, nbytes in self.moved.items():
@@ -171,8 +195,14 @@ class RowState:
                 continue
             for party in ("client", "serve", "loadgen", "target"):
                 if (party, direction) in self.cpu and (party, direction) not in self.cpu_incomplete:
-                    m[f"cpu_{party}_{direction}_s_per_GiB"] = self.cpu[(party, direction)] / (nbytes / GIB)
-            lg = [self.cpu[(p, direction)] for p in ("loadgen", "target") if (p, direction) in self.cpu]
+                    m[f"cpu_{party}_{direction}_s_per_GiB"] = self.cpu[(party, direction)] / (
+                        nbytes / GIB
+                    )
+            lg = [
+                self.cpu[(p, direction)]
+                for p in ("loadgen", "target")
+                if (p, direction) in self.cpu
+            ]
             if len(lg) == 2:
                 m[f"cpu_harness_{direction}_s_per_GiB"] = sum(lg) / (nbytes / GIB)
         self.res["log_error_lines"] = self.log_errors
@@ -195,8 +225,9 @@ def eof_metrics(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "eof_ok": sum(1 for r in runs if r.get("ok")),
         "eof_no_eof": sum(1 for r in runs if r.get("timeout") == "eof"),
         "eof_transfer_timeouts": sum(1 for r in runs if r.get("timeout") == "transfer"),
-        "eof_first_error": next((r.get("error") or r.get("exception") for r in runs
-                                 if not r.get("ok")), None),
+        "eof_first_error": next(
+            (r.get("error") or r.get("exception") for r in runs if not r.get("ok")), None
+        ),
     }
 
 
@@ -207,7 +238,9 @@ def log(msg: str) -> None:
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     # `python3 -m fastpf` must run the working tree, whatever else is installed
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = str(ROOT) + (
+        os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
+    )
     env.pop("KUBECONFIG", None)
     env.update(extra or {})
     return env
@@ -225,15 +258,30 @@ def ensure_built() -> str | None:
     build_error = ""
     if not sos or min(s.stat().st_mtime for s in sos) < pyx.stat().st_mtime:
         log("building fastpf._frames in place (setup.py build_ext --inplace)")
-        r = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace", "-q"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=600)
+        r = subprocess.run(
+            [sys.executable, "setup.py", "build_ext", "--inplace", "-q"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if r.returncode != 0:
-            build_error = "fastpf._frames does not build: " + (r.stderr.strip().splitlines() or ["?"])[-1]
-    r = subprocess.run([sys.executable, "-c", "import fastpf._frames"], cwd=ROOT,
-                       capture_output=True, text=True, env=child_env(), timeout=60)
+            build_error = (
+                "fastpf._frames does not build: " + (r.stderr.strip().splitlines() or ["?"])[-1]
+            )
+    r = subprocess.run(
+        [sys.executable, "-c", "import fastpf._frames"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=60,
+    )
     if r.returncode != 0:
-        return build_error or "fastpf._frames does not import: " + (
-            r.stderr.strip().splitlines() or ["?"])[-1]
+        return (
+            build_error
+            or "fastpf._frames does not import: " + (r.stderr.strip().splitlines() or ["?"])[-1]
+        )
     if build_error:  # an older build still imports: measure it, but say so in the report
         BUILD_NOTES.append(build_error + " (measured the previous, older build)")
         log(BUILD_NOTES[-1])
@@ -282,8 +330,9 @@ class Harness:
         self.target_port = int(m.group(1))
 
     def start_worker(self) -> None:
-        self.worker = self.reg.start("loadgen", [sys.executable, str(HERE / "loadgen.py"), "worker"],
-                                     pipes=True)
+        self.worker = self.reg.start(
+            "loadgen", [sys.executable, str(HERE / "loadgen.py"), "worker"], pipes=True
+        )
         self.chan = LineChannel(self.worker)
         if "pong" not in self.call({"op": "ping"}, 15):
             raise RuntimeError(f"load generator did not start: {self.worker.tail()}")
@@ -308,8 +357,18 @@ class Harness:
             return
         if self.kubeconfig.exists():
             self.kubeconfig.unlink()
-        argv = [sys.executable, "-m", "fastpf", "serve", "--listen", "127.0.0.1:0",
-                "--kubeconfig-out", str(self.kubeconfig), "--pod-address", "127.0.0.1"]
+        argv = [
+            sys.executable,
+            "-m",
+            "fastpf",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--kubeconfig-out",
+            str(self.kubeconfig),
+            "--pod-address",
+            "127.0.0.1",
+        ]
         if self.args.no_tls:
             argv.append("--no-tls")
         p = self.reg.start("fastpf-serve", argv, env=child_env(), cwd=str(ROOT))
@@ -327,7 +386,8 @@ class Harness:
                 return
             time.sleep(0.1)
         self.serve_reason = "fastpf serve did not come up: " + (
-            p.tail(1)[-300:] or f"no kubeconfig after 30 s (exit {p.popen.poll()})")
+            p.tail(1)[-300:] or f"no kubeconfig after 30 s (exit {p.popen.poll()})"
+        )
         self.reg.stop(p)
 
     def probe_serve(self) -> str | None:
@@ -346,8 +406,11 @@ class Harness:
             if cluster["server"].startswith("https"):
                 ctx = ssl.create_default_context()
                 ctx.load_verify_locations(
-                    cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
-            req = urllib.request.Request(cluster["server"] + "/api/v1/namespaces/default/pods/bench")
+                    cadata=base64.b64decode(cluster["certificate-authority-data"]).decode()
+                )
+            req = urllib.request.Request(
+                cluster["server"] + "/api/v1/namespaces/default/pods/bench"
+            )
             if user.get("token"):
                 req.add_header("Authorization", "Bearer " + user["token"])
             with urllib.request.urlopen(req, timeout=10, context=ctx) as resp:
@@ -373,20 +436,42 @@ class Harness:
             sb = shutil.which("socat")
             if not sb:
                 raise Unavailable("socat not installed")
-            return [sb, f"TCP-LISTEN:{local},bind=127.0.0.1,reuseaddr,fork,backlog=4096",
-                    f"TCP:127.0.0.1:{remote}"], child_env()
+            return [
+                sb,
+                f"TCP-LISTEN:{local},bind=127.0.0.1,reuseaddr,fork,backlog=4096",
+                f"TCP:127.0.0.1:{remote}",
+            ], child_env()
         if self.serve is None:
             raise Unavailable(self.serve_reason or "fastpf serve not running")
         if row.kind == "kubectl":
             binary = KUBECTL_DIR / row.binary
             if not binary.exists():
                 raise Unavailable(f"{binary} not installed")
-            return [str(binary), "--kubeconfig", str(self.kubeconfig), "--cache-dir",
-                    str(self.workdir / "kcache"), "port-forward", "--address", "127.0.0.1", POD,
-                    f"{local}:{remote}"], child_env(row.env)
-        return [sys.executable, "-m", "fastpf", "--kubeconfig", str(self.kubeconfig),
-                "--address", "127.0.0.1", "--protocol", row.protocol, POD,
-                f"{local}:{remote}"], child_env(row.env)
+            return [
+                str(binary),
+                "--kubeconfig",
+                str(self.kubeconfig),
+                "--cache-dir",
+                str(self.workdir / "kcache"),
+                "port-forward",
+                "--address",
+                "127.0.0.1",
+                POD,
+                f"{local}:{remote}",
+            ], child_env(row.env)
+        return [
+            sys.executable,
+            "-m",
+            "fastpf",
+            "--kubeconfig",
+            str(self.kubeconfig),
+            "--address",
+            "127.0.0.1",
+            "--protocol",
+            row.protocol,
+            POD,
+            f"{local}:{remote}",
+        ], child_env(row.env)
 
     def launch_forwarder(self, row: RowSpec) -> tuple[Proc, int]:
         local = free_port()
@@ -417,8 +502,17 @@ class Harness:
         """Start every forwarder at once (they start in parallel), then wait for each."""
         states, launched = [], []
         for row in rows:
-            st = RowState(row, {"label": row.label, "kind": row.kind, "status": "ok", "metrics": {},
-                                "errors": 0, "error_samples": []})
+            st = RowState(
+                row,
+                {
+                    "label": row.label,
+                    "kind": row.kind,
+                    "status": "ok",
+                    "metrics": {},
+                    "errors": 0,
+                    "error_samples": [],
+                },
+            )
             states.append(st)
             try:
                 launched.append((st, self.launch_forwarder(row) if row.kind != "direct" else None))
@@ -432,7 +526,9 @@ class Harness:
                 else:
                     st.fwd, st.port = self.wait_forwarder(st.row, *started)
                     args = st.fwd.popen.args  # always a list here (procs.start)
-                    st.res["command"] = " ".join(map(str, args)) if isinstance(args, list) else str(args)
+                    st.res["command"] = (
+                        " ".join(map(str, args)) if isinstance(args, list) else str(args)
+                    )
             except Unavailable as exc:
                 st.res.update(status="unavailable", reason=str(exc))
                 log(f"{st.row.key}: unavailable: {exc}")
@@ -444,8 +540,9 @@ class Harness:
         # warm-up: the first connection of a session pays for dialling and lazy setup
         self.measure(st, "warm-up", {"op": "bulk", "dir": "down", "conns": 1, "duration": 0.1}, 60)
 
-    def measure(self, st: RowState, tag: str, cmd: dict[str, Any], timeout: float,
-                direction: str = "") -> dict[str, Any]:
+    def measure(
+        self, st: RowState, tag: str, cmd: dict[str, Any], timeout: float, direction: str = ""
+    ) -> dict[str, Any]:
         """One load-generator command against the row; CPU of every party charged to `direction`."""
         if st.fwd is not None and not st.fwd.alive():  # a dead forwarder is an error; restart it
             st.error(f"{tag}: forwarder had exited: {st.fwd.tail(1)[-200:]}")
@@ -458,8 +555,12 @@ class Harness:
                 st.error(f"{tag}: restart failed: {exc}")
                 return {"exception": "no forwarder"}
         assert self.worker is not None and self.target is not None
-        parties = {"client": st.fwd, "serve": self.serve if st.row.via_serve else None,
-                   "loadgen": self.worker, "target": self.target}
+        parties = {
+            "client": st.fwd,
+            "serve": self.serve if st.row.via_serve else None,
+            "loadgen": self.worker,
+            "target": self.target,
+        }
         before = {k: (p.pid, cpu_seconds(p.pid)) for k, p in parties.items() if p is not None}
         r = self.call(dict(cmd, port=st.port), timeout)
         n = int(r.get("errors", 0)) + (1 if "exception" in r else 0)
@@ -481,8 +582,12 @@ class Harness:
         does). A row whose transfer timed out is not run again: each such run costs
         eof_transfer_timeout s, and one says what there is to say."""
         mode = self.mode
-        cmd = {"op": "eof", "n": mode.eof_mib << 20, "eof_timeout": mode.eof_timeout,
-               "transfer_timeout": mode.eof_transfer_timeout}
+        cmd = {
+            "op": "eof",
+            "n": mode.eof_mib << 20,
+            "eof_timeout": mode.eof_timeout,
+            "transfer_timeout": mode.eof_transfer_timeout,
+        }
         # the worker's own deadlines end every run first; this one only catches a hung worker
         limit = mode.eof_transfer_timeout + 2 * mode.eof_timeout + 30
         done = []
@@ -492,50 +597,83 @@ class Harness:
             r = self.measure(st, "download to EOF", cmd, limit, "eof")
             st.eof_runs.append(r)
             eof = r.get("eof_s")
-            done.append(f"{st.row.key} {r.get('MBps', 0):.0f} MB/s "
-                        + (f"EOF +{eof:.3f} s" if eof is not None else f"[{r.get('timeout') or 'error'}]"))
-        log(f"download to EOF rep {rep + 1}/{mode.eof_reps} ({mode.eof_mib} MiB): " + ", ".join(done))
+            done.append(
+                f"{st.row.key} {r.get('MBps', 0):.0f} MB/s "
+                + (f"EOF +{eof:.3f} s" if eof is not None else f"[{r.get('timeout') or 'error'}]")
+            )
+        log(
+            f"download to EOF rep {rep + 1}/{mode.eof_reps} ({mode.eof_mib} MiB): "
+            + ", ".join(done)
+        )
 
     def run_rows(self, rows: list[RowSpec]) -> dict[str, dict[str, Any]]:
         mode = self.mode
         states = self.states = self.open_rows(rows)
         live = [st for st in states if st.res["status"] == "ok"]
         try:
-            for conns, secs, reps in ((1, mode.bulk1_seconds, mode.bulk1_reps),
-                                      (8, mode.bulk8_seconds, mode.bulk8_reps)):
+            for conns, secs, reps in (
+                (1, mode.bulk1_seconds, mode.bulk1_reps),
+                (8, mode.bulk8_seconds, mode.bulk8_reps),
+            ):
                 for rep in range(reps):
                     for direction in ("down", "up"):
                         for st in live:
                             tag = f"bulk {direction} x{conns}"
-                            r = self.measure(st, tag, {"op": "bulk", "dir": direction, "conns": conns,
-                                                       "duration": secs}, secs + 90, direction)
+                            r = self.measure(
+                                st,
+                                tag,
+                                {"op": "bulk", "dir": direction, "conns": conns, "duration": secs},
+                                secs + 90,
+                                direction,
+                            )
                             if "MBps" in r:
                                 st.rates[f"{direction}{conns}"].append(r["MBps"])
-                    log(f"bulk x{conns} rep {rep + 1}/{reps}: " + ", ".join(
-                        f"{st.row.key} {st.last('down', conns)}/{st.last('up', conns)}" for st in live)
-                        + " MB/s down/up")
+                    log(
+                        f"bulk x{conns} rep {rep + 1}/{reps}: "
+                        + ", ".join(
+                            f"{st.row.key} {st.last('down', conns)}/{st.last('up', conns)}"
+                            for st in live
+                        )
+                        + " MB/s down/up"
+                    )
             for rep in range(mode.eof_reps):
                 self.download_to_eof(live, rep)
             for rep in range(mode.latency_reps):
                 for st in live:
-                    r = self.measure(st, "churn", {"op": "churn", "concurrency": mode.churn_concurrency,
-                                                   "duration": mode.churn_seconds},
-                                     mode.churn_seconds + 120, "churn")
+                    r = self.measure(
+                        st,
+                        "churn",
+                        {
+                            "op": "churn",
+                            "concurrency": mode.churn_concurrency,
+                            "duration": mode.churn_seconds,
+                        },
+                        mode.churn_seconds + 120,
+                        "churn",
+                    )
                     if r.get("per_s") is not None:
                         st.lat["churn_per_s"].append(r["per_s"])
                     for k in ("p50_ms", "p99_ms"):
                         if r.get(k) is not None:
                             st.lat["churn_" + k].append(r[k])
-                    r = self.measure(st, "pingpong", {"op": "pingpong", "duration": mode.pingpong_seconds},
-                                     mode.pingpong_seconds + 60)
+                    r = self.measure(
+                        st,
+                        "pingpong",
+                        {"op": "pingpong", "duration": mode.pingpong_seconds},
+                        mode.pingpong_seconds + 60,
+                    )
                     for k in ("p50_ms", "p99_ms"):
                         if r.get(k) is not None:
                             st.lat["pp_" + k].append(r[k])
-                log(f"latency rep {rep + 1}/{mode.latency_reps}: " + ", ".join(
-                    f"{st.row.key} churn {st.lat['churn_per_s'][-1] if st.lat['churn_per_s'] else 0:.0f}/s "
-                    f"p99 {st.lat['churn_p99_ms'][-1] if st.lat['churn_p99_ms'] else 0:.1f} ms, "
-                    f"ping p99 {st.lat['pp_p99_ms'][-1] if st.lat['pp_p99_ms'] else 0:.3f} ms"
-                    for st in live))
+                log(
+                    f"latency rep {rep + 1}/{mode.latency_reps}: "
+                    + ", ".join(
+                        f"{st.row.key} churn {st.lat['churn_per_s'][-1] if st.lat['churn_per_s'] else 0:.0f}/s "
+                        f"p99 {st.lat['churn_p99_ms'][-1] if st.lat['churn_p99_ms'] else 0:.1f} ms, "
+                        f"ping p99 {st.lat['pp_p99_ms'][-1] if st.lat['pp_p99_ms'] else 0:.3f} ms"
+                        for st in live
+                    )
+                )
         finally:
             for st in live:
                 if st.fwd is not None:
@@ -584,7 +722,9 @@ class Harness:
             m["hold_open"] = r.get("open")
             if "exception" in r or r.get("errors"):
                 res["errors"] += int(r.get("errors", 0)) + (1 if "exception" in r else 0)
-                res["error_samples"].append(f"hold {n}: {r.get('exception') or r.get('error_samples')}")
+                res["error_samples"].append(
+                    f"hold {n}: {r.get('exception') or r.get('error_samples')}"
+                )
             time.sleep(0.3)
             if fwd.alive():
                 kib, how = peak_rss_kib(fwd.pid)
@@ -596,7 +736,9 @@ class Harness:
             log(f"{row.key}: {r.get('open')} conns open, peak {m.get('rss_hwm_MiB') or 0:.1f} MiB")
         finally:
             self.call({"op": "release"}, 60)
-            res["log_error_lines"] = res.get("log_error_lines", 0) + fwd.count_lines(r"(?i)error|traceback")
+            res["log_error_lines"] = res.get("log_error_lines", 0) + fwd.count_lines(
+                r"(?i)error|traceback"
+            )
             self.reg.signal(fwd)  # stopped for good with the others (stop_many), in parallel
 
 
@@ -607,11 +749,22 @@ def run_micro(workdir: Path) -> dict[str, Any]:
     if not paths:
         return {"status": "unavailable", "reason": "no bench/bench_*.py micro benchmarks"}
     out = workdir / "micro.json"
-    cmd = [sys.executable, "-m", "pytest", *paths, "--benchmark-only", "-q", "-p", "no:cacheprovider",
-           f"--benchmark-json={out}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        *paths,
+        "--benchmark-only",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        f"--benchmark-json={out}",
+    ]
     log("micro benchmarks: " + " ".join(cmd[1:]))
     try:
-        r = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=900)
+        r = subprocess.run(
+            cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=900
+        )
     except subprocess.TimeoutExpired:
         return {"status": "error", "reason": "timed out after 900 s"}
     if not out.exists():
@@ -621,14 +774,26 @@ def run_micro(workdir: Path) -> dict[str, Any]:
     rows = []
     for b in data.get("benchmarks", []):
         st = b.get("stats", {})
-        rows.append({"name": b.get("fullname") or b.get("name"), "median_us": st.get("median", 0) * 1e6,
-                     "ops": st.get("ops"), "extra": b.get("extra_info", {})})
-    return {"status": "ok" if r.returncode == 0 else f"pytest exit {r.returncode}", "benchmarks": rows}
+        rows.append(
+            {
+                "name": b.get("fullname") or b.get("name"),
+                "median_us": st.get("median", 0) * 1e6,
+                "ops": st.get("ops"),
+                "extra": b.get("extra_info", {}),
+            }
+        )
+    return {
+        "status": "ok" if r.returncode == 0 else f"pytest exit {r.returncode}",
+        "benchmarks": rows,
+    }
 
 
 def machine_info(rows: list[RowSpec]) -> dict[str, Any]:
-    info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
-                            "cpus": os.cpu_count()}
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+    }
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -642,19 +807,31 @@ def machine_info(rows: list[RowSpec]) -> dict[str, Any]:
         info["uvloop"] = None
     for b in sorted({r.binary for r in rows if r.kind == "kubectl"}):
         try:
-            out = subprocess.run([str(KUBECTL_DIR / b), "version", "--client", "-o", "json"],
-                                 capture_output=True, text=True, timeout=20).stdout
+            out = subprocess.run(
+                [str(KUBECTL_DIR / b), "version", "--client", "-o", "json"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            ).stdout
             info[b] = json.loads(out)["clientVersion"]["gitVersion"]
         except Exception:
             info[b] = None
     try:
-        info["socat"] = subprocess.run(["socat", "-V"], capture_output=True, text=True,
-                                       timeout=10).stdout.splitlines()[1].strip()
+        info["socat"] = (
+            subprocess.run(["socat", "-V"], capture_output=True, text=True, timeout=10)
+            .stdout.splitlines()[1]
+            .strip()
+        )
     except Exception:
         info["socat"] = None
     try:
-        info["fastpf_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                               capture_output=True, text=True, timeout=10).stdout.strip()
+        info["fastpf_commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except Exception:
         info["fastpf_commit"] = None
     return info
@@ -663,14 +840,24 @@ def machine_info(rows: list[RowSpec]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="fastpf end-to-end benchmark (see module docstring)")
     ap.add_argument("--quick", action="store_true", help="short durations, one repetition (~1 min)")
-    ap.add_argument("--rows", default="", help="comma list of row keys: " + ",".join(r.key for r in ROWS))
+    ap.add_argument(
+        "--rows", default="", help="comma list of row keys: " + ",".join(r.key for r in ROWS)
+    )
     ap.add_argument("--no-tls", action="store_true", help="fastpf serve without TLS (default: TLS)")
     ap.add_argument("--bulk-seconds", type=float, default=0.0, help="override bulk durations")
-    ap.add_argument("--reps", type=int, default=0, help="override bulk (and every other) repetitions")
-    ap.add_argument("--eof-mib", type=int, default=0,
-                    help="download-to-EOF size per run in MiB (full 256, quick 64)")
+    ap.add_argument(
+        "--reps", type=int, default=0, help="override bulk (and every other) repetitions"
+    )
+    ap.add_argument(
+        "--eof-mib",
+        type=int,
+        default=0,
+        help="download-to-EOF size per run in MiB (full 256, quick 64)",
+    )
     ap.add_argument("--hold-conns", type=int, default=0, help="connections for the RSS test (1000)")
-    ap.add_argument("--no-micro", action="store_true", help="skip the micro benchmarks in full mode")
+    ap.add_argument(
+        "--no-micro", action="store_true", help="skip the micro benchmarks in full mode"
+    )
     ap.add_argument("--out", default=str(HERE / "results"), help="results directory")
     ap.add_argument("--no-chart", action="store_true", help="skip latest.png")
     ap.add_argument("--keep-logs", action="store_true", help="keep child logs (printed path)")
@@ -709,8 +896,8 @@ def main(argv: list[str] | None = None) -> int:
             "tls": not args.no_tls,
             "machine": machine_info(rows),
             "topology": "loadgen worker (uvloop, 1 process) -> forwarder -> fastpf serve -> target "
-                        "(uvloop, 1 process); direct: loadgen -> target; socat: loadgen -> socat -> "
-                        "target. All on loopback, sharing the machine's cores.",
+            "(uvloop, 1 process); direct: loadgen -> target; socat: loadgen -> socat -> "
+            "target. All on loopback, sharing the machine's cores.",
             "rlimit_nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
             "loadavg_start": os.getloadavg(),
         },
@@ -749,7 +936,8 @@ def main(argv: list[str] | None = None) -> int:
     # CPU that other work on the machine used meanwhile: the noise indicator for this run
     foreign = (machine_busy_seconds() - busy0) - (own_cpu_seconds() - own0)
     result["meta"]["foreign_cpu_share"] = max(0.0, foreign) / (
-        max(1e-9, time.monotonic() - t_start) * (os.cpu_count() or 1))
+        max(1e-9, time.monotonic() - t_start) * (os.cpu_count() or 1)
+    )
     if BUILD_NOTES:
         result["meta"]["build_notes"] = BUILD_NOTES
     result["meta"]["loadavg_end"] = os.getloadavg()

@@ -1,4 +1,4 @@
-# cython: language_level=3, cdivision=True
+# cython: language_level=3, cdivision=True, auto_pickle=False, autotestdict=False
 """The per-byte half of the relay (fastpf.transport.relay), compiled.
 
 `RelayCore` is the base of the relay's protocol class. It owns what runs for every chunk:

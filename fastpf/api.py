@@ -37,11 +37,20 @@ class PortForward:
     """One running forward. Create it with `fastpf.forward(...)`; use it with `async with` or
     `with`. Its attributes are valid inside the block."""
 
-    def __init__(self, target: str, ports: str | int | Sequence[str | int], *,
-                 namespace: str | None = None, context: str | None = None,
-                 kubeconfig: str | None = None, address: str = "localhost",
-                 protocol: str = "auto", pod_running_timeout: float = 60.0,
-                 on_event: EventCallback | None = None, **kubectl_options: Any) -> None:
+    def __init__(
+        self,
+        target: str,
+        ports: str | int | Sequence[str | int],
+        *,
+        namespace: str | None = None,
+        context: str | None = None,
+        kubeconfig: str | None = None,
+        address: str = "localhost",
+        protocol: str = "auto",
+        pod_running_timeout: float = 60.0,
+        on_event: EventCallback | None = None,
+        **kubectl_options: Any,
+    ) -> None:
         """`ports` as kubectl takes them ("5432", "8080:80", ":5432" / "0:5432" for a free
         local port, "http" for a named port). `kubectl_options` are further Options fields
         (e.g. cluster=, user=, token=, server=, insecure_skip_tls_verify=, impersonate=).
@@ -52,8 +61,14 @@ class PortForward:
         if not self.ports:
             raise ValueError("at least one port is required")
         self._options: dict[str, Any] = dict(
-            namespace=namespace, context=context, kubeconfig=kubeconfig, address=address,
-            protocol=protocol, pod_running_timeout=pod_running_timeout, **kubectl_options)
+            namespace=namespace,
+            context=context,
+            kubeconfig=kubeconfig,
+            address=address,
+            protocol=protocol,
+            pod_running_timeout=pod_running_timeout,
+            **kubectl_options,
+        )
         self._on_event = on_event
         self._pending: list[dict[str, Any]] | None = []  # events before the target is known
         self._tracker = Tracker(Target(target), self._emit)
@@ -102,6 +117,7 @@ class PortForward:
     def stats(self) -> list[dict[str, Any]]:
         """Per forwarded port: active / total connections, bytes each way (live ones
         included), errors, last error. Safe to call from any thread."""
+
         def snap() -> list[dict[str, Any]]:
             out = []
             for s in self._tracker.snapshot():
@@ -125,8 +141,9 @@ class PortForward:
         self._devnull = open(os.devnull, "w")  # noqa: SIM115 - closed in _close
         console = Console(self._devnull, self._devnull, quiet=True)
         console.on_error = self._tracker.error
-        self._cm = forward(self.target, self.ports, console=console, observer=self._tracker,
-                           **self._options)
+        self._cm = forward(
+            self.target, self.ports, console=console, observer=self._tracker, **self._options
+        )
         try:
             self._fwd = await self._cm.__aenter__()
         except BaseException:
@@ -145,8 +162,9 @@ class PortForward:
     # ---- sync (a loop in a background thread) ------------------------------------------------
     def __enter__(self) -> PortForward:
         started: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._thread = threading.Thread(target=self._thread_main, args=(started,), daemon=True,
-                                        name=f"fastpf {self.target}")
+        self._thread = threading.Thread(
+            target=self._thread_main, args=(started,), daemon=True, name=f"fastpf {self.target}"
+        )
         self._thread.start()
         timeout = float(self._options.get("pod_running_timeout") or 60.0) + START_GRACE
         try:
@@ -215,8 +233,14 @@ class PortForward:
         from fastpf.client.events import SCHEMA, ready_document
         from fastpf.goparity import format_rfc3339_micro
 
-        self._emit({"schema": SCHEMA, "event": "ready", "time": format_rfc3339_micro(),
-                    "forwards": ready_document([self._tracker])["forwards"]})
+        self._emit(
+            {
+                "schema": SCHEMA,
+                "event": "ready",
+                "time": format_rfc3339_micro(),
+                "forwards": ready_document([self._tracker])["forwards"],
+            }
+        )
 
     def _emit(self, event: dict[str, Any]) -> None:
         if self._pending is not None:
@@ -234,17 +258,33 @@ class PortForward:
             self._devnull = None
 
 
-def forward(target: str, ports: str | int | Sequence[str | int], *,
-            namespace: str | None = None, context: str | None = None,
-            kubeconfig: str | None = None, address: str = "localhost", protocol: str = "auto",
-            pod_running_timeout: float = 60.0, on_event: EventCallback | None = None,
-            **kubectl_options: Any) -> PortForward:
+def forward(
+    target: str,
+    ports: str | int | Sequence[str | int],
+    *,
+    namespace: str | None = None,
+    context: str | None = None,
+    kubeconfig: str | None = None,
+    address: str = "localhost",
+    protocol: str = "auto",
+    pod_running_timeout: float = 60.0,
+    on_event: EventCallback | None = None,
+    **kubectl_options: Any,
+) -> PortForward:
     """Forward `ports` of `target` (kubectl's TYPE/NAME) while a `with` / `async with` block
     runs. See PortForward."""
-    return PortForward(target, ports, namespace=namespace, context=context,
-                       kubeconfig=kubeconfig, address=address, protocol=protocol,
-                       pod_running_timeout=pod_running_timeout, on_event=on_event,
-                       **kubectl_options)
+    return PortForward(
+        target,
+        ports,
+        namespace=namespace,
+        context=context,
+        kubeconfig=kubeconfig,
+        address=address,
+        protocol=protocol,
+        pod_running_timeout=pod_running_timeout,
+        on_event=on_event,
+        **kubectl_options,
+    )
 
 
 __all__ = ["ClientError", "PortForward", "forward"]

@@ -14,8 +14,11 @@ import sys
 def program_name(argv0: str | None = None) -> str:
     """What the user typed: `kubectl fastpf` when run as kubectl's plugin (kubectl-fastpf)."""
     base = os.path.basename(argv0 if argv0 is not None else sys.argv[0])
-    return "kubectl fastpf" if base.startswith(("kubectl-fastpf", "kubectl_complete-fastpf")) \
+    return (
+        "kubectl fastpf"
+        if base.startswith(("kubectl-fastpf", "kubectl_complete-fastpf"))
         else "fastpf"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

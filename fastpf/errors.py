@@ -273,8 +273,9 @@ class ApiError(ClientError, RemoteError):
 
     wire_field = "status"
 
-    def __init__(self, message: str, *, status: int, reason: str = "",
-                 prefix: str = "error: ") -> None:
+    def __init__(
+        self, message: str, *, status: int, reason: str = "", prefix: str = "error: "
+    ) -> None:
         super().__init__(message, prefix=prefix)
         self.status = status
         self.reason = reason

@@ -159,8 +159,17 @@ def atoi(text: str) -> int | None:
     return None
 
 
-_GO_ESCAPES = {7: "\\a", 8: "\\b", 12: "\\f", 10: "\\n", 13: "\\r", 9: "\\t", 11: "\\v",
-               0x22: '\\"', 0x5C: "\\\\"}
+_GO_ESCAPES = {
+    7: "\\a",
+    8: "\\b",
+    12: "\\f",
+    10: "\\n",
+    13: "\\r",
+    9: "\\t",
+    11: "\\v",
+    0x22: '\\"',
+    0x5C: "\\\\",
+}
 
 
 def quote(data: bytes, limit: int = 512) -> str:

@@ -101,8 +101,9 @@ def track(session: Any) -> None:
     _sessions.add(session)
 
 
-def trim_soon(loop: asyncio.AbstractEventLoop, session_ended: bool = False,
-              streams_ended: int = 0) -> None:
+def trim_soon(
+    loop: asyncio.AbstractEventLoop, session_ended: bool = False, streams_ended: int = 0
+) -> None:
     """Give freed memory back once things settle (no-op off glibc). `session_ended`: an
     upgraded session ended; `streams_ended`: that many streams ended (enough of either make
     the trim collect garbage first, when nothing is forwarding)."""

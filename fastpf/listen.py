@@ -88,9 +88,14 @@ class Acceptor:
         try:
             self.loop.add_reader(sock.fileno(), self._ready)
         except NotImplementedError:
-            self._native = self.loop.create_task(self.loop.create_server(
-                functools.partial(factory, None) if with_socket else factory, sock=sock,
-                ssl=ssl, ssl_handshake_timeout=ssl_handshake_timeout))
+            self._native = self.loop.create_task(
+                self.loop.create_server(
+                    functools.partial(factory, None) if with_socket else factory,
+                    sock=sock,
+                    ssl=ssl,
+                    ssl_handshake_timeout=ssl_handshake_timeout,
+                )
+            )
 
     @property
     def sockets(self) -> list[socket.socket]:
@@ -214,10 +219,14 @@ def accept_reporter(listener: Any, emit: Callable[[str], None]) -> Callable[[OSE
     return functools.partial(_report_accept, listener, emit)
 
 
-def _report_accept(listener: Any, emit: Callable[[str], None], exc: OSError, suppressed: int) -> None:
+def _report_accept(
+    listener: Any, emit: Callable[[str], None], exc: OSError, suppressed: int
+) -> None:
     host = f"[{listener.address}]" if ":" in listener.address else listener.address
     port = listener.pair.local
     more = f"; {suppressed} more since the last report" if suppressed else ""
-    emit(f"error accepting connection on port {port}: accept tcp {host}:{port}: "
-         f"{exhausted_text(exc)} (open file limit {nofile_limit()}); new connections wait "
-         f"until others close{more}")
+    emit(
+        f"error accepting connection on port {port}: accept tcp {host}:{port}: "
+        f"{exhausted_text(exc)} (open file limit {nofile_limit()}); new connections wait "
+        f"until others close{more}"
+    )

@@ -26,7 +26,11 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     # better and makes each collection a longer pause in the latency tail.)
     gc.collect()
     gc.freeze()
-    with asyncio.Runner(loop_factory=new_event_loop) if hasattr(asyncio, "Runner") else _Legacy() as runner:
+    with (
+        asyncio.Runner(loop_factory=new_event_loop)
+        if hasattr(asyncio, "Runner")
+        else _Legacy() as runner
+    ):
         return runner.run(coro)
 
 

@@ -26,8 +26,12 @@ _SETTINGS = ("kubeconfig", "context", "namespace")
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("fastpf", "fastpf port-forwards (fastpf_forward fixture)")
     for name in _SETTINGS:
-        group.addoption(f"--fastpf-{name}", default=None, metavar=name.upper(),
-                        help=f"default {name} of fastpf_forward")
+        group.addoption(
+            f"--fastpf-{name}",
+            default=None,
+            metavar=name.upper(),
+            help=f"default {name} of fastpf_forward",
+        )
         parser.addini(f"fastpf_{name}", f"default {name} of fastpf_forward", default=None)
 
 

@@ -56,9 +56,12 @@ from tests.support.targets import Targets
 def serve_factory(tmp_path: Path) -> Iterator[Callable[..., ServeInstance]]:
     started: list[ServeInstance] = []
 
-    def factory(*args: str, manifest: str | None = None, tls: bool = True,
-                env: dict[str, str] | None = None) -> ServeInstance:
-        instance = start_serve(tmp_path / f"serve{len(started)}", *args, manifest=manifest, tls=tls, env=env)
+    def factory(
+        *args: str, manifest: str | None = None, tls: bool = True, env: dict[str, str] | None = None
+    ) -> ServeInstance:
+        instance = start_serve(
+            tmp_path / f"serve{len(started)}", *args, manifest=manifest, tls=tls, env=env
+        )
         started.append(instance)
         return instance
 
@@ -84,14 +87,24 @@ def kubectl_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def kubectl_port_forward(kubectl_bin: Callable[[str], str],
-                         kubectl_cache_dir: Path) -> Iterator[Callable[..., KubectlPortForward]]:
+def kubectl_port_forward(
+    kubectl_bin: Callable[[str], str], kubectl_cache_dir: Path
+) -> Iterator[Callable[..., KubectlPortForward]]:
     started: list[KubectlPortForward] = []
 
-    def start(version: str, kubeconfig: Path, target: str, *ports: str, env: dict[str, str] | None = None,
-              args: tuple[str, ...] = (), wait: bool = True) -> KubectlPortForward:
+    def start(
+        version: str,
+        kubeconfig: Path,
+        target: str,
+        *ports: str,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+        wait: bool = True,
+    ) -> KubectlPortForward:
         binary = kubectl_bin(version)
-        cmd = kubectl_command(binary, kubeconfig, kubectl_cache_dir, "port-forward", *args, target, *ports)
+        cmd = kubectl_command(
+            binary, kubeconfig, kubectl_cache_dir, "port-forward", *args, target, *ports
+        )
         pf = KubectlPortForward(cmd, subprocess_env(env))
         started.append(pf)
         if wait:
@@ -107,8 +120,9 @@ def kubectl_port_forward(kubectl_bin: Callable[[str], str],
 def fastpf() -> Iterator[Callable[..., Fastpf]]:
     started: list[Fastpf] = []
 
-    def start(kubeconfig: Path | str, *args: str, wait: int = 0,
-              env: dict[str, str] | None = None) -> Fastpf:
+    def start(
+        kubeconfig: Path | str, *args: str, wait: int = 0, env: dict[str, str] | None = None
+    ) -> Fastpf:
         pf = Fastpf(fastpf_cmd(kubeconfig, *args), subprocess_env(env))
         started.append(pf)
         if wait:

@@ -43,8 +43,9 @@ def test_async_with(cluster: ServeInstance, targets: Targets) -> None:
     events: list[dict[str, Any]] = []
 
     async def main() -> tuple[int, list[dict[str, Any]]]:
-        async with fastpf.forward("web-1", f"0:{targets.echo}", kubeconfig=str(cluster.kubeconfig),
-                                  on_event=events.append) as fwd:
+        async with fastpf.forward(
+            "web-1", f"0:{targets.echo}", kubeconfig=str(cluster.kubeconfig), on_event=events.append
+        ) as fwd:
             assert fwd.remote_ports == [targets.echo] and fwd.pod == "web-1"
             assert fwd.namespace == "default" and fwd.address == "127.0.0.1"
             reader, writer = await asyncio.open_connection("127.0.0.1", fwd.local_port)
@@ -59,21 +60,37 @@ def test_async_with(cluster: ServeInstance, targets: Targets) -> None:
             return fwd.local_port, fwd.stats()
 
     port, stats = asyncio.run(main())
-    assert stats == [{"local_port": port, "remote_port": targets.echo, "active": 0,
-                      "connections": 1, "bytes_to_pod": 300, "bytes_from_pod": 300, "errors": 0,
-                      "last_error": "", "reconnects": 0}]
+    assert stats == [
+        {
+            "local_port": port,
+            "remote_port": targets.echo,
+            "active": 0,
+            "connections": 1,
+            "bytes_to_pod": 300,
+            "bytes_from_pod": 300,
+            "errors": 0,
+            "last_error": "",
+            "reconnects": 0,
+        }
+    ]
     assert _refused(port)  # stopped with the block
     names = [e["event"] for e in events]
     assert names[:3] == ["listening", "listening", "ready"]
     assert names[3:] == ["connection_opened", "connection_closed"]
-    assert all(e["namespace"] == "default" and e["pod"] == "web-1" for e in events
-               if e["event"] != "ready")
+    assert all(
+        e["namespace"] == "default" and e["pod"] == "web-1" for e in events if e["event"] != "ready"
+    )
 
 
 def test_with_from_plain_code(cluster: ServeInstance, targets: Targets) -> None:
     before = threading.active_count()
-    with fastpf.forward("svc/web", [":http", ":up"], kubeconfig=str(cluster.kubeconfig),
-                        address="127.0.0.1", protocol="spdy") as fwd:
+    with fastpf.forward(
+        "svc/web",
+        [":http", ":up"],
+        kubeconfig=str(cluster.kubeconfig),
+        address="127.0.0.1",
+        protocol="spdy",
+    ) as fwd:
         assert fwd.remote_ports == [targets.echo, targets.sink]  # the service's target ports
         assert echo_once(fwd.local_port, b"sync") == b"sync"
         assert fwd.url("/x") == f"http://127.0.0.1:{fwd.local_port}/x"
@@ -85,8 +102,10 @@ def test_with_from_plain_code(cluster: ServeInstance, targets: Targets) -> None:
 
 
 def test_errors_raise_with_kubectls_message(cluster: ServeInstance) -> None:
-    with pytest.raises(fastpf.ClientError) as ei, fastpf.forward(
-            "nope", "80", kubeconfig=str(cluster.kubeconfig)):
+    with (
+        pytest.raises(fastpf.ClientError) as ei,
+        fastpf.forward("nope", "80", kubeconfig=str(cluster.kubeconfig)),
+    ):
         pass
     assert ei.value.line == 'Error from server (NotFound): pods "nope" not found'
 
@@ -98,15 +117,18 @@ def test_errors_raise_with_kubectls_message(cluster: ServeInstance) -> None:
         asyncio.run(main())
     with pytest.raises(RuntimeError, match="not running"):
         _ = fastpf.forward("web-1", "80").local_port
-    with pytest.raises(TypeError, match="unknown option 'bogus'"), fastpf.forward(
-            "web-1", "80", kubeconfig=str(cluster.kubeconfig), bogus=1):
+    with (
+        pytest.raises(TypeError, match="unknown option 'bogus'"),
+        fastpf.forward("web-1", "80", kubeconfig=str(cluster.kubeconfig), bogus=1),
+    ):
         pass
 
 
 def test_api_is_typed(tmp_path: Path) -> None:
     """mypy accepts typical use and rejects a misuse (the package ships py.typed)."""
     good = tmp_path / "good.py"
-    good.write_text(textwrap.dedent("""
+    good.write_text(
+        textwrap.dedent("""
         import asyncio
         import fastpf
 
@@ -118,25 +140,44 @@ def test_api_is_typed(tmp_path: Path) -> None:
         def sync() -> str:
             with fastpf.forward("deploy/web", ["8080:80"]) as fwd:
                 return fwd.url("/")
-    """))
+    """)
+    )
     bad = tmp_path / "bad.py"
-    bad.write_text("import fastpf\n\ndef f() -> str:\n    with fastpf.forward('x', '1') as fwd:\n"
-                   "        return fwd.local_port\n")
+    bad.write_text(
+        "import fastpf\n\ndef f() -> str:\n    with fastpf.forward('x', '1') as fwd:\n"
+        "        return fwd.local_port\n"
+    )
     cmd = [sys.executable, "-m", "mypy", "--no-incremental", "--strict", "--follow-imports=silent"]
-    ok = subprocess.run([*cmd, str(good)], capture_output=True, text=True, timeout=240, cwd=REPO,
-                        env=subprocess_env())
+    ok = subprocess.run(
+        [*cmd, str(good)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=REPO,
+        env=subprocess_env(),
+    )
     assert ok.returncode == 0, ok.stdout
-    ko = subprocess.run([*cmd, str(bad)], capture_output=True, text=True, timeout=240, cwd=REPO,
-                        env=subprocess_env())
-    assert ko.returncode == 1 and 'Incompatible return value type (got "int", expected "str")' \
-        in ko.stdout
+    ko = subprocess.run(
+        [*cmd, str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=REPO,
+        env=subprocess_env(),
+    )
+    assert (
+        ko.returncode == 1
+        and 'Incompatible return value type (got "int", expected "str")' in ko.stdout
+    )
 
 
-def test_pytest_plugin_entry_point_and_fixture(pytester: pytest.Pytester, cluster: ServeInstance,
-                                               targets: Targets) -> None:
+def test_pytest_plugin_entry_point_and_fixture(
+    pytester: pytest.Pytester, cluster: ServeInstance, targets: Targets
+) -> None:
     plugin = [e for e in entry_points(group="pytest11") if e.name == "fastpf"]
     assert [e.value for e in plugin] == ["fastpf.pytest_plugin"]  # registered when installed
-    pytester.makepyfile(test_uses_fixture=f"""
+    pytester.makepyfile(
+        test_uses_fixture=f"""
         import socket
 
         def test_echo(fastpf_forward):
@@ -150,9 +191,11 @@ def test_pytest_plugin_entry_point_and_fixture(pytester: pytest.Pytester, cluste
             a = fastpf_forward("web-1", ":{targets.echo}")
             b = fastpf_forward("svc/web", "0:http")
             assert a.local_port != b.local_port
-    """)
+    """
+    )
     pytester.makeini("[pytest]\nfastpf_namespace = default\n")
-    result = pytester.runpytest_subprocess("--fastpf-kubeconfig", str(cluster.kubeconfig),
-                                           "-p", "no:cacheprovider", "-q")
+    result = pytester.runpytest_subprocess(
+        "--fastpf-kubeconfig", str(cluster.kubeconfig), "-p", "no:cacheprovider", "-q"
+    )
     result.assert_outcomes(passed=2)
     assert targets.connections >= 1

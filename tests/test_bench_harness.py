@@ -29,8 +29,12 @@ import run  # noqa: E402
 @pytest.fixture(scope="module")
 def target_port() -> Iterator[int]:
     """The benchmark target in its own process, as the harness runs it; killed by PID."""
-    p = subprocess.Popen([sys.executable, str(BENCH / "loadgen.py"), "target"], stdout=subprocess.PIPE,
-                         text=True, start_new_session=True)
+    p = subprocess.Popen(
+        [sys.executable, str(BENCH / "loadgen.py"), "target"],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         line = p.stdout.readline() if p.stdout else ""
         assert line.startswith("PORT "), line
@@ -47,13 +51,13 @@ def test_record_reader_accepts_any_split() -> None:
     off = 0
     for size in (5, 70_000, 3):
         stream += loadgen.record_header(size)
-        stream += loadgen.PATTERN[off % loadgen.PERIOD:][:size]
+        stream += loadgen.PATTERN[off % loadgen.PERIOD :][:size]
         off += size
     stream += loadgen._END.pack(0, off)
     for step in (1, 7, 4096, len(stream)):
         r = loadgen.RecordReader()
         for i in range(0, len(stream), step):
-            r.feed(memoryview(stream)[i:i + step])
+            r.feed(memoryview(stream)[i : i + step])
         assert r.ok, step
 
 
@@ -208,29 +212,64 @@ def test_download_eof_detects_bad_replies(one_shot: Any, case: str) -> None:
     port = one_shot(bytes(payload), close=True)
     r = loadgen.download_eof("127.0.0.1", port, n, eof_timeout=10.0, transfer_timeout=30.0)
     assert not r["ok"] and r["errors"] == 1 and r["timeout"] == "", r
-    want = {"short": f"EOF after {n - 10} of {n}", "extra": "3 bytes beyond", "corrupt": "corrupt from byte 123456"}
+    want = {
+        "short": f"EOF after {n - 10} of {n}",
+        "extra": "3 bytes beyond",
+        "corrupt": "corrupt from byte 123456",
+    }
     assert want[case] in r["error"]
 
 
 def test_eof_metrics_and_report_table() -> None:
     ok = {"ok": True, "complete": True, "MBps": 400.0, "eof_s": 0.002, "timeout": "", "error": ""}
-    stuck = dict(ok, ok=False, eof_s=None, timeout="eof", error="no EOF within 10 s after the last byte")
-    slow = {"ok": False, "complete": False, "MBps": 0.6, "eof_s": None, "timeout": "transfer",
-            "error": "transfer timeout"}
+    stuck = dict(
+        ok, ok=False, eof_s=None, timeout="eof", error="no EOF within 10 s after the last byte"
+    )
+    slow = {
+        "ok": False,
+        "complete": False,
+        "MBps": 0.6,
+        "eof_s": None,
+        "timeout": "transfer",
+        "error": "transfer timeout",
+    }
     m_ok = run.eof_metrics([ok, dict(ok, MBps=500.0, eof_s=0.004), dict(ok, MBps=300.0)])
-    assert m_ok["eof_MBps"] == 400.0 and m_ok["eof_delay_s"] == 0.002 and m_ok["eof_delay_max_s"] == 0.004
+    assert (
+        m_ok["eof_MBps"] == 400.0
+        and m_ok["eof_delay_s"] == 0.002
+        and m_ok["eof_delay_max_s"] == 0.004
+    )
     assert m_ok["eof_ok"] == 3 and m_ok["eof_no_eof"] == 0
     m_stuck = run.eof_metrics([dict(stuck, MBps=200.0)] * 3)
-    assert m_stuck["eof_MBps"] == 200.0 and m_stuck["eof_delay_s"] is None and m_stuck["eof_no_eof"] == 3
+    assert (
+        m_stuck["eof_MBps"] == 200.0
+        and m_stuck["eof_delay_s"] is None
+        and m_stuck["eof_no_eof"] == 3
+    )
     m_slow = run.eof_metrics([slow])
     assert m_slow["eof_MBps"] is None and m_slow["eof_partial_MBps"] == 0.6
     result: dict[str, Any] = {
         "meta": {"durations": {"eof_mib": 64, "eof_reps": 3, "eof_timeout": 10.0}},
         "rows": {
-            "kubectl-1.33": {"label": "kubectl 1.33", "status": "ok", "errors": 0, "metrics": m_slow},
-            "kubectl-1.29": {"label": "kubectl 1.29", "status": "ok", "errors": 3, "metrics": m_stuck},
+            "kubectl-1.33": {
+                "label": "kubectl 1.33",
+                "status": "ok",
+                "errors": 0,
+                "metrics": m_slow,
+            },
+            "kubectl-1.29": {
+                "label": "kubectl 1.29",
+                "status": "ok",
+                "errors": 3,
+                "metrics": m_stuck,
+            },
             "fastpf-spdy": {"label": "fastpf spdy", "status": "ok", "errors": 0, "metrics": m_ok},
-            "direct": {"label": "direct", "status": "ok", "errors": 0, "metrics": {"down1_MBps": 9.0}},
+            "direct": {
+                "label": "direct",
+                "status": "ok",
+                "errors": 0,
+                "metrics": {"down1_MBps": 9.0},
+            },
         },
     }
     md = report.markdown(result)
@@ -245,7 +284,9 @@ def test_eof_metrics_and_report_table() -> None:
 
 def test_proc_measurements_and_registry(tmp_path: Path) -> None:
     reg = procs.Registry(tmp_path)
-    p = reg.start("spin", [sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<5: pass"])
+    p = reg.start(
+        "spin", [sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<5: pass"]
+    )
     try:
         time.sleep(0.3)
         assert procs.cpu_seconds(p.pid) > 0
@@ -260,14 +301,29 @@ def test_report_renders_unavailable_rows(tmp_path: Path) -> None:
     result = {
         "meta": {"started": "now", "mode": "quick", "durations": {}, "machine": {}},
         "rows": {
-            "direct": {"label": "direct", "status": "ok", "errors": 0,
-                       "metrics": {"down1_MBps": 1000.0, "churn_per_s": 100.0}},
-            "kubectl-1.33": {"label": "kubectl 1.33", "status": "ok", "errors": 0,
-                             "metrics": {"down1_MBps": 100.0, "up1_MBps": 100.0}},
-            "fastpf-spdy": {"label": "fastpf spdy", "status": "ok", "errors": 0,
-                            "metrics": {"down1_MBps": 400.0, "up1_MBps": 150.0, "churn_per_s": 90.0}},
-            "fastpf-websocket": {"label": "fastpf websocket", "status": "unavailable",
-                                 "reason": "client not written yet"},
+            "direct": {
+                "label": "direct",
+                "status": "ok",
+                "errors": 0,
+                "metrics": {"down1_MBps": 1000.0, "churn_per_s": 100.0},
+            },
+            "kubectl-1.33": {
+                "label": "kubectl 1.33",
+                "status": "ok",
+                "errors": 0,
+                "metrics": {"down1_MBps": 100.0, "up1_MBps": 100.0},
+            },
+            "fastpf-spdy": {
+                "label": "fastpf spdy",
+                "status": "ok",
+                "errors": 0,
+                "metrics": {"down1_MBps": 400.0, "up1_MBps": 150.0, "churn_per_s": 90.0},
+            },
+            "fastpf-websocket": {
+                "label": "fastpf websocket",
+                "status": "unavailable",
+                "reason": "client not written yet",
+            },
         },
     }
     t = {e["target"]: e["by_row"] for e in report.targets(result)}
@@ -295,9 +351,26 @@ def _alive(pid: int) -> bool:
 
 def _run_harness(tmp_path: Path, extra: list[str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, str(BENCH / "run.py"), "--quick", "--rows", "direct,socat", "--hold-conns", "20",
-         "--bulk-seconds", "0.2", "--eof-mib", "8", "--out", str(tmp_path), *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            sys.executable,
+            str(BENCH / "run.py"),
+            "--quick",
+            "--rows",
+            "direct,socat",
+            "--hold-conns",
+            "20",
+            "--bulk-seconds",
+            "0.2",
+            "--eof-mib",
+            "8",
+            "--out",
+            str(tmp_path),
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 @pytest.mark.skipif(not shutil.which("socat"), reason="socat not installed")
@@ -322,7 +395,9 @@ def test_run_py_end_to_end_direct_and_socat(tmp_path: Path) -> None:
     assert result["rows"]["socat"]["metrics"]["hold_open"] == 20
     assert "| socat (1 hop) |" in (tmp_path / "latest.md").read_text()
     assert "## Download to EOF (blocking socket)" in (tmp_path / "latest.md").read_text()
-    assert result["meta"]["children"] and not any(_alive(pid) for _, pid in result["meta"]["children"])
+    assert result["meta"]["children"] and not any(
+        _alive(pid) for _, pid in result["meta"]["children"]
+    )
 
 
 def test_run_py_ctrl_c_stops_every_child(tmp_path: Path) -> None:
@@ -340,4 +415,6 @@ def test_run_py_ctrl_c_stops_every_child(tmp_path: Path) -> None:
             p.wait()
     result = json.loads((tmp_path / "latest.json").read_text())
     assert result["meta"]["interrupted"] is True
-    assert result["meta"]["children"] and not any(_alive(pid) for _, pid in result["meta"]["children"])
+    assert result["meta"]["children"] and not any(
+        _alive(pid) for _, pid in result["meta"]["children"]
+    )

@@ -18,39 +18,75 @@ from tests.support.serve_process import ServeInstance
 from tests.support.targets import free_port
 
 
-def fastpf_run(*args: str, argv0: str | None = None, timeout: float = 60,
-               cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def fastpf_run(
+    *args: str, argv0: str | None = None, timeout: float = 60, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     if argv0 is None:
         cmd = [sys.executable, "-m", "fastpf", *args]
     else:  # run as that program name (kubectl runs plugins by their file name)
-        cmd = [sys.executable, "-c", "import sys; from fastpf.cli import main; "
-               f"sys.argv[0] = {argv0!r}; raise SystemExit(main())", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env=subprocess_env(), stdin=subprocess.DEVNULL, cwd=cwd)
+        cmd = [
+            sys.executable,
+            "-c",
+            "import sys; from fastpf.cli import main; "
+            f"sys.argv[0] = {argv0!r}; raise SystemExit(main())",
+            *args,
+        ]
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=subprocess_env(),
+        stdin=subprocess.DEVNULL,
+        cwd=cwd,
+    )
 
 
-def test_version_against_serve_matches_kubectl(serve: ServeInstance, kubectl_bin: Callable[[str], str],
-                                               kubectl_cache_dir: Path) -> None:
+def test_version_against_serve_matches_kubectl(
+    serve: ServeInstance, kubectl_bin: Callable[[str], str], kubectl_cache_dir: Path
+) -> None:
     k = run_kubectl(kubectl_bin("1.33"), serve.kubeconfig, kubectl_cache_dir, "version")
     f = fastpf_run("version", "--kubeconfig", str(serve.kubeconfig))
     assert k.returncode == f.returncode == 0, (k.stderr, f.stderr)
     server_line = [ln for ln in k.stdout.splitlines() if ln.startswith("Server Version: ")]
     assert f.stdout.splitlines() == [f"Client Version: v{fastpf.__version__}", *server_line]
-    doc = json.loads(fastpf_run("version", "-o", "json", "--kubeconfig", str(serve.kubeconfig)).stdout)
-    kdoc = json.loads(run_kubectl(kubectl_bin("1.33"), serve.kubeconfig, kubectl_cache_dir,
-                                  "version", "-o", "json").stdout)
+    doc = json.loads(
+        fastpf_run("version", "-o", "json", "--kubeconfig", str(serve.kubeconfig)).stdout
+    )
+    kdoc = json.loads(
+        run_kubectl(
+            kubectl_bin("1.33"), serve.kubeconfig, kubectl_cache_dir, "version", "-o", "json"
+        ).stdout
+    )
     assert doc["serverVersion"] == kdoc["serverVersion"]
     assert doc["clientVersion"]["gitVersion"] == f"v{fastpf.__version__}"
     quick = fastpf_run("--version", "--kubeconfig", str(serve.kubeconfig))
     assert quick.returncode == 0 and quick.stdout == f.stdout
 
 
-def test_version_unreachable_server_as_kubectl(kubectl_bin: Callable[[str], str], tmp_path: Path) -> None:
+def test_version_unreachable_server_as_kubectl(
+    kubectl_bin: Callable[[str], str], tmp_path: Path
+) -> None:
     server = f"https://127.0.0.1:{free_port()}"
     # with a token: kubectl would otherwise ask for a username on the terminal
-    k = subprocess.run([kubectl_bin("1.33"), "version", "--server", server, "--token", "t",
-                        "--cache-dir", str(tmp_path)], capture_output=True, text=True, timeout=60,
-                       env=subprocess_env(), cwd=tmp_path, stdin=subprocess.DEVNULL)
+    k = subprocess.run(
+        [
+            kubectl_bin("1.33"),
+            "version",
+            "--server",
+            server,
+            "--token",
+            "t",
+            "--cache-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=subprocess_env(),
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+    )
     f = fastpf_run("version", "--server", server, "--token", "t", cwd=tmp_path)
     assert (f.returncode, f.stderr) == (k.returncode, k.stderr) == (1, f.stderr)
     assert f.stdout == f"Client Version: v{fastpf.__version__}\n"
@@ -64,14 +100,18 @@ def test_serve_version() -> None:
 
     r = fastpf_run("serve", "--version")
     assert r.returncode == 0
-    assert r.stdout.splitlines() == [f"fastpf serve v{fastpf.__version__}",
-                                     f"Server Version: {SERVER_VERSION['gitVersion']}"]
+    assert r.stdout.splitlines() == [
+        f"fastpf serve v{fastpf.__version__}",
+        f"Server Version: {SERVER_VERSION['gitVersion']}",
+    ]
 
 
 def test_version_flag_errors() -> None:
     r = fastpf_run("version", "-o", "xml")
     assert (r.returncode, r.stderr.splitlines()[0]) == (
-        1, 'error: invalid argument "xml" for "-o, --output" flag: must be one of json, yaml')
+        1,
+        'error: invalid argument "xml" for "-o, --output" flag: must be one of json, yaml',
+    )
 
 
 def test_program_name() -> None:
@@ -83,8 +123,10 @@ def test_program_name() -> None:
 def test_plugin_errors_name_kubectl_fastpf() -> None:
     r = fastpf_run("onlyatarget", argv0="/x/kubectl-fastpf")
     assert r.returncode == 1
-    assert r.stderr.splitlines() == ["error: TYPE/NAME and list of ports are required for port-forward",
-                                     "See 'kubectl fastpf -h' for help and examples"]
+    assert r.stderr.splitlines() == [
+        "error: TYPE/NAME and list of ports are required for port-forward",
+        "See 'kubectl fastpf -h' for help and examples",
+    ]
     r = fastpf_run("--bogus", argv0="/x/kubectl-fastpf")
     assert r.stderr.splitlines()[1] == "See 'kubectl fastpf --help' for usage."
     assert "kubectl fastpf mypod 5000 6000" in fastpf_run("-h", argv0="kubectl-fastpf").stdout
@@ -96,15 +138,29 @@ def test_kubectl_runs_the_plugin(kubectl_bin: Callable[[str], str], tmp_path: Pa
     """`kubectl fastpf ...` through kubectl's own plugin lookup on PATH."""
     plugin = tmp_path / "bin" / "kubectl-fastpf"
     plugin.parent.mkdir()
-    plugin.write_text(f"#!{sys.executable}\nfrom fastpf.cli import main\nraise SystemExit(main())\n")
+    plugin.write_text(
+        f"#!{sys.executable}\nfrom fastpf.cli import main\nraise SystemExit(main())\n"
+    )
     plugin.chmod(0o755)
     env = subprocess_env({"PATH": f"{plugin.parent}:/usr/bin:/bin"})
-    r = subprocess.run([kubectl_bin("1.33"), "fastpf", "onlyatarget"], capture_output=True,
-                       text=True, timeout=60, env=env, cwd=tmp_path)
+    r = subprocess.run(
+        [kubectl_bin("1.33"), "fastpf", "onlyatarget"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
     assert r.returncode == 1
     assert r.stderr.splitlines()[-1] == "See 'kubectl fastpf -h' for help and examples"
-    r = subprocess.run([kubectl_bin("1.33"), "fastpf", "version", "--client"], capture_output=True,
-                       text=True, timeout=60, env=env, cwd=tmp_path)
+    r = subprocess.run(
+        [kubectl_bin("1.33"), "fastpf", "version", "--client"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
     assert r.stdout == f"Client Version: v{fastpf.__version__}\n"
 
 

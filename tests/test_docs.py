@@ -11,12 +11,21 @@ import pytest
 from tests.support.processes import REPO
 
 # bench/results/*.md are recorded runs (their command lines name temp dirs): not docs
-DOCS = sorted([REPO / "README.md", REPO / "bench" / "README.md", REPO / "fastpf" / "serve" / "README.md",
-               REPO / "tests" / "README.md",
-               *(REPO / "docs").glob("*.md")])
+DOCS = sorted(
+    [
+        REPO / "README.md",
+        REPO / "bench" / "README.md",
+        REPO / "fastpf" / "serve" / "README.md",
+        REPO / "tests" / "README.md",
+        *(REPO / "docs").glob("*.md"),
+    ]
+)
 OUTSIDE = [
     (re.compile(r"(?<![.\w])\.\./"), "a path above the repository"),
-    (re.compile(r"(?<![\w.:/-])/(?:work|tmp|usr|root|home|opt|var|etc|mnt|srv)/"), "an absolute path"),
+    (
+        re.compile(r"(?<![\w.:/-])/(?:work|tmp|usr|root|home|opt|var|etc|mnt|srv)/"),
+        "an absolute path",
+    ),
     (re.compile(r"https?://(?!127\.0\.0\.1|localhost|\[::1\])[\w.-]+"), "a link off this machine"),
 ]
 
@@ -41,9 +50,17 @@ def test_relative_links_resolve(doc: Path) -> None:
 
 
 def test_the_checks_catch_what_they_should() -> None:
-    bad = ["see `../shared/PROTOCOL.md`", "binaries in /usr/lib/google-cloud-sdk/bin",
-           "https://github.com/x/y", "cd /work/main"]
-    good = ["GET .../portforward", "https://127.0.0.1:6443", "fastpf/serve/README.md",
-            "`tests/golden/stats_plain.txt`"]
+    bad = [
+        "see `../shared/PROTOCOL.md`",
+        "binaries in /usr/lib/google-cloud-sdk/bin",
+        "https://github.com/x/y",
+        "cd /work/main",
+    ]
+    good = [
+        "GET .../portforward",
+        "https://127.0.0.1:6443",
+        "fastpf/serve/README.md",
+        "`tests/golden/stats_plain.txt`",
+    ]
     assert all(any(p.search(text) for p, _ in OUTSIDE) for text in bad)
     assert not any(p.search(text) for text in good for p, _ in OUTSIDE)

@@ -94,8 +94,10 @@ def test_all_lists_every_class_and_every_class_has_one_family() -> None:
 
 # One instance per remote class, built with a distinctive wire code (the expected value).
 REMOTE_SAMPLES: dict[type[E.RemoteError], tuple[E.RemoteError, int]] = {
-    E.SpdySessionError: (E.SpdySessionError("ping id 0", goaway_status=F.GOAWAY_INTERNAL_ERROR),
-                         F.GOAWAY_INTERNAL_ERROR),
+    E.SpdySessionError: (
+        E.SpdySessionError("ping id 0", goaway_status=F.GOAWAY_INTERNAL_ERROR),
+        F.GOAWAY_INTERNAL_ERROR,
+    ),
     E.WebSocketError: (E.WebSocketError("too big", close_code=1009), 1009),
     E.StreamResetError: (E.StreamResetError(status=F.RST_REFUSED_STREAM), F.RST_REFUSED_STREAM),
     E.HandshakeError: (E.HandshakeError("403 Forbidden", status=403), 403),

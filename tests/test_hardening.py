@@ -51,7 +51,9 @@ PATH = "/api/v1/namespaces/default/pods/x/portforward"
 # descriptor limits
 
 
-def test_serve_raises_its_soft_descriptor_limit(serve_factory: Callable[..., ServeInstance]) -> None:
+def test_serve_raises_its_soft_descriptor_limit(
+    serve_factory: Callable[..., ServeInstance],
+) -> None:
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     if hard <= 1024:
         pytest.skip("hard descriptor limit is 1024: nothing to raise")
@@ -60,7 +62,9 @@ def test_serve_raises_its_soft_descriptor_limit(serve_factory: Callable[..., Ser
     assert nofile_of(srv.process.pid) == (hard, hard)
 
 
-def test_client_at_soft_limit_1024_holds_2000_connections(serve: ServeInstance, targets: Targets) -> None:
+def test_client_at_soft_limit_1024_holds_2000_connections(
+    serve: ServeInstance, targets: Targets
+) -> None:
     """kubectl raises its soft limit (Go does) and completes all 2,000; so must we."""
     if ensure_nofile(6000) < 6000:
         pytest.skip("this test needs 6000 descriptors for its own end of the connections")
@@ -78,15 +82,17 @@ def test_client_at_soft_limit_1024_holds_2000_connections(serve: ServeInstance, 
 
 
 def test_client_out_of_descriptors_says_so_once_and_drops_nothing(
-        serve: ServeInstance, targets: Targets) -> None:
+    serve: ServeInstance, targets: Targets
+) -> None:
     """With the hard limit itself reached, connections wait in the backlog (none is accepted
     and dropped, as uvloop's accept does) and the user gets one line for the listener."""
     pf = fastpf_client(serve.kubeconfig, "--protocol", "spdy", "pod/x", f":{targets.echo}")
     try:
         pf.wait_forwarding(1)
         resource.prlimit(pf.proc.pid, resource.RLIMIT_NOFILE, (96, 96))
-        result = asyncio.run(concurrent_echo(pf.local_port(targets.echo), 400, hold=False,
-                                             connect_parallel=200))
+        result = asyncio.run(
+            concurrent_echo(pf.local_port(targets.echo), 400, hold=False, connect_parallel=200)
+        )
         assert result.failures == []
         assert result.ok == 400
     finally:
@@ -113,7 +119,8 @@ async def _slowloris(srv: ServeInstance, n: int) -> list[asyncio.StreamWriter]:
                 _, w = await asyncio.open_connection(srv.host, srv.port)
             else:
                 _, w = await asyncio.wait_for(
-                    asyncio.open_connection(srv.host, srv.port, ssl=ctx), 10)
+                    asyncio.open_connection(srv.host, srv.port, ssl=ctx), 10
+                )
                 w.write(b"GET /api HTTP/1.1\r\nHost: x\r\n")
         except (OSError, asyncio.TimeoutError):
             continue  # shed before the handshake finished: what serve is meant to do
@@ -180,8 +187,9 @@ def test_client_pauses_a_ping_flood_it_cannot_answer(tmp_path: Path) -> None:
     flood_now = asyncio.Event()
     sent: list[int] = []
 
-    async def on_upgrade(head: bytes, reader: asyncio.StreamReader,
-                         writer: asyncio.StreamWriter) -> None:
+    async def on_upgrade(
+        head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         writer.write(SPDY_101)
         await flood_now.wait()
         sent.append(await _flood(writer, chunk, 64 << 20))
@@ -189,7 +197,9 @@ def test_client_pauses_a_ping_flood_it_cannot_answer(tmp_path: Path) -> None:
 
     async def body() -> None:
         async with HostileApi(on_upgrade) as api:
-            pf = fastpf_client(api.kubeconfig(tmp_path / "kc"), "--protocol", "spdy", "pod/x", ":80")
+            pf = fastpf_client(
+                api.kubeconfig(tmp_path / "kc"), "--protocol", "spdy", "pod/x", ":80"
+            )
             try:
                 await asyncio.to_thread(pf.wait_forwarding, 1)
                 before = rss_kib(pf.proc.pid)
@@ -214,7 +224,9 @@ async def _raw_spdy(srv: ServeInstance) -> tuple[asyncio.StreamReader, asyncio.S
     return reader, writer
 
 
-def test_serve_pauses_a_ping_flood_it_cannot_answer(serve_factory: Callable[..., ServeInstance]) -> None:
+def test_serve_pauses_a_ping_flood_it_cannot_answer(
+    serve_factory: Callable[..., ServeInstance],
+) -> None:
     """A client that floods PINGs and never reads: serve stops reading (it held 200 MiB of
     echoes for a 200 MB flood before)."""
     srv = serve_factory(tls=False)
@@ -241,7 +253,8 @@ def test_serve_bounds_streams_that_never_pair(serve_factory: Callable[..., Serve
     enc = F.SpdyEncoder()
     flood = b"".join(
         enc.syn_stream(1 + 2 * i, {"streamtype": "error", "port": "80", "requestid": f"r{i}"})
-        for i in range(count))
+        for i in range(count)
+    )
 
     async def body() -> tuple[int, int, int, dict[int, int]]:
         reader, writer = await _raw_spdy(srv)
@@ -294,7 +307,9 @@ def test_idle_sessions_are_small_and_give_their_memory_back(serve: ServeInstance
 
     async def one() -> asyncio.StreamWriter:
         reader, writer = await asyncio.open_connection(serve.host, serve.port, ssl=ctx)
-        _, raw = handshake.spdy_request("127.0.0.1", PATH, [("Authorization", f"Bearer {serve.token}")])
+        _, raw = handshake.spdy_request(
+            "127.0.0.1", PATH, [("Authorization", f"Bearer {serve.token}")]
+        )
         writer.write(raw)
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
         assert b" 101 " in head
@@ -340,8 +355,9 @@ async def _hang_up(head: bytes, reader: asyncio.StreamReader, writer: asyncio.St
     return True
 
 
-async def _redirect_loop(head: bytes, reader: asyncio.StreamReader,
-                         writer: asyncio.StreamWriter) -> bool:
+async def _redirect_loop(
+    head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> bool:
     target = head.split(b" ", 2)[1]
     writer.write(b"HTTP/1.1 302 Found\r\nLocation: " + target + b"\r\nContent-Length: 0\r\n\r\n")
     await writer.drain()
@@ -355,8 +371,13 @@ ANSWERS = {"garbage": _garbage, "hang-up": _hang_up, "redirect-loop": _redirect_
 @pytest.mark.parametrize("protocol", ["auto", "spdy"])  # kubectl 1.33 with and without websockets
 @pytest.mark.parametrize("answer", list(ANSWERS))
 def test_bad_upgrade_answers_get_kubectls_error_at_once(
-        answer: str, protocol: str, serve_factory: Callable[..., ServeInstance],
-        kubectl_bin: Callable[[str], str], kubectl_cache_dir: Path, tmp_path: Path) -> None:
+    answer: str,
+    protocol: str,
+    serve_factory: Callable[..., ServeInstance],
+    kubectl_bin: Callable[[str], str],
+    kubectl_cache_dir: Path,
+    tmp_path: Path,
+) -> None:
     """Garbage instead of an HTTP answer, a server that hangs up without answering, endless
     redirects: fastpf says exactly what kubectl 1.33 says (no h11 text, no "i/o timeout"
     after 30 s), at once."""
@@ -369,8 +390,19 @@ def test_bad_upgrade_answers_get_kubectls_error_at_once(
             kc = kubeconfig_via(srv, mitm.port, tmp_path / "kc")
             ours = await run_command(fastpf_cmd(kc, "--protocol", protocol, "pod/x", ":80"), 20)
             theirs = await run_command(
-                [kubectl, "--kubeconfig", str(kc), "--cache-dir", str(kubectl_cache_dir),
-                 "port-forward", "pod/x", ":80"], 40, env={"KUBECTL_PORT_FORWARD_WEBSOCKETS": ws})
+                [
+                    kubectl,
+                    "--kubeconfig",
+                    str(kc),
+                    "--cache-dir",
+                    str(kubectl_cache_dir),
+                    "port-forward",
+                    "pod/x",
+                    ":80",
+                ],
+                40,
+                env={"KUBECTL_PORT_FORWARD_WEBSOCKETS": ws},
+            )
         return ours, theirs
 
     ours, theirs = asyncio.run(body())
@@ -381,20 +413,24 @@ def test_bad_upgrade_answers_get_kubectls_error_at_once(
 
 
 def test_spdy_upgrade_follows_a_redirect_as_client_go(
-        serve_factory: Callable[..., ServeInstance], targets: Targets, tmp_path: Path) -> None:
+    serve_factory: Callable[..., ServeInstance], targets: Targets, tmp_path: Path
+) -> None:
     """302 on the SPDY upgrade: followed (as a GET, as Go's client does), and forwarding works."""
     srv = serve_factory(tls=False)
     seen: list[bytes] = []
 
-    async def redirect_once(head: bytes, reader: asyncio.StreamReader,
-                            writer: asyncio.StreamWriter) -> bool:
+    async def redirect_once(
+        head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
         request_line = head.split(b"\r\n", 1)[0]
         seen.append(request_line)
         if b"redirected" in request_line:
             return False  # pass it on to serve
         target = head.split(b" ", 2)[1]
-        writer.write(b"HTTP/1.1 302 Found\r\nLocation: " + target + b"?redirected=1\r\n"
-                     b"Content-Length: 0\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 302 Found\r\nLocation: " + target + b"?redirected=1\r\n"
+            b"Content-Length: 0\r\n\r\n"
+        )
         await writer.drain()
         writer.close()
         return True
@@ -415,36 +451,66 @@ def test_spdy_upgrade_follows_a_redirect_as_client_go(
     assert seen[1].endswith(b"?redirected=1 HTTP/1.1")
 
 
-def test_tls_server_name_that_fails_is_named(serve: ServeInstance, kubectl_bin: Callable[[str], str],
-                                             kubectl_cache_dir: Path) -> None:
+def test_tls_server_name_that_fails_is_named(
+    serve: ServeInstance, kubectl_bin: Callable[[str], str], kubectl_cache_dir: Path
+) -> None:
     """--tls-server-name wrong.example: the error names wrong.example (it named 127.0.0.1)."""
-    code, err, _ = asyncio.run(run_command(
-        fastpf_cmd(serve.kubeconfig, "--tls-server-name", "wrong.example", "pod/x", ":80"), 20))
+    code, err, _ = asyncio.run(
+        run_command(
+            fastpf_cmd(serve.kubeconfig, "--tls-server-name", "wrong.example", "pod/x", ":80"), 20
+        )
+    )
     assert code == 1
-    assert last_line(err) == ("Unable to connect to the server: tls: failed to verify certificate: "
-                              "x509: certificate is not valid for wrong.example")
+    assert last_line(err) == (
+        "Unable to connect to the server: tls: failed to verify certificate: "
+        "x509: certificate is not valid for wrong.example"
+    )
     kubectl = kubectl_bin("1.33")  # names the same server name (and lists the certificate's)
-    theirs = run_kubectl(kubectl, serve.kubeconfig, kubectl_cache_dir, "--tls-server-name",
-                         "wrong.example", "port-forward", "pod/x", ":80")
+    theirs = run_kubectl(
+        kubectl,
+        serve.kubeconfig,
+        kubectl_cache_dir,
+        "--tls-server-name",
+        "wrong.example",
+        "port-forward",
+        "pod/x",
+        ":80",
+    )
     assert "not wrong.example" in theirs.stderr
 
 
 @pytest.mark.parametrize("token", ["abc\r\nX-Injected: 1", "abc\x01"])
 def test_token_with_control_characters_is_refused_locally(
-        serve: ServeInstance, token: str, kubectl_bin: Callable[[str], str],
-        kubectl_cache_dir: Path) -> None:
+    serve: ServeInstance, token: str, kubectl_bin: Callable[[str], str], kubectl_cache_dir: Path
+) -> None:
     """A token HTTP cannot carry: Go's net/http refuses it before sending (we got "server sent
     goaway" or a 401 from the server)."""
-    code, err, _ = asyncio.run(run_command(
-        fastpf_cmd(serve.kubeconfig, "--token", token, "pod/x", ":80"), 20))
-    theirs = run_kubectl(kubectl_bin("1.33"), serve.kubeconfig, kubectl_cache_dir, "--token", token,
-                         "port-forward", "pod/x", ":80")
+    code, err, _ = asyncio.run(
+        run_command(fastpf_cmd(serve.kubeconfig, "--token", token, "pod/x", ":80"), 20)
+    )
+    theirs = run_kubectl(
+        kubectl_bin("1.33"),
+        serve.kubeconfig,
+        kubectl_cache_dir,
+        "--token",
+        token,
+        "port-forward",
+        "pod/x",
+        ":80",
+    )
     assert code == 1
-    assert last_line(err) == last_line(theirs.stderr) == (
-        'Unable to connect to the server: net/http: invalid header field value for "Authorization"')
+    assert (
+        last_line(err)
+        == last_line(theirs.stderr)
+        == (
+            'Unable to connect to the server: net/http: invalid header field value for "Authorization"'
+        )
+    )
 
 
-def test_serve_refuses_a_complete_request_head_over_64_kib(serve_factory: Callable[..., ServeInstance]) -> None:
+def test_serve_refuses_a_complete_request_head_over_64_kib(
+    serve_factory: Callable[..., ServeInstance],
+) -> None:
     """h11 caps only incomplete heads: a 100 KiB head arriving whole was accepted."""
     srv = serve_factory(tls=False)
 
@@ -491,7 +557,9 @@ def test_acceptor_waits_out_emfile_and_reports_once() -> None:
         sock.bind(("127.0.0.1", 0))
         sock.listen(64)
         reports: list[tuple[str, int]] = []
-        acceptor = Acceptor(sock, _Echo, report=lambda exc, n: reports.append((exhausted_text(exc), n)))
+        acceptor = Acceptor(
+            sock, _Echo, report=lambda exc, n: reports.append((exhausted_text(exc), n))
+        )
         port = sock.getsockname()[1]
 
         async def echo(i: int) -> bytes:
@@ -544,7 +612,8 @@ def _in_process_server() -> Server:
 
 
 def test_serve_cuts_a_connection_without_a_request_head_at_its_deadline(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(server_module, "HEAD_TIMEOUT", 0.3)
 
     async def body() -> tuple[bytes, bytes]:
@@ -568,7 +637,8 @@ def test_serve_cuts_a_connection_without_a_request_head_at_its_deadline(
 
 
 def test_serve_sheds_the_oldest_waiting_connections_beyond_its_budget(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(server_module, "nofile_limit", lambda: 256)  # budget: 64 waiting
 
     async def body() -> tuple[int, int, int]:
@@ -595,7 +665,9 @@ def test_serve_sheds_the_oldest_waiting_connections_beyond_its_budget(
 def test_client_says_the_server_never_answered_not_dial_timeout() -> None:
     async def body() -> str:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)  # accepts, never answers
+        server = await loop.create_server(
+            asyncio.Protocol, "127.0.0.1", 0
+        )  # accepts, never answers
         port = server.sockets[0].getsockname()[1]
         try:
             with pytest.raises(HandshakeError) as info:
@@ -605,22 +677,38 @@ def test_client_says_the_server_never_answered_not_dial_timeout() -> None:
             server.close()
 
     text, port = asyncio.run(asyncio.wait_for(body(), 30)).split("|")
-    assert text == (f'error upgrading connection: error sending request: Post "http://127.0.0.1:{port}'
-                    f'{PATH}": net/http: timeout awaiting response headers')
+    assert text == (
+        f'error upgrading connection: error sending request: Post "http://127.0.0.1:{port}'
+        f'{PATH}": net/http: timeout awaiting response headers'
+    )
 
 
 def test_load_script_500_connections(tmp_path: Path) -> None:
     """bench/load.py (10,000 connections by hand) at 500: every connection's echo checks out."""
-    out = subprocess.run([sys.executable, str(Path(__file__).parent.parent / "bench" / "load.py"),
-                          "--conns", "500", "--rounds", "2", "--settle", "0"],
-                         capture_output=True, text=True, timeout=120, env=subprocess_env())
-    result = json.loads(out.stdout[out.stdout.index("{"):])
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).parent.parent / "bench" / "load.py"),
+            "--conns",
+            "500",
+            "--rounds",
+            "2",
+            "--settle",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=subprocess_env(),
+    )
+    result = json.loads(out.stdout[out.stdout.index("{") :])
     assert out.returncode == 0, out.stdout + out.stderr
     assert result["ok"] == 500 and result["lost"] == 0 and result["peak_open"] == 500
 
 
 def test_ping_flood_injected_into_a_live_session_pauses_then_recovers(
-        serve_factory: Callable[..., ServeInstance], targets: Targets, tmp_path: Path) -> None:
+    serve_factory: Callable[..., ServeInstance], targets: Targets, tmp_path: Path
+) -> None:
     """A man in the middle floods a live client session with PINGs and stops passing the
     client's bytes on: the client stops reading (bounded memory) instead of queueing every
     echo, and once its bytes flow again the session and its open connection carry on."""
@@ -633,7 +721,9 @@ def test_ping_flood_injected_into_a_live_session_pauses_then_recovers(
             pf = fastpf_client(kc, "--protocol", "spdy", "pod/x", f":{targets.echo}")
             try:
                 await asyncio.to_thread(pf.wait_forwarding, 1)
-                reader, writer = await asyncio.open_connection("127.0.0.1", pf.local_port(targets.echo))
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", pf.local_port(targets.echo)
+                )
                 writer.write(b"hello")
                 assert await asyncio.wait_for(reader.readexactly(5), 10) == b"hello"
                 leg = await mitm.upgraded_leg()

@@ -30,8 +30,13 @@ def _checkout_copy(dest: Path) -> Path:
     """The files a fresh clone would have (tracked, plus new ones not ignored), in `dest`."""
     if not (REPO / ".git").exists():
         pytest.skip("not a git checkout")
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=REPO, capture_output=True, timeout=60, check=True).stdout
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    ).stdout
     for name in filter(None, listed.decode().split("\0")):
         source = REPO / name
         if source.is_file():
@@ -44,9 +49,22 @@ def _checkout_copy(dest: Path) -> Path:
 def _build_sdist(tmp: Path) -> Path:
     tree = _checkout_copy(tmp / "clone")
     out = tmp / "dist"
-    r = subprocess.run([sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir",
-                        str(out), str(tree)], capture_output=True, text=True, timeout=300,
-                       env=subprocess_env())
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--sdist",
+            "--no-isolation",
+            "--outdir",
+            str(out),
+            str(tree),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=subprocess_env(),
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     (sdist,) = out.glob("fastpf-*.tar.gz")
     return sdist
@@ -60,57 +78,141 @@ def sdist(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_sdist_carries_the_cython_sources(sdist: Path) -> None:
     with tarfile.open(sdist) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
-    assert {"fastpf/_frames.pyx", "fastpf/_frames.pxd", "fastpf/_frames.pyi", "fastpf/py.typed",
-            "fastpf/_pump.pyx", "fastpf/_pump.pxd", "fastpf/_pump.pyi", "fastpf/frames/exports.pxi",
-            "setup.py", "pyproject.toml", "README.md", "MANIFEST.in", "docs/EVENTS.md",
-            "docs/PROTOCOL.md", "tests/conftest.py", "tests/golden/stats_plain.txt",
-            "scripts/test.sh", "plugins/fastpf.yaml"} <= names
+    assert {
+        "fastpf/_frames.pyx",
+        "fastpf/_frames.pxd",
+        "fastpf/_frames.pyi",
+        "fastpf/py.typed",
+        "fastpf/_pump.pyx",
+        "fastpf/_pump.pxd",
+        "fastpf/_pump.pyi",
+        "fastpf/frames/exports.pxi",
+        "setup.py",
+        "pyproject.toml",
+        "README.md",
+        "MANIFEST.in",
+        "docs/EVENTS.md",
+        "docs/PROTOCOL.md",
+        "tests/conftest.py",
+        "tests/golden/stats_plain.txt",
+        "scripts/test.sh",
+        "plugins/fastpf.yaml",
+    } <= names
     assert not [n for n in names if n.endswith((".so", ".pyc"))]
     assert sdist.name == f"fastpf-{fastpf.__version__}.tar.gz"
 
 
 @pytest.mark.skipif(not SLOW, reason="compiles the wheel (~45 s): CI only (FASTPF_CI=1)")
-def test_wheel_from_sdist_installs_and_forwards(sdist: Path, tmp_path: Path,
-                                               serve_factory: Callable[..., ServeInstance],
-                                               targets: Targets) -> None:
+def test_wheel_from_sdist_installs_and_forwards(
+    sdist: Path, tmp_path: Path, serve_factory: Callable[..., ServeInstance], targets: Targets
+) -> None:
     wheels = tmp_path / "wheels"
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index",
-                        "--no-build-isolation", "--disable-pip-version-check", "-w", str(wheels),
-                        str(sdist)], capture_output=True, text=True, timeout=600,
-                       env=subprocess_env())
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            "-w",
+            str(wheels),
+            str(sdist),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=subprocess_env(),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     (wheel,) = wheels.glob("fastpf-*.whl")
     # A fresh environment with only the wheel; its dependencies come from this venv (.pth).
     env_dir = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(env_dir)], check=True, timeout=300)
     py = env_dir / "bin" / "python"
-    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    site = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
     Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    r = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-                        "--disable-pip-version-check", str(wheel)], capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [
+            str(py),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            "--disable-pip-version-check",
+            str(wheel),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     clean_env = {k: v for k, v in subprocess_env().items() if k != "PYTHONPATH"}
-    where = subprocess.run([str(py), "-c", "import fastpf._frames as f, fastpf._pump as p; "
-                            "print(p.__file__); print(f.__file__)"],
-                           capture_output=True, text=True, timeout=60, cwd=tmp_path, env=clean_env)
+    where = subprocess.run(
+        [
+            str(py),
+            "-c",
+            "import fastpf._frames as f, fastpf._pump as p; print(p.__file__); print(f.__file__)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=clean_env,
+    )
     assert where.stdout.startswith(site), where  # the wheel's compiled module, not the checkout
     for script in ("fastpf", "kubectl-fastpf", "kubectl_complete-fastpf"):
         assert (env_dir / "bin" / script).exists(), script
-    version = subprocess.run([str(env_dir / "bin" / "fastpf"), "version", "--client"],
-                             capture_output=True, text=True, timeout=60, env=clean_env)
+    version = subprocess.run(
+        [str(env_dir / "bin" / "fastpf"), "version", "--client"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env,
+    )
     assert version.stdout == f"Client Version: v{fastpf.__version__}\n"
-    plugin = subprocess.run([str(py), "-c", "from importlib.metadata import entry_points; "
-                             "print([e.value for e in entry_points(group='pytest11')])"],
-                            capture_output=True, text=True, timeout=60, env=clean_env)
+    plugin = subprocess.run(
+        [
+            str(py),
+            "-c",
+            "from importlib.metadata import entry_points; "
+            "print([e.value for e in entry_points(group='pytest11')])",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env,
+    )
     assert "fastpf.pytest_plugin" in plugin.stdout
     # and it forwards
     srv: ServeInstance = serve_factory(manifest=manifest(targets))
-    pf = subprocess.Popen([str(env_dir / "bin" / "fastpf"), "--kubeconfig", str(srv.kubeconfig),
-                           "--address", "127.0.0.1", "web-1", f":{targets.echo}"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env,
-                          cwd=tmp_path)
+    pf = subprocess.Popen(
+        [
+            str(env_dir / "bin" / "fastpf"),
+            "--kubeconfig",
+            str(srv.kubeconfig),
+            "--address",
+            "127.0.0.1",
+            "web-1",
+            f":{targets.echo}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env,
+        cwd=tmp_path,
+    )
     try:
         assert pf.stdout is not None
         line = pf.stdout.readline()
@@ -138,8 +240,14 @@ def test_krew_manifest_and_archive(tmp_path: Path) -> None:
     (platform,) = spec["platforms"]
     assert platform["bin"] == "kubectl-fastpf"
     tree = _checkout_copy(tmp_path / "clone")
-    r = subprocess.run(["bash", "scripts/krew.sh"], cwd=tree, capture_output=True, text=True,
-                       timeout=300, env=subprocess_env({"PYTHON": sys.executable}))
+    r = subprocess.run(
+        ["bash", "scripts/krew.sh"],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=subprocess_env({"PYTHON": sys.executable}),
+    )
     assert r.returncode == 0, r.stderr
     archive = tree / "dist" / "kubectl-fastpf.tar.gz"
     built = yaml.safe_load((tree / "dist" / "fastpf.yaml").read_text())
@@ -155,20 +263,35 @@ def test_krew_manifest_and_archive(tmp_path: Path) -> None:
         assert fnmatch.filter(names, entry["from"]), entry
 
 
-def test_krew_launcher_through_kubectl(kubectl_bin: Callable[[str], str], tmp_path: Path,
-                                       serve: ServeInstance) -> None:
+def test_krew_launcher_through_kubectl(
+    kubectl_bin: Callable[[str], str], tmp_path: Path, serve: ServeInstance
+) -> None:
     """kubectl finds the launcher as a plugin; its errors name `kubectl fastpf`."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     shutil.copy2(REPO / "plugins" / "kubectl-fastpf", bin_dir / "kubectl-fastpf")
-    env = subprocess_env({"PATH": f"{bin_dir}:/usr/bin:/bin", "KUBECTL_FASTPF_PYTHON": sys.executable})
-    r = subprocess.run([kubectl_bin("1.33"), "fastpf", "onlyatarget"], capture_output=True,
-                       text=True, timeout=60, env=env, cwd=tmp_path)
+    env = subprocess_env(
+        {"PATH": f"{bin_dir}:/usr/bin:/bin", "KUBECTL_FASTPF_PYTHON": sys.executable}
+    )
+    r = subprocess.run(
+        [kubectl_bin("1.33"), "fastpf", "onlyatarget"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
     assert r.returncode == 1
     assert r.stderr.splitlines()[-2:] == [
         "error: TYPE/NAME and list of ports are required for port-forward",
-        "See 'kubectl fastpf -h' for help and examples"]
-    r = subprocess.run([kubectl_bin("1.33"), "fastpf", "version", "--kubeconfig",
-                        str(serve.kubeconfig)], capture_output=True, text=True, timeout=60,
-                       env=env, cwd=tmp_path)
+        "See 'kubectl fastpf -h' for help and examples",
+    ]
+    r = subprocess.run(
+        [kubectl_bin("1.33"), "fastpf", "version", "--kubeconfig", str(serve.kubeconfig)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0 and r.stdout.startswith(f"Client Version: v{fastpf.__version__}\n")

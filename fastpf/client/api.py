@@ -47,11 +47,16 @@ _GENERIC = {
     405: ("MethodNotAllowed", "the server does not allow this method on the requested resource"),
     409: ("Conflict", "the server reported a conflict"),
     422: ("Invalid", "the server rejected our request due to an error in our request"),
-    429: ("TooManyRequests",
-          "the server has received too many requests and has asked us to try again later"),
+    429: (
+        "TooManyRequests",
+        "the server has received too many requests and has asked us to try again later",
+    ),
     503: ("ServiceUnavailable", "the server is currently unable to handle the request"),
-    504: ("Timeout", "the server was unable to return a response in the time allotted, but may "
-                     "still be processing the request"),
+    504: (
+        "Timeout",
+        "the server was unable to return a response in the time allotted, but may "
+        "still be processing the request",
+    ),
 }
 
 
@@ -76,16 +81,20 @@ def status_error(status: int, body: bytes, what: str = "") -> ApiError:
             text = body.decode("utf-8", "replace").strip()
             message = f'an error on the server ("{text}") has prevented the request from succeeding'
         else:
-            message = (f"the server responded with the status code {status} but did not return "
-                       "more information")
+            message = (
+                f"the server responded with the status code {status} but did not return "
+                "more information"
+            )
         if what:
             message = f"{message} ({what})"
     if reason == "Unauthorized":
-        return ApiError(f"You must be logged in to the server ({message})", status=status,
-                        reason=reason)
+        return ApiError(
+            f"You must be logged in to the server ({message})", status=status, reason=reason
+        )
     if reason:
-        return ApiError(message, status=status, reason=reason,
-                        prefix=f"Error from server ({reason}): ")
+        return ApiError(
+            message, status=status, reason=reason, prefix=f"Error from server ({reason}): "
+        )
     return ApiError(message, status=status, prefix="Error from server: ")
 
 
@@ -108,12 +117,15 @@ def connect_error(exc: BaseException, host: str, port: int) -> ClientError:
             detail = f"x509: {getattr(exc, 'verify_message', '') or 'certificate verify failed'}"
         return ClientError(f"tls: failed to verify certificate: {detail}", prefix=_CONNECT_FAIL)
     if isinstance(exc, ssl.SSLError):
-        return ClientError(f"remote error: tls: {exc.reason or 'handshake failure'}".lower(),
-                           prefix=_CONNECT_FAIL)
+        return ClientError(
+            f"remote error: tls: {exc.reason or 'handshake failure'}".lower(), prefix=_CONNECT_FAIL
+        )
     if isinstance(exc, ConnectionRefusedError):
         return ClientError(
             f"The connection to the server {hostport} was refused - did you specify the right "
-            "host or port?", prefix="")
+            "host or port?",
+            prefix="",
+        )
     if isinstance(exc, socket.gaierror):
         return ClientError(f"dial tcp: lookup {host}: no such host", prefix=_CONNECT_FAIL)
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):  # distinct types on 3.10
@@ -127,14 +139,19 @@ def connect_error(exc: BaseException, host: str, port: int) -> ClientError:
 def _checked_name(exc: ssl.SSLCertVerificationError, default: str) -> str:
     message = str(getattr(exc, "verify_message", "") or "")
     start, end = message.find("'"), message.rfind("'")
-    return message[start + 1:end] if 0 <= start < end else default
+    return message[start + 1 : end] if 0 <= start < end else default
 
 
 class _Conn:
     """One open connection: HTTP/1.1 (h11) or HTTP/2 (h2)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, http2: bool,
-                 authority: str) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        http2: bool,
+        authority: str,
+    ) -> None:
         self.reader = reader
         self.writer = writer
         self.http2 = http2
@@ -142,7 +159,8 @@ class _Conn:
         self.broken = False
         if http2:
             self.h2 = h2.connection.H2Connection(
-                h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+                h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+            )
             self.h2.initiate_connection()
             writer.write(self.h2.data_to_send())
         else:
@@ -153,14 +171,16 @@ class _Conn:
         with contextlib.suppress(Exception):  # closing a dead transport must not raise
             self.writer.close()
 
-    async def request(self, method: str, target: str, headers: list[tuple[str, str]]
-                      ) -> tuple[int, bytes]:
+    async def request(
+        self, method: str, target: str, headers: list[tuple[str, str]]
+    ) -> tuple[int, bytes]:
         if self.http2:
             return await self._request_h2(method, target, headers)
         return await self._request_h11(method, target, headers)
 
-    async def _request_h11(self, method: str, target: str, headers: list[tuple[str, str]]
-                           ) -> tuple[int, bytes]:
+    async def _request_h11(
+        self, method: str, target: str, headers: list[tuple[str, str]]
+    ) -> tuple[int, bytes]:
         conn = self.h11
         if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
             conn.start_next_cycle()
@@ -190,12 +210,17 @@ class _Conn:
                 raise ConnectionResetError("connection closed by server")
         raise ClientError("response never ended", prefix=_CONNECT_FAIL)
 
-    async def _request_h2(self, method: str, target: str, headers: list[tuple[str, str]]
-                          ) -> tuple[int, bytes]:
+    async def _request_h2(
+        self, method: str, target: str, headers: list[tuple[str, str]]
+    ) -> tuple[int, bytes]:
         conn = self.h2
         sid = conn.get_next_available_stream_id()
-        hdrs = [(":method", method), (":path", target), (":scheme", "https"),
-                (":authority", self.authority)]
+        hdrs = [
+            (":method", method),
+            (":path", target),
+            (":scheme", "https"),
+            (":authority", self.authority),
+        ]
         hdrs += [(k.lower(), v) for k, v in headers]
         conn.send_headers(sid, hdrs, end_stream=True)
         self.writer.write(conn.data_to_send())
@@ -235,8 +260,7 @@ class _Conn:
 
 
 class ApiClient:
-    def __init__(self, cfg: ClientConfig, *, request_timeout: float = 0.0,
-                 log: Any = None) -> None:
+    def __init__(self, cfg: ClientConfig, *, request_timeout: float = 0.0, log: Any = None) -> None:
         self.cfg = cfg
         parts = urlsplit(cfg.server if "://" in cfg.server else "https://" + cfg.server)
         self.scheme = (parts.scheme or "https").lower()
@@ -286,12 +310,15 @@ class ApiClient:
                 sock = await self._open_socket()
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection(sock=sock, ssl=ctx, server_hostname=server_hostname),
-                    self.timeout)
+                    self.timeout,
+                )
             else:
                 reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(self.host, self.port, ssl=ctx,
-                                            server_hostname=server_hostname),
-                    self.timeout)
+                    asyncio.open_connection(
+                        self.host, self.port, ssl=ctx, server_hostname=server_hostname
+                    ),
+                    self.timeout,
+                )
         except (OSError, asyncio.TimeoutError) as exc:
             raise connect_error(exc, self.host, self.port) from None
         http2 = False
@@ -315,8 +342,9 @@ class ApiClient:
             headers.append(("Authorization", authz))
         return headers
 
-    async def request(self, method: str, path: str, query: dict[str, str] | None = None,
-                      what: str = "") -> Any:
+    async def request(
+        self, method: str, path: str, query: dict[str, str] | None = None, what: str = ""
+    ) -> Any:
         """Send a request and return the decoded JSON body; errors raise ApiError/ClientError."""
         target = self.base_path + path
         if query:
@@ -331,12 +359,15 @@ class ApiClient:
                 try:
                     headers = await self._headers()
                     status, body = await asyncio.wait_for(
-                        conn.request(method, target, headers), self.timeout)
+                        conn.request(method, target, headers), self.timeout
+                    )
                 except asyncio.TimeoutError:
                     conn.close()
                     raise ClientError(
                         "net/http: request canceled (Client.Timeout exceeded while awaiting "
-                        "headers)", prefix=_CONNECT_FAIL) from None
+                        "headers)",
+                        prefix=_CONNECT_FAIL,
+                    ) from None
                 except (OSError, h11.ProtocolError, h2.exceptions.ProtocolError) as exc:
                     conn.close()
                     if reused and attempt == 0:
@@ -353,8 +384,9 @@ class ApiClient:
                 try:
                     return json.loads(body) if body else {}
                 except ValueError:
-                    raise ClientError("invalid JSON in the server's response",
-                                      prefix="error: ") from None
+                    raise ClientError(
+                        "invalid JSON in the server's response", prefix="error: "
+                    ) from None
         raise ClientError("request failed", prefix=_CONNECT_FAIL)
 
     async def get(self, path: str, query: dict[str, str] | None = None, what: str = "") -> Any:

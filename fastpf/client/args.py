@@ -84,24 +84,40 @@ class Options:
     def forward_spec(self) -> ForwardSpec:
         """The forward these flags describe, for `forward.prepare`."""
         return ForwardSpec(
-            target=self.target, ports=tuple(self.ports), addresses=self.addresses,
-            protocol=self.protocol, overrides=self.config_overrides(), raw_path=self.raw_path,
-            request_timeout=self.request_timeout, pod_running_timeout=self.pod_running_timeout,
-            reconnect=self.reconnect, connections=self.connections,
-            ping_interval=self.ping_interval, ping_timeout=self.ping_timeout,
+            target=self.target,
+            ports=tuple(self.ports),
+            addresses=self.addresses,
+            protocol=self.protocol,
+            overrides=self.config_overrides(),
+            raw_path=self.raw_path,
+            request_timeout=self.request_timeout,
+            pod_running_timeout=self.pod_running_timeout,
+            reconnect=self.reconnect,
+            connections=self.connections,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
         )
 
     def config_overrides(self) -> ConfigOverrides:
         """The flags that override the kubeconfig, for `kubeconfig.load_config`."""
         return ConfigOverrides(
-            kubeconfig=self.kubeconfig, context=self.context, cluster=self.cluster,
-            user=self.user, namespace=self.namespace, server=self.server, token=self.token,
-            username=self.username, password=self.password,
+            kubeconfig=self.kubeconfig,
+            context=self.context,
+            cluster=self.cluster,
+            user=self.user,
+            namespace=self.namespace,
+            server=self.server,
+            token=self.token,
+            username=self.username,
+            password=self.password,
             certificate_authority=self.certificate_authority,
-            client_certificate=self.client_certificate, client_key=self.client_key,
+            client_certificate=self.client_certificate,
+            client_key=self.client_key,
             insecure_skip_tls_verify=self.insecure_skip_tls_verify,
-            tls_server_name=self.tls_server_name, proxy_url=self.proxy_url,
-            impersonate=self.impersonate, impersonate_groups=tuple(self.impersonate_groups),
+            tls_server_name=self.tls_server_name,
+            proxy_url=self.proxy_url,
+            impersonate=self.impersonate,
+            impersonate_groups=tuple(self.impersonate_groups),
             impersonate_uid=self.impersonate_uid,
             impersonate_extra=tuple(self.impersonate_extra),
         )
@@ -158,8 +174,15 @@ _LONG: dict[str, tuple[str, str]] = {
     "ready-file": ("ready_file", "str"),
     "config": ("config_file", "str"),
 }
-_SHORT = {"n": "namespace", "s": "server", "v": "v", "q": "quiet", "h": "help", "o": "output",
-          "f": "config"}
+_SHORT = {
+    "n": "namespace",
+    "s": "server",
+    "v": "v",
+    "q": "quiet",
+    "h": "help",
+    "o": "output",
+    "f": "config",
+}
 
 USAGE = """Forward one or more local ports to a pod (a drop-in for kubectl port-forward).
 
@@ -213,6 +236,7 @@ fastpf's own:
       --version                   print the client (and reachable server) version
 """
 
+
 def parse_request_timeout(text: str) -> float:
     """kubectl's --request-timeout: integer seconds, or a duration with a unit."""
     msg = (
@@ -230,8 +254,6 @@ def parse_request_timeout(text: str) -> float:
     return value
 
 
-
-
 def _flag_title(name: str) -> str:
     # pflag names a flag that has a shorthand "-v, --v" in its messages
     shorts = [s for s, long in _SHORT.items() if long == name]
@@ -244,7 +266,12 @@ def _parse_vmodule(text: str) -> str:
         if not pat:
             continue
         parts = pat.split("=")
-        if len(parts) != 2 or not parts[0] or not parts[1] or not re.fullmatch(r"[+-]?\d+", parts[1]):
+        if (
+            len(parts) != 2
+            or not parts[0]
+            or not parts[1]
+            or not re.fullmatch(r"[+-]?\d+", parts[1])
+        ):
             raise ValueError("syntax error: expect comma-separated list of filename=N")
         if int(parts[1]) < 0:
             raise ValueError("negative value for vmodule level")
@@ -274,7 +301,7 @@ def _set(opts: Any, name: str, raw: str, table: dict[str, tuple[str, str]] | Non
                 raise ValueError(f"must be one of {', '.join(OUTPUTS)}")
             value = raw
         elif kind.startswith("choice:"):  # a subcommand's own closed set, e.g. "choice:json,yaml"
-            choices = kind[len("choice:"):].split(",")
+            choices = kind[len("choice:") :].split(",")
             if raw not in choices:
                 raise ValueError(f"must be one of {', '.join(choices)}")
             value = raw
@@ -296,8 +323,12 @@ def _set(opts: Any, name: str, raw: str, table: dict[str, tuple[str, str]] | Non
     setattr(opts, attr, value)
 
 
-def parse_flags(argv: list[str], opts: Any, longs: dict[str, tuple[str, str]] | None = None,
-                shorts: dict[str, str] | None = None) -> list[str]:
+def parse_flags(
+    argv: list[str],
+    opts: Any,
+    longs: dict[str, tuple[str, str]] | None = None,
+    shorts: dict[str, str] | None = None,
+) -> list[str]:
     """pflag's parse of `argv` into `opts` (kubectl port-forward's flags, plus `longs` /
     `shorts` for a subcommand's own). Returns the positional arguments."""
     table = {**_LONG, **(longs or {})}
@@ -391,24 +422,35 @@ def parse_args(argv: list[str]) -> Options:
         return opts
     if opts.profile not in PROFILES:  # kubectl checks it before the arguments, without usage
         raise UsageError(f"unknown profile '{opts.profile}'")
-    for flag, value in (("--ping-interval", opts.ping_interval),
-                        ("--ping-timeout", opts.ping_timeout)):
+    for flag, value in (
+        ("--ping-interval", opts.ping_interval),
+        ("--ping-timeout", opts.ping_timeout),
+    ):
         if value < 0:
             raise UsageError(f"{flag} must not be negative", show_usage=True, help_hint=True)
     if not 1 <= opts.connections <= MAX_CONNECTIONS:
-        raise UsageError(f"--connections must be between 1 and {MAX_CONNECTIONS}",
-                         show_usage=True, help_hint=True)
+        raise UsageError(
+            f"--connections must be between 1 and {MAX_CONNECTIONS}",
+            show_usage=True,
+            help_hint=True,
+        )
     if opts.config_file is not None:
         if positionals:
-            raise UsageError("-f/--config takes no TYPE/NAME or ports: they come from the file",
-                             show_usage=True, help_hint=True)
+            raise UsageError(
+                "-f/--config takes no TYPE/NAME or ports: they come from the file",
+                show_usage=True,
+                help_hint=True,
+            )
         if opts.pod_running_timeout <= 0:
-            raise UsageError("--pod-running-timeout must be higher than zero", show_usage=True,
-                             help_hint=True)
+            raise UsageError(
+                "--pod-running-timeout must be higher than zero", show_usage=True, help_hint=True
+            )
         return opts
     if len(positionals) < 2:
         raise UsageError(
-            "TYPE/NAME and list of ports are required for port-forward", show_usage=True, help_hint=True
+            "TYPE/NAME and list of ports are required for port-forward",
+            show_usage=True,
+            help_hint=True,
         )
     if opts.pod_running_timeout <= 0:
         raise UsageError(
@@ -428,8 +470,6 @@ def split_port(spec: str) -> tuple[str, str]:
     if len(parts) == 2:
         return parts[0], parts[1]
     return parts[0], parts[0]
-
-
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,6 @@ _exec_cache: dict[str, ExecResult] = {}
 exec_runs = 0  # how often a plugin was started (tests assert caching)
 
 
-
 def _exec_key(ex: ExecConfig) -> str:
     return json.dumps([ex.command, ex.args, ex.env, ex.api_version], sort_keys=True)
 
@@ -71,8 +70,10 @@ class Authenticator:
         anything is sent."""
         value = await self._authorization()
         if value is not None and _INVALID_VALUE.search(value):
-            raise ClientError('net/http: invalid header field value for "Authorization"',
-                              prefix="Unable to connect to the server: ")
+            raise ClientError(
+                'net/http: invalid header field value for "Authorization"',
+                prefix="Unable to connect to the server: ",
+            )
         return value
 
     async def _authorization(self) -> str | None:
@@ -125,8 +126,10 @@ class Authenticator:
             with open(path, encoding="utf-8") as fh:
                 token = fh.read().strip()
         except OSError as exc:
-            raise ClientError(f"open {path}: {(exc.strerror or '').lower()}",
-                              prefix="Unable to connect to the server: ") from None
+            raise ClientError(
+                f"open {path}: {(exc.strerror or '').lower()}",
+                prefix="Unable to connect to the server: ",
+            ) from None
         self._token_cache = (now, token)
         return token
 
@@ -146,8 +149,9 @@ class Authenticator:
         fail = "Unable to connect to the server: "
         version = ex.api_version
         if version not in _EXEC_VERSIONS:
-            raise ClientError(f'getting credentials: exec plugin: invalid apiVersion "{version}"',
-                              prefix=fail)
+            raise ClientError(
+                f'getting credentials: exec plugin: invalid apiVersion "{version}"', prefix=fail
+            )
         spec: dict[str, object] = {"interactive": False}
         if ex.provide_cluster_info:
             spec["cluster"] = dict(self.cfg.cluster_info)
@@ -159,8 +163,12 @@ class Authenticator:
         exec_runs += 1
         try:
             proc = await asyncio.create_subprocess_exec(
-                ex.command, *ex.args, env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=None,  # plugin's stderr goes to the user
+                ex.command,
+                *ex.args,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=None,  # plugin's stderr goes to the user
             )
         except FileNotFoundError:
             hint = f"\n\n{ex.install_hint}" if ex.install_hint else ""
@@ -178,35 +186,47 @@ class Authenticator:
         if proc.returncode != 0:
             raise ClientError(
                 f"getting credentials: exec: executable {ex.command} failed with exit code "
-                f"{proc.returncode}", prefix=fail)
+                f"{proc.returncode}",
+                prefix=fail,
+            )
         try:
             cred = json.loads(out)
         except ValueError:
-            raise ClientError("getting credentials: decoding stdout: invalid JSON", prefix=fail
-                              ) from None
+            raise ClientError(
+                "getting credentials: decoding stdout: invalid JSON", prefix=fail
+            ) from None
         if not isinstance(cred, dict) or cred.get("kind") != "ExecCredential":
-            raise ClientError("getting credentials: exec plugin did not return an ExecCredential",
-                              prefix=fail)
+            raise ClientError(
+                "getting credentials: exec plugin did not return an ExecCredential", prefix=fail
+            )
         if cred.get("apiVersion") != version:
             raise ClientError(
                 f"getting credentials: exec plugin is configured to use API version {version}, "
-                f"plugin returned version {cred.get('apiVersion')}", prefix=fail)
+                f"plugin returned version {cred.get('apiVersion')}",
+                prefix=fail,
+            )
         status = cred.get("status") or {}
         token = status.get("token") or None
         cert = status.get("clientCertificateData")
         key = status.get("clientKeyData")
         if not token and not (cert and key):
-            raise ClientError("getting credentials: exec plugin didn't return a token or cert/key pair",
-                              prefix=fail)
+            raise ClientError(
+                "getting credentials: exec plugin didn't return a token or cert/key pair",
+                prefix=fail,
+            )
         expires = None
         if status.get("expirationTimestamp"):
             try:
                 expires = parse_rfc3339(str(status["expirationTimestamp"]))
             except ValueError:
                 expires = None
-        return ExecResult(token=token, cert=cert.encode() if cert else None,
-                          key=key.encode() if key else None, expires=expires,
-                          fetched=time.monotonic())
+        return ExecResult(
+            token=token,
+            cert=cert.encode() if cert else None,
+            key=key.encode() if key else None,
+            expires=expires,
+            fetched=time.monotonic(),
+        )
 
 
 def reset_exec_cache() -> None:

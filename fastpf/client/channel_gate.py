@@ -24,10 +24,17 @@ from fastpf.goparity import format_duration
 
 
 class ChannelGate:
-    def __init__(self, endpoint: Endpoint, *, resolver: Resolver | None, observer: Any,
-                 give_up_after: float = 60.0, ping_interval: float = 0.0,
-                 ping_timeout: float = 0.0,
-                 log: Callable[[int, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        resolver: Resolver | None,
+        observer: Any,
+        give_up_after: float = 60.0,
+        ping_interval: float = 0.0,
+        ping_timeout: float = 0.0,
+        log: Callable[[int, str], None] | None = None,
+    ) -> None:
         self.loop = asyncio.get_running_loop()
         self.endpoint = endpoint
         self.resolver = resolver
@@ -58,8 +65,10 @@ class ChannelGate:
         if self.fatal.done():
             raise PoolUnavailable(self.fatal.result())
         if not self._up.is_set():
-            raise PoolUnavailable(f"no connection to pod {self.endpoint.pod} within "
-                                  f"{format_duration(timeout)}: {self.episode.reason}")
+            raise PoolUnavailable(
+                f"no connection to pod {self.endpoint.pod} within "
+                f"{format_duration(timeout)}: {self.episode.reason}"
+            )
         return self.endpoint
 
     def failed(self, endpoint: Endpoint, reason: str) -> None:
@@ -100,8 +109,9 @@ class ChannelGate:
             assert self._down_since is not None
             left = self._down_since + self.give_up_after - self.loop.time()
             if left <= 0:
-                self.fatal.set_result(give_up_message(self.endpoint.pod, self.give_up_after,
-                                                      self.episode.reason))
+                self.fatal.set_result(
+                    give_up_message(self.endpoint.pod, self.give_up_after, self.episode.reason)
+                )
                 self._up.set()  # waiters see `fatal`
                 return
             delay = self.episode.next_delay()
@@ -110,17 +120,20 @@ class ChannelGate:
             if self.resolver is None:
                 break
             try:
-                endpoint = await asyncio.wait_for(self.resolver(self.endpoint.pod),
-                                                  max(1.0, min(ATTEMPT_TIMEOUT, left)))
+                endpoint = await asyncio.wait_for(
+                    self.resolver(self.endpoint.pod), max(1.0, min(ATTEMPT_TIMEOUT, left))
+                )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure is one more attempt
-                self.episode.failed(getattr(exc, "message", None) or str(exc)
-                                    or type(exc).__name__)
+                self.episode.failed(getattr(exc, "message", None) or str(exc) or type(exc).__name__)
                 continue
             if endpoint.pod != self.endpoint.pod:
-                self.observer.pod_changed(self.endpoint.pod, endpoint.pod,
-                                          self._moved_reason or "is gone or no longer running")
+                self.observer.pod_changed(
+                    self.endpoint.pod,
+                    endpoint.pod,
+                    self._moved_reason or "is gone or no longer running",
+                )
             self.endpoint = endpoint
             break
         self._up.set()  # waiting connections dial; another failure holds them again

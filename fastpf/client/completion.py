@@ -36,13 +36,40 @@ LOOKUP_TIMEOUT = 5.0
 SUBCOMMANDS = ("serve", "version", "completion")
 SHELLS = ("bash", "zsh", "fish")
 # flag -> candidates; None: file names (the shell's own completion)
-_FILE_FLAGS = {"kubeconfig", "certificate-authority", "client-certificate", "client-key",
-               "config", "ready-file", "cache-dir", "kuberc", "profile-output"}
-_CHOICES: dict[str, tuple[str, ...]] = {"protocol": PROTOCOLS, "output": OUTPUTS,
-                                        "events": OUTPUTS, "profile": PROFILES}
+_FILE_FLAGS = {
+    "kubeconfig",
+    "certificate-authority",
+    "client-certificate",
+    "client-key",
+    "config",
+    "ready-file",
+    "cache-dir",
+    "kuberc",
+    "profile-output",
+}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "protocol": PROTOCOLS,
+    "output": OUTPUTS,
+    "events": OUTPUTS,
+    "profile": PROFILES,
+}
 # What `TYPE/` may be typed as (kubectl's short names first) -> the REST resource
-_TYPE_PREFIXES = ("pod/", "svc/", "deploy/", "rs/", "sts/", "ds/", "rc/", "job/", "pods/",
-                  "services/", "deployments/", "replicasets/", "statefulsets/", "daemonsets/")
+_TYPE_PREFIXES = (
+    "pod/",
+    "svc/",
+    "deploy/",
+    "rs/",
+    "sts/",
+    "ds/",
+    "rc/",
+    "job/",
+    "pods/",
+    "services/",
+    "deployments/",
+    "replicasets/",
+    "statefulsets/",
+    "daemonsets/",
+)
 
 
 def main(args: list[str], console: Console, prog: str) -> int:
@@ -206,6 +233,7 @@ def _run_lookup(coro: Any) -> Any:
 
 def _names(plural: str, prefix: str | None, opts: Options) -> list[str]:
     """Names of `plural` objects (in the namespace unless namespaces themselves)."""
+
     async def lookup() -> list[str]:
         from fastpf.client.api import ApiClient
         from fastpf.client.kubeconfig import load_config

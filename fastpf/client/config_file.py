@@ -42,9 +42,15 @@ MAX_FILE = 1 << 20
 
 # key -> Options attribute (per forward, and as top-level defaults)
 _SHARED = {
-    "namespace": "namespace", "context": "context", "cluster": "cluster", "user": "user",
-    "kubeconfig": "kubeconfig", "address": "addresses", "protocol": "protocol",
-    "pod-running-timeout": "pod_running_timeout", "server": "server",
+    "namespace": "namespace",
+    "context": "context",
+    "cluster": "cluster",
+    "user": "user",
+    "kubeconfig": "kubeconfig",
+    "address": "addresses",
+    "protocol": "protocol",
+    "pod-running-timeout": "pod_running_timeout",
+    "server": "server",
 }
 _PER_FORWARD = {"target", "ports", "name"}
 
@@ -87,8 +93,10 @@ def _apply(opts: Options, key: str, value: Any, where: str, path: str) -> None:
 def _ports(value: Any, where: str, path: str) -> list[str]:
     items = value if isinstance(value, list) else [value]
     if not items or not all(_scalar(p) and str(p) != "" for p in items):
-        raise _fail(path, f"{where}: ports must be a port spec or a list of them "
-                          "(e.g. 5432, \"8080:80\", \":http\")")
+        raise _fail(
+            path,
+            f'{where}: ports must be a port spec or a list of them (e.g. 5432, "8080:80", ":http")',
+        )
     return [str(p) for p in items]
 
 
@@ -115,12 +123,14 @@ def load_forwards(path: str, base: Options) -> list[Entry]:
     elif isinstance(doc, dict):
         unknown = sorted(set(doc) - set(_SHARED) - {"forwards"})
         if unknown:
-            raise _fail(path, f"unknown key \"{unknown[0]}\" (expected forwards, "
-                              f"{', '.join(sorted(_SHARED))})")
+            raise _fail(
+                path,
+                f'unknown key "{unknown[0]}" (expected forwards, {", ".join(sorted(_SHARED))})',
+            )
         forwards = doc.get("forwards")
         top = {k: v for k, v in doc.items() if k != "forwards"}
     else:
-        raise _fail(path, "expected a list of forwards, or a mapping with \"forwards\"")
+        raise _fail(path, 'expected a list of forwards, or a mapping with "forwards"')
     if not isinstance(forwards, list) or not forwards:
         raise _fail(path, "no forwards: give a list of {target, ports}")
     if len(forwards) > MAX_FORWARDS:
@@ -136,7 +146,7 @@ def load_forwards(path: str, base: Options) -> list[Entry]:
             raise _fail(path, f"{where}: expected a mapping with target and ports")
         unknown = sorted(set(item) - set(_SHARED) - _PER_FORWARD)
         if unknown:
-            raise _fail(path, f"{where}: unknown key \"{unknown[0]}\"")
+            raise _fail(path, f'{where}: unknown key "{unknown[0]}"')
         if not _scalar(item.get("target")) or not str(item.get("target")):
             raise _fail(path, f"{where}: target is required (e.g. svc/db, pod/x, deploy/web)")
         if "ports" not in item:
@@ -152,8 +162,9 @@ def load_forwards(path: str, base: Options) -> list[Entry]:
         except UsageError as exc:
             raise _fail(path, f"{where}: address: {exc.message}") from None
         entries.append(Entry(opts, _label(item, opts), i, str(item.get("name") or "")))
-    clashes = find_clashes([(e.label, parse_addresses(e.opts.addresses), _static_pairs(e.opts))
-                            for e in entries])
+    clashes = find_clashes(
+        [(e.label, parse_addresses(e.opts.addresses), _static_pairs(e.opts)) for e in entries]
+    )
     if clashes:
         raise _fail(path, clashes[0])
     return entries
@@ -205,7 +216,9 @@ def find_clashes(forwards: list[tuple[str, list[str], list[PortPair]]]) -> list[
                 continue
             for port, other_ips, other in seen:
                 if port == pair.local and _overlap(ips, other_ips):
-                    problems.append(f"local port {port} is claimed twice: by {other} and by {label}")
+                    problems.append(
+                        f"local port {port} is claimed twice: by {other} and by {label}"
+                    )
                     break
             seen.append((pair.local, ips, label))
     return problems

@@ -19,8 +19,14 @@ def _fmt_addr(address: str, port: int) -> str:
 
 
 class Console:
-    def __init__(self, out: TextIO | None = None, err: TextIO | None = None, *,
-                 quiet: bool = False, verbosity: int = 0) -> None:
+    def __init__(
+        self,
+        out: TextIO | None = None,
+        err: TextIO | None = None,
+        *,
+        quiet: bool = False,
+        verbosity: int = 0,
+    ) -> None:
         self.out = out if out is not None else sys.stdout
         self.err = err if err is not None else sys.stderr
         self.quiet = quiet
@@ -58,7 +64,9 @@ class Console:
     def forwarding(self, address: str, local: int, remote: int) -> None:
         if not self.json:
             suffix = f" ({self.label})" if self.label else ""
-            self._write(self.out, f"Forwarding from {_fmt_addr(address, local)} -> {remote}{suffix}")
+            self._write(
+                self.out, f"Forwarding from {_fmt_addr(address, local)} -> {remote}{suffix}"
+            )
 
     def handling(self, local: int) -> None:
         if not self.quiet and not self.json:
@@ -97,7 +105,7 @@ def klog_line(severity: str, message: str) -> str:
     escaped = message.replace("\\", "\\\\").replace('"', '\\"')
     return (
         f"{severity}{tm.tm_mon:02d}{tm.tm_mday:02d} {tm.tm_hour:02d}:{tm.tm_min:02d}:"
-        f"{tm.tm_sec:02d}.{micros:06d} {os.getpid():7d} fastpf] \"Unhandled Error\" err=\"{escaped}\""
+        f'{tm.tm_sec:02d}.{micros:06d} {os.getpid():7d} fastpf] "Unhandled Error" err="{escaped}"'
         if severity == "E"
         else f"{severity}{tm.tm_mon:02d}{tm.tm_mday:02d} {tm.tm_hour:02d}:{tm.tm_min:02d}:"
         f"{tm.tm_sec:02d}.{micros:06d} {os.getpid():7d} fastpf] {message}"

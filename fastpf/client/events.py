@@ -36,8 +36,9 @@ class ForwardObserver(Protocol):
     side (a relay.Accepted: the relay's byte counts are read from it)."""
 
     def listening(self, address: str, local_port: int, remote_port: int) -> None: ...
-    def connection_opened(self, conn: Any, accepted: Any, local_port: int,
-                          remote_port: int) -> None: ...
+    def connection_opened(
+        self, conn: Any, accepted: Any, local_port: int, remote_port: int
+    ) -> None: ...
     def connection_closed(self, conn: Any) -> None: ...
     def relayed(self, result: RelayResult) -> None: ...  # in the connection's task, at its end
     def error(self, message: str) -> None: ...
@@ -58,7 +59,6 @@ def live_result(accepted: Any) -> RelayResult | None:
     return result if isinstance(result, RelayResult) else None
 
 
-
 @dataclass
 class Target:
     """Who a Tracker speaks for: the target as given, where it resolved to."""
@@ -70,8 +70,13 @@ class Target:
     name: str = ""  # the `name:` of a forward in a -f file
 
     def fields(self) -> dict[str, Any]:
-        return {"target": self.target, "name": self.name or None, "namespace": self.namespace,
-                "context": self.context or None, "pod": self.pod or None}
+        return {
+            "target": self.target,
+            "name": self.name or None,
+            "namespace": self.namespace,
+            "context": self.context or None,
+            "pod": self.pod or None,
+        }
 
     def label(self) -> str:
         where = [f"context {self.context}"] if self.context else []
@@ -131,8 +136,12 @@ class PortSnapshot:
 class Tracker:
     """The ForwardObserver of one target: counts per port and one event dict per event."""
 
-    def __init__(self, target: Target, emit: Callable[[dict[str, Any]], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        target: Target,
+        emit: Callable[[dict[str, Any]], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.target = target
         self.emit = emit
         self.clock = clock
@@ -145,8 +154,15 @@ class Tracker:
     # ---- helpers -------------------------------------------------------------------------------
     def _event(self, name: str, **fields: Any) -> None:
         if self.emit is not None:
-            self.emit({"schema": SCHEMA, "event": name, "time": format_rfc3339_micro(),
-                       **self.target.fields(), **fields})
+            self.emit(
+                {
+                    "schema": SCHEMA,
+                    "event": name,
+                    "time": format_rfc3339_micro(),
+                    **self.target.fields(),
+                    **fields,
+                }
+            )
 
     def _port(self, local: int, remote: int) -> PortStats:
         port = self.ports.get((local, remote))
@@ -161,13 +177,16 @@ class Tracker:
             port.addresses.append(address)
         self._event("listening", address=address, local_port=local_port, remote_port=remote_port)
 
-    def connection_opened(self, conn: Any, accepted: Any, local_port: int, remote_port: int) -> None:
+    def connection_opened(
+        self, conn: Any, accepted: Any, local_port: int, remote_port: int
+    ) -> None:
         port = self._port(local_port, remote_port)
         port.active += 1
         port.connections += 1
         record = self._conns[conn] = _Conn(next(_conn_ids), accepted, port, self.clock())
-        self._event("connection_opened", id=record.id, local_port=local_port,
-                    remote_port=remote_port)
+        self._event(
+            "connection_opened", id=record.id, local_port=local_port, remote_port=remote_port
+        )
 
     def connection_closed(self, conn: Any) -> None:
         record = self._conns.pop(conn, None)
@@ -178,9 +197,16 @@ class Tracker:
         to_pod, from_pod = record.counts()
         port.bytes_to_pod += to_pod
         port.bytes_from_pod += from_pod
-        self._event("connection_closed", id=record.id, local_port=port.local_port,
-                    remote_port=port.remote_port, bytes_to_pod=to_pod, bytes_from_pod=from_pod,
-                    duration_s=round(self.clock() - record.started, 6), error=record.error)
+        self._event(
+            "connection_closed",
+            id=record.id,
+            local_port=port.local_port,
+            remote_port=port.remote_port,
+            bytes_to_pod=to_pod,
+            bytes_from_pod=from_pod,
+            duration_s=round(self.clock() - record.started, 6),
+            error=record.error,
+        )
 
     def relayed(self, result: RelayResult) -> None:
         record = self._current()
@@ -204,8 +230,13 @@ class Tracker:
             record.port.last_error = message
         else:  # about the whole target (e.g. the connection to the API server)
             self.last_error = message
-        self._event("error", message=message, id=record.id if record else None,
-                    local_port=record.port.local_port if record else None, fatal=fatal)
+        self._event(
+            "error",
+            message=message,
+            id=record.id if record else None,
+            local_port=record.port.local_port if record else None,
+            fatal=fatal,
+        )
 
     def lost(self, pod: str, reason: str, count: int, total: int) -> None:
         self.last_error = reason
@@ -238,11 +269,20 @@ class Tracker:
         out = []
         for key, port in self.ports.items():
             to_pod, from_pod = live.get(key, (0, 0))
-            out.append(PortSnapshot(
-                self.target, port.local_port, port.remote_port, port.active, port.connections,
-                port.bytes_to_pod + to_pod, port.bytes_from_pod + from_pod, port.errors,
-                port.last_error or (self.last_error if port.active == 0 else ""),
-                self.reconnects))
+            out.append(
+                PortSnapshot(
+                    self.target,
+                    port.local_port,
+                    port.remote_port,
+                    port.active,
+                    port.connections,
+                    port.bytes_to_pod + to_pod,
+                    port.bytes_from_pod + from_pod,
+                    port.errors,
+                    port.last_error or (self.last_error if port.active == 0 else ""),
+                    self.reconnects,
+                )
+            )
         return out
 
 
@@ -270,8 +310,14 @@ def ready_document(trackers: list[Tracker]) -> dict[str, Any]:
     for tracker in trackers:
         for port in tracker.ports.values():
             for address in port.addresses:
-                forwards.append({**tracker.target.fields(), "address": address,
-                                 "local_port": port.local_port, "remote_port": port.remote_port})
+                forwards.append(
+                    {
+                        **tracker.target.fields(),
+                        "address": address,
+                        "local_port": port.local_port,
+                        "remote_port": port.remote_port,
+                    }
+                )
     return {"schema": SCHEMA, "pid": os.getpid(), "forwards": forwards}
 
 

@@ -180,8 +180,9 @@ class Forwarder:
                 return "spdy"
         return self.protocol
 
-    async def _connect(self, protocol: str, ports: list[int], path: str | None = None,
-                       timeout: float | None = None) -> Any:
+    async def _connect(
+        self, protocol: str, ports: list[int], path: str | None = None, timeout: float | None = None
+    ) -> Any:
         from fastpf.transport import upgrade
 
         # Pings come from our DeadPeer monitor (one timer per pool), not the session's timer.
@@ -217,8 +218,7 @@ class Forwarder:
         if cfg == self.api.cfg:
             return
         old = self.api
-        self.api = ApiClient(cfg, request_timeout=self.spec.request_timeout,
-                             log=old.log)
+        self.api = ApiClient(cfg, request_timeout=self.spec.request_timeout, log=old.log)
         if self.watcher is not None:
             self.watcher.api = self.api
         task = asyncio.ensure_future(old.close())
@@ -239,8 +239,15 @@ class Forwarder:
         assert self.spec is not None
         spec = self.spec
         try:
-            res = await resolve(self.api, self.namespace, spec.target, list(spec.ports), 0.0,
-                                running_only=True, prefer=prefer)
+            res = await resolve(
+                self.api,
+                self.namespace,
+                spec.target,
+                list(spec.ports),
+                0.0,
+                running_only=True,
+                prefer=prefer,
+            )
         except ApiError as exc:
             if exc.status == 401:
                 self._reload_config()  # the next attempt uses what the kubeconfig says now
@@ -248,10 +255,12 @@ class Forwarder:
         if not is_serving(res.pod):
             phase = (res.pod.get("status") or {}).get("phase", "")
             raise ClientError(
-                f"unable to forward port because pod is not running. Current status={phase}")
+                f"unable to forward port because pod is not running. Current status={phase}"
+            )
         remotes = tuple(p.remote for p in parse_ports(res.ports))
-        return Endpoint(res.pod_name, pod_path(self.namespace, res.pod_name, "portforward"),
-                        remotes)
+        return Endpoint(
+            res.pod_name, pod_path(self.namespace, res.pod_name, "portforward"), remotes
+        )
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -264,23 +273,35 @@ class Forwarder:
         log = self.console.info
         if self._effective_protocol() != "ws-channel":
             self.pool = SessionPool(
-                size=self.connections, opener=self._open_session, resolver=resolver,
-                observer=events, reconnect=self.reconnect,
-                give_up_after=self.give_up_after, ping_interval=self.ping_interval,
-                ping_timeout=self.ping_timeout, log=log)
+                size=self.connections,
+                opener=self._open_session,
+                resolver=resolver,
+                observer=events,
+                reconnect=self.reconnect,
+                give_up_after=self.give_up_after,
+                ping_interval=self.ping_interval,
+                ping_timeout=self.ping_timeout,
+                log=log,
+            )
             await self.pool.start(endpoint)
             self.pool.fatal.add_done_callback(self._on_fatal)
         else:
             self.gate = ChannelGate(
-                endpoint, resolver=resolver, observer=events,
-                give_up_after=self.give_up_after, ping_interval=self.ping_interval,
-                ping_timeout=self.ping_timeout, log=log)
+                endpoint,
+                resolver=resolver,
+                observer=events,
+                give_up_after=self.give_up_after,
+                ping_interval=self.ping_interval,
+                ping_timeout=self.ping_timeout,
+                log=log,
+            )
             self.gate.fatal.add_done_callback(self._on_fatal)
         self._listen()
         await self._accept()
         if can_resolve and self.reconnect and self.spec and follows_pods(self.spec.target):
-            self.watcher = PodWatcher(self.api, self.namespace, self._current_pod,
-                                      self._pod_gone, log=log)
+            self.watcher = PodWatcher(
+                self.api, self.namespace, self._current_pod, self._pod_gone, log=log
+            )
             self.watcher.start()
         else:
             # The REST connection is idle from here on; an exec refresh reopens it lazily.
@@ -330,7 +351,8 @@ class Forwarder:
             if failed:
                 self.console.plain(
                     f"Unable to listen on port {pair.local}: Listeners failed to create with "
-                    f"the following errors: [{' '.join(errors)}]")
+                    f"the following errors: [{' '.join(errors)}]"
+                )
             else:
                 any_ok = True
             if errors and not failed:
@@ -348,8 +370,11 @@ class Forwarder:
         run out) and hand each connection to an Accepted protocol (reading paused until its
         streams exist)."""
         for lst in self.listeners:
-            lst.server = Acceptor(lst.sock, functools.partial(self._accepted, lst.index),
-                                  report=accept_reporter(lst, self.console.conn_error))
+            lst.server = Acceptor(
+                lst.sock,
+                functools.partial(self._accepted, lst.index),
+                report=accept_reporter(lst, self.console.conn_error),
+            )
 
     def _accepted(self, index: int) -> Accepted:
         local = Accepted()
@@ -380,7 +405,8 @@ class Forwarder:
             csock.close()
             if not self.stopping:
                 self.console.conn_error(
-                    f"error forwarding {pair.local} -> {pair.remote}: {str(exc) or type(exc).__name__}")
+                    f"error forwarding {pair.local} -> {pair.remote}: {str(exc) or type(exc).__name__}"
+                )
 
     async def _handle_spdy(self, csock: Accepted, index: int) -> None:
         pool = self.pool
@@ -394,8 +420,9 @@ class Forwarder:
             except PoolUnavailable as exc:
                 csock.close()
                 if not self.stopping:
-                    self.console.conn_error(f"error forwarding {pair.local} -> {pair.remote}: "
-                                            f"{exc}")
+                    self.console.conn_error(
+                        f"error forwarding {pair.local} -> {pair.remote}: {exc}"
+                    )
                 return
             try:
                 if await self._forward_on(slot, csock, index):
@@ -404,8 +431,10 @@ class Forwarder:
                 pool.release(slot)
         csock.close()
         if not self.stopping:
-            self.console.conn_error(f"error creating stream for port {pair.local} -> "
-                                    f"{pair.remote}: lost connection to pod")
+            self.console.conn_error(
+                f"error creating stream for port {pair.local} -> "
+                f"{pair.remote}: lost connection to pod"
+            )
 
     async def _forward_on(self, slot: Slot, csock: Accepted, index: int) -> bool:
         """Forward one local connection over `slot`'s connection. False: the connection ended
@@ -428,8 +457,9 @@ class Forwarder:
                 return False
             csock.close()
             if not self.stopping:
-                self.console.conn_error(f"error creating error stream for port {pair.local} -> "
-                                        f"{remote}: {exc}")
+                self.console.conn_error(
+                    f"error creating error stream for port {pair.local} -> {remote}: {exc}"
+                )
             return True
         try:
             failures = await conn.wait_replies([err_stream, data_stream], STREAM_TIMEOUT)
@@ -447,8 +477,10 @@ class Forwarder:
                 if not self.stopping:
                     if self.watcher is not None:
                         self.watcher.poke()  # a refused stream may mean the pod is going
-                    self.console.conn_error(f"error creating {kind} stream for port {pair.local}"
-                                            f" -> {remote}: {str(failure) or type(failure).__name__}")
+                    self.console.conn_error(
+                        f"error creating {kind} stream for port {pair.local}"
+                        f" -> {remote}: {str(failure) or type(failure).__name__}"
+                    )
                 return True
         err_stream.write_eof()  # the client never writes on the error stream
         errors = TextCollector(asyncio.get_running_loop())
@@ -462,8 +494,11 @@ class Forwarder:
             if not errors.done.done():
                 with contextlib.suppress(Exception):
                     err_stream.reset()
-        self._report_end(PortPair(pair.local, remote),
-                         errors.done.result() if errors.done.done() else b"", result)
+        self._report_end(
+            PortPair(pair.local, remote),
+            errors.done.result() if errors.done.done() else b"",
+            result,
+        )
         return True
 
     def _report_end(self, pair: PortPair, error_text: bytes, result: RelayResult) -> None:
@@ -475,10 +510,12 @@ class Forwarder:
         if error_text:
             self.console.conn_error(
                 f"an error occurred forwarding {pair.local} -> {pair.remote}: "
-                f"{error_text.decode('utf-8', 'replace')}")
+                f"{error_text.decode('utf-8', 'replace')}"
+            )
         elif result.error and not _benign(result.error):
             self.console.conn_error(
-                f"error copying for port {pair.local} -> {pair.remote}: {result.error}")
+                f"error copying for port {pair.local} -> {pair.remote}: {result.error}"
+            )
 
     async def _handle_channel(self, csock: Accepted, index: int) -> None:
         """ws-channel: one WebSocket session per local connection (as the Python client)."""
@@ -496,21 +533,27 @@ class Forwarder:
                 except PoolUnavailable as exc:
                     csock.close()
                     if not self.stopping:
-                        self.console.conn_error(f"error creating stream for port {pair.local}"
-                                                f" -> {pair.remote}: {exc}")
+                        self.console.conn_error(
+                            f"error creating stream for port {pair.local} -> {pair.remote}: {exc}"
+                        )
                     return
             remote = endpoint.remotes[index]
             try:
                 conn = await self._connect("ws-channel", [remote], endpoint.path)
             except ClientError as exc:
-                if (self.reconnect and not self.stopping and csock.lost is False
-                        and loop.time() < deadline):
+                if (
+                    self.reconnect
+                    and not self.stopping
+                    and csock.lost is False
+                    and loop.time() < deadline
+                ):
                     gate.failed(endpoint, exc.message)  # hold new connections, recover
                     continue
                 csock.close()
                 if not self.stopping:
-                    self.console.conn_error(f"error creating stream for port {pair.local} -> "
-                                            f"{remote}: {exc.message}")
+                    self.console.conn_error(
+                        f"error creating stream for port {pair.local} -> {remote}: {exc.message}"
+                    )
                 return
             gate.succeeded()
             break
@@ -524,8 +567,9 @@ class Forwarder:
             result = await relay(chan, csock)
             # Error text received meanwhile is kept by the channel; wait a little for one only
             # if the session is still up (no task per connection for this).
-            self._report_end(PortPair(pair.local, remote),
-                             await chan.wait_error(ERROR_STREAM_GRACE), result)
+            self._report_end(
+                PortPair(pair.local, remote), await chan.wait_error(ERROR_STREAM_GRACE), result
+            )
         finally:
             with contextlib.suppress(Exception):
                 conn.close(1000)
@@ -570,8 +614,12 @@ def _benign(error: str) -> bool:
 
 def raw_path_for(raw: str, namespace: str, name: str) -> str:
     """--raw-path with optional {ns}/{namespace} and {pod}/{name} placeholders filled in."""
-    for key, value in (("{ns}", namespace), ("{namespace}", namespace), ("{pod}", name),
-                       ("{name}", name)):
+    for key, value in (
+        ("{ns}", namespace),
+        ("{namespace}", namespace),
+        ("{pod}", name),
+        ("{name}", name),
+    ):
         raw = raw.replace(key, value)
     return raw if raw.startswith("/") else "/" + raw
 
@@ -579,8 +627,9 @@ def raw_path_for(raw: str, namespace: str, name: str) -> str:
 async def prepare(spec: ForwardSpec, console: Console) -> Forwarder:
     """Resolve everything up to (not including) the upgrade, in kubectl's order."""
     cfg = load_config(spec.overrides)
-    api = ApiClient(cfg, request_timeout=spec.request_timeout,
-                    log=console.info if console.verbosity else None)
+    api = ApiClient(
+        cfg, request_timeout=spec.request_timeout, log=console.info if console.verbosity else None
+    )
     try:
         namespace = cfg.namespace
         if spec.raw_path:
@@ -588,8 +637,9 @@ async def prepare(spec: ForwardSpec, console: Console) -> Forwarder:
             path = raw_path_for(spec.raw_path, namespace, name)
             specs = list(spec.ports)
         else:
-            res = await resolve(api, namespace, spec.target, list(spec.ports),
-                                spec.pod_running_timeout)
+            res = await resolve(
+                api, namespace, spec.target, list(spec.ports), spec.pod_running_timeout
+            )
             await check_running(api, namespace, res.pod_name)
             name = res.pod_name
             path = pod_path(namespace, res.pod_name, "portforward")
@@ -599,24 +649,53 @@ async def prepare(spec: ForwardSpec, console: Console) -> Forwarder:
     except BaseException:
         await api.close()
         raise
-    return Forwarder(api=api, path=path, protocol=spec.protocol, pairs=pairs,
-                     addresses=addresses, console=console, spec=spec, namespace=namespace,
-                     pod=name, reconnect=spec.reconnect, connections=spec.connections,
-                     ping_interval=spec.ping_interval, ping_timeout=spec.ping_timeout,
-                     give_up_after=spec.pod_running_timeout)
+    return Forwarder(
+        api=api,
+        path=path,
+        protocol=spec.protocol,
+        pairs=pairs,
+        addresses=addresses,
+        console=console,
+        spec=spec,
+        namespace=namespace,
+        pod=name,
+        reconnect=spec.reconnect,
+        connections=spec.connections,
+        ping_interval=spec.ping_interval,
+        ping_timeout=spec.ping_timeout,
+        give_up_after=spec.pod_running_timeout,
+    )
 
 
 @contextlib.asynccontextmanager
-async def forward(target: str, ports: list[str], *, namespace: str | None = None,
-                  address: str = "localhost", protocol: str = "auto", kubeconfig: str | None = None,
-                  context: str | None = None, quiet: bool = True, console: Console | None = None,
-                  pod_running_timeout: float = 60.0, observer: Any = None,
-                  **overrides: Any) -> AsyncIterator[Forwarder]:
+async def forward(
+    target: str,
+    ports: list[str],
+    *,
+    namespace: str | None = None,
+    address: str = "localhost",
+    protocol: str = "auto",
+    kubeconfig: str | None = None,
+    context: str | None = None,
+    quiet: bool = True,
+    console: Console | None = None,
+    pod_running_timeout: float = 60.0,
+    observer: Any = None,
+    **overrides: Any,
+) -> AsyncIterator[Forwarder]:
     """Library API: forward `ports` of `target` while the block runs; yields the Forwarder
     (`bound_ports`, `pairs`). Errors raise ClientError (with kubectl's message)."""
-    opts = Options(target=target, ports=list(ports), namespace=namespace, addresses=address,
-                   protocol=protocol, kubeconfig=kubeconfig, context=context, quiet=quiet,
-                   pod_running_timeout=pod_running_timeout)
+    opts = Options(
+        target=target,
+        ports=list(ports),
+        namespace=namespace,
+        addresses=address,
+        protocol=protocol,
+        kubeconfig=kubeconfig,
+        context=context,
+        quiet=quiet,
+        pod_running_timeout=pod_running_timeout,
+    )
     for key, value in overrides.items():
         if not hasattr(opts, key):
             raise TypeError(f"unknown option {key!r}")

@@ -81,8 +81,9 @@ class ClientConfig:
             headers.append(("Impersonate-Uid", self.impersonate_uid))
         headers += [("Impersonate-Group", g) for g in self.impersonate_groups]
         for key in sorted(self.impersonate_extra):
-            headers += [(f"Impersonate-Extra-{quote(key, safe='')}", v)
-                        for v in self.impersonate_extra[key]]
+            headers += [
+                (f"Impersonate-Extra-{quote(key, safe='')}", v) for v in self.impersonate_extra[key]
+            ]
         return headers
 
 
@@ -164,8 +165,11 @@ def load_merged(files: list[str]) -> MergedConfig:
         base = os.path.dirname(os.path.abspath(path))
         if not merged.current_context and data.get("current-context"):
             merged.current_context = str(data["current-context"])
-        for key, target in (("contexts", merged.contexts), ("clusters", merged.clusters),
-                            ("users", merged.users)):
+        for key, target in (
+            ("contexts", merged.contexts),
+            ("clusters", merged.clusters),
+            ("users", merged.users),
+        ):
             inner = {"contexts": "context", "clusters": "cluster", "users": "user"}[key]
             for name, item in _named(data.get(key)):
                 if name not in target:  # first definition wins
@@ -235,8 +239,11 @@ def load_config(opts: ConfigOverrides) -> ClientConfig:
             cfg.context = context_name
         _check_usable(cluster_name, cluster, user_name, user, opts)
     _apply_overrides(cfg, opts)
-    if ((cfg.token or cfg.token_file) and (cfg.username or cfg.password)
-            and not cfg.server.startswith("http://")):
+    if (
+        (cfg.token or cfg.token_file)
+        and (cfg.username or cfg.password)
+        and not cfg.server.startswith("http://")
+    ):
         # client-go's transport check (a tokenFile is not counted by the validation above)
         raise ConfigError("username/password or bearer token may be set, but not both")
     if not cfg.server:
@@ -247,8 +254,13 @@ def load_config(opts: ConfigOverrides) -> ClientConfig:
     return cfg
 
 
-def _check_usable(cluster_name: str, cluster: dict[str, Any], user_name: str, user: dict[str, Any],
-                  opts: ConfigOverrides) -> None:
+def _check_usable(
+    cluster_name: str,
+    cluster: dict[str, Any],
+    user_name: str,
+    user: dict[str, Any],
+    opts: ConfigOverrides,
+) -> None:
     """clientcmd's validation of the merged cluster and user entries (flags applied), in its
     order and words: one problem is `error: ...`, several `Error in configuration:` + a list."""
     problems: list[str] = []
@@ -258,8 +270,10 @@ def _check_usable(cluster_name: str, cluster: dict[str, Any], user_name: str, us
 
         scheme = urlsplit(str(proxy)).scheme if "://" in str(proxy) else ""
         if scheme not in ("http", "https", "socks5"):
-            problems.append(f"invalid 'proxy-url' \"{proxy}\" for cluster \"{cluster_name}\": "
-                            f"unsupported scheme \"{scheme}\", must be http, https, or socks5")
+            problems.append(
+                f'invalid \'proxy-url\' "{proxy}" for cluster "{cluster_name}": '
+                f'unsupported scheme "{scheme}", must be http, https, or socks5'
+            )
     name = user_name
     methods = []
     if opts.token or user.get("token"):
@@ -278,60 +292,86 @@ def _check_usable(cluster_name: str, cluster: dict[str, Any], user_name: str, us
         key, key_data = user.get("client-key"), user.get("client-key-data")
     if cert or cert_data:
         if cert and cert_data:
-            problems.append(f"client-cert-data and client-cert are both specified for {name}. "
-                            "client-cert-data will override.")
+            problems.append(
+                f"client-cert-data and client-cert are both specified for {name}. "
+                "client-cert-data will override."
+            )
         if key and key_data:
-            problems.append(f"client-key-data and client-key are both specified for {name}; "
-                            "client-key-data will override")
+            problems.append(
+                f"client-key-data and client-key are both specified for {name}; "
+                "client-key-data will override"
+            )
         if not key and not key_data:
-            problems.append(f"client-key-data or client-key must be specified for {name} to use "
-                            "the clientCert authentication method.")
+            problems.append(
+                f"client-key-data or client-key must be specified for {name} to use "
+                "the clientCert authentication method."
+            )
         base = user.get("_base", ".")
-        for what, path, flagged in (("client-cert", cert, bool(opts.client_certificate)),
-                                    ("client-key", key, bool(opts.client_key))):
+        for what, path, flagged in (
+            ("client-cert", cert, bool(opts.client_certificate)),
+            ("client-key", key, bool(opts.client_key)),
+        ):
             if path:
                 full = str(path) if flagged else (_resolve(path, base) or str(path))
                 try:
                     with open(full, "rb"):
                         pass
                 except OSError as exc:
-                    problems.append(f"unable to read {what} {full} for {name} due to open {full}: "
-                                    f"{errno_text(exc)}")
+                    problems.append(
+                        f"unable to read {what} {full} for {name} due to open {full}: "
+                        f"{errno_text(exc)}"
+                    )
     ex = user.get("exec")
     if isinstance(ex, dict):
         if user.get("auth-provider"):
-            problems.append(f"authProvider cannot be provided in combination with an exec plugin "
-                            f"for {name}")
+            problems.append(
+                f"authProvider cannot be provided in combination with an exec plugin for {name}"
+            )
         if not ex.get("command"):
-            problems.append(f"command must be specified for {name} to use exec authentication plugin")
+            problems.append(
+                f"command must be specified for {name} to use exec authentication plugin"
+            )
         if not ex.get("apiVersion"):
-            problems.append(f"apiVersion must be specified for {name} to use exec authentication "
-                            "plugin")
+            problems.append(
+                f"apiVersion must be specified for {name} to use exec authentication plugin"
+            )
         for env in ex.get("env") or []:
             if not isinstance(env, dict) or not env.get("name"):
-                problems.append(f"env variable name must be specified for {name} to use exec "
-                                "authentication plugin")
+                problems.append(
+                    f"env variable name must be specified for {name} to use exec "
+                    "authentication plugin"
+                )
         mode = ex.get("interactiveMode")
         if not mode and str(ex.get("apiVersion") or "").endswith("/v1"):
             # v1beta1 defaults it to IfAvailable; v1 requires it
-            problems.append(f"interactiveMode must be specified for {name} to use exec "
-                            "authentication plugin")
+            problems.append(
+                f"interactiveMode must be specified for {name} to use exec authentication plugin"
+            )
         elif mode and mode not in ("Never", "IfAvailable", "Always"):
             problems.append(f'invalid interactiveMode for {name}: "{mode}"')
     if len(methods) > 1:
-        problems.append(f"more than one authentication method found for {name}; found "
-                        f"[{' '.join(methods)}], only one is allowed")
+        problems.append(
+            f"more than one authentication method found for {name}; found "
+            f"[{' '.join(methods)}], only one is allowed"
+        )
     as_user = opts.impersonate or user.get("as")
-    if (opts.impersonate_uid or user.get("as-uid") or opts.impersonate_groups
-            or user.get("as-groups") or _extra(opts.impersonate_extra)
-            or user.get("as-user-extra")) and not as_user:
-        problems.append(f"requesting uid, groups or user-extra for {name} without impersonating "
-                        "a user")
+    if (
+        opts.impersonate_uid
+        or user.get("as-uid")
+        or opts.impersonate_groups
+        or user.get("as-groups")
+        or _extra(opts.impersonate_extra)
+        or user.get("as-user-extra")
+    ) and not as_user:
+        problems.append(
+            f"requesting uid, groups or user-extra for {name} without impersonating a user"
+        )
     if len(problems) == 1:
         raise ConfigError(problems[0])
     if problems:
-        raise ConfigError("\n".join(["", *(f"* {p}" for p in problems)]),
-                          prefix="Error in configuration: ")
+        raise ConfigError(
+            "\n".join(["", *(f"* {p}" for p in problems)]), prefix="Error in configuration: "
+        )
 
 
 def _extra(pairs: Iterable[str]) -> dict[str, list[str]]:
@@ -353,26 +393,40 @@ def _from_entries(cluster: dict[str, Any], user: dict[str, Any]) -> ClientConfig
         if not cfg.server:
             cfg.server = "http://localhost:8080"
     cfg.ca_file = _resolve(cluster.get("certificate-authority"), cbase)
-    cfg.ca_data = _decode_b64(cluster.get("certificate-authority-data"), "certificate-authority-data")
+    cfg.ca_data = _decode_b64(
+        cluster.get("certificate-authority-data"), "certificate-authority-data"
+    )
     cfg.insecure = bool(cluster.get("insecure-skip-tls-verify") or False)
     cfg.tls_server_name = cluster.get("tls-server-name") or None
     cfg.proxy_url = cluster.get("proxy-url") or None
     cfg.cluster_info = {
-        k: v for k, v in cluster.items() if k in (
-            "server", "tls-server-name", "insecure-skip-tls-verify",
-            "certificate-authority-data", "proxy-url", "disable-compression")
+        k: v
+        for k, v in cluster.items()
+        if k
+        in (
+            "server",
+            "tls-server-name",
+            "insecure-skip-tls-verify",
+            "certificate-authority-data",
+            "proxy-url",
+            "disable-compression",
+        )
     }
     if cfg.ca_file and not cfg.ca_data and "certificate-authority-data" not in cfg.cluster_info:
         try:
             import base64
 
             with open(cfg.ca_file, "rb") as fh:
-                cfg.cluster_info["certificate-authority-data"] = base64.b64encode(fh.read()).decode()
+                cfg.cluster_info["certificate-authority-data"] = base64.b64encode(
+                    fh.read()
+                ).decode()
         except OSError:
             pass
 
     cfg.client_cert_file = _resolve(user.get("client-certificate"), ubase)
-    cfg.client_cert_data = _decode_b64(user.get("client-certificate-data"), "client-certificate-data")
+    cfg.client_cert_data = _decode_b64(
+        user.get("client-certificate-data"), "client-certificate-data"
+    )
     cfg.client_key_file = _resolve(user.get("client-key"), ubase)
     cfg.client_key_data = _decode_b64(user.get("client-key-data"), "client-key-data")
     cfg.token = user.get("token") or None
@@ -388,8 +442,11 @@ def _from_entries(cluster: dict[str, Any], user: dict[str, Any]) -> ClientConfig
         cfg.exec = ExecConfig(
             command=command,
             args=[str(a) for a in (ex.get("args") or [])],
-            env=[{"name": str(e.get("name")), "value": str(e.get("value", ""))}
-                 for e in env if isinstance(e, dict)],
+            env=[
+                {"name": str(e.get("name")), "value": str(e.get("value", ""))}
+                for e in env
+                if isinstance(e, dict)
+            ],
             api_version=str(ex.get("apiVersion") or ""),
             install_hint=str(ex.get("installHint") or ""),
             provide_cluster_info=bool(ex.get("provideClusterInfo") or False),
@@ -403,7 +460,8 @@ def _from_entries(cluster: dict[str, Any], user: dict[str, Any]) -> ClientConfig
     if isinstance(extra, dict):
         cfg.impersonate_extra = {
             str(k): [str(x) for x in v] if isinstance(v, list) else [str(v)]
-            for k, v in extra.items()}
+            for k, v in extra.items()
+        }
     ap = user.get("auth-provider")
     if isinstance(ap, dict) and ap.get("name"):
         cfg.auth_provider = str(ap["name"])

@@ -105,8 +105,12 @@ async def _run(run_: Run) -> int:
         if run_.stats:
             from fastpf.client.stats import StatsView
 
-            view = StatsView([j.tracker for j in run_.jobs], run_.console.err,
-                             interval=run_.stats_interval, show_where=len(run_.jobs) > 1)
+            view = StatsView(
+                [j.tracker for j in run_.jobs],
+                run_.console.err,
+                interval=run_.stats_interval,
+                show_where=len(run_.jobs) > 1,
+            )
             if view.tty:
                 for job in run_.jobs:
                     job.console.live = view
@@ -148,8 +152,9 @@ def _clash(run_: Run) -> str | None:
         return None
     from fastpf.client.config_file import find_clashes
 
-    clashes = find_clashes([(j.label, j.fwd.addresses, j.fwd.pairs)
-                            for j in run_.jobs if j.fwd is not None])
+    clashes = find_clashes(
+        [(j.label, j.fwd.addresses, j.fwd.pairs) for j in run_.jobs if j.fwd is not None]
+    )
     return clashes[0] if clashes else None
 
 
@@ -181,15 +186,20 @@ async def _stop_all(run_: Run) -> None:
 def _ready(run_: Run) -> None:
     doc = ready_document([j.tracker for j in run_.jobs])
     if run_.emit is not None:
-        run_.emit({"schema": doc["schema"], "event": "ready", "time": format_rfc3339_micro(),
-                   "forwards": doc["forwards"]})
+        run_.emit(
+            {
+                "schema": doc["schema"],
+                "event": "ready",
+                "time": format_rfc3339_micro(),
+                "forwards": doc["forwards"],
+            }
+        )
     if run_.ready_file:
         try:
             write_ready_file(run_.ready_file, doc)
             run_.wrote_ready = True
         except OSError as exc:  # the forward itself works: say so once, go on
-            run_.console.warn(f"cannot write --ready-file {run_.ready_file}: "
-                              f"{errno_text(exc)}")
+            run_.console.warn(f"cannot write --ready-file {run_.ready_file}: {errno_text(exc)}")
 
 
 def _unready(run_: Run) -> None:
@@ -208,8 +218,9 @@ def _jobs(opts: Options, console: Console, emit: JsonLines | None) -> list[Job]:
     jobs = []
     for entry in load_forwards(opts.config_file, opts):
         tracker = Tracker(Target(entry.opts.target, name=entry.name), emit)
-        jobs.append(Job(entry.opts, console.for_target(entry.label, tracker.error), tracker,
-                        entry.label))
+        jobs.append(
+            Job(entry.opts, console.for_target(entry.label, tracker.error), tracker, entry.label)
+        )
     return jobs
 
 
@@ -242,8 +253,19 @@ def main(argv: list[str], prog: str = "fastpf") -> int:
     raise_nofile_limit()  # as kubectl (Go) does: thousands of connections, not 1024
     try:
         jobs = _jobs(opts, console, emit)
-        return run(_run(Run(jobs, console, opts.ready_file, opts.stats, opts.stats_interval,
-                            emit, opts.config_file)))
+        return run(
+            _run(
+                Run(
+                    jobs,
+                    console,
+                    opts.ready_file,
+                    opts.stats,
+                    opts.stats_interval,
+                    emit,
+                    opts.config_file,
+                )
+            )
+        )
     except ClientError as exc:
         console.error(exc.line)
         return exc.exit_code

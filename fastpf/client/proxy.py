@@ -105,8 +105,9 @@ async def _recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: i
     return buf
 
 
-async def _socks5(sock: socket.socket, host: str, port: int, user: str | None,
-                  password: str | None) -> None:
+async def _socks5(
+    sock: socket.socket, host: str, port: int, user: str | None, password: str | None
+) -> None:
     loop = asyncio.get_running_loop()
     methods = b"\x00\x02" if user is not None else b"\x00"
     await loop.sock_sendall(sock, b"\x05" + bytes([len(methods)]) + methods)
@@ -119,8 +120,9 @@ async def _socks5(sock: socket.socket, host: str, port: int, user: str | None,
         await loop.sock_sendall(sock, b"\x01" + bytes([len(u)]) + u + bytes([len(p)]) + p)
         _, status = await _recv_exact(loop, sock, 2)
         if status != 0:
-            raise ClientError("socks connect: username/password authentication failed",
-                              prefix=_FAIL)
+            raise ClientError(
+                "socks connect: username/password authentication failed", prefix=_FAIL
+            )
     try:
         ip = ipaddress.ip_address(host)
         addr = (b"\x01" if ip.version == 4 else b"\x04") + ip.packed
@@ -130,8 +132,9 @@ async def _socks5(sock: socket.socket, host: str, port: int, user: str | None,
     await loop.sock_sendall(sock, b"\x05\x01\x00" + addr + struct.pack(">H", port))
     ver, rep, _, atyp = await _recv_exact(loop, sock, 4)
     if rep != 0:
-        raise ClientError(f"socks connect tcp {host}:{port}: proxy refused (code {rep})",
-                          prefix=_FAIL)
+        raise ClientError(
+            f"socks connect tcp {host}:{port}: proxy refused (code {rep})", prefix=_FAIL
+        )
     if atyp == 1:
         await _recv_exact(loop, sock, 4 + 2)
     elif atyp == 4:
@@ -156,8 +159,9 @@ def _check_connect_response(resp: h11.Response) -> None:
         raise ClientError(f"proxyconnect tcp: {resp.status_code} {reason}".rstrip(), prefix=_FAIL)
 
 
-async def _http_connect(sock: socket.socket, host: str, port: int, user: str | None,
-                        password: str | None) -> bytes:
+async def _http_connect(
+    sock: socket.socket, host: str, port: int, user: str | None, password: str | None
+) -> bytes:
     loop = asyncio.get_running_loop()
     conn = h11.Connection(h11.CLIENT)
     await loop.sock_sendall(sock, conn.send(_connect_request(host, port, user, password)))
@@ -175,11 +179,13 @@ async def _http_connect(sock: socket.socket, host: str, port: int, user: str | N
     raise ClientError("proxyconnect tcp: unexpected EOF", prefix=_FAIL)
 
 
-async def _https_connect(purl_host: str, purl_port: int, host: str, port: int, user: str | None,
-                         password: str | None) -> socket.socket:
+async def _https_connect(
+    purl_host: str, purl_port: int, host: str, port: int, user: str | None, password: str | None
+) -> socket.socket:
     ctx = ssl.create_default_context()
     reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(purl_host, purl_port, ssl=ctx), CONNECT_TIMEOUT)
+        asyncio.open_connection(purl_host, purl_port, ssl=ctx), CONNECT_TIMEOUT
+    )
     conn = h11.Connection(h11.CLIENT)
     writer.write(conn.send(_connect_request(host, port, user, password)))
     trailing = b""
@@ -253,16 +259,18 @@ async def open_tunnel(proxy_url: str, host: str, port: int) -> socket.socket:
             return await _https_connect(phost, pport, host, port, user, password)
         sock = await _connect_tcp(phost, pport)
     except OSError as exc:
-        raise ClientError(f"proxyconnect tcp: dial tcp {phost}:{pport}: {_os_error_text(exc)}",
-                          prefix=_FAIL) from None
+        raise ClientError(
+            f"proxyconnect tcp: dial tcp {phost}:{pport}: {_os_error_text(exc)}", prefix=_FAIL
+        ) from None
     try:
         if scheme in ("socks5", "socks5h"):
             await _socks5(sock, host, port, user, password)
         else:
             trailing = await _http_connect(sock, host, port, user, password)
             if trailing:  # cannot happen with a server that waits for the client to speak first
-                raise ClientError("proxyconnect tcp: proxy sent data before the tunnel was used",
-                                  prefix=_FAIL)
+                raise ClientError(
+                    "proxyconnect tcp: proxy sent data before the tunnel was used", prefix=_FAIL
+                )
     except BaseException:
         sock.close()
         raise

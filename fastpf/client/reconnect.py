@@ -69,13 +69,17 @@ KEEPALIVE_INTERVAL = 15
 KEEPALIVE_COUNT = 9
 
 
-
 class Backoff:
     """Delays between attempts: 0 for the first, then initial * factor^k, capped, each drawn
     uniformly from [d/2, d] (jitter: many clients of one server do not retry in step)."""
 
-    def __init__(self, initial: float = BACKOFF_INITIAL, factor: float = BACKOFF_FACTOR,
-                 cap: float = BACKOFF_CAP, rng: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self,
+        initial: float = BACKOFF_INITIAL,
+        factor: float = BACKOFF_FACTOR,
+        cap: float = BACKOFF_CAP,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
         self.initial = initial
         self.factor = factor
         self.cap = cap
@@ -125,7 +129,9 @@ class ConsoleObserver:
         # changes, else at attempts 2, 4, 8, ...: a server down for a minute (an attempt per
         # second) costs a handful of lines, not sixty.
         if attempt > 1 and (reason != self._last_reason or attempt & (attempt - 1) == 0):
-            self._line("W", f"reconnecting in {format_duration(delay)} (attempt {attempt}): {reason}")
+            self._line(
+                "W", f"reconnecting in {format_duration(delay)} (attempt {attempt}): {reason}"
+            )
         self._last_reason = reason
 
     def reconnected(self, pod: str, attempts: int, downtime: float) -> None:
@@ -148,6 +154,7 @@ class Observers:
                 hook = getattr(obs, name, None)
                 if hook is not None:
                     hook(*args)
+
         return call
 
 
@@ -264,12 +271,19 @@ class DeadPeer:
         w.seen_reply = reply
         w.last_wbs = wbs
         pending = w.pending_since
-        if (self.timeout > 0 and pending is not None
-                and now - w.last_alive > self.timeout and now - pending > self.timeout / 2):
+        if (
+            self.timeout > 0
+            and pending is not None
+            and now - w.last_alive > self.timeout
+            and now - pending > self.timeout / 2
+        ):
             self._watched.pop(id(conn), None)
-            conn.fail(DeadPeerError(
-                f"no reply to {'PING' if spdy else 'WebSocket ping'} within "
-                f"{format_duration(self.timeout)}"))
+            conn.fail(
+                DeadPeerError(
+                    f"no reply to {'PING' if spdy else 'WebSocket ping'} within "
+                    f"{format_duration(self.timeout)}"
+                )
+            )
             return
         if now - w.last_ping >= self.interval:
             w.last_ping = now
@@ -283,8 +297,10 @@ class DeadPeer:
 
 def give_up_message(pod: str, after: float, reason: str) -> str:
     """The fatal line when the forward stayed without a connection for --pod-running-timeout."""
-    return (f"lost connection to pod {pod} and could not reconnect within {format_duration(after)} "
-            f"(--pod-running-timeout): {reason or 'no connection'}")
+    return (
+        f"lost connection to pod {pod} and could not reconnect within {format_duration(after)} "
+        f"(--pod-running-timeout): {reason or 'no connection'}"
+    )
 
 
 class Episode:

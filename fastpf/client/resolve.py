@@ -56,7 +56,9 @@ def split_target(target: str) -> tuple[str, str, str, str]:
     if "/" in target:
         kind_s, _, name = target.partition("/")
         if not kind_s or not name or "/" in name:
-            raise ClientError("arguments in resource/name form must have a single resource and name")
+            raise ClientError(
+                "arguments in resource/name form must have a single resource and name"
+            )
         entry = _TYPES.get(kind_s.lower())
         if entry is None:
             raise ClientError(f'the server doesn\'t have a resource type "{kind_s}"')
@@ -105,7 +107,9 @@ def selector_for(obj: dict[str, Any], kind: str) -> str:
         sel = spec.get("selector") or {}
         if not sel:
             if kind == "Service":
-                raise ClientError(f"invalid service '{name}': Service is defined without a selector")
+                raise ClientError(
+                    f"invalid service '{name}': Service is defined without a selector"
+                )
             raise ClientError(f"invalid replication controller '{name}': no selector")
         return selector_from_set(sel)
     return selector_from_label_selector(spec.get("selector"))
@@ -138,8 +142,10 @@ def _is_ready(pod: dict[str, Any]) -> bool:
 
 
 def _max_restarts(pod: dict[str, Any]) -> int:
-    counts = [int(c.get("restartCount") or 0)
-              for c in (pod.get("status") or {}).get("containerStatuses") or []]
+    counts = [
+        int(c.get("restartCount") or 0)
+        for c in (pod.get("status") or {}).get("containerStatuses") or []
+    ]
     return max(counts, default=0)
 
 
@@ -242,8 +248,11 @@ def _check_udp(specs: list[str], obj: dict[str, Any], kind: str) -> None:
         _, remote = split_port(spec)
         num = atoi(remote)
         if num is None:
-            num = (_service_port_by_name(obj, remote) if kind == "Service"
-                   else _container_port_by_name(obj, remote))
+            num = (
+                _service_port_by_name(obj, remote)
+                if kind == "Service"
+                else _container_port_by_name(obj, remote)
+            )
         if num in udp_only:
             raise ClientError(f"UDP protocol is not supported for {remote}")
 
@@ -260,7 +269,9 @@ def translate_pod_ports(specs: list[str], pod: dict[str, Any]) -> list[str]:
     return out
 
 
-def translate_service_ports(specs: list[str], svc: dict[str, Any], pod: dict[str, Any]) -> list[str]:
+def translate_service_ports(
+    specs: list[str], svc: dict[str, Any], pod: dict[str, Any]
+) -> list[str]:
     """kubectl's translateServicePortToTargetPort."""
     out = []
     for spec in specs:
@@ -286,8 +297,15 @@ def is_serving(pod: dict[str, Any]) -> bool:
     return bool((pod.get("status") or {}).get("phase") == "Running")
 
 
-async def first_pod(api: ApiClient, namespace: str, selector: str, timeout: float, *,
-                    running_only: bool = False, prefer: str | None = None) -> dict[str, Any]:
+async def first_pod(
+    api: ApiClient,
+    namespace: str,
+    selector: str,
+    timeout: float,
+    *,
+    running_only: bool = False,
+    prefer: str | None = None,
+) -> dict[str, Any]:
     """The most active pod of `selector`, polling until one exists or `timeout` passed.
     running_only (reconnect): only pods that serve (`is_serving`); `prefer` (the pod we were
     forwarding to) wins while it still serves, so a reconnect does not hop pods needlessly."""
@@ -312,9 +330,16 @@ async def first_pod(api: ApiClient, namespace: str, selector: str, timeout: floa
     raise ClientError("timed out waiting for the condition")
 
 
-async def resolve(api: ApiClient, namespace: str, target: str, specs: list[str],
-                  pod_running_timeout: float, *, running_only: bool = False,
-                  prefer: str | None = None) -> Resolved:
+async def resolve(
+    api: ApiClient,
+    namespace: str,
+    target: str,
+    specs: list[str],
+    pod_running_timeout: float,
+    *,
+    running_only: bool = False,
+    prefer: str | None = None,
+) -> Resolved:
     """TYPE/NAME -> pod and numeric port specs. running_only/prefer: see first_pod (the pod of
     a pod/ target is returned whatever its phase; check_running judges it)."""
     prefix, plural, kind, name = split_target(target)
@@ -323,8 +348,14 @@ async def resolve(api: ApiClient, namespace: str, target: str, specs: list[str],
     if kind == "Pod":
         pod = obj
     else:
-        pod = await first_pod(api, namespace, selector_for(obj, kind), pod_running_timeout,
-                              running_only=running_only, prefer=prefer)
+        pod = await first_pod(
+            api,
+            namespace,
+            selector_for(obj, kind),
+            pod_running_timeout,
+            running_only=running_only,
+            prefer=prefer,
+        )
     pod_name = str((pod.get("metadata") or {}).get("name", ""))
     if kind == "Service":
         _check_udp(specs, obj, kind)
@@ -347,5 +378,6 @@ async def check_running(api: ApiClient, namespace: str, pod_name: str) -> dict[s
     phase = (pod.get("status") or {}).get("phase", "")
     if phase != "Running":
         raise ClientError(
-            f"unable to forward port because pod is not running. Current status={phase}")
+            f"unable to forward port because pod is not running. Current status={phase}"
+        )
     return pod

@@ -84,11 +84,20 @@ class SessionPool:
     resolves (--pod-running-timeout). `fatal` is a future with the message that ends the forward.
     """
 
-    def __init__(self, *, size: int, opener: Opener, resolver: Resolver | None, observer: Any,
-                 reconnect: bool = True, give_up_after: float = 60.0,
-                 ping_interval: float = 0.0, ping_timeout: float = 0.0,
-                 log: Callable[[int, str], None] | None = None,
-                 backoff: Backoff | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        size: int,
+        opener: Opener,
+        resolver: Resolver | None,
+        observer: Any,
+        reconnect: bool = True,
+        give_up_after: float = 60.0,
+        ping_interval: float = 0.0,
+        ping_timeout: float = 0.0,
+        log: Callable[[int, str], None] | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
         self.loop = asyncio.get_running_loop()
         self.size = size
         self.opener = opener
@@ -178,8 +187,10 @@ class SessionPool:
             self._available.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._available.wait(), left)
-        raise PoolUnavailable(f"no connection to pod {self.endpoint.pod} within "
-                              f"{format_duration(timeout)}: {self.episode.reason or 'not connected'}")
+        raise PoolUnavailable(
+            f"no connection to pod {self.endpoint.pod} within "
+            f"{format_duration(timeout)}: {self.episode.reason or 'not connected'}"
+        )
 
     # ---- connections coming and going ------------------------------------------------------------
     def _attach(self, slot: Slot, conn: Any) -> None:
@@ -297,7 +308,8 @@ class SessionPool:
         if now - self._unusable_since < self.give_up_after:
             return False
         self.fatal.set_result(
-            give_up_message(self.endpoint.pod, self.give_up_after, self.episode.reason))
+            give_up_message(self.endpoint.pod, self.give_up_after, self.episode.reason)
+        )
         self._available.set()
         return True
 
@@ -320,8 +332,9 @@ class SessionPool:
             await asyncio.Future()
         if self._resolve_needed and self.resolver is not None:
             try:
-                endpoint = await asyncio.wait_for(self.resolver(self.endpoint.pod),
-                                                  self._attempt_timeout())
+                endpoint = await asyncio.wait_for(
+                    self.resolver(self.endpoint.pod), self._attempt_timeout()
+                )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure is one more attempt
@@ -332,8 +345,9 @@ class SessionPool:
                 self._switch(endpoint)
             down = [s for s in self.slots if s.conn is None]
         timeout = self._attempt_timeout()
-        results = await asyncio.gather(*(self._open(s, timeout) for s in down),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(self._open(s, timeout) for s in down), return_exceptions=True
+        )
         for res in results:
             if isinstance(res, BaseException):
                 if isinstance(res, asyncio.CancelledError):

@@ -49,9 +49,16 @@ def _short(text: str) -> str:
 
 
 class StatsView:
-    def __init__(self, trackers: list[Tracker], stream: TextIO, *, interval: float = 0.0,
-                 tty: bool | None = None, show_where: bool = False,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        trackers: list[Tracker],
+        stream: TextIO,
+        *,
+        interval: float = 0.0,
+        tty: bool | None = None,
+        show_where: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.trackers = trackers
         self.stream = stream
         self.tty = bool(tty if tty is not None else getattr(stream, "isatty", lambda: False)())
@@ -85,7 +92,8 @@ class StatsView:
                     f"{self._name(snap)}  active {snap.active}  conns {snap.connections}  "
                     f"down {human_bytes(snap.bytes_from_pod)} ({human_bytes(down_rate)}/s)  "
                     f"up {human_bytes(snap.bytes_to_pod)} ({human_bytes(up_rate)}/s)  "
-                    f"reconnects {snap.reconnects}  last error: {error}")
+                    f"reconnects {snap.reconnects}  last error: {error}"
+                )
         return out
 
     def summary(self) -> list[str]:
@@ -98,7 +106,8 @@ class StatsView:
                     f"[summary] {self._name(snap)}: {snap.connections} connection"
                     f"{'' if snap.connections == 1 else 's'}, "
                     f"down {human_bytes(snap.bytes_from_pod)}, up {human_bytes(snap.bytes_to_pod)}, "
-                    f"{snap.errors} errors, {snap.reconnects} reconnects in {took}")
+                    f"{snap.errors} errors, {snap.reconnects} reconnects in {took}"
+                )
         return out
 
     # ---- output --------------------------------------------------------------------------------

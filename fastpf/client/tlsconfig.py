@@ -41,8 +41,9 @@ def _load_chain(ctx: ssl.SSLContext, cert: bytes, key: bytes) -> None:
         try:
             ctx.load_cert_chain(cpath, kpath)
         except (ssl.SSLError, ValueError) as exc:
-            raise ConfigError(f"tls: failed to load client certificate/key: {exc.__class__.__name__}"
-                              ) from None
+            raise ConfigError(
+                f"tls: failed to load client certificate/key: {exc.__class__.__name__}"
+            ) from None
 
 
 class ResumingContext(ssl.SSLContext):
@@ -65,13 +66,19 @@ class ResumingContext(ssl.SSLContext):
     _refresh_at = 0.0
     _misses = 0
 
-    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = False,
-                 server_hostname: str | bytes | None = None,
-                 session: ssl.SSLSession | None = None) -> ssl.SSLObject:
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
         if session is None and not server_side and self._session is not None:
             try:
-                return super().wrap_bio(incoming, outgoing, server_side, server_hostname,
-                                        self._session)
+                return super().wrap_bio(
+                    incoming, outgoing, server_side, server_hostname, self._session
+                )
             except (ValueError, ssl.SSLError):  # a session OpenSSL will not take: go without
                 self._session = None
         return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
@@ -104,9 +111,13 @@ class ResumingContext(ssl.SSLContext):
         self._session = None
 
 
-def build_ssl_context(cfg: ClientConfig, *, alpn: list[str] | None,
-                      exec_cert: tuple[bytes, bytes] | None = None,
-                      resumable: bool = False) -> ssl.SSLContext:
+def build_ssl_context(
+    cfg: ClientConfig,
+    *,
+    alpn: list[str] | None,
+    exec_cert: tuple[bytes, bytes] | None = None,
+    resumable: bool = False,
+) -> ssl.SSLContext:
     """A client SSLContext. `alpn=None` offers no ALPN (upgrade connections, as kubectl).
     `resumable`: a ResumingContext (TLS session resumption across connections)."""
     ctx = (ResumingContext if resumable else ssl.SSLContext)(ssl.PROTOCOL_TLS_CLIENT)
@@ -126,8 +137,9 @@ def build_ssl_context(cfg: ClientConfig, *, alpn: list[str] | None,
             try:
                 ctx.load_verify_locations(cadata=cadata.decode("ascii", "replace"))
             except ssl.SSLError:
-                raise ConfigError("unable to load root certificates: unable to parse bytes as PEM block"
-                                  ) from None
+                raise ConfigError(
+                    "unable to load root certificates: unable to parse bytes as PEM block"
+                ) from None
         else:
             ctx.load_default_certs()
     cert: bytes | None = None
@@ -190,9 +202,12 @@ class ContextCache:
         self._entries: dict[tuple[str, ...], tuple[Hashable, ssl.SSLContext]] = {}
         self.builds = 0  # contexts built so far (tests)
 
-    def get(self, alpn: list[str] | None,
-            exec_cert: tuple[bytes, bytes] | None = None,
-            resumable: bool = False) -> ssl.SSLContext:
+    def get(
+        self,
+        alpn: list[str] | None,
+        exec_cert: tuple[bytes, bytes] | None = None,
+        resumable: bool = False,
+    ) -> ssl.SSLContext:
         key = (*(alpn or ()), "resumable") if resumable else tuple(alpn or ())
         stamp = material_stamp(self.cfg, exec_cert)
         hit = self._entries.get(key)

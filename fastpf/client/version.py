@@ -91,7 +91,7 @@ def main(argv: list[str], console: Console, *, quick: bool = False) -> int:
         console.error(exc.line)
         return exc.exit_code
     if positionals and not quick:
-        console.error(f"error: unknown command \"{positionals[0]}\" for \"fastpf version\"")
+        console.error(f'error: unknown command "{positionals[0]}" for "fastpf version"')
         return 1
     client = client_info()
     server: dict[str, Any] | None = None

@@ -35,9 +35,16 @@ def gone_reason(pod: dict[str, Any] | None) -> str | None:
 
 
 class PodWatcher:
-    def __init__(self, api: ApiClient, namespace: str, current: Callable[[], str],
-                 on_gone: Callable[[str, str], None], *, interval: float = POLL_INTERVAL,
-                 log: Callable[[int, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        api: ApiClient,
+        namespace: str,
+        current: Callable[[], str],
+        on_gone: Callable[[str, str], None],
+        *,
+        interval: float = POLL_INTERVAL,
+        log: Callable[[int, str], None] | None = None,
+    ) -> None:
         self.api = api
         self.namespace = namespace
         self.current = current
@@ -75,7 +82,8 @@ class PodWatcher:
         try:
             obj: dict[str, Any] | None = await asyncio.wait_for(
                 self.api.get(pod_path(self.namespace, name), what=f"get pods {name}"),
-                REQUEST_TIMEOUT)
+                REQUEST_TIMEOUT,
+            )
         except ApiError as exc:
             if exc.status != 404:
                 self.log(4, f"pod watch: {exc.message}")

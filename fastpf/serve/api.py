@@ -61,12 +61,19 @@ _FORWARD_CACHE_SIZE = 1024
 
 # /api/{v}/proxy/{minions|nodes}/{node}/portForward/{ns}/{pod}[/{uid}] (2015 era) and the same
 # without /api/{v}; kubelet's own /portForward/{ns}/{pod}[/{uid}].
-_HISTORIC = re.compile(r"^(?:/api/(?:v1beta1|v1beta3|v1))?/proxy/(?:minions|nodes)/[^/]+(/portForward/.*)$")
+_HISTORIC = re.compile(
+    r"^(?:/api/(?:v1beta1|v1beta3|v1))?/proxy/(?:minions|nodes)/[^/]+(/portForward/.*)$"
+)
 
 
 class Api:
-    def __init__(self, cluster: Cluster, token: str, server_address: str = "127.0.0.1:6443",
-                 allow_anonymous: bool = False) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        token: str,
+        server_address: str = "127.0.0.1:6443",
+        allow_anonymous: bool = False,
+    ) -> None:
         self.cluster = cluster
         self._token = token.encode()
         self.server_address = server_address
@@ -100,8 +107,11 @@ class Api:
             return status_response(401, "Unauthorized", "Unauthorized")
         if request.header("impersonate-user") is not None:  # recorded, not enforced
             extra = [f"{k}={v}" for k, v in request.headers if k.startswith("impersonate-")]
-            print(f"impersonation: {request.method} {request.path} {' '.join(extra)}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"impersonation: {request.method} {request.path} {' '.join(extra)}",
+                file=sys.stderr,
+                flush=True,
+            )
         segments = [unquote(s) for s in request.path.split("/") if s]
         method = request.method.upper()
         forward = self._portforward_path(request.path, segments)
@@ -114,15 +124,24 @@ class Api:
                 return status_response(400, "BadRequest", str(exc))
         target = self.resolve(segments)
         if target is None:
-            return NO_RESOURCE if not self._known_path(segments) else status_response(
-                405, "MethodNotAllowed", NOT_ALLOWED, {})
+            return (
+                NO_RESOURCE
+                if not self._known_path(segments)
+                else status_response(405, "MethodNotAllowed", NOT_ALLOWED, {})
+            )
         return write(self, request, method, target)
 
     # ---- port-forward --------------------------------------------------------------------------
-    def _portforward_path(self, path: str, segments: list[str]) -> tuple[str, str, str | None, bool] | None:
+    def _portforward_path(
+        self, path: str, segments: list[str]
+    ) -> tuple[str, str, str | None, bool] | None:
         """(namespace, pod, uid, api_style) when the path is a port-forward endpoint."""
-        if (len(segments) == 7 and segments[:3] == ["api", "v1", "namespaces"] and segments[4] == "pods"
-                and segments[6] == "portforward"):
+        if (
+            len(segments) == 7
+            and segments[:3] == ["api", "v1", "namespaces"]
+            and segments[4] == "pods"
+            and segments[6] == "portforward"
+        ):
             return segments[3], segments[5], None, True
         historic = _HISTORIC.match(path)
         if historic:
@@ -131,7 +150,9 @@ class Api:
             return segments[1], segments[2], segments[3] if len(segments) == 4 else None, False
         return None
 
-    def _forward(self, method: str, namespace: str, name: str, uid: str | None, api_style: bool) -> Reply:
+    def _forward(
+        self, method: str, namespace: str, name: str, uid: str | None, api_style: bool
+    ) -> Reply:
         if method not in ("GET", "POST"):
             return status_response(405, "MethodNotAllowed", NOT_ALLOWED, {})
         rv = self.cluster.resource_version
@@ -149,19 +170,30 @@ class Api:
         if pod is None or (uid and pod["metadata"]["uid"] != uid):
             if api_style:
                 return not_found(RESOURCES["pods"], name)
-            return status_response(404, "NotFound", "pod does not exist", {"name": name, "kind": "pods"})
+            return status_response(
+                404, "NotFound", "pod does not exist", {"name": name, "kind": "pods"}
+            )
         phase = pod["status"]["phase"]
         if phase == "Pending" and not pod["spec"].get("nodeName"):
             # What the API server says when it cannot locate the kubelet of an unscheduled pod.
             return status_response(400, "BadRequest", f"pod {name} does not have a host assigned")
         if phase != "Running":
-            return status_response(400, "BadRequest",
-                                   f"unable to upgrade connection: pod {name} is not running (phase {phase})")
+            return status_response(
+                400,
+                "BadRequest",
+                f"unable to upgrade connection: pod {name} is not running (phase {phase})",
+            )
         return Forward(self.cluster.pod_target(pod))
 
     # ---- paths ---------------------------------------------------------------------------------
     def _known_path(self, segments: list[str]) -> bool:
-        return segments in (["api"], ["apis"], ["api", "v1"], ["apis", "apps"], ["apis", "apps", "v1"])
+        return segments in (
+            ["api"],
+            ["apis"],
+            ["api", "v1"],
+            ["apis", "apps"],
+            ["apis", "apps", "v1"],
+        )
 
     def resolve(self, segments: list[str]) -> Target | None:
         if segments[:2] == ["api", "v1"]:
@@ -182,7 +214,9 @@ class Api:
             return None
         name = rest[1] if len(rest) >= 2 else None
         sub = rest[2] if len(rest) == 3 else None
-        if sub is not None and (sub not in SUBRESOURCES or (sub == "scale" and not resource.scalable)):
+        if sub is not None and (
+            sub not in SUBRESOURCES or (sub == "scale" and not resource.scalable)
+        ):
             return None
         if resource.plural == "namespaces":
             if namespace is not None or sub is not None:
@@ -212,14 +246,25 @@ class Api:
             if target.subresource == "scale":
                 return json_response(scale_of(obj))
             if table_version is not None:
-                return json_response(table.table(resource, [obj], table_version, self.cluster.resource_version,
-                                                 request.param("includeObject")))
+                return json_response(
+                    table.table(
+                        resource,
+                        [obj],
+                        table_version,
+                        self.cluster.resource_version,
+                        request.param("includeObject"),
+                    )
+                )
             return json_response(obj)
         if target.subresource is not None:
             return NO_RESOURCE
         if namespace is not None and self.cluster.get("namespaces", "", namespace) is None:
-            return status_response(404, "NotFound", f'namespaces "{namespace}" not found',
-                                   {"name": namespace, "kind": "namespaces"})
+            return status_response(
+                404,
+                "NotFound",
+                f'namespaces "{namespace}" not found',
+                {"name": namespace, "kind": "namespaces"},
+            )
         label_match = parse_label_selector(request.param("labelSelector"))
         field_match = parse_field_selector(request.param("fieldSelector"))
         candidates = self.cluster.list_objects(resource.plural, namespace)
@@ -235,36 +280,76 @@ class Api:
         def matches(obj: dict[str, Any]) -> bool:
             return label_match(obj["metadata"].get("labels") or {}) and field_match(obj)
 
-        items = [obj for obj in candidates if matches(obj) and (name is None or obj["metadata"]["name"] == name)]
+        items = [
+            obj
+            for obj in candidates
+            if matches(obj) and (name is None or obj["metadata"]["name"] == name)
+        ]
         if watch:
             return self._watch(request, resource, items, namespace, name, matches, table_version)
         if table_version is not None:
-            return json_response(table.table(resource, items, table_version, self.cluster.resource_version,
-                                             request.param("includeObject")))
-        return json_response({
-            "kind": f"{resource.kind}List",
-            "apiVersion": resource.api_version,
-            "metadata": {"resourceVersion": self.cluster.resource_version},
-            "items": [{k: v for k, v in obj.items() if k not in ("kind", "apiVersion")} for obj in items],
-        })
+            return json_response(
+                table.table(
+                    resource,
+                    items,
+                    table_version,
+                    self.cluster.resource_version,
+                    request.param("includeObject"),
+                )
+            )
+        return json_response(
+            {
+                "kind": f"{resource.kind}List",
+                "apiVersion": resource.api_version,
+                "metadata": {"resourceVersion": self.cluster.resource_version},
+                "items": [
+                    {k: v for k, v in obj.items() if k not in ("kind", "apiVersion")}
+                    for obj in items
+                ],
+            }
+        )
 
-    def _watch(self, request: Request, resource: Resource, items: list[dict[str, Any]], namespace: str | None,
-               name: str | None, matches: Any, table_version: str | None) -> Watch:
+    def _watch(
+        self,
+        request: Request,
+        resource: Resource,
+        items: list[dict[str, Any]],
+        namespace: str | None,
+        name: str | None,
+        matches: Any,
+        table_version: str | None,
+    ) -> Watch:
         # No resourceVersion (or "0"): the current objects as ADDED, then live changes. From an
         # older version N: what happened since N, replayed from the recent events, then live;
         # 410 Expired when those are no longer kept (the client lists again), as the API server.
         since = request.param("resourceVersion") or ""
         initial = (request.param("sendInitialEvents") or "").lower() == "true"
-        subscription = Subscription(self.cluster, resource, namespace, name, matches,
-                                    table.renderer(resource, table_version, request.param("includeObject"),
-                                                   lambda: self.cluster.resource_version))
+        subscription = Subscription(
+            self.cluster,
+            resource,
+            namespace,
+            name,
+            matches,
+            table.renderer(
+                resource,
+                table_version,
+                request.param("includeObject"),
+                lambda: self.cluster.resource_version,
+            ),
+        )
         replay: list[bytes] | None = None
         if not initial and since not in ("", "0") and since.isdigit():
             history = self.cluster.events_since(int(since))
             if history is None:
-                expired = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                           "message": f"too old resource version: {since} ({self.cluster.resource_version})",
-                           "reason": "Expired", "code": 410}
+                expired = {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Failure",
+                    "message": f"too old resource version: {since} ({self.cluster.resource_version})",
+                    "reason": "Expired",
+                    "code": 410,
+                }
                 return Watch([event_line("ERROR", expired)], 0.0)
             replay = [line for line in map(subscription.line, history) if line is not None]
         try:
@@ -272,17 +357,30 @@ class Api:
         except ValueError:
             timeout = DEFAULT_WATCH_SECONDS
         timeout = min(max(timeout, 0.0), MAX_WATCH_SECONDS)
-        events = replay if replay is not None else [
-            event_line("ADDED", subscription.render(obj)) for obj in items]
+        events = (
+            replay
+            if replay is not None
+            else [event_line("ADDED", subscription.render(obj)) for obj in items]
+        )
         if initial:
             # WatchList (kubectl 1.35+ informers, e.g. `kubectl wait`): the initial ADDED events
             # must be closed by a bookmark, or the client waits for them until it times out.
-            events.append(dumps({"type": "BOOKMARK", "object": {
-                "kind": resource.kind,
-                "apiVersion": resource.api_version,
-                "metadata": {"resourceVersion": self.cluster.resource_version,
-                             "annotations": {"k8s.io/initial-events-end": "true"}},
-            }}) + b"\n")
+            events.append(
+                dumps(
+                    {
+                        "type": "BOOKMARK",
+                        "object": {
+                            "kind": resource.kind,
+                            "apiVersion": resource.api_version,
+                            "metadata": {
+                                "resourceVersion": self.cluster.resource_version,
+                                "annotations": {"k8s.io/initial-events-end": "true"},
+                            },
+                        },
+                    }
+                )
+                + b"\n"
+            )
         return Watch(events, timeout, subscription)
 
     def _discovery(self, segments: list[str]) -> dict[str, Any] | None:
@@ -292,7 +390,9 @@ class Api:
             return {
                 "kind": "APIVersions",
                 "versions": ["v1"],
-                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": self.server_address}],
+                "serverAddressByClientCIDRs": [
+                    {"clientCIDR": "0.0.0.0/0", "serverAddress": self.server_address}
+                ],
             }
         group_apps = {
             "name": "apps",
@@ -317,27 +417,56 @@ def _resource_list(group_version: str, group: str) -> dict[str, Any]:
     for r in RESOURCES.values():
         if r.group != group:
             continue
-        resources.append({
-            "name": r.plural,
-            "singularName": r.kind.lower(),
-            "namespaced": r.namespaced,
-            "kind": r.kind,
-            "verbs": list(r.verbs),
-            "shortNames": list(r.short_names),
-            **({"categories": ["all"]} if r.plural != "namespaces" else {}),
-        })
+        resources.append(
+            {
+                "name": r.plural,
+                "singularName": r.kind.lower(),
+                "namespaced": r.namespaced,
+                "kind": r.kind,
+                "verbs": list(r.verbs),
+                "shortNames": list(r.short_names),
+                **({"categories": ["all"]} if r.plural != "namespaces" else {}),
+            }
+        )
         if r.plural == "namespaces":
             continue
-        resources.append({"name": f"{r.plural}/status", "singularName": "", "namespaced": True, "kind": r.kind,
-                          "verbs": ["get", "patch", "update"]})
+        resources.append(
+            {
+                "name": f"{r.plural}/status",
+                "singularName": "",
+                "namespaced": True,
+                "kind": r.kind,
+                "verbs": ["get", "patch", "update"],
+            }
+        )
         if r.scalable:
-            resources.append({"name": f"{r.plural}/scale", "singularName": "", "namespaced": True,
-                              "group": "autoscaling", "version": "v1", "kind": "Scale",
-                              "verbs": ["get", "patch", "update"]})
+            resources.append(
+                {
+                    "name": f"{r.plural}/scale",
+                    "singularName": "",
+                    "namespaced": True,
+                    "group": "autoscaling",
+                    "version": "v1",
+                    "kind": "Scale",
+                    "verbs": ["get", "patch", "update"],
+                }
+            )
         if r.plural == "pods":
-            resources.append({"name": "pods/portforward", "singularName": "", "namespaced": True,
-                              "kind": "PodPortForwardOptions", "verbs": ["create", "get"]})
-    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}
+            resources.append(
+                {
+                    "name": "pods/portforward",
+                    "singularName": "",
+                    "namespaced": True,
+                    "kind": "PodPortForwardOptions",
+                    "verbs": ["create", "get"],
+                }
+            )
+    return {
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": group_version,
+        "resources": resources,
+    }
 
 
 def _openapi_v3(rest: list[str]) -> dict[str, Any] | None:
@@ -345,8 +474,12 @@ def _openapi_v3(rest: list[str]) -> dict[str, Any] | None:
     takes the `fieldValidation` query parameter, so kubectl leaves validation to the server
     (which checks what it serves) instead of failing to download schemas it does not need."""
     if not rest:
-        return {"paths": {"api/v1": {"serverRelativeURL": "/openapi/v3/api/v1"},
-                          "apis/apps/v1": {"serverRelativeURL": "/openapi/v3/apis/apps/v1"}}}
+        return {
+            "paths": {
+                "api/v1": {"serverRelativeURL": "/openapi/v3/api/v1"},
+                "apis/apps/v1": {"serverRelativeURL": "/openapi/v3/apis/apps/v1"},
+            }
+        }
     group = {("api", "v1"): "", ("apis", "apps", "v1"): "apps"}.get(tuple(rest))
     if group is None:
         return None
@@ -355,13 +488,25 @@ def _openapi_v3(rest: list[str]) -> dict[str, Any] | None:
         if r.group != group or not r.namespaced:
             continue
         prefix = f"/apis/{r.api_version}" if r.group else "/api/v1"
-        paths[f"{prefix}/namespaces/{{namespace}}/{r.plural}/{{name}}"] = {"patch": {
-            "x-kubernetes-group-version-kind": {"group": r.group, "version": r.version, "kind": r.kind},
-            "parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}],
-            "responses": {},
-        }}
-    return {"openapi": "3.0.0", "info": {"title": "fastpf serve", "version": "v1.33.0"}, "paths": paths,
-            "components": {"schemas": {}}}
+        paths[f"{prefix}/namespaces/{{namespace}}/{r.plural}/{{name}}"] = {
+            "patch": {
+                "x-kubernetes-group-version-kind": {
+                    "group": r.group,
+                    "version": r.version,
+                    "kind": r.kind,
+                },
+                "parameters": [
+                    {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}
+                ],
+                "responses": {},
+            }
+        }
+    return {
+        "openapi": "3.0.0",
+        "info": {"title": "fastpf serve", "version": "v1.33.0"},
+        "paths": paths,
+        "components": {"schemas": {}},
+    }
 
 
 def _field_name(selector: str | None) -> str | None:
@@ -379,11 +524,21 @@ _SECRET_PARAM = re.compile(r"(?i)([?&][^=&]*(?:token|secret|password)[^=&]*=)[^&
 def _log_request(request: Request, reply: Reply) -> None:
     """One line per request at -v 4 (like the API server's httplog), headers at -v 8. Never a
     credential: Authorization is masked and query values named like tokens are dropped."""
-    status = reply.status if isinstance(reply, Response) else 200 if isinstance(reply, Watch) else 101
+    status = (
+        reply.status if isinstance(reply, Response) else 200 if isinstance(reply, Watch) else 101
+    )
     uri = _SECRET_PARAM.sub(r"\1<masked>", request.target)
-    log.log(V(4), 'HTTP verb="%s" URI="%s" resp=%d userAgent="%s"', request.method, uri, status,
-            request.header("user-agent") or "")
+    log.log(
+        V(4),
+        'HTTP verb="%s" URI="%s" resp=%d userAgent="%s"',
+        request.method,
+        uri,
+        status,
+        request.header("user-agent") or "",
+    )
     if log.isEnabledFor(V(8)):
         for key, value in request.headers:
-            shown = "<masked>" if key in ("authorization", "proxy-authorization", "cookie") else value
+            shown = (
+                "<masked>" if key in ("authorization", "proxy-authorization", "cookie") else value
+            )
             log.log(V(8), "Request Header: %s: %s", key, shown)

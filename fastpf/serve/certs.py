@@ -44,12 +44,16 @@ class CertificateAuthority:
 def _not_after(cert: x509.Certificate) -> datetime.datetime:
     """cryptography >= 42 has the aware form; 41 only the naive UTC one."""
     aware = getattr(cert, "not_valid_after_utc", None)
-    return aware if aware is not None else cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
+    return (
+        aware if aware is not None else cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
+    )
 
 
 def _validity(days: int) -> tuple[datetime.datetime, datetime.datetime]:
     now = datetime.datetime.now(datetime.timezone.utc)
-    return now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)  # small clock skew
+    return now - datetime.timedelta(minutes=5), now + datetime.timedelta(
+        days=days
+    )  # small clock skew
 
 
 def new_ca(days: int = 365) -> CertificateAuthority:
@@ -66,12 +70,22 @@ def new_ca(days: int = 365) -> CertificateAuthority:
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
-            x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                          data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                          encipher_only=False, decipher_only=False),
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
             critical=True,
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
     return CertificateAuthority(ca_cert, ca_key)
@@ -98,20 +112,33 @@ def issue(ca: CertificateAuthority, hosts: list[str], days: int = 365) -> TlsMat
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                          data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                          encipher_only=False, decipher_only=False),
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False
+        )
         .sign(ca.key, hashes.SHA256())
     )
     return TlsMaterial(
         ca_pem=ca.cert.public_bytes(serialization.Encoding.PEM),
         cert_pem=cert.public_bytes(serialization.Encoding.PEM),
-        key_pem=key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()),
+        key_pem=key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
     )
 
 
@@ -128,16 +155,26 @@ def persistent_ca(directory: Path) -> CertificateAuthority:
         if cert_path.exists() or key_path.exists():
             cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
             key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-            if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key() != cert.public_key():
+            if (
+                not isinstance(key, ec.EllipticCurvePrivateKey)
+                or key.public_key() != cert.public_key()
+            ):
                 raise CertError(f"{key_path} is not the EC key of {cert_path}")
             if _not_after(cert) <= datetime.datetime.now(datetime.timezone.utc):
-                raise CertError(f"{cert_path} has expired; remove {cert_path} and {key_path} to make a new CA")
+                raise CertError(
+                    f"{cert_path} has expired; remove {cert_path} and {key_path} to make a new CA"
+                )
             return CertificateAuthority(cert, key)
         ca = new_ca()
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _write_private(key_path, ca.key.private_bytes(serialization.Encoding.PEM,
-                                                      serialization.PrivateFormat.PKCS8,
-                                                      serialization.NoEncryption()))
+        _write_private(
+            key_path,
+            ca.key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
         _write_private(cert_path, ca.cert.public_bytes(serialization.Encoding.PEM))
         return ca
     except OSError as exc:

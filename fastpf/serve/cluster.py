@@ -48,9 +48,22 @@ from fastpf.serve.objects import (
 from fastpf.types import PodTarget
 
 __all__ = [
-    "ADDRESS_ANNOTATION", "BY_KIND", "DEFAULT_POD_ADDRESS", "NODE_NAME", "PHASES", "RESOURCES", "AlreadyExists",
-    "Cluster", "Event", "InvalidObject", "LimitExceeded", "ManifestError", "NotFound", "Resource",
-    "fill_pod_status", "is_loopback_address",
+    "ADDRESS_ANNOTATION",
+    "BY_KIND",
+    "DEFAULT_POD_ADDRESS",
+    "NODE_NAME",
+    "PHASES",
+    "RESOURCES",
+    "AlreadyExists",
+    "Cluster",
+    "Event",
+    "InvalidObject",
+    "LimitExceeded",
+    "ManifestError",
+    "NotFound",
+    "Resource",
+    "fill_pod_status",
+    "is_loopback_address",
 ]
 
 # Pods live on their own loopback address, not on 127.0.0.1 where `fastpf`/`kubectl port-forward`
@@ -80,7 +93,6 @@ class Event:
 Listener = Callable[[Event], None]
 
 
-
 class Cluster:
     """Objects by resource plural and (namespace, name)."""
 
@@ -99,7 +111,9 @@ class Cluster:
         self._rv = time.time_ns() // 1000
         self._service_ips = 10
         self._listeners: list[Listener] = []
-        self._declared: dict[tuple[str, str, str], dict[str, Any]] = {}  # manifest objects, as written
+        self._declared: dict[
+            tuple[str, str, str], dict[str, Any]
+        ] = {}  # manifest objects, as written
         self._tombstones: set[tuple[str, str]] = set()  # deleted implicit pods
         self._timers: dict[str, asyncio.TimerHandle] = {}  # terminating pods by uid
         self._settling = False
@@ -111,7 +125,9 @@ class Cluster:
 
     # ---- construction from manifests ---------------------------------------------------------
     @classmethod
-    def from_files(cls, paths: Iterable[str | Path], pod_address: str = DEFAULT_POD_ADDRESS) -> Cluster:
+    def from_files(
+        cls, paths: Iterable[str | Path], pod_address: str = DEFAULT_POD_ADDRESS
+    ) -> Cluster:
         cluster = cls(explicit=True, pod_address=pod_address)
         cluster.load_objects(manifests.load_files([str(p) for p in paths]))
         return cluster
@@ -129,7 +145,9 @@ class Cluster:
             key = (resource.plural, namespace, name)
             if (namespace, name) in self._objects[resource.plural]:
                 label = f"{namespace}/{name}" if namespace else name
-                raise ManifestError(f"{where} ({resource.kind} {name}): duplicate {resource.kind} {label}")
+                raise ManifestError(
+                    f"{where} ({resource.kind} {name}): duplicate {resource.kind} {label}"
+                )
             try:
                 self._put(resource, self._prepare(resource, obj, uid=object_uid(*key)), "ADDED")
             except (InvalidObject, LimitExceeded) as exc:
@@ -164,7 +182,9 @@ class Cluster:
     def _reload_uid(self, key: tuple[str, str, str]) -> str:
         """The uid a reloaded object keeps (changed) or gets (new: not the old one's)."""
         current = self._objects[key[0]].get((key[1], key[2]))
-        return str(current["metadata"]["uid"]) if current is not None else object_uid(*key, self._rv)
+        return (
+            str(current["metadata"]["uid"]) if current is not None else object_uid(*key, self._rv)
+        )
 
     def _reload_steps(self, items: list[tuple[str, Any]]) -> Generator[None, None, str]:
         wanted: dict[tuple[str, str, str], tuple[str, Any, dict[str, Any] | None]] = {}
@@ -172,7 +192,9 @@ class Cluster:
             resource, namespace, name = _identify(where, obj)
             key = (resource.plural, namespace, name)
             if key in wanted:
-                raise ManifestError(f"{where} ({resource.kind} {name}): duplicate {resource.kind} {name}")
+                raise ManifestError(
+                    f"{where} ({resource.kind} {name}): duplicate {resource.kind} {name}"
+                )
             body = None
             if self._declared.get(key) != obj:  # unchanged objects are neither checked nor touched
                 try:
@@ -204,9 +226,13 @@ class Cluster:
                     self._put(resource, body, "ADDED")
                     added += 1
                 else:
-                    if meta["uid"] != current["metadata"]["uid"]:  # replaced meanwhile: keep the stored one's
+                    if (
+                        meta["uid"] != current["metadata"]["uid"]
+                    ):  # replaced meanwhile: keep the stored one's
                         meta["uid"] = current["metadata"]["uid"]
-                    meta["creationTimestamp"] = current["metadata"].get("creationTimestamp", meta["creationTimestamp"])
+                    meta["creationTimestamp"] = current["metadata"].get(
+                        "creationTimestamp", meta["creationTimestamp"]
+                    )
                     meta["generation"] = current["metadata"].get("generation", 1) + 1
                     self._put(resource, body, "MODIFIED", current)
                     changed += 1
@@ -251,7 +277,11 @@ class Cluster:
     def create(self, obj: Any) -> dict[str, Any]:
         """POST: a new object (`metadata.generateName` supported). Raises InvalidObject,
         AlreadyExists or LimitExceeded."""
-        if isinstance(obj, dict) and isinstance(obj.get("metadata"), dict) and not obj["metadata"].get("name"):
+        if (
+            isinstance(obj, dict)
+            and isinstance(obj.get("metadata"), dict)
+            and not obj["metadata"].get("name")
+        ):
             prefix = obj["metadata"].get("generateName")
             if isinstance(prefix, str) and prefix:
                 obj = copy_json(obj)
@@ -271,23 +301,42 @@ class Cluster:
         resource = RESOURCES[plural]
         current = self._current(resource, namespace, name)
         new_resource, new_namespace, new_name = objects.identify(obj)
-        if new_resource is not resource or new_name != name or (resource.namespaced and new_namespace != namespace):
-            raise InvalidObject(f"the object must stay {resource.kind} {namespace + '/' if namespace else ''}{name}")
+        if (
+            new_resource is not resource
+            or new_name != name
+            or (resource.namespaced and new_namespace != namespace)
+        ):
+            raise InvalidObject(
+                f"the object must stay {resource.kind} {namespace + '/' if namespace else ''}{name}"
+            )
         status = copy_json(current.get("status") or {})
-        if resource.plural == "pods" and pod_address(obj, self.pod_address) != pod_address(current, self.pod_address):
+        if resource.plural == "pods" and pod_address(obj, self.pod_address) != pod_address(
+            current, self.pod_address
+        ):
             for field in ("podIP", "podIPs"):
                 status.pop(field, None)
         body = copy_json(obj)
         body["status"] = status
-        if plural == "services" and isinstance(body.get("spec"), dict) and not body["spec"].get("clusterIP"):
+        if (
+            plural == "services"
+            and isinstance(body.get("spec"), dict)
+            and not body["spec"].get("clusterIP")
+        ):
             body["spec"]["clusterIP"] = current["spec"].get("clusterIP")
-        body = self._prepare(resource, body, uid=current["metadata"]["uid"],
-                             created=current["metadata"].get("creationTimestamp"))
+        body = self._prepare(
+            resource,
+            body,
+            uid=current["metadata"]["uid"],
+            created=current["metadata"].get("creationTimestamp"),
+        )
         generation = current["metadata"].get("generation", 1)
         if body.get("spec") != current.get("spec"):
             generation += 1
         body["metadata"]["generation"] = generation
-        for field in ("deletionTimestamp", "deletionGracePeriodSeconds"):  # the server's, not the writer's
+        for field in (
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ):  # the server's, not the writer's
             if field in current["metadata"] and field not in body["metadata"]:
                 body["metadata"][field] = current["metadata"][field]
         stored = self._put(resource, body, "MODIFIED", current)
@@ -325,7 +374,11 @@ class Cluster:
         if not resource.scalable:
             raise NotFound(resource, name)
         current = self._current(resource, namespace, name)
-        if not isinstance(replicas, int) or isinstance(replicas, bool) or not 0 <= replicas <= MAX_REPLICAS:
+        if (
+            not isinstance(replicas, int)
+            or isinstance(replicas, bool)
+            or not 0 <= replicas <= MAX_REPLICAS
+        ):
             raise InvalidObject(f"spec.replicas must be 0..{MAX_REPLICAS}, not {replicas!r}")
         body = copy_json(current)
         if body["spec"]["replicas"] != replicas:
@@ -335,7 +388,9 @@ class Cluster:
             self._settle()
         return self._objects[plural][(namespace, name)]
 
-    def delete(self, plural: str, namespace: str, name: str, grace: float | None = None) -> dict[str, Any]:
+    def delete(
+        self, plural: str, namespace: str, name: str, grace: float | None = None
+    ) -> dict[str, Any]:
         """DELETE: gone at once (and what it owns), or for a pod with `grace` > 0 seconds,
         Terminating (deletionTimestamp set, no longer a replica) and gone after that."""
         resource = RESOURCES[plural]
@@ -394,7 +449,11 @@ class Cluster:
 
     def create_owned(self, plural: str, obj: dict[str, Any]) -> None:
         resource = RESOURCES[plural]
-        self._put(resource, self._prepare(resource, obj, uid=str(uuid.uuid4()), created=format_rfc3339()), "ADDED")
+        self._put(
+            resource,
+            self._prepare(resource, obj, uid=str(uuid.uuid4()), created=format_rfc3339()),
+            "ADDED",
+        )
 
     def set_replicas(self, plural: str, obj: dict[str, Any], replicas: int) -> None:
         body = copy_json(obj)
@@ -421,7 +480,9 @@ class Cluster:
             self._remove(plural, (meta.get("namespace", ""), meta["name"]))
 
     # ---- store primitives ------------------------------------------------------------------------
-    def _prepare(self, resource: Resource, obj: Any, uid: str, created: str | None = None) -> dict[str, Any]:
+    def _prepare(
+        self, resource: Resource, obj: Any, uid: str, created: str | None = None
+    ) -> dict[str, Any]:
         """A validated copy of `obj` with the server's fields filled in."""
         objects.validate(obj, resource)
         body: dict[str, Any] = copy_json(obj)
@@ -443,8 +504,13 @@ class Cluster:
         objects.fill(body, resource, self.pod_address, meta["creationTimestamp"], ip)
         return body
 
-    def _put(self, resource: Resource, body: dict[str, Any], event: str | None,
-             old: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _put(
+        self,
+        resource: Resource,
+        body: dict[str, Any],
+        event: str | None,
+        old: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         meta = body["metadata"]
         key = (meta.get("namespace", ""), meta["name"])
         size_key = (resource.plural, *key)
@@ -486,7 +552,10 @@ class Cluster:
         self._emit(Event("DELETED", plural, gone, obj), size)
         for dependent_plural in ("replicasets", "pods"):
             for dkey, dependent in list(self._objects[dependent_plural].items()):
-                if workloads.controller_uid(dependent) == uid and dkey in self._objects[dependent_plural]:
+                if (
+                    workloads.controller_uid(dependent) == uid
+                    and dkey in self._objects[dependent_plural]
+                ):
                     self._remove(dependent_plural, dkey)
         return gone
 
@@ -513,7 +582,12 @@ class Cluster:
         if plural == "namespaces":
             return self._namespace(name)
         stored = self._objects[plural].get((namespace, name))
-        if stored is None and plural == "pods" and not self.explicit and (namespace, name) not in self._tombstones:
+        if (
+            stored is None
+            and plural == "pods"
+            and not self.explicit
+            and (namespace, name) not in self._tombstones
+        ):
             return self._implicit_pod(namespace, name)
         return stored
 
@@ -527,8 +601,12 @@ class Cluster:
 
     def pod_target(self, pod: dict[str, Any]) -> PodTarget:
         meta = pod["metadata"]
-        return PodTarget(namespace=meta["namespace"], name=meta["name"], uid=meta["uid"],
-                         address=pod_address(pod, self.pod_address))
+        return PodTarget(
+            namespace=meta["namespace"],
+            name=meta["name"],
+            uid=meta["uid"],
+            address=pod_address(pod, self.pod_address),
+        )
 
     def _namespace_names(self) -> list[str]:
         names = {"default", "kube-system", "kube-public", "kube-node-lease"}

@@ -122,7 +122,9 @@ class Http1Handler:
     def _forward(self, request: Request, reply: Forward) -> None:
         accept = self.proto.server.engine_accept()
         if accept is None:
-            self._respond(status_response(503, "ServiceUnavailable", "port-forward engine not available"))
+            self._respond(
+                status_response(503, "ServiceUnavailable", "port-forward engine not available")
+            )
             return
         trailing, _closed = self.conn.trailing_data
         upgrade = UpgradeRequest(
@@ -141,7 +143,9 @@ class Http1Handler:
         try:
             sessions.accept(accept, transport, upgrade, reply.pod, self.proto.server.options)
         except Exception as exc:  # the engine must not raise; if it does, drop only this connection
-            self.proto.server.log(f"port-forward to {reply.pod.namespace}/{reply.pod.name} failed: {exc!r}")
+            self.proto.server.log(
+                f"port-forward to {reply.pod.namespace}/{reply.pod.name} failed: {exc!r}"
+            )
             transport.abort()
 
     def _respond(self, response: Response, head_only: bool = False) -> None:
@@ -213,11 +217,16 @@ class Http1Handler:
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             try:
                 response = status_response(status, _REASONS.get(status, "BadRequest"), message)
-                self._send(h11.Response(status_code=status, headers=[
-                    ("Content-Type", response.content_type),
-                    ("Content-Length", str(len(response.body))),
-                    ("Connection", "close"),
-                ]))
+                self._send(
+                    h11.Response(
+                        status_code=status,
+                        headers=[
+                            ("Content-Type", response.content_type),
+                            ("Content-Length", str(len(response.body))),
+                            ("Connection", "close"),
+                        ],
+                    )
+                )
                 self._send(h11.Data(data=response.body))
                 self._send(h11.EndOfMessage())
             except h11.LocalProtocolError:

@@ -105,30 +105,50 @@ class Http2Handler:
 
     def _dispatch(self, stream_id: int) -> None:
         stream = self.streams[stream_id]
-        request = Request(method=stream.method, target=stream.target, headers=stream.headers, body=bytes(stream.data))
+        request = Request(
+            method=stream.method,
+            target=stream.target,
+            headers=stream.headers,
+            body=bytes(stream.data),
+        )
         stream.data.clear()
         reply = self.proto.server.api.handle(request)
         if isinstance(reply, Forward):
-            reply = status_response(400, "BadRequest",
-                                    "port-forward needs an HTTP/1.1 connection upgrade; HTTP/2 cannot upgrade")
+            reply = status_response(
+                400,
+                "BadRequest",
+                "port-forward needs an HTTP/1.1 connection upgrade; HTTP/2 cannot upgrade",
+            )
         if isinstance(reply, Watch):
-            self.conn.send_headers(stream_id, [(":status", "200"), ("content-type", "application/json"),
-                                               ("cache-control", "no-cache, private")])
+            self.conn.send_headers(
+                stream_id,
+                [
+                    (":status", "200"),
+                    ("content-type", "application/json"),
+                    ("cache-control", "no-cache, private"),
+                ],
+            )
             for line in reply.events:
                 stream.pending += line
             loop = asyncio.get_running_loop()
             stream.timer = loop.call_later(reply.timeout, self._end_watch, stream_id)
             if reply.subscription is not None:
-                stream.detach = reply.subscription.attach(lambda line: self._watch_event(stream_id, line))
+                stream.detach = reply.subscription.attach(
+                    lambda line: self._watch_event(stream_id, line)
+                )
             self._pump(stream_id)
             return
         assert isinstance(reply, Response)
-        self.conn.send_headers(stream_id, [
-            (":status", str(reply.status)),
-            ("content-type", reply.content_type),
-            ("content-length", str(len(reply.body))),
-            ("cache-control", "no-cache, private"),
-        ], end_stream=not reply.body or stream.method.upper() == "HEAD")
+        self.conn.send_headers(
+            stream_id,
+            [
+                (":status", str(reply.status)),
+                ("content-type", reply.content_type),
+                ("content-length", str(len(reply.body))),
+                ("cache-control", "no-cache, private"),
+            ],
+            end_stream=not reply.body or stream.method.upper() == "HEAD",
+        )
         if not reply.body or stream.method.upper() == "HEAD":
             self._drop(stream_id)
             return
@@ -168,7 +188,10 @@ class Http2Handler:
             for _ in range(1 << 16):  # bounded; each pass sends one frame or stops
                 if not stream.pending:
                     break
-                window = min(self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size)
+                window = min(
+                    self.conn.local_flow_control_window(stream_id),
+                    self.conn.max_outbound_frame_size,
+                )
                 if window <= 0:
                     return
                 chunk = bytes(stream.pending[:window])

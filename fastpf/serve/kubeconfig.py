@@ -22,7 +22,9 @@ def render(server_url: str, token: str, ca_pem: bytes | None, namespace: str = "
         "kind": "Config",
         "clusters": [{"name": NAME, "cluster": cluster}],
         "users": [{"name": NAME, "user": {"token": token}}],
-        "contexts": [{"name": NAME, "context": {"cluster": NAME, "user": NAME, "namespace": namespace}}],
+        "contexts": [
+            {"name": NAME, "context": {"cluster": NAME, "user": NAME, "namespace": namespace}}
+        ],
         "current-context": NAME,
         "preferences": {},
     }

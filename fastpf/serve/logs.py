@@ -25,12 +25,20 @@ def V(level: int) -> int:  # noqa: N802 - klog's name
 
 class KlogFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        severity = "E" if record.levelno >= logging.ERROR else "W" if record.levelno >= logging.WARNING else "I"
+        severity = (
+            "E"
+            if record.levelno >= logging.ERROR
+            else "W"
+            if record.levelno >= logging.WARNING
+            else "I"
+        )
         tm = time.localtime(record.created)
         micros = int((record.created % 1) * 1e6)
         message = record.getMessage().replace("\n", "\\n")
-        return (f"{severity}{tm.tm_mon:02d}{tm.tm_mday:02d} {tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d}."
-                f"{micros:06d} {os.getpid():7d} {record.filename}:{record.lineno}] {message}")
+        return (
+            f"{severity}{tm.tm_mon:02d}{tm.tm_mday:02d} {tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d}."
+            f"{micros:06d} {os.getpid():7d} {record.filename}:{record.lineno}] {message}"
+        )
 
 
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]

@@ -61,38 +61,80 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="fastpf serve", description="Local Kubernetes-compatible port-forward endpoint.")
-    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
-                   help=f"address to serve on (default {DEFAULT_LISTEN}; port 0 picks a free port)")
-    p.add_argument("--kubeconfig-out", metavar="PATH", help="write a kubeconfig for this server here")
-    p.add_argument("-f", "--filename", dest="manifests", action="append", default=[], metavar="MANIFESTS.yaml",
-                   help="Pods/Services/Deployments/ReplicaSets/StatefulSets that exist (repeatable); "
-                        "without it every pod name exists; SIGHUP reads them again")
-    p.add_argument("--pod-address", default=DEFAULT_POD_ADDRESS, metavar="ADDR",
-                   help=f"loopback address pod ports are dialled on (default {DEFAULT_POD_ADDRESS}, not 127.0.0.1 "
-                        "where port-forward clients listen); the annotation fastpf.io/address overrides it per pod")
-    p.add_argument("--no-tls", action="store_true",
-                   help="plain HTTP instead of TLS (loopback only; requests without credentials are admitted, "
-                        "as kubectl and fastpf send none over http://)")
+    p = _Parser(
+        prog="fastpf serve", description="Local Kubernetes-compatible port-forward endpoint."
+    )
+    p.add_argument(
+        "--listen",
+        default=DEFAULT_LISTEN,
+        metavar="HOST:PORT",
+        help=f"address to serve on (default {DEFAULT_LISTEN}; port 0 picks a free port)",
+    )
+    p.add_argument(
+        "--kubeconfig-out", metavar="PATH", help="write a kubeconfig for this server here"
+    )
+    p.add_argument(
+        "-f",
+        "--filename",
+        dest="manifests",
+        action="append",
+        default=[],
+        metavar="MANIFESTS.yaml",
+        help="Pods/Services/Deployments/ReplicaSets/StatefulSets that exist (repeatable); "
+        "without it every pod name exists; SIGHUP reads them again",
+    )
+    p.add_argument(
+        "--pod-address",
+        default=DEFAULT_POD_ADDRESS,
+        metavar="ADDR",
+        help=f"loopback address pod ports are dialled on (default {DEFAULT_POD_ADDRESS}, not 127.0.0.1 "
+        "where port-forward clients listen); the annotation fastpf.io/address overrides it per pod",
+    )
+    p.add_argument(
+        "--no-tls",
+        action="store_true",
+        help="plain HTTP instead of TLS (loopback only; requests without credentials are admitted, "
+        "as kubectl and fastpf send none over http://)",
+    )
     p.add_argument("--token", help="bearer token clients must send (required off loopback)")
-    p.add_argument("--tls-dir", metavar="DIR",
-                   help="keep the CA in DIR (ca.crt, ca.key; made on first use) so a restarted serve is "
-                        "trusted by its previous kubeconfig; default: a new CA at every start")
-    p.add_argument("-v", "--v", dest="verbosity", type=_verbosity, default=0, metavar="N",
-                   help="log verbosity: 0 sessions and failed pod dials, 2 changes made through the API, "
-                        "4 requests, 8 request headers (credentials masked)")
-    p.add_argument("--idle-timeout", type=float, default=4 * 3600.0, metavar="SECONDS",
-                   help="close a port-forward session idle this long (default 14400, kubelet's 4 h)")
-    p.add_argument("--silent-errors", action="store_true",
-                   help="on a failed pod dial reset the streams without error text "
-                        "(kubectl then keeps its session)")
+    p.add_argument(
+        "--tls-dir",
+        metavar="DIR",
+        help="keep the CA in DIR (ca.crt, ca.key; made on first use) so a restarted serve is "
+        "trusted by its previous kubeconfig; default: a new CA at every start",
+    )
+    p.add_argument(
+        "-v",
+        "--v",
+        dest="verbosity",
+        type=_verbosity,
+        default=0,
+        metavar="N",
+        help="log verbosity: 0 sessions and failed pod dials, 2 changes made through the API, "
+        "4 requests, 8 request headers (credentials masked)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=4 * 3600.0,
+        metavar="SECONDS",
+        help="close a port-forward session idle this long (default 14400, kubelet's 4 h)",
+    )
+    p.add_argument(
+        "--silent-errors",
+        action="store_true",
+        help="on a failed pod dial reset the streams without error text "
+        "(kubectl then keeps its session)",
+    )
     return p
 
 
 def _verbosity(text: str) -> int:
     text = text.lstrip("=")  # kubectl's -v=4 form
     if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"invalid verbosity {text!r}: expected a number 0..{logs.MAX_VERBOSITY}")
+        raise argparse.ArgumentTypeError(
+            f"invalid verbosity {text!r}: expected a number 0..{logs.MAX_VERBOSITY}"
+        )
     return int(text)
 
 
@@ -108,7 +150,9 @@ def parse_listen(text: str) -> tuple[str, int]:
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            raise ServeUsageError(f"--listen {text!r}: bad IPv6 address (write [ADDR]:PORT)") from None
+            raise ServeUsageError(
+                f"--listen {text!r}: bad IPv6 address (write [ADDR]:PORT)"
+            ) from None
     return host, int(port_text)
 
 
@@ -121,8 +165,12 @@ def is_loopback_host(host: str) -> bool:
     try:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
     except OSError as exc:
-        raise ServeUsageError(f"--listen: cannot resolve host {host!r}: {exc.strerror or exc}") from None
-    return bool(infos) and all(ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos)
+        raise ServeUsageError(
+            f"--listen: cannot resolve host {host!r}: {exc.strerror or exc}"
+        ) from None
+    return bool(infos) and all(
+        ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos
+    )
 
 
 def parse_args(argv: list[str]) -> Config:
@@ -136,12 +184,16 @@ def parse_args(argv: list[str]) -> Config:
     if not loopback and args.no_tls:
         # client-go (kubectl) and fastpf send no credentials over http://: off loopback that
         # would be an open API server, or a token nobody can send.
-        raise ServeUsageError(f"refusing --no-tls on non-loopback address {host}: kubectl and fastpf send no "
-                         "credentials over http://, so nothing could be protected (use TLS, the default)")
+        raise ServeUsageError(
+            f"refusing --no-tls on non-loopback address {host}: kubectl and fastpf send no "
+            "credentials over http://, so nothing could be protected (use TLS, the default)"
+        )
     if not loopback and not args.token:
         raise ServeUsageError(f"refusing to serve on non-loopback address {host} without --token")
     if not is_loopback_address(args.pod_address):
-        raise ServeUsageError(f"--pod-address {args.pod_address!r}: must be a loopback address (e.g. 127.0.0.2)")
+        raise ServeUsageError(
+            f"--pod-address {args.pod_address!r}: must be a loopback address (e.g. 127.0.0.2)"
+        )
     if args.idle_timeout <= 0:
         raise ServeUsageError("--idle-timeout must be > 0")
     return Config(
@@ -185,7 +237,11 @@ async def serve(config: Config, cluster: Cluster) -> int:
     material = None
     if config.tls:
         try:
-            ca = certs.persistent_ca(config.tls_dir) if config.tls_dir is not None else certs.new_ca()
+            ca = (
+                certs.persistent_ca(config.tls_dir)
+                if config.tls_dir is not None
+                else certs.new_ca()
+            )
         except CertError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -199,7 +255,10 @@ async def serve(config: Config, cluster: Cluster) -> int:
         bound = await server.start(config.host, config.port)
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        print(f"error: cannot listen on {config.host}:{config.port}: {reason.lower()}", file=sys.stderr)
+        print(
+            f"error: cannot listen on {config.host}:{config.port}: {reason.lower()}",
+            file=sys.stderr,
+        )
         return 1
     address, port = bound[0]
     url = f"{'https' if config.tls else 'http'}://{_url_host(address)}:{port}"
@@ -211,7 +270,9 @@ async def serve(config: Config, cluster: Cluster) -> int:
         temp_dir = tempfile.mkdtemp(prefix="fastpf-serve-")
         path = Path(temp_dir) / "kubeconfig"
     try:
-        kubeconfig.write_atomic(path, kubeconfig.render(url, token, material.ca_pem if material else None))
+        kubeconfig.write_atomic(
+            path, kubeconfig.render(url, token, material.ca_pem if material else None)
+        )
     except OSError as exc:
         print(f"error: cannot write kubeconfig {path}: {exc.strerror or exc}", file=sys.stderr)
         await server.shutdown()
@@ -219,9 +280,12 @@ async def serve(config: Config, cluster: Cluster) -> int:
     print(f"Serving Kubernetes API on {url} (kubeconfig: {path})", flush=True)
     if not config.tls and config.token is not None:
         # client-go only attaches user credentials to TLS transports, and fastpf does the same.
-        print("fastpf serve: note: --no-tls: kubectl and fastpf send no credentials over http://, so requests "
-              "without a token are admitted on this loopback address; a wrong token is still refused",
-              file=sys.stderr, flush=True)
+        print(
+            "fastpf serve: note: --no-tls: kubectl and fastpf send no credentials over http://, so requests "
+            "without a token are admitted on this loopback address; a wrong token is still refused",
+            file=sys.stderr,
+            flush=True,
+        )
 
     try:
         await stop.wait()
@@ -240,8 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = parse_args(argv)
         # Manifests are read before serving starts: a big one never holds up requests.
-        cluster = (Cluster.from_files(config.manifests, config.pod_address) if config.manifests
-                   else Cluster(pod_address=config.pod_address))
+        cluster = (
+            Cluster.from_files(config.manifests, config.pod_address)
+            if config.manifests
+            else Cluster(pod_address=config.pod_address)
+        )
     except (ServeUsageError, ManifestError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -73,7 +73,9 @@ def check_expansion(text: str, source: str, max_nodes: int = MAX_NODES) -> None:
             if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
                 frames.append([event.anchor, 1])
                 if len(frames) > MAX_DEPTH:
-                    raise ManifestError(f"{source}: nested deeper than {MAX_DEPTH} levels{_where(event.start_mark)}")
+                    raise ManifestError(
+                        f"{source}: nested deeper than {MAX_DEPTH} levels{_where(event.start_mark)}"
+                    )
                 count = 1
             elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
                 anchor, size = frames.pop()
@@ -92,8 +94,10 @@ def check_expansion(text: str, source: str, max_nodes: int = MAX_NODES) -> None:
                 continue
             total += count
             if total > max_nodes:
-                raise ManifestError(f"{source}: more than {max_nodes} YAML nodes once aliases are expanded"
-                                    f"{_where(event.start_mark)}; refusing to expand it")
+                raise ManifestError(
+                    f"{source}: more than {max_nodes} YAML nodes once aliases are expanded"
+                    f"{_where(event.start_mark)}; refusing to expand it"
+                )
             if frames and not isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
                 frames[-1][1] += count
     except yaml.YAMLError as exc:

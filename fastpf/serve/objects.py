@@ -83,7 +83,9 @@ def identify(obj: Any) -> tuple[Resource, str, str]:
     """(resource, namespace, name) of a manifest object, after checking kind, apiVersion and
     metadata. The namespace is "" for cluster-scoped kinds and "default" when absent."""
     if not isinstance(obj, dict):
-        raise InvalidObject(f"expected a mapping with apiVersion and kind, got {type(obj).__name__}")
+        raise InvalidObject(
+            f"expected a mapping with apiVersion and kind, got {type(obj).__name__}"
+        )
     kind = obj.get("kind")
     if kind is None or kind == "":
         raise InvalidObject("missing 'kind'")
@@ -97,7 +99,9 @@ def identify(obj: Any) -> tuple[Resource, str, str]:
     if api_version is None or api_version == "":
         raise InvalidObject(f"{kind} has no apiVersion (want {resource.api_version!r})")
     if api_version != resource.api_version:
-        raise InvalidObject(f"{kind} needs apiVersion {resource.api_version!r}, not {api_version!r}")
+        raise InvalidObject(
+            f"{kind} needs apiVersion {resource.api_version!r}, not {api_version!r}"
+        )
     meta = obj.get("metadata")
     if not isinstance(meta, dict):
         raise InvalidObject(f"{kind} has no metadata")
@@ -105,13 +109,17 @@ def identify(obj: Any) -> tuple[Resource, str, str]:
     if name is None or name == "":
         raise InvalidObject(f"{kind} has no metadata.name")
     if not isinstance(name, str) or len(name) > 253 or not DNS_SUBDOMAIN.match(name):
-        raise InvalidObject(f"{kind} metadata.name {name!r} is not a valid name "
-                            "(lower-case letters, digits, '-' and '.')")
+        raise InvalidObject(
+            f"{kind} metadata.name {name!r} is not a valid name "
+            "(lower-case letters, digits, '-' and '.')"
+        )
     namespace = ""
     if resource.namespaced:
         namespace = meta.get("namespace") or "default"
         if not isinstance(namespace, str) or len(namespace) > 63 or not DNS_LABEL.match(namespace):
-            raise InvalidObject(f"{kind} {name}: metadata.namespace {namespace!r} is not a valid namespace")
+            raise InvalidObject(
+                f"{kind} {name}: metadata.namespace {namespace!r} is not a valid namespace"
+            )
     return resource, namespace, name
 
 
@@ -137,7 +145,8 @@ def validate(obj: dict[str, Any], resource: Resource) -> None:
 
 def _string_map(value: Any, where: str) -> None:
     if value is not None and (
-        not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+        not isinstance(value, dict)
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
     ):
         raise InvalidObject(f"{where} must map strings to strings (quote numbers)")
 
@@ -145,7 +154,9 @@ def _string_map(value: Any, where: str) -> None:
 def _address(annotations: Any, where: str) -> None:
     address = (annotations or {}).get(ADDRESS_ANNOTATION)
     if address is not None and not is_loopback_address(address):
-        raise InvalidObject(f"{where}: annotation {ADDRESS_ANNOTATION}: {address!r} is not a loopback address")
+        raise InvalidObject(
+            f"{where}: annotation {ADDRESS_ANNOTATION}: {address!r} is not a loopback address"
+        )
 
 
 def _port_number(value: Any) -> bool:
@@ -177,11 +188,17 @@ def _pod_spec(spec: Any, where: str, allow_missing: bool = False) -> None:
     port_names: dict[str, str] = {}
     for i, container in enumerate(containers):
         at = f"{where}.containers[{i}]"
-        if not isinstance(container, dict) or not isinstance(container.get("name"), str) or not container["name"]:
+        if (
+            not isinstance(container, dict)
+            or not isinstance(container.get("name"), str)
+            or not container["name"]
+        ):
             raise InvalidObject(f"{at} needs a name")
         name = container["name"]
         if name in container_names:
-            raise InvalidObject(f"{at}.name {name!r} is already used by containers[{container_names[name]}]")
+            raise InvalidObject(
+                f"{at}.name {name!r} is already used by containers[{container_names[name]}]"
+            )
         container_names[name] = i
         ports = container.get("ports") or []
         if not isinstance(ports, list):
@@ -202,8 +219,10 @@ def _pod_spec(spec: Any, where: str, allow_missing: bool = False) -> None:
             if problem:
                 raise InvalidObject(f"{pat}.name {port_name!r} {problem}")
             if port_name in port_names:
-                raise InvalidObject(f"{pat}.name {port_name!r} is already used by {port_names[port_name]} "
-                                    "(port names must be unique in a pod)")
+                raise InvalidObject(
+                    f"{pat}.name {port_name!r} is already used by {port_names[port_name]} "
+                    "(port names must be unique in a pod)"
+                )
             port_names[port_name] = pat
 
 
@@ -225,8 +244,10 @@ def _service_spec(spec: Any) -> None:
         if not isinstance(port, dict) or not _port_number(port.get("port")):
             raise InvalidObject(f"spec.ports[{i}].port must be 1..65535")
         target = port.get("targetPort", port["port"])
-        if isinstance(target, bool) or not isinstance(target, (int, str)) or (
-            isinstance(target, int) and not _port_number(target)
+        if (
+            isinstance(target, bool)
+            or not isinstance(target, (int, str))
+            or (isinstance(target, int) and not _port_number(target))
         ):
             raise InvalidObject(f"spec.ports[{i}].targetPort must be a port number or a name")
         name = port.get("name")
@@ -234,7 +255,9 @@ def _service_spec(spec: Any) -> None:
             if not isinstance(name, str):
                 raise InvalidObject(f"spec.ports[{i}].name must be a string")
             if name in names:
-                raise InvalidObject(f"spec.ports[{i}].name {name!r} is already used by spec.ports[{names[name]}]")
+                raise InvalidObject(
+                    f"spec.ports[{i}].name {name!r} is already used by spec.ports[{names[name]}]"
+                )
             names[name] = i
 
 
@@ -243,7 +266,11 @@ def _workload_spec(obj: dict[str, Any], resource: Resource) -> None:
     if not isinstance(spec, dict):
         raise InvalidObject("spec must be a mapping")
     replicas = spec.get("replicas", 1)
-    if not isinstance(replicas, int) or isinstance(replicas, bool) or not 0 <= replicas <= MAX_REPLICAS:
+    if (
+        not isinstance(replicas, int)
+        or isinstance(replicas, bool)
+        or not 0 <= replicas <= MAX_REPLICAS
+    ):
         raise InvalidObject(f"spec.replicas must be 0..{MAX_REPLICAS}, not {replicas!r}")
     template = spec.get("template")
     if template is not None and not isinstance(template, dict):
@@ -272,7 +299,9 @@ def _workload_spec(obj: dict[str, Any], resource: Resource) -> None:
     if labels is None and template is None:
         labels = selector.get("matchLabels") or {}
     if not matches(labels or {}):
-        raise InvalidObject("spec.selector does not match the template's labels (spec.template.metadata.labels)")
+        raise InvalidObject(
+            "spec.selector does not match the template's labels (spec.template.metadata.labels)"
+        )
 
 
 # ---- server-side fields ----------------------------------------------------------------------------
@@ -299,7 +328,9 @@ def _list(parent: dict[str, Any], key: str) -> list[Any]:
     return value
 
 
-def fill(obj: dict[str, Any], resource: Resource, default_address: str, now: str, service_ip: str) -> None:
+def fill(
+    obj: dict[str, Any], resource: Resource, default_address: str, now: str, service_ip: str
+) -> None:
     """Defaults a server fills in for `obj` (already validated), in place."""
     for field in ("labels", "annotations"):
         if field in obj["metadata"] and obj["metadata"][field] is None:
@@ -333,8 +364,13 @@ def fill(obj: dict[str, Any], resource: Resource, default_address: str, now: str
             template_meta.pop("annotations", None)
         _fill_pod_spec(_mapping(template, "spec"))
         if resource.plural == "deployments":
-            spec.setdefault("strategy", {"type": "RollingUpdate",
-                                         "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}})
+            spec.setdefault(
+                "strategy",
+                {
+                    "type": "RollingUpdate",
+                    "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"},
+                },
+            )
             spec.setdefault("revisionHistoryLimit", 10)
         elif resource.plural == "statefulsets":
             spec.setdefault("serviceName", obj["metadata"]["name"])
@@ -390,20 +426,27 @@ def fill_pod_status(pod: dict[str, Any], address: str, started: str) -> None:
     status.setdefault("qosClass", "BestEffort")
 
     def condition(kind: str, ok: bool, reason: str | None = None) -> dict[str, Any]:
-        cond: dict[str, Any] = {"type": kind, "status": "True" if ok else "False", "lastProbeTime": None,
-                                "lastTransitionTime": started}
+        cond: dict[str, Any] = {
+            "type": kind,
+            "status": "True" if ok else "False",
+            "lastProbeTime": None,
+            "lastTransitionTime": started,
+        }
         if reason and not ok:
             cond["reason"] = reason
         return cond
 
     ready = running and all(c.get("ready", True) for c in status.get("containerStatuses") or [])
-    status.setdefault("conditions", [
-        condition("PodReadyToStartContainers", scheduled),
-        condition("Initialized", scheduled),
-        condition("Ready", ready, "ContainersNotReady"),
-        condition("ContainersReady", ready, "ContainersNotReady"),
-        condition("PodScheduled", scheduled, "Unschedulable"),
-    ])
+    status.setdefault(
+        "conditions",
+        [
+            condition("PodReadyToStartContainers", scheduled),
+            condition("Initialized", scheduled),
+            condition("Ready", ready, "ContainersNotReady"),
+            condition("ContainersReady", ready, "ContainersNotReady"),
+            condition("PodScheduled", scheduled, "Unschedulable"),
+        ],
+    )
     if scheduled:
         statuses = []
         for container in spec["containers"]:
@@ -411,21 +454,28 @@ def fill_pod_status(pod: dict[str, Any], address: str, started: str) -> None:
             if running:
                 state = {"running": {"startedAt": started}}
             elif phase in ("Succeeded", "Failed"):
-                state = {"terminated": {"exitCode": 0 if phase == "Succeeded" else 1,
-                                        "reason": "Completed" if phase == "Succeeded" else "Error",
-                                        "startedAt": started, "finishedAt": started}}
+                state = {
+                    "terminated": {
+                        "exitCode": 0 if phase == "Succeeded" else 1,
+                        "reason": "Completed" if phase == "Succeeded" else "Error",
+                        "startedAt": started,
+                        "finishedAt": started,
+                    }
+                }
             else:
                 state = {"waiting": {"reason": "ContainerCreating"}}
-            statuses.append({
-                "name": container["name"],
-                "image": container.get("image", "fastpf.io/none"),
-                "imageID": "",
-                "containerID": f"fastpf://{uuid.uuid5(UID_NAMESPACE, pod['metadata']['uid'] + container['name']).hex}",
-                "ready": running,
-                "started": running,
-                "restartCount": 0,
-                "state": state,
-            })
+            statuses.append(
+                {
+                    "name": container["name"],
+                    "image": container.get("image", "fastpf.io/none"),
+                    "imageID": "",
+                    "containerID": f"fastpf://{uuid.uuid5(UID_NAMESPACE, pod['metadata']['uid'] + container['name']).hex}",
+                    "ready": running,
+                    "started": running,
+                    "restartCount": 0,
+                    "state": state,
+                }
+            )
         status.setdefault("containerStatuses", statuses)
 
 

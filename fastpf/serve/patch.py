@@ -20,9 +20,18 @@ STRATEGIC = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 # Field name -> the key its list items are merged by (Kubernetes' patchMergeKey tags).
 _MERGE_KEYS = {
-    "containers": "name", "initContainers": "name", "ephemeralContainers": "name", "env": "name",
-    "volumes": "name", "volumeMounts": "mountPath", "conditions": "type", "containerStatuses": "name",
-    "initContainerStatuses": "name", "podIPs": "ip", "hostIPs": "ip", "ownerReferences": "uid",
+    "containers": "name",
+    "initContainers": "name",
+    "ephemeralContainers": "name",
+    "env": "name",
+    "volumes": "name",
+    "volumeMounts": "mountPath",
+    "conditions": "type",
+    "containerStatuses": "name",
+    "initContainerStatuses": "name",
+    "podIPs": "ip",
+    "hostIPs": "ip",
+    "ownerReferences": "uid",
     "imagePullSecrets": "name",
 }
 _PORTS_KEYS = ("containerPort", "port")  # container ports / service ports
@@ -37,7 +46,9 @@ def apply(kind: str, target: Any, patch: Any) -> Any:
         return strategic(target, patch)
     if kind == JSON_PATCH:
         return json_patch(target, patch)
-    raise PatchError(f"unsupported patch type {kind or '(none)'!r}: use {MERGE}, {STRATEGIC} or {JSON_PATCH}")
+    raise PatchError(
+        f"unsupported patch type {kind or '(none)'!r}: use {MERGE}, {STRATEGIC} or {JSON_PATCH}"
+    )
 
 
 def merge(target: Any, patch: Any) -> Any:
@@ -82,7 +93,11 @@ def _merge_key(field: str, items: list[Any]) -> str | None:
 def _strategic_list(target: Any, patch: list[Any], field: str) -> list[Any]:
     key = _merge_key(field, patch)
     if key is None or not isinstance(target, list) or not all(isinstance(i, dict) for i in target):
-        return [copy.deepcopy(i) for i in patch if not (isinstance(i, dict) and i.get("$patch") == "delete")]
+        return [
+            copy.deepcopy(i)
+            for i in patch
+            if not (isinstance(i, dict) and i.get("$patch") == "delete")
+        ]
     out = [copy.deepcopy(i) for i in target]
     for item in patch:
         if not isinstance(item, dict) or key not in item:
@@ -168,8 +183,10 @@ def json_patch(target: Any, operations: Any) -> Any:
             raise PatchError("json patch: every operation needs an 'op'")
         name, path, source = op["op"], op.get("path"), op.get("from")
         if not isinstance(path, str) or (name in ("move", "copy") and not isinstance(source, str)):
-            raise PatchError(f"json patch: {name} needs a string 'path'" + (" and 'from'" if name in ("move", "copy")
-                                                                          else ""))
+            raise PatchError(
+                f"json patch: {name} needs a string 'path'"
+                + (" and 'from'" if name in ("move", "copy") else "")
+            )
         if name in ("add", "replace", "test") and "value" not in op:
             raise PatchError(f"json patch: {name} needs a 'value'")
         if name == "add":

@@ -65,7 +65,9 @@ class Forward:
 Reply = Response | Watch | Forward
 
 
-def status_response(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> Response:
+def status_response(
+    code: int, reason: str, message: str, details: dict[str, Any] | None = None
+) -> Response:
     """A Kubernetes `Status` failure, as the API server sends for every error."""
     body: dict[str, Any] = {
         "kind": "Status",
@@ -96,8 +98,12 @@ def json_response(obj: Any, status: int = 200) -> Response:
     return Response(status, dumps(obj))
 
 
-NO_RESOURCE = status_response(404, "NotFound", "the server could not find the requested resource", {})
+NO_RESOURCE = status_response(
+    404, "NotFound", "the server could not find the requested resource", {}
+)
 NOT_ALLOWED = "the server does not allow this method on the requested resource"
+
+
 @dataclass(frozen=True)
 class Target:
     """A REST path resolved: resource, namespace (None: all), name (None: a list), subresource."""

@@ -51,7 +51,9 @@ def parse_label_selector(text: str | None) -> Matcher:
     requirements: list[Matcher] = []
     for raw in _split_top_level(text):
         if not raw.strip():
-            raise SelectorError(f"unable to parse requirement: found '', expected: identifier in {text!r}")
+            raise SelectorError(
+                f"unable to parse requirement: found '', expected: identifier in {text!r}"
+            )
         requirements.append(_parse_requirement(raw))
     return lambda labels: all(req(labels) for req in requirements)
 
@@ -77,7 +79,9 @@ def _parse_requirement(raw: str) -> Matcher:
         try:
             bound = int(value)
         except ValueError:
-            raise SelectorError(f"for 'Gt', 'Lt' operators, the value must be an integer: {value!r}") from None
+            raise SelectorError(
+                f"for 'Gt', 'Lt' operators, the value must be an integer: {value!r}"
+            ) from None
         greater = op == ">"
 
         def compare(labels: Mapping[str, str]) -> bool:
@@ -122,11 +126,13 @@ def parse_field_selector(text: str | None) -> Callable[[dict[str, Any]], bool]:
     for raw in text.split(","):
         m = re.match(r"^\s*([A-Za-z.]+)\s*(==|=|!=)\s*(.*?)\s*$", raw)
         if not m:
-            raise SelectorError(f"invalid selector: {raw.strip()!r}; can't understand {raw.strip()!r}")
+            raise SelectorError(
+                f"invalid selector: {raw.strip()!r}; can't understand {raw.strip()!r}"
+            )
         field, op, value = m.group(1), m.group(2), m.group(3)
         getter = _FIELD_GETTERS.get(field)
         if getter is None:
-            raise SelectorError(f'field label not supported: {field}')
+            raise SelectorError(f"field label not supported: {field}")
         checks.append(_field_check(getter, value, op == "!="))
     return lambda obj: all(check(obj) for check in checks)
 
@@ -162,7 +168,9 @@ def match_labels_selector(selector: Mapping[str, Any]) -> str:
     return ",".join(parts)
 
 
-def _field_check(getter: Callable[[dict[str, Any]], str], value: str, negate: bool) -> Callable[[dict[str, Any]], bool]:
+def _field_check(
+    getter: Callable[[dict[str, Any]], str], value: str, negate: bool
+) -> Callable[[dict[str, Any]], bool]:
     def check(obj: dict[str, Any]) -> bool:
         return (getter(obj) == value) != negate
 

@@ -53,8 +53,14 @@ class _Handler(Protocol):
 class Server:
     """Owns the listening sockets, the live REST connections and the engine hook."""
 
-    def __init__(self, api: Api, ssl_context: ssl.SSLContext | None, options: ServerOptions,
-                 engine: tuple[AcceptFn, ShutdownFn | None] | None = None, quiet: bool = False) -> None:
+    def __init__(
+        self,
+        api: Api,
+        ssl_context: ssl.SSLContext | None,
+        options: ServerOptions,
+        engine: tuple[AcceptFn, ShutdownFn | None] | None = None,
+        quiet: bool = False,
+    ) -> None:
         self.api = api
         self.ssl_context = ssl_context
         self.options = options
@@ -83,7 +89,9 @@ class Server:
                 return None
             accept = getattr(kubelet, "accept_portforward", None)
             if accept is None:
-                self.log("port-forward engine unavailable: fastpf.transport.kubelet has no accept_portforward")
+                self.log(
+                    "port-forward engine unavailable: fastpf.transport.kubelet has no accept_portforward"
+                )
                 return None
             self._engine = (accept, getattr(kubelet, "shutdown_all", None))
         return self._engine
@@ -123,17 +131,24 @@ class Server:
         # instead of being accepted and dropped as uvloop's accept does.
         for sock in await open_listeners(host, port, LISTEN_BACKLOG):
             address = sock.getsockname()
-            self._acceptors.append(Acceptor(
-                sock, lambda conn: HttpProtocol(self, conn), with_socket=True,
-                ssl=self.ssl_context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT if self.ssl_context else None,
-                report=functools.partial(self._accept_failed, address),
-            ))
+            self._acceptors.append(
+                Acceptor(
+                    sock,
+                    lambda conn: HttpProtocol(self, conn),
+                    with_socket=True,
+                    ssl=self.ssl_context,
+                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT if self.ssl_context else None,
+                    report=functools.partial(self._accept_failed, address),
+                )
+            )
 
     def _accept_failed(self, address: tuple[Any, ...], exc: OSError, suppressed: int) -> None:
         host = f"[{address[0]}]" if ":" in address[0] else address[0]
         more = f"; {suppressed} more since the last report" if suppressed else ""
-        self.log(f"cannot accept connections on {host}:{address[1]}: {exhausted_text(exc)} (open file "
-                 f"limit {nofile_limit()}); they wait until connections end{more}")
+        self.log(
+            f"cannot accept connections on {host}:{address[1]}: {exhausted_text(exc)} (open file "
+            f"limit {nofile_limit()}); they wait until connections end{more}"
+        )
 
     # ---- connections waiting for a request head (slowloris budget) --------------------------
     def admit(self, proto: HttpProtocol) -> None:
@@ -218,7 +233,9 @@ class HttpProtocol(asyncio.Protocol):
             return
         if self.handler is None:
             self._sniff += data
-            if H2_PREFACE.startswith(self._sniff[: len(H2_PREFACE)]) and len(self._sniff) < len(H2_PREFACE):
+            if H2_PREFACE.startswith(self._sniff[: len(H2_PREFACE)]) and len(self._sniff) < len(
+                H2_PREFACE
+            ):
                 return
             data, self._sniff = self._sniff, b""
             if data.startswith(H2_PREFACE):
@@ -307,7 +324,9 @@ class HttpProtocol(asyncio.Protocol):
         self._timer = None
         if self.closing:
             return
-        if self.transport is None or (self._first_request and self.server.waiting.get(self) is not None):
+        if self.transport is None or (
+            self._first_request and self.server.waiting.get(self) is not None
+        ):
             self.shed()  # no request head within HEAD_TIMEOUT of accept: slowloris or dead
             return
         if self.handler is None or self.handler.idle():

@@ -66,8 +66,13 @@ def _protocol(conn: Any) -> str:
     return "ws-channel-base64" if getattr(conn, "base64", False) else "ws-channel"
 
 
-def accept(engine: AcceptFn, transport: asyncio.Transport, request: UpgradeRequest, pod: PodTarget,
-           options: ServerOptions) -> None:
+def accept(
+    engine: AcceptFn,
+    transport: asyncio.Transport,
+    request: UpgradeRequest,
+    pod: PodTarget,
+    options: ServerOptions,
+) -> None:
     """Call the engine's accept_portforward, then log and track the session it started."""
     peer = _peer(transport)
     engine(transport, request, pod, options)
@@ -77,8 +82,15 @@ def accept(engine: AcceptFn, transport: asyncio.Transport, request: UpgradeReque
         return  # refused (the engine answered 4xx and logged it)
     session = Session(pod, _protocol(conn), peer, conn)
     _by_pod.setdefault(pod.uid, set()).add(session)
-    log.info('"Port-forward session started" pod="%s/%s" address="%s" protocol="%s" peer="%s" userAgent="%s"',
-             pod.namespace, pod.name, pod.address, session.protocol, peer, request.header("user-agent") or "")
+    log.info(
+        '"Port-forward session started" pod="%s/%s" address="%s" protocol="%s" peer="%s" userAgent="%s"',
+        pod.namespace,
+        pod.name,
+        pod.address,
+        session.protocol,
+        peer,
+        request.header("user-agent") or "",
+    )
     closed.add_done_callback(lambda fut: _ended(session, fut))
 
 
@@ -90,9 +102,15 @@ def _ended(session: Session, fut: asyncio.Future[Any]) -> None:
             del _by_pod[session.pod.uid]
     reason = None if fut.cancelled() else fut.result()
     why = f' reason="{reason}"' if reason is not None and str(reason) != "connection closed" else ""
-    log.info('"Port-forward session ended" pod="%s/%s" protocol="%s" peer="%s" duration="%.3fs"%s',
-             session.pod.namespace, session.pod.name, session.protocol, session.peer,
-             time.monotonic() - session.started, why)
+    log.info(
+        '"Port-forward session ended" pod="%s/%s" protocol="%s" peer="%s" duration="%.3fs"%s',
+        session.pod.namespace,
+        session.pod.name,
+        session.protocol,
+        session.peer,
+        time.monotonic() - session.started,
+        why,
+    )
 
 
 def on_cluster_event(event: Event) -> None:
@@ -100,6 +118,10 @@ def on_cluster_event(event: Event) -> None:
     if event.type != "DELETED" or event.plural != "pods":
         return
     for session in list(_by_pod.get(event.obj["metadata"]["uid"], ())):
-        log.info('"Pod deleted: ending its port-forward session" pod="%s/%s" peer="%s"',
-                 session.pod.namespace, session.pod.name, session.peer)
+        log.info(
+            '"Pod deleted: ending its port-forward session" pod="%s/%s" peer="%s"',
+            session.pod.namespace,
+            session.pod.name,
+            session.peer,
+        )
         session.go_away()

@@ -18,31 +18,71 @@ Column = tuple[str, str, int]  # name, type, priority (1: only with -o wide)
 _NAME = ("Name", "string", 0)
 _AGE = ("Age", "string", 0)
 _COLUMNS: dict[str, list[Column]] = {
-    "pods": [_NAME, ("Ready", "string", 0), ("Status", "string", 0), ("Restarts", "string", 0), _AGE,
-             ("IP", "string", 1), ("Node", "string", 1), ("Nominated Node", "string", 1),
-             ("Readiness Gates", "string", 1)],
-    "services": [_NAME, ("Type", "string", 0), ("Cluster-IP", "string", 0), ("External-IP", "string", 0),
-                 ("Port(s)", "string", 0), _AGE, ("Selector", "string", 1)],
-    "deployments": [_NAME, ("Ready", "string", 0), ("Up-to-date", "integer", 0), ("Available", "integer", 0),
-                    _AGE, ("Containers", "string", 1), ("Images", "string", 1), ("Selector", "string", 1)],
-    "replicasets": [_NAME, ("Desired", "integer", 0), ("Current", "integer", 0), ("Ready", "integer", 0), _AGE,
-                    ("Containers", "string", 1), ("Images", "string", 1), ("Selector", "string", 1)],
-    "statefulsets": [_NAME, ("Ready", "string", 0), _AGE, ("Containers", "string", 1), ("Images", "string", 1)],
+    "pods": [
+        _NAME,
+        ("Ready", "string", 0),
+        ("Status", "string", 0),
+        ("Restarts", "string", 0),
+        _AGE,
+        ("IP", "string", 1),
+        ("Node", "string", 1),
+        ("Nominated Node", "string", 1),
+        ("Readiness Gates", "string", 1),
+    ],
+    "services": [
+        _NAME,
+        ("Type", "string", 0),
+        ("Cluster-IP", "string", 0),
+        ("External-IP", "string", 0),
+        ("Port(s)", "string", 0),
+        _AGE,
+        ("Selector", "string", 1),
+    ],
+    "deployments": [
+        _NAME,
+        ("Ready", "string", 0),
+        ("Up-to-date", "integer", 0),
+        ("Available", "integer", 0),
+        _AGE,
+        ("Containers", "string", 1),
+        ("Images", "string", 1),
+        ("Selector", "string", 1),
+    ],
+    "replicasets": [
+        _NAME,
+        ("Desired", "integer", 0),
+        ("Current", "integer", 0),
+        ("Ready", "integer", 0),
+        _AGE,
+        ("Containers", "string", 1),
+        ("Images", "string", 1),
+        ("Selector", "string", 1),
+    ],
+    "statefulsets": [
+        _NAME,
+        ("Ready", "string", 0),
+        _AGE,
+        ("Containers", "string", 1),
+        ("Images", "string", 1),
+    ],
     "namespaces": [_NAME, ("Status", "string", 0), _AGE],
 }
 
 
 def table_version(accept: str | None) -> str | None:
-    """"v1" or "v1beta1" when the Accept header asks for a meta.k8s.io Table, else None."""
+    """ "v1" or "v1beta1" when the Accept header asks for a meta.k8s.io Table, else None."""
     for media in (accept or "").split(","):
         params = {}
         for part in media.split(";")[1:]:
             key, _, value = part.strip().partition("=")
             params[key.strip().lower()] = value.strip()
-        if params.get("as") == "Table" and params.get("g") == "meta.k8s.io" and params.get("v") in ("v1", "v1beta1"):
+        if (
+            params.get("as") == "Table"
+            and params.get("g") == "meta.k8s.io"
+            and params.get("v") in ("v1", "v1beta1")
+        ):
             return params["v"]
     return None
-
 
 
 def _age(obj: dict[str, Any], now: float) -> str:
@@ -74,7 +114,10 @@ def _pod_status(pod: dict[str, Any]) -> str:
 
 def _containers(obj: dict[str, Any]) -> tuple[str, str]:
     containers = ((obj["spec"].get("template") or {}).get("spec") or {}).get("containers") or []
-    return (",".join(c.get("name", "") for c in containers), ",".join(c.get("image", "") for c in containers))
+    return (
+        ",".join(c.get("name", "") for c in containers),
+        ",".join(c.get("image", "") for c in containers),
+    )
 
 
 def _cells(plural: str, obj: dict[str, Any], now: float) -> list[Any]:
@@ -84,30 +127,71 @@ def _cells(plural: str, obj: dict[str, Any], now: float) -> list[Any]:
         ready = sum(1 for c in statuses if c.get("ready"))
         restarts = sum(int(c.get("restartCount") or 0) for c in statuses)
         gates = spec.get("readinessGates") or []
-        return [meta["name"], f"{ready}/{len(spec.get('containers') or [])}", _pod_status(obj), str(restarts),
-                _age(obj, now), status.get("podIP") or "<none>", spec.get("nodeName") or "<none>",
-                status.get("nominatedNodeName") or "<none>",
-                f"{sum(1 for _ in gates)}/{len(gates)}" if gates else "<none>"]
+        return [
+            meta["name"],
+            f"{ready}/{len(spec.get('containers') or [])}",
+            _pod_status(obj),
+            str(restarts),
+            _age(obj, now),
+            status.get("podIP") or "<none>",
+            spec.get("nodeName") or "<none>",
+            status.get("nominatedNodeName") or "<none>",
+            f"{sum(1 for _ in gates)}/{len(gates)}" if gates else "<none>",
+        ]
     if plural == "services":
-        ports = ",".join(f"{p['port']}:{p['nodePort']}/{p.get('protocol', 'TCP')}" if p.get("nodePort")
-                         else f"{p['port']}/{p.get('protocol', 'TCP')}" for p in spec.get("ports") or [])
+        ports = ",".join(
+            f"{p['port']}:{p['nodePort']}/{p.get('protocol', 'TCP')}"
+            if p.get("nodePort")
+            else f"{p['port']}/{p.get('protocol', 'TCP')}"
+            for p in spec.get("ports") or []
+        )
         external = ",".join(spec.get("externalIPs") or []) or "<none>"
-        selector = ",".join(f"{k}={v}" for k, v in sorted((spec.get("selector") or {}).items())) or "<none>"
-        return [meta["name"], spec.get("type", "ClusterIP"), spec.get("clusterIP") or "<none>", external,
-                ports or "<none>", _age(obj, now), selector]
+        selector = (
+            ",".join(f"{k}={v}" for k, v in sorted((spec.get("selector") or {}).items()))
+            or "<none>"
+        )
+        return [
+            meta["name"],
+            spec.get("type", "ClusterIP"),
+            spec.get("clusterIP") or "<none>",
+            external,
+            ports or "<none>",
+            _age(obj, now),
+            selector,
+        ]
     if plural == "namespaces":
         return [meta["name"], status.get("phase", "Active"), _age(obj, now)]
     names, images = _containers(obj)
     selector = match_labels_selector(spec.get("selector") or {})
     if plural == "deployments":
-        return [meta["name"], f"{status.get('readyReplicas', 0)}/{spec.get('replicas', 0)}",
-                status.get("updatedReplicas", 0), status.get("availableReplicas", 0), _age(obj, now), names, images,
-                selector]
+        return [
+            meta["name"],
+            f"{status.get('readyReplicas', 0)}/{spec.get('replicas', 0)}",
+            status.get("updatedReplicas", 0),
+            status.get("availableReplicas", 0),
+            _age(obj, now),
+            names,
+            images,
+            selector,
+        ]
     if plural == "replicasets":
-        return [meta["name"], spec.get("replicas", 0), status.get("replicas", 0), status.get("readyReplicas", 0),
-                _age(obj, now), names, images, selector]
-    return [meta["name"], f"{status.get('readyReplicas', 0)}/{spec.get('replicas', 0)}", _age(obj, now), names,
-            images]
+        return [
+            meta["name"],
+            spec.get("replicas", 0),
+            status.get("replicas", 0),
+            status.get("readyReplicas", 0),
+            _age(obj, now),
+            names,
+            images,
+            selector,
+        ]
+    return [
+        meta["name"],
+        f"{status.get('readyReplicas', 0)}/{spec.get('replicas', 0)}",
+        _age(obj, now),
+        names,
+        images,
+    ]
 
 
 def _row_object(obj: dict[str, Any], include: str, version: str) -> dict[str, Any] | None:
@@ -115,11 +199,20 @@ def _row_object(obj: dict[str, Any], include: str, version: str) -> dict[str, An
         return None
     if include == "Object":
         return obj
-    return {"kind": "PartialObjectMetadata", "apiVersion": f"meta.k8s.io/{version}", "metadata": obj["metadata"]}
+    return {
+        "kind": "PartialObjectMetadata",
+        "apiVersion": f"meta.k8s.io/{version}",
+        "metadata": obj["metadata"],
+    }
 
 
-def table(resource: Resource, items: list[dict[str, Any]], version: str, resource_version: str,
-          include_object: str | None = None) -> dict[str, Any]:
+def table(
+    resource: Resource,
+    items: list[dict[str, Any]],
+    version: str,
+    resource_version: str,
+    include_object: str | None = None,
+) -> dict[str, Any]:
     """A Table of `items` (one resource). `include_object`: Metadata (default), Object or None."""
     now = time.time()
     include = include_object if include_object in ("None", "Object", "Metadata") else "Metadata"
@@ -135,18 +228,32 @@ def table(resource: Resource, items: list[dict[str, Any]], version: str, resourc
         "apiVersion": f"meta.k8s.io/{version}",
         "metadata": {"resourceVersion": resource_version},
         "columnDefinitions": [
-            {"name": name, "type": kind, "format": "name" if name == "Name" else "", "description": name,
-             "priority": priority}
+            {
+                "name": name,
+                "type": kind,
+                "format": "name" if name == "Name" else "",
+                "description": name,
+                "priority": priority,
+            }
             for name, kind, priority in _COLUMNS[resource.plural]
         ],
         "rows": rows,
     }
 
 
-def renderer(resource: Resource, version: str | None, include_object: str | None,
-             resource_version: Callable[[], str]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+def renderer(
+    resource: Resource,
+    version: str | None,
+    include_object: str | None,
+    resource_version: Callable[[], str],
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """How a watch event's object is written: as is, or as a one-row Table."""
     if version is None:
         return lambda obj: obj
-    return lambda obj: table(resource, [obj], version, obj["metadata"].get("resourceVersion") or resource_version(),
-                             include_object)
+    return lambda obj: table(
+        resource,
+        [obj],
+        version,
+        obj["metadata"].get("resourceVersion") or resource_version(),
+        include_object,
+    )

@@ -25,8 +25,15 @@ class Subscription:
     """Created with the watch reply; events flow once the HTTP handler attaches its sink and
     stop when it detaches (end of the watch, connection lost, server stopping)."""
 
-    def __init__(self, cluster: Cluster, resource: Resource, namespace: str | None, name: str | None,
-                 matches: Callable[[dict[str, Any]], bool], render: Render) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        resource: Resource,
+        namespace: str | None,
+        name: str | None,
+        matches: Callable[[dict[str, Any]], bool],
+        render: Render,
+    ) -> None:
         self.cluster = cluster
         self.resource = resource
         self.namespace = namespace

@@ -56,8 +56,14 @@ def random_suffix(length: int = 5) -> str:
 
 def owner_reference(obj: dict[str, Any], plural: str) -> dict[str, Any]:
     resource = RESOURCES[plural]
-    return {"apiVersion": resource.api_version, "kind": resource.kind, "name": obj["metadata"]["name"],
-            "uid": obj["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+    return {
+        "apiVersion": resource.api_version,
+        "kind": resource.kind,
+        "name": obj["metadata"]["name"],
+        "uid": obj["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
 
 
 def controller_uid(obj: dict[str, Any]) -> str | None:
@@ -69,7 +75,10 @@ def controller_uid(obj: dict[str, Any]) -> str | None:
 
 def is_active(pod: dict[str, Any]) -> bool:
     """Counted as a replica: not terminating, not finished."""
-    return "deletionTimestamp" not in pod["metadata"] and pod["status"].get("phase") not in _INACTIVE_PHASES
+    return (
+        "deletionTimestamp" not in pod["metadata"]
+        and pod["status"].get("phase") not in _INACTIVE_PHASES
+    )
 
 
 def _owned(cluster: Cluster, plural: str) -> dict[str, list[dict[str, Any]]]:
@@ -104,25 +113,43 @@ def _deployment(cluster: Cluster, deploy: dict[str, Any], owned: list[dict[str, 
     digest = template_hash(template)
     name = f"{meta['name']}-{digest}"
     current = next((rs for rs in owned if rs["metadata"]["name"] == name), None)
-    revisions = [int((rs["metadata"].get("annotations") or {}).get(REVISION_ANNOTATION, "0") or 0) for rs in owned]
+    revisions = [
+        int((rs["metadata"].get("annotations") or {}).get(REVISION_ANNOTATION, "0") or 0)
+        for rs in owned
+    ]
     if current is None:
         labels = {**(template.get("metadata", {}).get("labels") or {}), HASH_LABEL: digest}
         selector = copy_json(spec["selector"])
         selector["matchLabels"] = {**(selector.get("matchLabels") or {}), HASH_LABEL: digest}
         rs_template = copy_json(template)
         rs_template.setdefault("metadata", {})["labels"] = labels
-        annotations = {REVISION_ANNOTATION: str(max(revisions, default=0) + 1),
-                       "deployment.kubernetes.io/desired-replicas": str(spec["replicas"]),
-                       "deployment.kubernetes.io/max-replicas": str(spec["replicas"] + 1)}
+        annotations = {
+            REVISION_ANNOTATION: str(max(revisions, default=0) + 1),
+            "deployment.kubernetes.io/desired-replicas": str(spec["replicas"]),
+            "deployment.kubernetes.io/max-replicas": str(spec["replicas"] + 1),
+        }
         address = (meta.get("annotations") or {}).get(ADDRESS_ANNOTATION)
         if address is not None:
             annotations[ADDRESS_ANNOTATION] = address
-        cluster.create_owned("replicasets", {
-            "apiVersion": "apps/v1", "kind": "ReplicaSet",
-            "metadata": {"name": name, "namespace": meta["namespace"], "labels": labels,
-                         "annotations": annotations, "ownerReferences": [owner_reference(deploy, "deployments")]},
-            "spec": {"replicas": spec["replicas"], "selector": selector, "template": rs_template},
-        })
+        cluster.create_owned(
+            "replicasets",
+            {
+                "apiVersion": "apps/v1",
+                "kind": "ReplicaSet",
+                "metadata": {
+                    "name": name,
+                    "namespace": meta["namespace"],
+                    "labels": labels,
+                    "annotations": annotations,
+                    "ownerReferences": [owner_reference(deploy, "deployments")],
+                },
+                "spec": {
+                    "replicas": spec["replicas"],
+                    "selector": selector,
+                    "template": rs_template,
+                },
+            },
+        )
     elif current["spec"]["replicas"] != spec["replicas"]:
         cluster.set_replicas("replicasets", current, spec["replicas"])
     old = [rs for rs in owned if rs["metadata"]["name"] != name]
@@ -130,7 +157,11 @@ def _deployment(cluster: Cluster, deploy: dict[str, Any], owned: list[dict[str, 
         if rs["spec"]["replicas"] != 0:
             cluster.set_replicas("replicasets", rs, 0)
     keep = int(spec.get("revisionHistoryLimit", 10))
-    old.sort(key=lambda rs: int((rs["metadata"].get("annotations") or {}).get(REVISION_ANNOTATION, "0") or 0))
+    old.sort(
+        key=lambda rs: int(
+            (rs["metadata"].get("annotations") or {}).get(REVISION_ANNOTATION, "0") or 0
+        )
+    )
     for rs in old[: max(0, len(old) - keep)]:
         cluster.remove_owned("replicasets", rs)
 
@@ -142,8 +173,11 @@ def _release_strays(cluster: Cluster) -> None:
     """A pod relabelled out of its controller's selector is released (its owner reference
     removed), as Kubernetes' ControllerRefManager does; a ReplicaSet then makes a replacement,
     while a StatefulSet cannot until the name is free again."""
-    owners = {obj["metadata"]["uid"]: obj for plural in ("replicasets", "statefulsets")
-              for obj in cluster.list_objects(plural, None)}
+    owners = {
+        obj["metadata"]["uid"]: obj
+        for plural in ("replicasets", "statefulsets")
+        for obj in cluster.list_objects(plural, None)
+    }
     for pod in cluster.list_objects("pods", None):
         owner = owners.get(controller_uid(pod) or "")
         if owner is None:
@@ -153,8 +187,9 @@ def _release_strays(cluster: Cluster) -> None:
             cluster.release_owned(pod)
 
 
-def _pod_from_template(owner: dict[str, Any], plural: str, name: str,
-                       extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
+def _pod_from_template(
+    owner: dict[str, Any], plural: str, name: str, extra_labels: dict[str, str] | None = None
+) -> dict[str, Any]:
     template = owner["spec"]["template"]
     template_meta = template.get("metadata") or {}
     annotations = dict(template_meta.get("annotations") or {})
@@ -171,19 +206,29 @@ def _pod_from_template(owner: dict[str, Any], plural: str, name: str,
         metadata["annotations"] = annotations
     if plural == "replicasets":
         metadata["generateName"] = f"{owner['metadata']['name']}-"
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata,
-            "spec": copy_json(template.get("spec") or {}), "status": {"phase": "Running"}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": metadata,
+        "spec": copy_json(template.get("spec") or {}),
+        "status": {"phase": "Running"},
+    }
 
 
 def _least_useful_first(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Kubernetes removes the least useful replicas first: unscheduled, then not running, then
     not ready, then the newest."""
-    newest_first = sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""), reverse=True)
-    return sorted(newest_first, key=lambda p: (
-        1 if p["spec"].get("nodeName") else 0,
-        {"Pending": 0, "Unknown": 1, "Running": 2}.get(p["status"].get("phase", ""), 0),
-        1 if pod_ready(p) else 0,
-    ))
+    newest_first = sorted(
+        pods, key=lambda p: p["metadata"].get("creationTimestamp", ""), reverse=True
+    )
+    return sorted(
+        newest_first,
+        key=lambda p: (
+            1 if p["spec"].get("nodeName") else 0,
+            {"Pending": 0, "Unknown": 1, "Running": 2}.get(p["status"].get("phase", ""), 0),
+            1 if pod_ready(p) else 0,
+        ),
+    )
 
 
 def _replicaset(cluster: Cluster, rs: dict[str, Any], owned: list[dict[str, Any]]) -> None:
@@ -211,14 +256,26 @@ def _statefulset(cluster: Cluster, sts: dict[str, Any], owned: list[dict[str, An
         name = f"{meta['name']}-{index}"
         if name in by_name or cluster.get_stored("pods", meta["namespace"], name) is not None:
             continue  # a terminating db-0 is replaced once it is gone, as Kubernetes does
-        cluster.create_owned("pods", _pod_from_template(sts, "statefulsets", name, {
-            "controller-revision-hash": revision,
-            "statefulset.kubernetes.io/pod-name": name,
-            "apps.kubernetes.io/pod-index": str(index),
-        }))
+        cluster.create_owned(
+            "pods",
+            _pod_from_template(
+                sts,
+                "statefulsets",
+                name,
+                {
+                    "controller-revision-hash": revision,
+                    "statefulset.kubernetes.io/pod-name": name,
+                    "apps.kubernetes.io/pod-index": str(index),
+                },
+            ),
+        )
     for name, pod in sorted(by_name.items(), reverse=True):
         ordinal = name.rpartition("-")[2]
-        if ordinal.isdigit() and int(ordinal) >= replicas and "deletionTimestamp" not in pod["metadata"]:
+        if (
+            ordinal.isdigit()
+            and int(ordinal) >= replicas
+            and "deletionTimestamp" not in pod["metadata"]
+        ):
             cluster.remove_owned("pods", pod)
 
 
@@ -243,8 +300,13 @@ def _refresh_status(cluster: Cluster) -> None:
                 status["fullyLabeledReplicas"] = len(active)
             else:
                 revision = f"{obj['metadata']['name']}-{template_hash(obj['spec']['template'])}"
-                status.update(currentReplicas=len(active), updatedReplicas=len(active),
-                              currentRevision=revision, updateRevision=revision, collisionCount=0)
+                status.update(
+                    currentReplicas=len(active),
+                    updatedReplicas=len(active),
+                    currentRevision=revision,
+                    updateRevision=revision,
+                    collisionCount=0,
+                )
             _set_status(cluster, plural, obj, status)
     replicasets = _owned(cluster, "replicasets")
     for deploy in cluster.list_objects("deployments", None):
@@ -258,22 +320,37 @@ def _refresh_status(cluster: Cluster) -> None:
                 updated = n
         wanted = deploy["spec"]["replicas"]
         available = ready >= wanted
-        _set_status(cluster, "deployments", deploy, {
-            "observedGeneration": deploy["metadata"].get("generation", 1),
-            "replicas": total,
-            "updatedReplicas": updated,
-            "readyReplicas": ready,
-            "availableReplicas": ready,
-            **({"unavailableReplicas": wanted - ready} if wanted > ready else {}),
-            "conditions": [
-                {"type": "Available", "status": "True" if available else "False",
-                 "reason": "MinimumReplicasAvailable" if available else "MinimumReplicasUnavailable",
-                 "message": "Deployment has minimum availability." if available
-                 else "Deployment does not have minimum availability."},
-                {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
-                 "message": f'ReplicaSet "{deploy["metadata"]["name"]}-{digest}" has successfully progressed.'},
-            ],
-        })
+        _set_status(
+            cluster,
+            "deployments",
+            deploy,
+            {
+                "observedGeneration": deploy["metadata"].get("generation", 1),
+                "replicas": total,
+                "updatedReplicas": updated,
+                "readyReplicas": ready,
+                "availableReplicas": ready,
+                **({"unavailableReplicas": wanted - ready} if wanted > ready else {}),
+                "conditions": [
+                    {
+                        "type": "Available",
+                        "status": "True" if available else "False",
+                        "reason": "MinimumReplicasAvailable"
+                        if available
+                        else "MinimumReplicasUnavailable",
+                        "message": "Deployment has minimum availability."
+                        if available
+                        else "Deployment does not have minimum availability.",
+                    },
+                    {
+                        "type": "Progressing",
+                        "status": "True",
+                        "reason": "NewReplicaSetAvailable",
+                        "message": f'ReplicaSet "{deploy["metadata"]["name"]}-{digest}" has successfully progressed.',
+                    },
+                ],
+            },
+        )
 
 
 def _set_status(cluster: Cluster, plural: str, obj: dict[str, Any], status: dict[str, Any]) -> None:

@@ -52,11 +52,16 @@ def scale_of(obj: dict[str, Any]) -> dict[str, Any]:
     return {
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
-        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
-                     if k in meta},
+        "metadata": {
+            k: meta[k]
+            for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+            if k in meta
+        },
         "spec": {"replicas": obj["spec"]["replicas"]},
-        "status": {"replicas": (obj.get("status") or {}).get("replicas", 0),
-                   "selector": match_labels_selector(obj["spec"]["selector"])},
+        "status": {
+            "replicas": (obj.get("status") or {}).get("replicas", 0),
+            "selector": match_labels_selector(obj["spec"]["selector"]),
+        },
     }
 
 
@@ -74,7 +79,10 @@ def write(api: Api, request: Request, method: str, target: Target) -> Reply:
             gone = api.cluster.delete(resource.plural, namespace, name, _grace(request))
             log.log(V(2), "deleted %s %s/%s", resource.kind, namespace, name)
             return json_response(gone)
-        body = decode_body(request.body, request.header("content-type") if method != "PATCH" else "application/json")
+        body = decode_body(
+            request.body,
+            request.header("content-type") if method != "PATCH" else "application/json",
+        )
         if method == "POST":
             return _create(api, request, namespace, body)
         current = api.cluster.get(resource.plural, namespace, name)
@@ -90,16 +98,23 @@ def write(api: Api, request: Request, method: str, target: Target) -> Reply:
     except NotFound as exc:
         return not_found(exc.resource, exc.name)
     except AlreadyExists as exc:
-        details = {"name": exc.name, "kind": exc.resource.plural, **({"group": exc.resource.group}
-                                                                      if exc.resource.group else {})}
+        details = {
+            "name": exc.name,
+            "kind": exc.resource.plural,
+            **({"group": exc.resource.group} if exc.resource.group else {}),
+        }
         return status_response(409, "AlreadyExists", str(exc), details)
     except PatchError as exc:
         if "unsupported patch type" in str(exc):
             return status_response(415, "UnsupportedMediaType", str(exc))
         return status_response(422, "Invalid", str(exc))
     except (InvalidObject, LimitExceeded) as exc:
-        return status_response(422, "Invalid", f'{resource.kind} "{name}" is invalid: {exc}',
-                               {"name": name, "kind": resource.plural})
+        return status_response(
+            422,
+            "Invalid",
+            f'{resource.kind} "{name}" is invalid: {exc}',
+            {"name": name, "kind": resource.plural},
+        )
     except ManifestError as exc:
         return status_response(400, "BadRequest", str(exc))
 
@@ -124,8 +139,12 @@ def _create(api: Api, request: Request, namespace: str, obj: Any) -> Reply:
     if isinstance(obj, dict) and isinstance(obj.get("metadata"), dict):
         given = obj["metadata"].get("namespace")
         if given and given != namespace:
-            return status_response(400, "BadRequest", "the namespace of the provided object does not match "
-                                                      "the namespace sent on the request")
+            return status_response(
+                400,
+                "BadRequest",
+                "the namespace of the provided object does not match "
+                "the namespace sent on the request",
+            )
         obj["metadata"]["namespace"] = namespace
     created = api.cluster.create(obj)
     log.log(V(2), "created %s %s/%s", created["kind"], namespace, created["metadata"]["name"])
@@ -139,13 +158,23 @@ def _update(api: Api, target: Target, namespace: str, name: str, body: Any) -> R
         if not isinstance(spec, dict) or "replicas" not in spec:
             raise InvalidObject("a Scale needs spec.replicas")
         obj = api.cluster.scale(plural, namespace, name, spec["replicas"])
-        log.log(V(2), "scaled %s %s/%s to %s", target.resource.kind, namespace, name, spec["replicas"])
+        log.log(
+            V(2), "scaled %s %s/%s to %s", target.resource.kind, namespace, name, spec["replicas"]
+        )
         return json_response(scale_of(obj))
     if target.subresource == "status":
         status = body.get("status") if isinstance(body, dict) else None
-        obj = api.cluster.replace_status(plural, namespace, name, status if status is not None else {})
-        log.log(V(2), "status of %s %s/%s: %s", target.resource.kind, namespace, name,
-                obj["status"].get("phase", "changed"))
+        obj = api.cluster.replace_status(
+            plural, namespace, name, status if status is not None else {}
+        )
+        log.log(
+            V(2),
+            "status of %s %s/%s: %s",
+            target.resource.kind,
+            namespace,
+            name,
+            obj["status"].get("phase", "changed"),
+        )
         return json_response(obj)
     if isinstance(body, dict) and isinstance(body.get("metadata"), dict):
         body["metadata"].setdefault("namespace", namespace)

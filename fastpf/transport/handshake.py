@@ -136,7 +136,9 @@ def error_response(
     headers.append(("Content-Length", str(len(body))))
     headers.append(("Connection", "close"))
     conn = _answering(request)
-    out = conn.send(h11.Response(status_code=status, headers=headers, reason=_reason(status))) or b""
+    out = (
+        conn.send(h11.Response(status_code=status, headers=headers, reason=_reason(status))) or b""
+    )
     if request.method.upper() != "HEAD":  # a HEAD answer has no body (h11 enforces it)
         out += conn.send(h11.Data(data=body)) or b""
     out += conn.send(h11.EndOfMessage()) or b""
@@ -417,7 +419,9 @@ def _websocket_request_cached(
     conn = h11.Connection(h11.CLIENT)
     data = (conn.send(event) or b"") + (conn.send(_EOM) or b"")
     if data.count(_KEY_SLOT_BYTES) != 1:  # the stand-in also in the path or a header value
-        conn, data = _client_request(host, path, "GET", _ws_headers(subprotocols, extra_headers, key))
+        conn, data = _client_request(
+            host, path, "GET", _ws_headers(subprotocols, extra_headers, key)
+        )
         return conn, data, key
     return conn, data.replace(_KEY_SLOT_BYTES, key.encode("ascii")), key
 
@@ -513,6 +517,8 @@ def check_websocket_response(
 # Client side: what kubectl says about an answer that is not HTTP (Go's net/http wording)
 
 REDIRECTS = (301, 302, 303, 307, 308)
+
+
 def status_line_error(received: bytes) -> str | None:
     """Go's verdict (net/http.ReadResponse) on the status line at the start of `received`:
     its error text, or None when the line is valid or may still become valid (incomplete,
@@ -538,8 +544,13 @@ def status_line_error(received: bytes) -> str | None:
 def _go_http_version(proto: bytes) -> bool:
     if proto in (b"HTTP/1.1", b"HTTP/1.0"):
         return True
-    return (len(proto) == 8 and proto.startswith(b"HTTP/") and proto[6:7] == b"."
-            and proto[5:6].isdigit() and proto[7:8].isdigit())
+    return (
+        len(proto) == 8
+        and proto.startswith(b"HTTP/")
+        and proto[6:7] == b"."
+        and proto[5:6].isdigit()
+        and proto[7:8].isdigit()
+    )
 
 
 def header_error(received: bytes, too_long: bool) -> str:

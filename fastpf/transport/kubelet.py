@@ -323,11 +323,15 @@ class _SpdySession:
         pod, options = self.pod, self.options
         limits: dict[str, Any] = {"local_eof_linger": POD_EOF_LINGER}
         if self.old_kubectl:
-            limits.update(read_size=OLD_KUBECTL_MAX_DATA, eof_linger=OLD_KUBECTL_EOF_LINGER,
-                          eof_budget=OLD_KUBECTL_EOF_FRAMES)
+            limits.update(
+                read_size=OLD_KUBECTL_MAX_DATA,
+                eof_linger=OLD_KUBECTL_EOF_LINGER,
+                eof_budget=OLD_KUBECTL_EOF_FRAMES,
+            )
         try:
             result: RelayResult = await dial_relay(
-                data, pod.address, port, connect_timeout=DIAL_TIMEOUT, **limits)
+                data, pod.address, port, connect_timeout=DIAL_TIMEOUT, **limits
+            )
             if not data.remote_closed:
                 # Cut by a linger while the client still sends: drop the rest (kubelet keeps
                 # nothing for a finished forward), never buffer it or pause the session.

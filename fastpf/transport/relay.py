@@ -122,7 +122,9 @@ class _Relay(RelayCore, asyncio.BufferedProtocol):
         if self.eof_ends_both:
             self.remote_done = True
         elif self.local_eof_linger is not None and not self.remote_done and not self.closed:
-            self._linger_handle = self.loop.call_later(self.local_eof_linger, self._local_linger_expired)
+            self._linger_handle = self.loop.call_later(
+                self.local_eof_linger, self._local_linger_expired
+            )
         self._maybe_finish()
         return True  # keep the write side open: the other direction may still flow
 

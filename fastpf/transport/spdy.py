@@ -211,7 +211,9 @@ class SpdyConnection(UpgradedProtocol):
         if self._closing or self.core.got_frame:
             return
         if self.client:  # the server never answered our pings
-            self._abort(TimeoutError(f"no frame from the server within {self.first_frame_timeout:g}s"))
+            self._abort(
+                TimeoutError(f"no frame from the server within {self.first_frame_timeout:g}s")
+            )
         else:
             self.goaway(F.GOAWAY_OK)
 
@@ -282,8 +284,9 @@ class SpdyConnection(UpgradedProtocol):
         try:
             for w in waiters:
                 if w is not None and not w.done():
-                    with contextlib.suppress(StreamTimeoutError, StreamResetError,
-                                             SessionClosedError):
+                    with contextlib.suppress(
+                        StreamTimeoutError, StreamResetError, SessionClosedError
+                    ):
                         await w  # a plain future: no task; failures are read below
         except asyncio.CancelledError:
             for s, w in zip(streams, waiters, strict=True):

@@ -118,8 +118,7 @@ class _Handshake(asyncio.Protocol):
                     return
         except h11.RemoteProtocolError as exc:
             if self.head is None:
-                self._error(handshake.header_error(
-                    bytes(self.start), exc.error_status_hint == 431))
+                self._error(handshake.header_error(bytes(self.start), exc.error_status_hint == 431))
             else:  # a broken body of an error answer: what arrived is the answer
                 self.done.set_result((self.head, bytes(self.body), b""))
 
@@ -227,7 +226,9 @@ async def _upgrade_once(
         except (asyncio.TimeoutError, TimeoutError):
             # The dial succeeded: the server never answered (Go's ResponseHeaderTimeout text;
             # kubectl itself would wait forever).
-            raise HandshakeError(fail + "net/http: timeout awaiting response headers", None) from None
+            raise HandshakeError(
+                fail + "net/http: timeout awaiting response headers", None
+            ) from None
     except BaseException:
         transport.abort()  # type: ignore[attr-defined]
         raise
@@ -346,8 +347,18 @@ async def _spdy_following_redirects(
         try:
             # A TLS session is remembered only from the server the kubeconfig names.
             resume = (dialer.ssl is not None, dialer.host, dialer.port) == origin
-            return await _upgrade_once(dialer, path, "spdy", [], ping_interval, timeout, max_data,
-                                       ping_timeout, method=method, resume=resume)
+            return await _upgrade_once(
+                dialer,
+                path,
+                "spdy",
+                [],
+                ping_interval,
+                timeout,
+                max_data,
+                ping_timeout,
+                method=method,
+                resume=resume,
+            )
         except UpgradeRedirect as hop:
             last = hop.location
             url = urljoin(url, hop.location)
@@ -356,7 +367,9 @@ async def _spdy_following_redirects(
             dialer, path = _redirected(dialer, url)
     raise HandshakeError(
         f"error upgrading connection: error sending request: Post {goparity.quote(last.encode())}: "
-        f"stopped after {MAX_REDIRECTS} redirects", None)
+        f"stopped after {MAX_REDIRECTS} redirects",
+        None,
+    )
 
 
 def _redirected(dialer: ApiDialer, url: str) -> tuple[ApiDialer, str]:
@@ -366,22 +379,36 @@ def _redirected(dialer: ApiDialer, url: str) -> tuple[ApiDialer, str]:
     if scheme not in ("http", "https") or not parts.hostname:
         raise HandshakeError(
             f"error upgrading connection: error sending request: Post {goparity.quote(url.encode())}: "
-            f"unsupported protocol scheme {goparity.quote(scheme.encode())}", None)
+            f"unsupported protocol scheme {goparity.quote(scheme.encode())}",
+            None,
+        )
     port = parts.port or (443 if scheme == "https" else 80)
-    same = (scheme == ("https" if dialer.ssl is not None else "http")
-            and parts.hostname == dialer.host and port == dialer.port)
+    same = (
+        scheme == ("https" if dialer.ssl is not None else "http")
+        and parts.hostname == dialer.host
+        and port == dialer.port
+    )
     if not same and dialer.open_socket is not None:
         raise HandshakeError(
-            f"error upgrading connection: redirect to {url} through a proxy is not supported", None)
+            f"error upgrading connection: redirect to {url} through a proxy is not supported", None
+        )
     ctx = dialer.ssl if scheme == "https" else None
     if scheme == "https" and ctx is None:
         ctx = _ssl.create_default_context()
     headers = dialer.headers
     if not same:  # Go's client drops credentials on a redirect to another host
-        headers = [(k, v) for k, v in headers
-                   if k.lower() not in ("authorization", "cookie", "www-authenticate")]
+        headers = [
+            (k, v)
+            for k, v in headers
+            if k.lower() not in ("authorization", "cookie", "www-authenticate")
+        ]
     new = dataclasses.replace(
-        dialer, host=parts.hostname, port=port, ssl=ctx, headers=headers, base_path="",
+        dialer,
+        host=parts.hostname,
+        port=port,
+        ssl=ctx,
+        headers=headers,
+        base_path="",
         server_hostname=(dialer.server_hostname if same else parts.hostname) if ctx else None,
     )
     return new, (parts.path or "/") + (f"?{parts.query}" if parts.query else "")

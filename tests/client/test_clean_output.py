@@ -20,11 +20,15 @@ from tests.support.processes import KubectlPortForward, subprocess_env
 from tests.support.serve_process import ServeInstance
 from tests.support.targets import Targets, free_port, manifest
 
-STDOUT_OK = re.compile(r"^(Forwarding from (127\.0\.0\.1|\[::1\]):\d+ -> \d+|Handling connection for \d+)$")
+STDOUT_OK = re.compile(
+    r"^(Forwarding from (127\.0\.0\.1|\[::1\]):\d+ -> \d+|Handling connection for \d+)$"
+)
 # klog's header, then kubectl's "Unhandled Error" form for a forwarded connection's failure
-STDERR_OK = re.compile(r'^E\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ \S+\] "Unhandled Error" '
-                       r'err="(an error occurred forwarding|error copying for port|'
-                       r'error creating (error |forwarding )?stream for port|error forwarding) ')
+STDERR_OK = re.compile(
+    r'^E\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ \S+\] "Unhandled Error" '
+    r'err="(an error occurred forwarding|error copying for port|'
+    r"error creating (error |forwarding )?stream for port|error forwarding) "
+)
 
 
 def _abort_mid_download(port: int) -> None:
@@ -36,13 +40,25 @@ def _abort_mid_download(port: int) -> None:
 
 
 @pytest.mark.parametrize("protocol", ["spdy", "websocket", "ws-channel"])
-def test_forward_prints_only_kubectl_lines(serve_factory: Callable[..., ServeInstance],
-                                           targets: Targets, protocol: str) -> None:
+def test_forward_prints_only_kubectl_lines(
+    serve_factory: Callable[..., ServeInstance], targets: Targets, protocol: str
+) -> None:
     srv = serve_factory(manifest=manifest(targets))
     closed = free_port()
-    cmd = [sys.executable, "-m", "fastpf", "--kubeconfig", str(srv.kubeconfig), "--protocol",
-           protocol, "web-1", f":{targets.echo}", f":{targets.sink}", f":{targets.source}",
-           f":{closed}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fastpf",
+        "--kubeconfig",
+        str(srv.kubeconfig),
+        "--protocol",
+        protocol,
+        "web-1",
+        f":{targets.echo}",
+        f":{targets.sink}",
+        f":{targets.source}",
+        f":{closed}",
+    ]
     pf = KubectlPortForward(cmd, subprocess_env())
     try:
         pf.wait_forwarding(4)

@@ -34,13 +34,24 @@ def pki() -> Pki:
     return make_pki()
 
 
-def kubeconfig(path: str, server: str, user: dict[str, Any], cluster: dict[str, Any] | None = None,
-               namespace: str = "default", name: str = "c") -> str:
-    cfg = {"apiVersion": "v1", "kind": "Config", "current-context": name,
-           "clusters": [{"name": name, "cluster": {"server": server, **(cluster or {})}}],
-           "users": [{"name": name, "user": user}],
-           "contexts": [{"name": name, "context": {"cluster": name, "user": name,
-                                                   "namespace": namespace}}]}
+def kubeconfig(
+    path: str,
+    server: str,
+    user: dict[str, Any],
+    cluster: dict[str, Any] | None = None,
+    namespace: str = "default",
+    name: str = "c",
+) -> str:
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": name,
+        "clusters": [{"name": name, "cluster": {"server": server, **(cluster or {})}}],
+        "users": [{"name": name, "user": user}],
+        "contexts": [
+            {"name": name, "context": {"cluster": name, "user": name, "namespace": namespace}}
+        ],
+    }
     return write(path, yaml.safe_dump(cfg))
 
 
@@ -72,8 +83,12 @@ def test_token_and_http_rule(tmp_path: Any, pki: Pki) -> None:
     api = MiniApi(pki=pki, tokens={"t0k"}, routes={POD: (200, pod_json("p"))})
 
     async def body(api: MiniApi) -> None:
-        kc = kubeconfig(str(tmp_path / "kc"), api.url, {"token": "t0k"},
-                        {"certificate-authority-data": ca_b64(pki)})
+        kc = kubeconfig(
+            str(tmp_path / "kc"),
+            api.url,
+            {"token": "t0k"},
+            {"certificate-authority-data": ca_b64(pki)},
+        )
         assert (await get_pod(kc))["metadata"]["name"] == "p"
         seen = api.seen[-1]
         assert seen.headers["authorization"] == "Bearer t0k"
@@ -104,8 +119,9 @@ def test_token_file_relative(tmp_path: Any, pki: Pki) -> None:
     write(str(sub / "ca.crt"), pki.ca_pem)
 
     async def body(api: MiniApi) -> None:
-        kc = kubeconfig(str(sub / "kc"), api.url, {"tokenFile": "tok"},
-                        {"certificate-authority": "ca.crt"})
+        kc = kubeconfig(
+            str(sub / "kc"), api.url, {"tokenFile": "tok"}, {"certificate-authority": "ca.crt"}
+        )
         await get_pod(kc)
         assert api.seen[-1].headers["authorization"] == "Bearer from-file"
 
@@ -118,21 +134,29 @@ def test_client_certificate(tmp_path: Any, pki: Pki, as_data: bool) -> None:
 
     async def body(api: MiniApi) -> None:
         if as_data:
-            user = {"client-certificate-data": base64.b64encode(pki.client_cert).decode(),
-                    "client-key-data": base64.b64encode(pki.client_key).decode()}
+            user = {
+                "client-certificate-data": base64.b64encode(pki.client_cert).decode(),
+                "client-key-data": base64.b64encode(pki.client_key).decode(),
+            }
         else:
-            user = {"client-certificate": write(str(tmp_path / "c.crt"), pki.client_cert),
-                    "client-key": write(str(tmp_path / "c.key"), pki.client_key)}
-        kc = kubeconfig(str(tmp_path / "kc"), api.url, user,
-                        {"certificate-authority-data": ca_b64(pki)})
+            user = {
+                "client-certificate": write(str(tmp_path / "c.crt"), pki.client_cert),
+                "client-key": write(str(tmp_path / "c.key"), pki.client_key),
+            }
+        kc = kubeconfig(
+            str(tmp_path / "kc"), api.url, user, {"certificate-authority-data": ca_b64(pki)}
+        )
         await get_pod(kc)
         assert api.seen[-1].peer_cn == "alice"
         assert "authorization" not in api.seen[-1].headers
 
     with_server(tmp_path, api, body)
     # key material passed as data leaves no file behind in the temp dir
-    leftovers = [n for n in os.listdir(os.environ.get("TMPDIR", "/tmp")) if n.startswith("fastpf-")
-                 and os.path.exists(os.path.join("/tmp", n, "client.key"))]
+    leftovers = [
+        n
+        for n in os.listdir(os.environ.get("TMPDIR", "/tmp"))
+        if n.startswith("fastpf-") and os.path.exists(os.path.join("/tmp", n, "client.key"))
+    ]
     assert leftovers == []
 
 
@@ -140,8 +164,12 @@ def test_basic_auth(tmp_path: Any, pki: Pki) -> None:
     api = MiniApi(pki=pki, basic="bob:s3cret", routes={POD: (200, pod_json("p"))})
 
     async def body(api: MiniApi) -> None:
-        kc = kubeconfig(str(tmp_path / "kc"), api.url, {"username": "bob", "password": "s3cret"},
-                        {"certificate-authority-data": ca_b64(pki)})
+        kc = kubeconfig(
+            str(tmp_path / "kc"),
+            api.url,
+            {"username": "bob", "password": "s3cret"},
+            {"certificate-authority-data": ca_b64(pki)},
+        )
         await get_pod(kc)
         assert api.seen[-1].headers["authorization"].startswith("Basic ")
 
@@ -168,8 +196,9 @@ print(json.dumps({{"apiVersion": {version!r}, "kind": "ExecCredential",
     return str(script)
 
 
-@pytest.mark.parametrize("version", ["client.authentication.k8s.io/v1",
-                                     "client.authentication.k8s.io/v1beta1"])
+@pytest.mark.parametrize(
+    "version", ["client.authentication.k8s.io/v1", "client.authentication.k8s.io/v1beta1"]
+)
 def test_exec_plugin_cache_and_401(tmp_path: Any, pki: Pki, version: str) -> None:
     A.reset_exec_cache()
     api = MiniApi(pki=pki, tokens={"good"}, routes={POD: (200, pod_json("p"))})
@@ -177,10 +206,20 @@ def test_exec_plugin_cache_and_401(tmp_path: Any, pki: Pki, version: str) -> Non
     script = _plugin(tmp_path, version, "2999-01-01T00:00:00Z", ["stale", "good"])
 
     async def body(api: MiniApi) -> None:
-        kc = kubeconfig(str(tmp_path / "kc"), api.url, {"exec": {
-            "apiVersion": version, "command": script, "args": [], "interactiveMode": "Never",
-            "env": [{"name": "FOO", "value": "bar"}]}},
-            {"certificate-authority-data": ca_b64(pki)})
+        kc = kubeconfig(
+            str(tmp_path / "kc"),
+            api.url,
+            {
+                "exec": {
+                    "apiVersion": version,
+                    "command": script,
+                    "args": [],
+                    "interactiveMode": "Never",
+                    "env": [{"name": "FOO", "value": "bar"}],
+                }
+            },
+            {"certificate-authority-data": ca_b64(pki)},
+        )
         opts = parse_args(["--kubeconfig", kc, "p", "80"])
         client = ApiClient(K.load_config(opts.config_overrides()))
         try:
@@ -190,7 +229,11 @@ def test_exec_plugin_cache_and_401(tmp_path: Any, pki: Pki, version: str) -> Non
             await client.close()
         assert A.exec_runs == 2  # stale, then good; then cached until expiry
         assert [s.headers["authorization"] for s in api.seen] == [
-            "Bearer stale", "Bearer good", "Bearer good", "Bearer good"]
+            "Bearer stale",
+            "Bearer good",
+            "Bearer good",
+            "Bearer good",
+        ]
 
     with_server(tmp_path, api, body)
 
@@ -203,10 +246,19 @@ def test_exec_plugin_expiry(tmp_path: Any, pki: Pki, monkeypatch: pytest.MonkeyP
     script = _plugin(tmp_path, version, "2000-01-01T00:00:00.123456789Z", ["a", "b", "c"])
 
     async def body(api: MiniApi) -> None:
-        kc = kubeconfig(str(tmp_path / "kc"), api.url, {"exec": {
-            "apiVersion": version, "command": script, "interactiveMode": "Never",
-            "env": [{"name": "FOO", "value": "bar"}]}},
-            {"certificate-authority-data": ca_b64(pki)})
+        kc = kubeconfig(
+            str(tmp_path / "kc"),
+            api.url,
+            {
+                "exec": {
+                    "apiVersion": version,
+                    "command": script,
+                    "interactiveMode": "Never",
+                    "env": [{"name": "FOO", "value": "bar"}],
+                }
+            },
+            {"certificate-authority-data": ca_b64(pki)},
+        )
         await get_pod(kc)
         await asyncio.sleep(0.1)
         await get_pod(kc)
@@ -220,14 +272,25 @@ def test_exec_plugin_missing(tmp_path: Any, pki: Pki) -> None:
     api = MiniApi(pki=pki)
 
     async def body(api: MiniApi) -> None:
-        kc = kubeconfig(str(tmp_path / "kc"), api.url, {"exec": {
-            "apiVersion": "client.authentication.k8s.io/v1", "command": "no-such-plugin-xyz",
-            "interactiveMode": "Never", "installHint": "install it"}},
-            {"certificate-authority-data": ca_b64(pki)})
+        kc = kubeconfig(
+            str(tmp_path / "kc"),
+            api.url,
+            {
+                "exec": {
+                    "apiVersion": "client.authentication.k8s.io/v1",
+                    "command": "no-such-plugin-xyz",
+                    "interactiveMode": "Never",
+                    "installHint": "install it",
+                }
+            },
+            {"certificate-authority-data": ca_b64(pki)},
+        )
         with pytest.raises(ClientError) as ei:
             await get_pod(kc)
-        assert ei.value.line.startswith("Unable to connect to the server: getting credentials: "
-                                        "exec: executable no-such-plugin-xyz not found")
+        assert ei.value.line.startswith(
+            "Unable to connect to the server: getting credentials: "
+            "exec: executable no-such-plugin-xyz not found"
+        )
 
     with_server(tmp_path, api, body)
 
@@ -240,11 +303,17 @@ def test_tls_verification(tmp_path: Any, pki: Pki) -> None:
         kc = kubeconfig(str(tmp_path / "kc"), api.url, {}, {"certificate-authority-data": bad})
         with pytest.raises(ClientError) as ei:
             await get_pod(kc)
-        assert ei.value.line == ("Unable to connect to the server: tls: failed to verify "
-                                 "certificate: x509: certificate signed by unknown authority")
+        assert ei.value.line == (
+            "Unable to connect to the server: tls: failed to verify "
+            "certificate: x509: certificate signed by unknown authority"
+        )
         await get_pod(kc, "--insecure-skip-tls-verify")
-        good = kubeconfig(str(tmp_path / "kc2"), api.url, {},
-                          {"certificate-authority-data": ca_b64(pki), "tls-server-name": "api.test"})
+        good = kubeconfig(
+            str(tmp_path / "kc2"),
+            api.url,
+            {},
+            {"certificate-authority-data": ca_b64(pki), "tls-server-name": "api.test"},
+        )
         await get_pod(good)
         with pytest.raises(ClientError, match="tls: failed to verify certificate"):
             await get_pod(good, "--tls-server-name", "wrong.test")
@@ -254,16 +323,21 @@ def test_tls_verification(tmp_path: Any, pki: Pki) -> None:
     with_server(tmp_path, api, body)
 
 
-@pytest.mark.parametrize("kind,auth", [("http", None), ("http", "u:p"), ("socks5", None),
-                                       ("socks5", "u:p")])
+@pytest.mark.parametrize(
+    "kind,auth", [("http", None), ("http", "u:p"), ("socks5", None), ("socks5", "u:p")]
+)
 def test_proxy_url(tmp_path: Any, pki: Pki, kind: str, auth: str | None) -> None:
     api = MiniApi(pki=pki, routes={POD: (200, pod_json("p"))})
 
     async def body(api: MiniApi) -> None:
         proxy = await Proxy(kind=kind, auth=auth).start()
         try:
-            kc = kubeconfig(str(tmp_path / "kc"), api.url, {},
-                            {"certificate-authority-data": ca_b64(pki), "proxy-url": proxy.url})
+            kc = kubeconfig(
+                str(tmp_path / "kc"),
+                api.url,
+                {},
+                {"certificate-authority-data": ca_b64(pki), "proxy-url": proxy.url},
+            )
             await get_pod(kc)
             assert proxy.targets == [f"127.0.0.1:{api.port}"]
             # the upgrade path gets a socket through the same proxy
@@ -287,8 +361,12 @@ def test_proxy_refused_auth(tmp_path: Any, pki: Pki) -> None:
         proxy = await Proxy(kind="http", auth="u:p").start()
         try:
             url = f"http://127.0.0.1:{proxy.port}"
-            kc = kubeconfig(str(tmp_path / "kc"), api.url, {},
-                            {"certificate-authority-data": ca_b64(pki), "proxy-url": url})
+            kc = kubeconfig(
+                str(tmp_path / "kc"),
+                api.url,
+                {},
+                {"certificate-authority-data": ca_b64(pki), "proxy-url": url},
+            )
             with pytest.raises(ClientError, match="407"):
                 await get_pod(kc)
         finally:
@@ -298,16 +376,30 @@ def test_proxy_refused_auth(tmp_path: Any, pki: Pki) -> None:
 
 
 def test_kubeconfig_merging(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    a = {"apiVersion": "v1", "kind": "Config", "current-context": "one",
-         "clusters": [{"name": "c1", "cluster": {"server": "https://one:1"}}],
-         "users": [{"name": "u1", "user": {"token": "first"}}],
-         "contexts": [{"name": "one", "context": {"cluster": "c1", "user": "u1", "namespace": "n1"}}]}
-    b = {"apiVersion": "v1", "kind": "Config", "current-context": "two",
-         "clusters": [{"name": "c1", "cluster": {"server": "https://shadowed:9"}},
-                      {"name": "c2", "cluster": {"server": "https://two:2"}}],
-         "users": [{"name": "u1", "user": {"token": "shadowed"}},
-                   {"name": "u2", "user": {"tokenFile": "rel/tok"}}],
-         "contexts": [{"name": "two", "context": {"cluster": "c2", "user": "u2"}}]}
+    a = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "one",
+        "clusters": [{"name": "c1", "cluster": {"server": "https://one:1"}}],
+        "users": [{"name": "u1", "user": {"token": "first"}}],
+        "contexts": [
+            {"name": "one", "context": {"cluster": "c1", "user": "u1", "namespace": "n1"}}
+        ],
+    }
+    b = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "two",
+        "clusters": [
+            {"name": "c1", "cluster": {"server": "https://shadowed:9"}},
+            {"name": "c2", "cluster": {"server": "https://two:2"}},
+        ],
+        "users": [
+            {"name": "u1", "user": {"token": "shadowed"}},
+            {"name": "u2", "user": {"tokenFile": "rel/tok"}},
+        ],
+        "contexts": [{"name": "two", "context": {"cluster": "c2", "user": "u2"}}],
+    }
     pa = write(str(tmp_path / "a"), yaml.safe_dump(a))
     (tmp_path / "bdir").mkdir()
     pb = write(str(tmp_path / "bdir" / "b"), yaml.safe_dump(b))
@@ -321,7 +413,9 @@ def test_kubeconfig_merging(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> N
     assert (cfg.server, cfg.token, cfg.namespace) == ("https://one:1", "first", "x")
     with pytest.raises(ClientError) as ei:
         K.load_config(ConfigOverrides(context="nope"))
-    assert ei.value.line == "Error in configuration: context was not found for specified context: nope"
+    assert (
+        ei.value.line == "Error in configuration: context was not found for specified context: nope"
+    )
     with pytest.raises(ClientError, match='auth info "nope" does not exist'):
         K.load_config(ConfigOverrides(user="nope"))
     with pytest.raises(ClientError, match='no server found for cluster "nope"'):
@@ -349,15 +443,22 @@ def test_in_cluster(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_status_errors() -> None:
-    e = status_error(404, b'{"kind":"Status","reason":"NotFound","message":"pods \\"x\\" not found"}')
+    e = status_error(
+        404, b'{"kind":"Status","reason":"NotFound","message":"pods \\"x\\" not found"}'
+    )
     assert e.line == 'Error from server (NotFound): pods "x" not found'
     assert status_error(404, b"nope", "get pods x").line == (
-        "Error from server (NotFound): the server could not find the requested resource (get pods x)")
+        "Error from server (NotFound): the server could not find the requested resource (get pods x)"
+    )
     assert status_error(401, b"").line == (
         "error: You must be logged in to the server (the server has asked for the client to "
-        "provide credentials)")
+        "provide credentials)"
+    )
     assert status_error(500, b"boom").line.startswith("Error from server (InternalError): an error")
-    assert status_error(418, b'{"kind":"Status","message":"teapot"}').line == "Error from server: teapot"
+    assert (
+        status_error(418, b'{"kind":"Status","message":"teapot"}').line
+        == "Error from server: teapot"
+    )
 
 
 def test_resolve_service_and_wait(tmp_path: Any, pki: Pki) -> None:
@@ -365,19 +466,35 @@ def test_resolve_service_and_wait(tmp_path: Any, pki: Pki) -> None:
     older = pod_json("older", ports=ports, labels={"app": "w"})
     older["metadata"]["creationTimestamp"] = "2020-01-01T00:00:00Z"
     newer = pod_json("newer", ports=ports, labels={"app": "w"})
-    svc = {"kind": "Service", "metadata": {"name": "s"}, "spec": {
-        "selector": {"app": "w"}, "ports": [{"name": "http", "port": 80, "targetPort": "web"}]}}
-    deploy = {"kind": "Deployment", "metadata": {"name": "d"},
-              "spec": {"selector": {"matchLabels": {"app": "none"}}}}
-    api = MiniApi(pki=pki, routes={
-        "/api/v1/namespaces/default/services/s": (200, svc),
-        "/apis/apps/v1/namespaces/default/deployments/d": (200, deploy),
-        "/api/v1/namespaces/default/pods": (200, {"kind": "PodList", "items": [newer, older]}),
-    })
+    svc = {
+        "kind": "Service",
+        "metadata": {"name": "s"},
+        "spec": {
+            "selector": {"app": "w"},
+            "ports": [{"name": "http", "port": 80, "targetPort": "web"}],
+        },
+    }
+    deploy = {
+        "kind": "Deployment",
+        "metadata": {"name": "d"},
+        "spec": {"selector": {"matchLabels": {"app": "none"}}},
+    }
+    api = MiniApi(
+        pki=pki,
+        routes={
+            "/api/v1/namespaces/default/services/s": (200, svc),
+            "/apis/apps/v1/namespaces/default/deployments/d": (200, deploy),
+            "/api/v1/namespaces/default/pods": (200, {"kind": "PodList", "items": [newer, older]}),
+        },
+    )
 
     async def body(api: MiniApi) -> None:
-        kc = kubeconfig(str(tmp_path / "kc"), api.url, {}, {"certificate-authority-data": ca_b64(pki)})
-        client = ApiClient(K.load_config(parse_args(["--kubeconfig", kc, "p", "80"]).config_overrides()))
+        kc = kubeconfig(
+            str(tmp_path / "kc"), api.url, {}, {"certificate-authority-data": ca_b64(pki)}
+        )
+        client = ApiClient(
+            K.load_config(parse_args(["--kubeconfig", kc, "p", "80"]).config_overrides())
+        )
         try:
             res = await resolve(client, "default", "svc/s", ["http", "9000:80"], 5)
             assert res.pod_name == "older" and res.ports == ["80:8080", "9000:8080"]

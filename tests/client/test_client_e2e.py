@@ -108,15 +108,25 @@ async def _concurrent_echo(port: int, n: int) -> list[bool]:
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_forward_all_features(protocol: str, serve_factory: Callable[..., ServeInstance],
-                              targets: Targets, fastpf: Callable[..., Fastpf]) -> None:
+def test_forward_all_features(
+    protocol: str,
+    serve_factory: Callable[..., ServeInstance],
+    targets: Targets,
+    fastpf: Callable[..., Fastpf],
+) -> None:
     half = HalfCloseTargets()
     try:
         srv = serve_factory(manifest=manifest(targets))
         fixed = free_port()
         closed = free_port()
-        specs = [f"{fixed}:{targets.sink}", f":{targets.source}", f"0:{targets.echo}",
-                 f":{closed}", f":{half.eof}", f":{half.first}"]
+        specs = [
+            f"{fixed}:{targets.sink}",
+            f":{targets.source}",
+            f"0:{targets.echo}",
+            f":{closed}",
+            f":{half.eof}",
+            f":{half.first}",
+        ]
         pf = fastpf(srv.kubeconfig, "--protocol", protocol, "web-1", *specs, wait=len(specs))
         assert pf.local_port(targets.sink) == fixed
         # random local ports: both loopbacks share the first chosen port
@@ -142,7 +152,9 @@ def test_forward_all_features(protocol: str, serve_factory: Callable[..., ServeI
                 reply = s.makefile("rb").readline().decode().strip()
             assert reply == f"100000 {hashlib.sha256(b'x' * 100000).hexdigest()}"
             # remote -> local half-close: we see EOF and can still send
-            with socket.create_connection(("127.0.0.1", pf.local_port(half.first)), timeout=20) as s:
+            with socket.create_connection(
+                ("127.0.0.1", pf.local_port(half.first)), timeout=20
+            ) as s:
                 got = b""
                 for _ in range(100):
                     d = s.recv(100)
@@ -170,9 +182,12 @@ def test_forward_all_features(protocol: str, serve_factory: Callable[..., ServeI
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_targets_and_named_ports(protocol: str, serve_factory: Callable[..., ServeInstance],
-                                 targets_factory: Callable[[str], Targets],
-                                 fastpf: Callable[..., Fastpf]) -> None:
+def test_targets_and_named_ports(
+    protocol: str,
+    serve_factory: Callable[..., ServeInstance],
+    targets_factory: Callable[[str], Targets],
+    fastpf: Callable[..., Fastpf],
+) -> None:
     t1 = targets_factory("127.0.0.1")
     t2 = targets_factory("127.0.0.2")
     srv = serve_factory(manifest=manifest(t1, t2))
@@ -213,13 +228,21 @@ print(json.dumps({{"apiVersion": "client.authentication.k8s.io/v1", "kind": "Exe
     return str(script)
 
 
-def test_exec_plugin_rerun_after_401(tmp_path: Path, serve_factory: Callable[..., ServeInstance],
-                                     targets: Targets, fastpf: Callable[..., Fastpf]) -> None:
+def test_exec_plugin_rerun_after_401(
+    tmp_path: Path,
+    serve_factory: Callable[..., ServeInstance],
+    targets: Targets,
+    fastpf: Callable[..., Fastpf],
+) -> None:
     srv = serve_factory("--token", "good-token")
     cfg = yaml.safe_load(srv.kubeconfig.read_text())
-    cfg["users"][0]["user"] = {"exec": {
-        "apiVersion": "client.authentication.k8s.io/v1", "interactiveMode": "Never",
-        "command": _exec_plugin(tmp_path, ["stale-token", "good-token"])}}
+    cfg["users"][0]["user"] = {
+        "exec": {
+            "apiVersion": "client.authentication.k8s.io/v1",
+            "interactiveMode": "Never",
+            "command": _exec_plugin(tmp_path, ["stale-token", "good-token"]),
+        }
+    }
     kc = tmp_path / "kc-exec"
     kc.write_text(yaml.safe_dump(cfg))
     pf = fastpf(kc, "mypod", f":{targets.echo}", wait=1)
@@ -229,8 +252,9 @@ def test_exec_plugin_rerun_after_401(tmp_path: Path, serve_factory: Callable[...
     assert (tmp_path / "runs").read_text() == "2"
 
 
-def test_proxy_url_connect(tmp_path: Path, serve: ServeInstance, targets: Targets,
-                           fastpf: Callable[..., Fastpf]) -> None:
+def test_proxy_url_connect(
+    tmp_path: Path, serve: ServeInstance, targets: Targets, fastpf: Callable[..., Fastpf]
+) -> None:
     from tests.support.proxies import Proxy
 
     ready = threading.Event()
@@ -270,8 +294,9 @@ def test_library_api(serve: ServeInstance, targets: Targets) -> None:
     from fastpf.loop import run
 
     async def go() -> bytes:
-        async with forward("mypod", [f":{targets.echo}"], kubeconfig=str(serve.kubeconfig),
-                           protocol="spdy") as fwd:
+        async with forward(
+            "mypod", [f":{targets.echo}"], kubeconfig=str(serve.kubeconfig), protocol="spdy"
+        ) as fwd:
             (port,) = fwd.bound_ports
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"lib")
@@ -282,32 +307,58 @@ def test_library_api(serve: ServeInstance, targets: Targets) -> None:
     assert run(go()) == b"lib"
 
 
-def test_lost_connection_exits_1(serve: ServeInstance, targets: Targets,
-                                 fastpf: Callable[..., Fastpf]) -> None:
+def test_lost_connection_exits_1(
+    serve: ServeInstance, targets: Targets, fastpf: Callable[..., Fastpf]
+) -> None:
     # kubectl's behaviour is opt-in since fastpf reconnects (tests/client/test_reconnect.py).
-    pf = fastpf(serve.kubeconfig, "--reconnect=false", "--protocol", "spdy", "mypod",
-                f":{targets.echo}", wait=1)
+    pf = fastpf(
+        serve.kubeconfig,
+        "--reconnect=false",
+        "--protocol",
+        "spdy",
+        "mypod",
+        f":{targets.echo}",
+        wait=1,
+    )
     serve.stop()
     assert pf.wait_exit(20) == 1
     assert pf.stderr[-1] == "error: lost connection to pod"
 
 
-@pytest.mark.parametrize("raw", ["/portForward/{ns}/{pod}",
-                                 "/api/v1beta3/proxy/minions/node-1/portForward/default/mypod"])
-def test_raw_path(raw: str, serve: ServeInstance, targets: Targets,
-                  fastpf: Callable[..., Fastpf]) -> None:
-    pf = fastpf(serve.kubeconfig, "--protocol", "spdy", "--raw-path", raw, "mypod",
-                f":{targets.echo}", wait=1)
+@pytest.mark.parametrize(
+    "raw",
+    ["/portForward/{ns}/{pod}", "/api/v1beta3/proxy/minions/node-1/portForward/default/mypod"],
+)
+def test_raw_path(
+    raw: str, serve: ServeInstance, targets: Targets, fastpf: Callable[..., Fastpf]
+) -> None:
+    pf = fastpf(
+        serve.kubeconfig,
+        "--protocol",
+        "spdy",
+        "--raw-path",
+        raw,
+        "mypod",
+        f":{targets.echo}",
+        wait=1,
+    )
     assert echo_once(pf.local_port(targets.echo), b"raw") == b"raw"
     assert pf.interrupt() == 0
 
 
 @pytest.mark.parametrize("env,want", [("", "websocket"), ("false", "spdy"), ("FALSE", "spdy")])
-def test_auto_protocol_env(env: str, want: str, serve: ServeInstance, targets: Targets,
-                           fastpf: Callable[..., Fastpf]) -> None:
-    pf = fastpf(serve.kubeconfig, "-v", "4", "mypod", f":{targets.echo}", wait=1,
-                env={"KUBECTL_PORT_FORWARD_WEBSOCKETS": env})
+def test_auto_protocol_env(
+    env: str, want: str, serve: ServeInstance, targets: Targets, fastpf: Callable[..., Fastpf]
+) -> None:
+    pf = fastpf(
+        serve.kubeconfig,
+        "-v",
+        "4",
+        "mypod",
+        f":{targets.echo}",
+        wait=1,
+        env={"KUBECTL_PORT_FORWARD_WEBSOCKETS": env},
+    )
     assert echo_once(pf.local_port(targets.echo), b"auto") == b"auto"
     assert pf.interrupt() == 0
     assert any(ln.endswith(f"with protocol {want}") for ln in pf.stderr), pf.stderr
-

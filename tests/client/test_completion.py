@@ -25,8 +25,11 @@ def shims(tmp_path: Path) -> Path:
     """`fastpf`, `kubectl-fastpf` and `kubectl_complete-fastpf` on a PATH of their own."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name, module, func in (("fastpf", "cli", "main"), ("kubectl-fastpf", "cli", "main"),
-                               ("kubectl_complete-fastpf", "client.completion", "plugin_main")):
+    for name, module, func in (
+        ("fastpf", "cli", "main"),
+        ("kubectl-fastpf", "cli", "main"),
+        ("kubectl_complete-fastpf", "client.completion", "plugin_main"),
+    ):
         path = bin_dir / name
         path.write_text(SHIM.format(python=sys.executable, module=module, func=func))
         path.chmod(0o755)
@@ -55,9 +58,13 @@ _scripts: dict[str, str] = {}
 
 def bash_script(shims: Path) -> str:
     if "bash" not in _scripts:
-        _scripts["bash"] = subprocess.run([str(shims / "fastpf"), "completion", "bash"],
-                                          capture_output=True, text=True, timeout=60,
-                                          env=subprocess_env()).stdout
+        _scripts["bash"] = subprocess.run(
+            [str(shims / "fastpf"), "completion", "bash"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=subprocess_env(),
+        ).stdout
     return _scripts["bash"]
 
 
@@ -66,17 +73,26 @@ def tab(shims: Path, line: str) -> list[str]:
     script = bash_script(shims)
     words = bash_words(line)
     quoted = " ".join(f"'{w}'" for w in words)
-    program = (f"{script}\nCOMP_LINE='{line}'; COMP_POINT=${{#COMP_LINE}}; "
-               f"COMP_WORDS=({quoted}); COMP_CWORD={len(words) - 1}\n"
-               "_fastpf_complete\nprintf '%s\\n' \"${COMPREPLY[@]}\"\n")
+    program = (
+        f"{script}\nCOMP_LINE='{line}'; COMP_POINT=${{#COMP_LINE}}; "
+        f"COMP_WORDS=({quoted}); COMP_CWORD={len(words) - 1}\n"
+        "_fastpf_complete\nprintf '%s\\n' \"${COMPREPLY[@]}\"\n"
+    )
     env = subprocess_env({"PATH": f"{shims}:/usr/bin:/bin"})
-    r = subprocess.run(["bash", "--norc", "--noprofile", "-c", program], capture_output=True,
-                       text=True, timeout=60, env=env)
+    r = subprocess.run(
+        ["bash", "--norc", "--noprofile", "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     return [ln for ln in r.stdout.splitlines() if ln]
 
 
-def test_bash_completes_against_serve(shims: Path, cluster: ServeInstance, targets: Targets) -> None:
+def test_bash_completes_against_serve(
+    shims: Path, cluster: ServeInstance, targets: Targets
+) -> None:
     kc = f"fastpf --kubeconfig {cluster.kubeconfig}"
     assert tab(shims, f"{kc} ") == ["pend", "web-1"]  # pods of the namespace
     assert tab(shims, f"{kc} w") == ["web-1"]
@@ -84,8 +100,14 @@ def test_bash_completes_against_serve(shims: Path, cluster: ServeInstance, targe
     assert tab(shims, f"{kc} svc/") == ["svc/web"]
     assert tab(shims, f"{kc} deploy/w") == ["deploy/web"]
     assert tab(shims, f"{kc} pod/") == ["pod/pend", "pod/web-1"]
-    assert tab(shims, f"{kc} web-1 ") == [str(targets.sink), "sink", str(targets.source),
-                                          "source", str(targets.echo), "echo"]  # not UDP dns
+    assert tab(shims, f"{kc} web-1 ") == [
+        str(targets.sink),
+        "sink",
+        str(targets.source),
+        "source",
+        str(targets.echo),
+        "echo",
+    ]  # not UDP dns
     assert tab(shims, f"{kc} web-1 9000:ec") == ["echo"]  # bash shows the part after ":"
     assert tab(shims, f"{kc} svc/web 8") == ["80", "81"]
     assert tab(shims, f"{kc} -n ") == ["default", "kube-node-lease", "kube-public", "kube-system"]
@@ -108,17 +130,29 @@ def test_bash_completes_flags_and_subcommands(shims: Path, cluster: ServeInstanc
     # KUBECONFIG from the environment, nothing typed yet: subcommands and pods
     env_line = f"KUBECONFIG={cluster.kubeconfig}"
     script = bash_script(shims)
-    program = (f"{script}\nexport {env_line}\nCOMP_LINE='fastpf '; COMP_POINT=7; "
-               "COMP_WORDS=(fastpf ''); COMP_CWORD=1\n_fastpf_complete\n"
-               "printf '%s\\n' \"${COMPREPLY[@]}\"\n")
-    r = subprocess.run(["bash", "--norc", "--noprofile", "-c", program], capture_output=True,
-                       text=True, timeout=60, env=subprocess_env({"PATH": f"{shims}:/usr/bin:/bin"}))
+    program = (
+        f"{script}\nexport {env_line}\nCOMP_LINE='fastpf '; COMP_POINT=7; "
+        "COMP_WORDS=(fastpf ''); COMP_CWORD=1\n_fastpf_complete\n"
+        "printf '%s\\n' \"${COMPREPLY[@]}\"\n"
+    )
+    r = subprocess.run(
+        ["bash", "--norc", "--noprofile", "-c", program],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=subprocess_env({"PATH": f"{shims}:/usr/bin:/bin"}),
+    )
     assert r.stdout.split() == ["serve", "version", "completion", "pend", "web-1"]
 
 
 def complete(shims: Path, *words: str) -> list[str]:
-    r = subprocess.run([str(shims / "fastpf"), "__complete", *words], capture_output=True,
-                       text=True, timeout=60, env=subprocess_env())
+    r = subprocess.run(
+        [str(shims / "fastpf"), "__complete", *words],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=subprocess_env(),
+    )
     assert r.returncode == 0 and r.stderr == ""
     return r.stdout.splitlines()
 
@@ -134,20 +168,38 @@ def test_cobra_protocol_and_directives(shims: Path, cluster: ServeInstance) -> N
     assert complete(shims, *unreachable, "") == [":4"]
 
 
-def test_kubectl_plugin_completion(shims: Path, cluster: ServeInstance,
-                                   kubectl_bin: Callable[[str], str], tmp_path: Path) -> None:
+def test_kubectl_plugin_completion(
+    shims: Path, cluster: ServeInstance, kubectl_bin: Callable[[str], str], tmp_path: Path
+) -> None:
     """kubectl 1.26+ completes `kubectl fastpf ...` by running kubectl_complete-fastpf."""
     env = subprocess_env({"PATH": f"{shims}:/usr/bin:/bin"})
-    r = subprocess.run([kubectl_bin("1.33"), "__complete", "fastpf", "--kubeconfig",
-                        str(cluster.kubeconfig), "svc/"], capture_output=True, text=True,
-                       timeout=60, env=env, cwd=tmp_path)
+    r = subprocess.run(
+        [
+            kubectl_bin("1.33"),
+            "__complete",
+            "fastpf",
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "svc/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
     assert r.stdout.splitlines()[:2] == ["svc/web", ":4"], (r.stdout, r.stderr)
 
 
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
 def test_scripts_parse(shims: Path, shell: str) -> None:
-    text = subprocess.run([str(shims / "fastpf"), "completion", shell], capture_output=True,
-                          text=True, timeout=60, env=subprocess_env()).stdout
+    text = subprocess.run(
+        [str(shims / "fastpf"), "completion", shell],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=subprocess_env(),
+    ).stdout
     assert "__complete" in text and "fastpf" in text
     binary = shutil.which(shell)
     if binary is None:
@@ -158,10 +210,17 @@ def test_scripts_parse(shims: Path, shell: str) -> None:
 
 
 def test_completion_usage_errors(shims: Path) -> None:
-    r = subprocess.run([str(shims / "fastpf"), "completion", "tcsh"], capture_output=True,
-                       text=True, timeout=60, env=subprocess_env())
-    assert (r.returncode, r.stderr) == (1, "error: expected one of bash, zsh, fish: fastpf "
-                                           "completion bash\n")
+    r = subprocess.run(
+        [str(shims / "fastpf"), "completion", "tcsh"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=subprocess_env(),
+    )
+    assert (r.returncode, r.stderr) == (
+        1,
+        "error: expected one of bash, zsh, fish: fastpf completion bash\n",
+    )
 
 
 def test_zsh_and_fish_scripts_complete(shims: Path, cluster: ServeInstance) -> None:
@@ -171,22 +230,39 @@ def test_zsh_and_fish_scripts_complete(shims: Path, cluster: ServeInstance) -> N
     env = subprocess_env({"PATH": f"{shims}:/usr/bin:/bin"})
     ran = 0
     if shutil.which("zsh"):
-        script = subprocess.run([str(shims / "fastpf"), "completion", "zsh"], capture_output=True,
-                                text=True, timeout=60, env=subprocess_env()).stdout
-        program = (script + "\ncompadd() { local -a a; a=(\"$@\"); local i=${a[(i)--]}; "
-                   "print -l -- \"${(@)a[i+1,-1]}\"; }\n_files() { print FILES; }\n"
-                   f"words=(fastpf --kubeconfig {kc} svc/); CURRENT=4; _fastpf\n"
-                   "words=(fastpf --kubeconfig ''); CURRENT=3; _fastpf\n")
-        r = subprocess.run(["zsh", "-f", "-c", program], capture_output=True, text=True,
-                           timeout=60, env=env)
+        script = subprocess.run(
+            [str(shims / "fastpf"), "completion", "zsh"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=subprocess_env(),
+        ).stdout
+        program = (
+            script + '\ncompadd() { local -a a; a=("$@"); local i=${a[(i)--]}; '
+            'print -l -- "${(@)a[i+1,-1]}"; }\n_files() { print FILES; }\n'
+            f"words=(fastpf --kubeconfig {kc} svc/); CURRENT=4; _fastpf\n"
+            "words=(fastpf --kubeconfig ''); CURRENT=3; _fastpf\n"
+        )
+        r = subprocess.run(
+            ["zsh", "-f", "-c", program], capture_output=True, text=True, timeout=60, env=env
+        )
         assert r.stdout.split() == ["svc/web", "FILES"], r.stderr
         ran += 1
     if shutil.which("fish"):
-        script = subprocess.run([str(shims / "fastpf"), "completion", "fish"], capture_output=True,
-                                text=True, timeout=60, env=subprocess_env()).stdout
-        r = subprocess.run(["fish", "--no-config", "-c",
-                            f"{script}\ncomplete -C 'fastpf --kubeconfig {kc} svc/'"],
-                           capture_output=True, text=True, timeout=60, env=env)
+        script = subprocess.run(
+            [str(shims / "fastpf"), "completion", "fish"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=subprocess_env(),
+        ).stdout
+        r = subprocess.run(
+            ["fish", "--no-config", "-c", f"{script}\ncomplete -C 'fastpf --kubeconfig {kc} svc/'"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
         assert r.stdout.split() == ["svc/web"], r.stderr
         ran += 1
     if not ran:

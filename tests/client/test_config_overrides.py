@@ -16,8 +16,14 @@ from fastpf.types import ConfigOverrides, ForwardSpec
 
 PACKAGE = Path(fastpf.__file__).parent
 # The command-line layer: the modules that may know `Options`.
-CLI = {"fastpf.client.args", "fastpf.client.main", "fastpf.client.completion",
-       "fastpf.client.version", "fastpf.client.config_file", "fastpf.cli"}
+CLI = {
+    "fastpf.client.args",
+    "fastpf.client.main",
+    "fastpf.client.completion",
+    "fastpf.client.version",
+    "fastpf.client.config_file",
+    "fastpf.cli",
+}
 
 
 def _imports(path: Path) -> set[str]:
@@ -60,16 +66,47 @@ def test_no_engine_signature_takes_the_cli_options() -> None:
 
 
 def test_forward_spec_carries_the_flags() -> None:
-    opts = parse_args(["mypod", "8080:80", ":81", "--address", "127.0.0.1,::1",
-                       "--protocol", "spdy", "--raw-path", "/x/{pod}", "--request-timeout", "5s",
-                       "--pod-running-timeout", "2m", "--reconnect=false", "--connections", "3",
-                       "--ping-interval", "1s", "--ping-timeout", "9s", "--context", "c"])
+    opts = parse_args(
+        [
+            "mypod",
+            "8080:80",
+            ":81",
+            "--address",
+            "127.0.0.1,::1",
+            "--protocol",
+            "spdy",
+            "--raw-path",
+            "/x/{pod}",
+            "--request-timeout",
+            "5s",
+            "--pod-running-timeout",
+            "2m",
+            "--reconnect=false",
+            "--connections",
+            "3",
+            "--ping-interval",
+            "1s",
+            "--ping-timeout",
+            "9s",
+            "--context",
+            "c",
+        ]
+    )
     spec = opts.forward_spec()
     assert spec == ForwardSpec(
-        target="mypod", ports=("8080:80", ":81"), addresses="127.0.0.1,::1", protocol="spdy",
-        overrides=ConfigOverrides(context="c"), raw_path="/x/{pod}", request_timeout=5.0,
-        pod_running_timeout=120.0, reconnect=False, connections=3, ping_interval=1.0,
-        ping_timeout=9.0)
+        target="mypod",
+        ports=("8080:80", ":81"),
+        addresses="127.0.0.1,::1",
+        protocol="spdy",
+        overrides=ConfigOverrides(context="c"),
+        raw_path="/x/{pod}",
+        request_timeout=5.0,
+        pod_running_timeout=120.0,
+        reconnect=False,
+        connections=3,
+        ping_interval=1.0,
+        ping_timeout=9.0,
+    )
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.target = "other"  # type: ignore[misc]
 
@@ -103,12 +140,35 @@ def test_flags_reach_the_loaded_config(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     plain = K.load_config(ConfigOverrides(kubeconfig=str(kc)))
-    assert (plain.server, plain.namespace, plain.token) == ("https://one.invalid:6443", "ns1",
-                                                            "file-token")
-    argv = ["--kubeconfig", str(kc), "-n", "ns2", "--server", "https://two.invalid",
-            "--token", "flag-token", "--as", "alice", "--as-group", "g1", "--as-group", "g2",
-            "--tls-server-name", "api.two", "p", "80"]
+    assert (plain.server, plain.namespace, plain.token) == (
+        "https://one.invalid:6443",
+        "ns1",
+        "file-token",
+    )
+    argv = [
+        "--kubeconfig",
+        str(kc),
+        "-n",
+        "ns2",
+        "--server",
+        "https://two.invalid",
+        "--token",
+        "flag-token",
+        "--as",
+        "alice",
+        "--as-group",
+        "g1",
+        "--as-group",
+        "g2",
+        "--tls-server-name",
+        "api.two",
+        "p",
+        "80",
+    ]
     cfg = K.load_config(parse_args(argv).config_overrides())
     assert (cfg.server, cfg.namespace, cfg.token) == ("https://two.invalid", "ns2", "flag-token")
     assert (cfg.impersonate, cfg.impersonate_groups, cfg.tls_server_name) == (
-        "alice", ["g1", "g2"], "api.two")
+        "alice",
+        ["g1", "g2"],
+        "api.two",
+    )

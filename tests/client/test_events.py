@@ -49,8 +49,11 @@ def doc_schema() -> dict[str, dict[str, str]]:
     events = {}
     for section in text.split("\n### ")[1:]:
         name, _, body = section.partition("\n")
-        events[name.strip()] = {**every, **({} if name.strip() == "ready" else target),
-                                **fields(body)}
+        events[name.strip()] = {
+            **every,
+            **({} if name.strip() == "ready" else target),
+            **fields(body),
+        }
     return events
 
 
@@ -63,13 +66,26 @@ def check_event(event: dict[str, Any]) -> None:
     spec = SCHEMA_DOC[event["event"]]
     assert sorted(event) == sorted(spec), (event["event"], sorted(event), sorted(spec))
     for name, kind in spec.items():
-        assert any(_TYPES[k](event[name]) for k in kind.split("|")), (event["event"], name, event[name])
+        assert any(_TYPES[k](event[name]) for k in kind.split("|")), (
+            event["event"],
+            name,
+            event[name],
+        )
     assert event["schema"] == SCHEMA
 
 
 def test_schema_doc_covers_every_observer_event() -> None:
-    assert set(SCHEMA_DOC) == {"listening", "ready", "connection_opened", "connection_closed",
-                               "error", "lost", "reconnecting", "reconnected", "pod_changed"}
+    assert set(SCHEMA_DOC) == {
+        "listening",
+        "ready",
+        "connection_opened",
+        "connection_closed",
+        "error",
+        "lost",
+        "reconnecting",
+        "reconnected",
+        "pod_changed",
+    }
     assert SCHEMA_DOC["connection_closed"]["bytes_to_pod"] == "int"
     assert SCHEMA_DOC["error"]["id"] == "int|null"
 
@@ -85,7 +101,13 @@ def test_reconnect_events_match_the_schema() -> None:
     tracker.error("error: lost connection to pod", fatal=True)
     for event in got:
         check_event(event)
-    assert [e["event"] for e in got] == ["lost", "reconnecting", "pod_changed", "reconnected", "error"]
+    assert [e["event"] for e in got] == [
+        "lost",
+        "reconnecting",
+        "pod_changed",
+        "reconnected",
+        "error",
+    ]
     assert got[2]["pod"] == "db-1" and got[2]["old_pod"] == "db-0"
     assert tracker.reconnects == 1 and got[-1]["fatal"] is True and got[-1]["id"] is None
 
@@ -118,7 +140,9 @@ class Run(KubectlPortForward):
             if self.proc.poll() is not None:
                 break
             time.sleep(0.05)
-        raise AssertionError(f"{what}: rc={self.proc.poll()} stdout={self.stdout!r} stderr={self.stderr!r}")
+        raise AssertionError(
+            f"{what}: rc={self.proc.poll()} stdout={self.stdout!r} stderr={self.stderr!r}"
+        )
 
     def interrupt(self) -> int:
         os.kill(self.proc.pid, signal.SIGINT)
@@ -126,7 +150,9 @@ class Run(KubectlPortForward):
 
 
 @pytest.fixture
-def start(serve_factory: Callable[..., ServeInstance], targets: Targets) -> Iterator[Callable[..., Run]]:
+def start(
+    serve_factory: Callable[..., ServeInstance], targets: Targets
+) -> Iterator[Callable[..., Run]]:
     srv = serve_factory(manifest=manifest(targets))
     runs: list[Run] = []
 
@@ -149,12 +175,23 @@ def _wait_file(path: Path, run: Run) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("protocol", ["spdy", "ws-channel"])
-def test_json_events_follow_the_schema(start: Callable[..., Run], targets: Targets, tmp_path: Path,
-                                       protocol: str) -> None:
+def test_json_events_follow_the_schema(
+    start: Callable[..., Run], targets: Targets, tmp_path: Path, protocol: str
+) -> None:
     ready = tmp_path / "ready.json"
     closed = free_port()
-    run = start("-o", "json", "--ready-file", str(ready), "--protocol", protocol, "web-1",
-                f":{targets.echo}", f":{targets.sink}", f"0:{closed}")
+    run = start(
+        "-o",
+        "json",
+        "--ready-file",
+        str(ready),
+        "--protocol",
+        protocol,
+        "web-1",
+        f":{targets.echo}",
+        f":{targets.sink}",
+        f"0:{closed}",
+    )
     doc = _wait_file(ready, run)
     ports = {f["remote_port"]: f["local_port"] for f in doc["forwards"]}
     assert {f["address"] for f in doc["forwards"]} == {"127.0.0.1", "::1"}
@@ -177,8 +214,14 @@ def test_json_events_follow_the_schema(start: Callable[..., Run], targets: Targe
     assert [e["forwards"] for e in events if e["event"] == "ready"] == [doc["forwards"]]
     listening = {(e["address"], e["remote_port"]): e["local_port"] for e in events[:6]}
     assert listening == {(f["address"], f["remote_port"]): f["local_port"] for f in doc["forwards"]}
-    assert all(e["target"] == "web-1" and e["pod"] == "web-1" and e["namespace"] == "default"
-               and e["context"] == "fastpf" for e in events if e["event"] != "ready")
+    assert all(
+        e["target"] == "web-1"
+        and e["pod"] == "web-1"
+        and e["namespace"] == "default"
+        and e["context"] == "fastpf"
+        for e in events
+        if e["event"] != "ready"
+    )
     by_port = {e["remote_port"]: e for e in events if e["event"] == "connection_closed"}
     echo, sink, refused = by_port[targets.echo], by_port[targets.sink], by_port[closed]
     assert (echo["bytes_to_pod"], echo["bytes_from_pod"], echo["error"]) == (1000, 1000, None)
@@ -193,11 +236,20 @@ def test_json_events_follow_the_schema(start: Callable[..., Run], targets: Targe
 
 
 def test_ready_file_replaces_a_stale_one_and_counts_every_listener(
-        start: Callable[..., Run], targets: Targets, tmp_path: Path) -> None:
+    start: Callable[..., Run], targets: Targets, tmp_path: Path
+) -> None:
     ready = tmp_path / "ready.json"
     ready.write_text("stale")
-    run = start("--ready-file", str(ready), "--address", "127.0.0.1", "--stats",
-                "--stats-interval=1h", "web-1", f":{targets.echo}")
+    run = start(
+        "--ready-file",
+        str(ready),
+        "--address",
+        "127.0.0.1",
+        "--stats",
+        "--stats-interval=1h",
+        "web-1",
+        f":{targets.echo}",
+    )
     doc = _wait_file(ready, run)
     assert doc["pid"] == run.proc.pid and len(doc["forwards"]) == 1
     local = doc["forwards"][0]["local_port"]
@@ -220,8 +272,17 @@ def _normalise(lines: list[str], names: dict[int, str]) -> list[str]:
 def test_stats_plain_lines_golden(start: Callable[..., Run], targets: Targets) -> None:
     """Not a terminal: periodic `[stats]` lines, one per port, and `[summary]` lines at exit."""
     closed = free_port()
-    run = start("--stats", "--stats-interval", "100ms", "--address", "127.0.0.1", "web-1",
-                f":{targets.echo}", f":{targets.sink}", f":{closed}")
+    run = start(
+        "--stats",
+        "--stats-interval",
+        "100ms",
+        "--address",
+        "127.0.0.1",
+        "web-1",
+        f":{targets.echo}",
+        f":{targets.sink}",
+        f":{closed}",
+    )
     run.wait_forwarding(3)
     local = {remote: lp for _, lp, remote in run.forwards}
     for _ in range(2):
@@ -233,13 +294,25 @@ def test_stats_plain_lines_golden(start: Callable[..., Run], targets: Targets) -
 
     def settled() -> bool:
         lines = [ln for ln in run.stderr[-3:] if ln.startswith("[stats]")]
-        return len(lines) == 3 and "conns 2" in lines[0] and "conns 1  down 0 B" in lines[2] \
-            and "last error: -" not in lines[2] and "5.0 kB" in lines[1] and "active 0" in lines[1]
+        return (
+            len(lines) == 3
+            and "conns 2" in lines[0]
+            and "conns 1  down 0 B" in lines[2]
+            and "last error: -" not in lines[2]
+            and "5.0 kB" in lines[1]
+            and "active 0" in lines[1]
+        )
 
     run.wait_for(settled, "stats lines with every connection counted")
     assert run.interrupt() == 0
-    names = {targets.echo: "ECHO", targets.sink: "SINK", closed: "CLOSED", local[targets.echo]: "L1",
-             local[targets.sink]: "L2", local[closed]: "L3"}
+    names = {
+        targets.echo: "ECHO",
+        targets.sink: "SINK",
+        closed: "CLOSED",
+        local[targets.echo]: "L1",
+        local[targets.sink]: "L2",
+        local[closed]: "L3",
+    }
     stderr = list(run.stderr)
     assert all(ln.startswith(("[stats] ", "[summary] ", "E")) for ln in stderr), stderr
     stats = [ln for ln in stderr if ln.startswith("[stats]")]
@@ -274,7 +347,7 @@ def test_stats_terminal_redraws_in_place_below_other_lines() -> None:
     first = stream.getvalue()
     assert first.startswith("pod/p 5000->80  active 0  conns 0") and first.count("\n") == 1
     view.refresh()
-    assert stream.getvalue()[len(first):].startswith("\x1b[1F\x1b[J")  # up one line, clear, draw
+    assert stream.getvalue()[len(first) :].startswith("\x1b[1F\x1b[J")  # up one line, clear, draw
     console = Console(io.StringIO(), stream)
     console.live = view
     mark = len(stream.getvalue())
@@ -289,7 +362,12 @@ def test_stats_terminal_redraws_in_place_below_other_lines() -> None:
 
 def test_human_units() -> None:
     assert [human_bytes(n) for n in (0, 999, 1000, 1_234_567, 5e12)] == [
-        "0 B", "999 B", "1.0 kB", "1.2 MB", "5.0 TB"]
+        "0 B",
+        "999 B",
+        "1.0 kB",
+        "1.2 MB",
+        "5.0 TB",
+    ]
     assert [human_duration(s) for s in (0.25, 61, 3723)] == ["0.2s", "1m01s", "1h02m03s"]
 
 
@@ -298,5 +376,8 @@ def test_ready_document_lists_every_listener() -> None:
     tracker.listening("127.0.0.1", 5432, 5432)
     tracker.listening("::1", 5432, 5432)
     doc = ready_document([tracker])
-    assert [(f["address"], f["local_port"]) for f in doc["forwards"]] == [("127.0.0.1", 5432), ("::1", 5432)]
+    assert [(f["address"], f["local_port"]) for f in doc["forwards"]] == [
+        ("127.0.0.1", 5432),
+        ("::1", 5432),
+    ]
     assert doc["forwards"][0]["context"] == "a" and doc["pid"] == os.getpid()

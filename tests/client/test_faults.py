@@ -56,14 +56,39 @@ def _report(name: str, **numbers: float) -> None:
 
 
 @pytest.mark.parametrize("protocol", ["spdy", "websocket", "ws-channel"])
-def test_fault_proxy_never_corrupts(protocol: str, tmp_path: Path, serve: ServeInstance,
-                                    targets: Targets, proxies: Callable[..., FaultProxy],
-                                    fastpf: Callable[..., Fastpf]) -> None:  # noqa: F811
-    proxy = proxies(("127.0.0.1", serve.port), seed=12, delay_max=0.0005, split_max=3,
-                    cut_prob=0.3, cut_bytes=(8 << 10, 2 * MiB), max_cuts=5)
+def test_fault_proxy_never_corrupts(
+    protocol: str,
+    tmp_path: Path,
+    serve: ServeInstance,
+    targets: Targets,
+    proxies: Callable[..., FaultProxy],
+    fastpf: Callable[..., Fastpf],
+) -> None:  # noqa: F811
+    proxy = proxies(
+        ("127.0.0.1", serve.port),
+        seed=12,
+        delay_max=0.0005,
+        split_max=3,
+        cut_prob=0.3,
+        cut_bytes=(8 << 10, 2 * MiB),
+        max_cuts=5,
+    )
     kc = _via(serve.kubeconfig, proxy.port, tmp_path / "kc")
-    pf = fastpf(kc, "--protocol", protocol, "--connections", "2", "--ping-interval", "300ms",
-                "--ping-timeout", "2s", "mypod", f":{targets.source}", f":{targets.sink}", wait=2)
+    pf = fastpf(
+        kc,
+        "--protocol",
+        protocol,
+        "--connections",
+        "2",
+        "--ping-interval",
+        "300ms",
+        "--ping-timeout",
+        "2s",
+        "mypod",
+        f":{targets.source}",
+        f":{targets.sink}",
+        wait=2,
+    )
     src, sink = pf.local_port(targets.source), pf.local_port(targets.sink)
     outcomes: list[str] = []
     lock = threading.Lock()
@@ -103,9 +128,14 @@ def test_fault_proxy_never_corrupts(protocol: str, tmp_path: Path, serve: ServeI
     proxy.cut_all()
     cut = time.monotonic()
     recover = time_until(lambda: Download(src, 4 * MiB, timeout=10).run() == "complete", 20)
-    _report(f"fault proxy ({protocol})", cuts=proxy.stats.cuts,
-            completed=outcomes.count("complete"), closed=24 - outcomes.count("complete"),
-            clean_transfer_after_last_cut_s=time.monotonic() - cut, time_until=recover)
+    _report(
+        f"fault proxy ({protocol})",
+        cuts=proxy.stats.cuts,
+        completed=outcomes.count("complete"),
+        closed=24 - outcomes.count("complete"),
+        clean_transfer_after_last_cut_s=time.monotonic() - cut,
+        time_until=recover,
+    )
     assert pf.proc.poll() is None
     assert pf.interrupt() == 0
     assert "Traceback" not in pf.output()
@@ -139,6 +169,7 @@ def test_checked_download_sees_a_flipped_byte() -> None:
 
 
 # ---- hostile server bytes after the upgrade ---------------------------------------------------
+
 
 def _ctrl(ftype: int, flags: int, payload: bytes, version: int = 3) -> bytes:
     return struct.pack(">HHI", 0x8000 | version, ftype, (flags << 24) | len(payload)) + payload
@@ -191,10 +222,14 @@ def _goaway_statuses(data: bytes) -> list[int]:
 
 
 @pytest.mark.parametrize("protocol", ["spdy", "websocket"])
-def test_hostile_bytes_after_upgrade(protocol: str, tmp_path: Path,
-                                     serve_factory: Callable[..., ServeInstance],
-                                     targets: Targets, proxies: Callable[..., FaultProxy],
-                                     fastpf: Callable[..., Fastpf]) -> None:  # noqa: F811
+def test_hostile_bytes_after_upgrade(
+    protocol: str,
+    tmp_path: Path,
+    serve_factory: Callable[..., ServeInstance],
+    targets: Targets,
+    proxies: Callable[..., FaultProxy],
+    fastpf: Callable[..., Fastpf],
+) -> None:  # noqa: F811
     srv = serve_factory(tls=False)  # plain http: the proxy sees the 101 and injects after it
     rng = random.Random(7)
     count = 10
@@ -209,8 +244,20 @@ def test_hostile_bytes_after_upgrade(protocol: str, tmp_path: Path,
 
     proxy = proxies(("127.0.0.1", srv.port), inject=inject)
     kc = _via(srv.kubeconfig, proxy.port, tmp_path / "kc", scheme="http")
-    pf = fastpf(kc, "--protocol", protocol, "--connections", "1", "--ping-interval", "200ms",
-                "--ping-timeout", "1s", "mypod", f":{targets.echo}", wait=1)
+    pf = fastpf(
+        kc,
+        "--protocol",
+        protocol,
+        "--connections",
+        "1",
+        "--ping-interval",
+        "200ms",
+        "--ping-timeout",
+        "1s",
+        "mypod",
+        f":{targets.echo}",
+        wait=1,
+    )
     echo = pf.local_port(targets.echo)
     recover = time_until(lambda: echo_once(echo, b"clean", timeout=3) == b"clean", 40)
     assert proxy.stats.injected == count
@@ -223,12 +270,12 @@ def test_hostile_bytes_after_upgrade(protocol: str, tmp_path: Path,
         assert 1 in statuses, statuses  # GOAWAY(PROTOCOL_ERROR)
     else:
         assert 1002 in codes, codes  # WebSocket close: protocol error
-    _report(f"hostile bytes ({protocol}, {count} injected connections)",
-            first_clean_echo_s=recover)
+    _report(f"hostile bytes ({protocol}, {count} injected connections)", first_clean_echo_s=recover)
     assert pf.interrupt() == 0
 
 
 # ---- secrets ---------------------------------------------------------------------------------
+
 
 def _client_cert() -> tuple[bytes, bytes]:
     from cryptography import x509
@@ -239,27 +286,41 @@ def _client_cert() -> tuple[bytes, bytes]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fastpf-test-user")])
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
-    return (cert.public_bytes(serialization.Encoding.PEM),
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                              serialization.NoEncryption()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return (
+        cert.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
 
 
 @pytest.mark.parametrize("verbosity", ["0", "10"])
 @pytest.mark.parametrize("cred", ["token", "exec"])
-def test_secrets_never_printed(verbosity: str, cred: str, tmp_path: Path, targets: Targets,
-                               fastpf: Callable[..., Fastpf]) -> None:  # noqa: F811
+def test_secrets_never_printed(
+    verbosity: str, cred: str, tmp_path: Path, targets: Targets, fastpf: Callable[..., Fastpf]
+) -> None:  # noqa: F811
     """Through a reconnect with 401s (serve back with another token first), nothing secret
     reaches stdout or stderr: not the token, not the client key, not the exec credential."""
     srv = RestartableServe(tmp_path / "srv")
     try:
         cert, key = _client_cert()
         cfg = yaml.safe_load(srv.kubeconfig.read_text())
-        user: dict[str, Any] = {"client-certificate-data": base64.b64encode(cert).decode(),
-                                "client-key-data": base64.b64encode(key).decode()}
+        user: dict[str, Any] = {
+            "client-certificate-data": base64.b64encode(cert).decode(),
+            "client-key-data": base64.b64encode(key).decode(),
+        }
         if cred == "token":
             user["token"] = TOKEN
         else:
@@ -270,13 +331,15 @@ print(json.dumps({{"apiVersion": "client.authentication.k8s.io/v1", "kind": "Exe
                    "status": {{"token": {TOKEN!r}}}}}))
 """)
             plugin.chmod(0o755)
-            user["exec"] = {"apiVersion": "client.authentication.k8s.io/v1",
-                            "interactiveMode": "Never", "command": str(plugin)}
+            user["exec"] = {
+                "apiVersion": "client.authentication.k8s.io/v1",
+                "interactiveMode": "Never",
+                "command": str(plugin),
+            }
         cfg["users"][0]["user"] = user
         kc = tmp_path / "kc"
         kc.write_text(yaml.safe_dump(cfg))
-        pf = fastpf(kc, "-v", verbosity, "--protocol", "spdy", "mypod", f":{targets.echo}",
-                    wait=1)
+        pf = fastpf(kc, "-v", verbosity, "--protocol", "spdy", "mypod", f":{targets.echo}", wait=1)
         echo = pf.local_port(targets.echo)
         assert echo_once(echo, b"a") == b"a"
         srv.kill(signal.SIGKILL)

@@ -58,27 +58,47 @@ async def _many_downloads(port: int, n: int, size: int) -> list[str]:
 
 @pytest.mark.parametrize("protocol", ["spdy"])
 def test_thousand_concurrent_downloads_over_the_pool(
-        protocol: str, serve: ServeInstance, targets: Targets,
-        fastpf: Callable[..., Fastpf]) -> None:  # noqa: F811
-    pf = fastpf(serve.kubeconfig, "-q", "--protocol", protocol, "--connections", "4", "mypod",
-                f":{targets.source}", wait=1)
+    protocol: str, serve: ServeInstance, targets: Targets, fastpf: Callable[..., Fastpf]
+) -> None:  # noqa: F811
+    pf = fastpf(
+        serve.kubeconfig,
+        "-q",
+        "--protocol",
+        protocol,
+        "--connections",
+        "4",
+        "mypod",
+        f":{targets.source}",
+        wait=1,
+    )
     start = time.monotonic()
     results = asyncio.run(_many_downloads(pf.local_port(targets.source), 1000, MiB))
     took = time.monotonic() - start
     bad = [r for r in results if r != "ok"]
     assert not bad, bad[:5]
-    print(f"\n[pool] 1000 x 1 MiB ({protocol}, 4 connections): {took:.2f}s, "
-          f"{1000 / took:.0f} MiB/s", file=sys.stderr)
+    print(
+        f"\n[pool] 1000 x 1 MiB ({protocol}, 4 connections): {took:.2f}s, {1000 / took:.0f} MiB/s",
+        file=sys.stderr,
+    )
     assert pf.proc.poll() is None
     assert pf.interrupt() == 0
     assert not [ln for ln in pf.stderr if "error" in ln.lower()], pf.stderr
 
 
 @pytest.mark.parametrize("mode", ["stalled", "never-reads"])
-def test_stalled_reader_keeps_memory_bounded(mode: str, serve: ServeInstance, targets: Targets,
-                                             fastpf: Callable[..., Fastpf]) -> None:  # noqa: F811
-    pf = fastpf(serve.kubeconfig, "--protocol", "spdy", "--connections", "2", "mypod",
-                f":{targets.source}", wait=1)
+def test_stalled_reader_keeps_memory_bounded(
+    mode: str, serve: ServeInstance, targets: Targets, fastpf: Callable[..., Fastpf]
+) -> None:  # noqa: F811
+    pf = fastpf(
+        serve.kubeconfig,
+        "--protocol",
+        "spdy",
+        "--connections",
+        "2",
+        "mypod",
+        f":{targets.source}",
+        wait=1,
+    )
     src = pf.local_port(targets.source)
     assert Download(src, 8 * MiB).run() == "complete"  # warm up both sides
     base_client, base_serve = rss_kib(pf.proc.pid), rss_kib(serve.process.pid)
@@ -109,9 +129,12 @@ def test_stalled_reader_keeps_memory_bounded(mode: str, serve: ServeInstance, ta
     oth.join(30)
     growth_client = (peak_client - base_client) / 1024
     growth_serve = (peak_serve - base_serve) / 1024
-    print(f"\n[pool] {mode} reader 10s: RSS growth client {growth_client:.1f} MiB, serve "
-          f"{growth_serve:.1f} MiB (bound {STALL_RSS_BOUND_MIB} MiB); other download during "
-          f"the stall: {other.outcome}", file=sys.stderr)
+    print(
+        f"\n[pool] {mode} reader 10s: RSS growth client {growth_client:.1f} MiB, serve "
+        f"{growth_serve:.1f} MiB (bound {STALL_RSS_BOUND_MIB} MiB); other download during "
+        f"the stall: {other.outcome}",
+        file=sys.stderr,
+    )
     assert other_done, other.outcome  # the pool isolates the stalled reader
     assert growth_client < STALL_RSS_BOUND_MIB
     assert growth_serve < STALL_RSS_BOUND_MIB
@@ -124,9 +147,9 @@ def test_stalled_reader_keeps_memory_bounded(mode: str, serve: ServeInstance, ta
     assert pf.interrupt() == 0
 
 
-def test_one_lost_connection_spares_the_others(tmp_path: Path, serve: ServeInstance,
-                                               targets: Targets,
-                                               fastpf: Callable[..., Fastpf]) -> None:  # noqa: F811
+def test_one_lost_connection_spares_the_others(
+    tmp_path: Path, serve: ServeInstance, targets: Targets, fastpf: Callable[..., Fastpf]
+) -> None:  # noqa: F811
     """Transfers on the other connections of the pool go on when one is cut."""
     proxy = FaultProxy(("127.0.0.1", serve.port))
     try:
@@ -134,12 +157,23 @@ def test_one_lost_connection_spares_the_others(tmp_path: Path, serve: ServeInsta
         cfg["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
         kc = tmp_path / "kc"
         kc.write_text(yaml.safe_dump(cfg))
-        pf = fastpf(kc, "-v", "4", "--protocol", "spdy", "--connections", "4", "mypod",
-                    f":{targets.source}", wait=1)
+        pf = fastpf(
+            kc,
+            "-v",
+            "4",
+            "--protocol",
+            "spdy",
+            "--connections",
+            "4",
+            "mypod",
+            f":{targets.source}",
+            wait=1,
+        )
         src = pf.local_port(targets.source)
         time_until(lambda: sum("] upgraded /api" in ln for ln in list(pf.stderr)) >= 4, 10)
-        dls = [Download(src, 256 * MiB, timeout=60, pause_after=4 * MiB, pause=1.0)
-               for _ in range(4)]
+        dls = [
+            Download(src, 256 * MiB, timeout=60, pause_after=4 * MiB, pause=1.0) for _ in range(4)
+        ]
         threads = [threading.Thread(target=d.run, daemon=True) for d in dls]
         for t in threads:
             t.start()

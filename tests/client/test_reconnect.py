@@ -54,11 +54,21 @@ def _echo_ok(port: int, payload: bytes = b"alive", timeout: float = 3.0) -> bool
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_serve_killed_midtransfer_and_restarted(
-        protocol: str, restartable: Callable[..., RestartableServe], targets: Targets,
-        fastpf: Callable[..., Fastpf]) -> None:  # noqa: F811
+    protocol: str,
+    restartable: Callable[..., RestartableServe],
+    targets: Targets,
+    fastpf: Callable[..., Fastpf],
+) -> None:  # noqa: F811
     srv = restartable()
-    pf = fastpf(srv.kubeconfig, "--protocol", protocol, "mypod", f":{targets.source}",
-                f":{targets.echo}", wait=2)
+    pf = fastpf(
+        srv.kubeconfig,
+        "--protocol",
+        protocol,
+        "mypod",
+        f":{targets.source}",
+        f":{targets.echo}",
+        wait=2,
+    )
     src, echo = pf.local_port(targets.source), pf.local_port(targets.echo)
     assert _echo_ok(echo)
     # A transfer in flight when serve dies: every byte it got is right, and it ends with a
@@ -87,9 +97,12 @@ def test_serve_killed_midtransfer_and_restarted(
     recover = time_until(_echo_ok_fn(echo), 10)
     waiter.join(30)
     assert waiting.get("reply") == b"waited", waiting
-    _report(f"serve SIGKILL + restart ({protocol})", new_connection_after_restart=recover,
-            waiting_connection_after_restart=waiting["at"] - restarted,
-            restart_after_kill=restarted - killed)
+    _report(
+        f"serve SIGKILL + restart ({protocol})",
+        new_connection_after_restart=recover,
+        waiting_connection_after_restart=waiting["at"] - restarted,
+        restart_after_kill=restarted - killed,
+    )
     assert recover < 2.0
     assert pf.proc.poll() is None
     assert pf.interrupt() == 0
@@ -105,10 +118,11 @@ def _echo_ok_fn(port: int) -> Callable[[], bool]:
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_serve_frozen_longer_than_ping_timeout(
-        protocol: str, serve: ServeInstance, targets: Targets,
-        fastpf: Callable[..., Fastpf]) -> None:  # noqa: F811
-    pf = fastpf(serve.kubeconfig, "--protocol", protocol, *FAST_PINGS, "mypod",
-                f":{targets.echo}", wait=1)
+    protocol: str, serve: ServeInstance, targets: Targets, fastpf: Callable[..., Fastpf]
+) -> None:  # noqa: F811
+    pf = fastpf(
+        serve.kubeconfig, "--protocol", protocol, *FAST_PINGS, "mypod", f":{targets.echo}", wait=1
+    )
     echo = pf.local_port(targets.echo)
     assert _echo_ok(echo)
     held = socket.create_connection(("127.0.0.1", echo), timeout=20)
@@ -123,7 +137,9 @@ def test_serve_frozen_longer_than_ping_timeout(
                 held.settimeout(15)
                 held.recv(1)
             detected = time.monotonic() - stopped
-            needle = "no reply to WebSocket ping" if protocol == "ws-channel" else "no reply to PING"
+            needle = (
+                "no reply to WebSocket ping" if protocol == "ws-channel" else "no reply to PING"
+            )
             wait_line(pf, needle, 5)
             time.sleep(max(0.0, 4.0 - (time.monotonic() - stopped)))
         finally:
@@ -132,34 +148,48 @@ def test_serve_frozen_longer_than_ping_timeout(
         recover = time_until(_echo_ok_fn(echo), 15)
     finally:
         held.close()
-    _report(f"serve SIGSTOP 4s ({protocol}, ping 300ms / timeout 2s)", detected=detected,
-            new_connection_after_sigcont=recover, frozen=resumed - stopped)
+    _report(
+        f"serve SIGSTOP 4s ({protocol}, ping 300ms / timeout 2s)",
+        detected=detected,
+        new_connection_after_sigcont=recover,
+        frozen=resumed - stopped,
+    )
     assert detected < 2.0 + 0.3 + 0.5  # timeout + one check period + scheduling slack
     assert pf.proc.poll() is None
     assert pf.interrupt() == 0
     assert "Traceback" not in "\n".join(pf.stderr)
 
 
-def test_gives_up_after_pod_running_timeout(restartable: Callable[..., RestartableServe],
-                                            targets: Targets,
-                                            fastpf: Callable[..., Fastpf]) -> None:  # noqa: F811
+def test_gives_up_after_pod_running_timeout(
+    restartable: Callable[..., RestartableServe], targets: Targets, fastpf: Callable[..., Fastpf]
+) -> None:  # noqa: F811
     srv = restartable()
-    pf = fastpf(srv.kubeconfig, "--protocol", "spdy", "--pod-running-timeout", "2s", "mypod",
-                f":{targets.echo}", wait=1)
+    pf = fastpf(
+        srv.kubeconfig,
+        "--protocol",
+        "spdy",
+        "--pod-running-timeout",
+        "2s",
+        "mypod",
+        f":{targets.echo}",
+        wait=1,
+    )
     srv.kill(signal.SIGKILL)
     killed = time.monotonic()
     assert pf.wait_exit(20) == 1
     took = time.monotonic() - killed
     last = pf.stderr[-1]
-    assert last.startswith("error: lost connection to pod mypod and could not reconnect within "
-                           "2s (--pod-running-timeout): "), pf.stderr
+    assert last.startswith(
+        "error: lost connection to pod mypod and could not reconnect within "
+        "2s (--pod-running-timeout): "
+    ), pf.stderr
     assert "refused" in last
     _report("give up (serve gone, --pod-running-timeout 2s)", exit_after_kill=took)
 
 
-def test_interrupt_while_reconnecting(restartable: Callable[..., RestartableServe],
-                                     targets: Targets,
-                                     fastpf: Callable[..., Fastpf]) -> None:  # noqa: F811
+def test_interrupt_while_reconnecting(
+    restartable: Callable[..., RestartableServe], targets: Targets, fastpf: Callable[..., Fastpf]
+) -> None:  # noqa: F811
     """SIGINT during an outage ends fastpf at once with exit 0, like any SIGINT; a local
     connection waiting for the reconnect is closed."""
     srv = restartable()
@@ -185,55 +215,87 @@ def test_interrupt_while_reconnecting(restartable: Callable[..., RestartableServ
 
 
 def test_pod_not_running_after_restart_gives_up(
-        restartable: Callable[..., RestartableServe], targets: Targets,
-        fastpf: Callable[..., Fastpf]) -> None:  # noqa: F811
+    restartable: Callable[..., RestartableServe], targets: Targets, fastpf: Callable[..., Fastpf]
+) -> None:  # noqa: F811
     running = _pods_manifest([("web-1", "127.0.0.1", targets, None)])
     pending = _pods_manifest([("web-1", "127.0.0.1", targets, "Pending")])
     srv = restartable(manifest=running)
-    pf = fastpf(srv.kubeconfig, "--pod-running-timeout", "3s", "pod/web-1", f":{targets.echo}",
-                wait=1)
+    pf = fastpf(
+        srv.kubeconfig, "--pod-running-timeout", "3s", "pod/web-1", f":{targets.echo}", wait=1
+    )
     srv.kill(signal.SIGKILL)
     srv.restart(manifest=pending)
     assert pf.wait_exit(20) == 1
-    assert pf.stderr[-1].endswith("unable to forward port because pod is not running. "
-                                  "Current status=Pending"), pf.stderr
+    assert pf.stderr[-1].endswith(
+        "unable to forward port because pod is not running. Current status=Pending"
+    ), pf.stderr
 
 
-def test_reconnect_false_exits_like_kubectl(serve: ServeInstance, targets: Targets,
-                                            fastpf: Callable[..., Fastpf]) -> None:  # noqa: F811
-    pf = fastpf(serve.kubeconfig, "--reconnect=false", "--protocol", "websocket", "mypod",
-                f":{targets.echo}", wait=1)
+def test_reconnect_false_exits_like_kubectl(
+    serve: ServeInstance, targets: Targets, fastpf: Callable[..., Fastpf]
+) -> None:  # noqa: F811
+    pf = fastpf(
+        serve.kubeconfig,
+        "--reconnect=false",
+        "--protocol",
+        "websocket",
+        "mypod",
+        f":{targets.echo}",
+        wait=1,
+    )
     serve.stop(signal.SIGKILL)
     assert pf.wait_exit(20) == 1
     assert pf.stderr == ["error: lost connection to pod"]
 
 
-def _pods_manifest(pods: list[tuple[str, str, Targets, str | None]],
-                   service: bool = True) -> str:
+def _pods_manifest(pods: list[tuple[str, str, Targets, str | None]], service: bool = True) -> str:
     docs: list[dict[str, Any]] = []
     for name, address, t, phase in pods:
         doc: dict[str, Any] = {
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "labels": {"app": "web"},
-                         "annotations": {"fastpf.io/address": address}},
-            "spec": {"containers": [{"name": "c", "ports": [
-                {"name": "echo", "containerPort": t.echo},
-                {"name": "source", "containerPort": t.source}]}]}}
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "labels": {"app": "web"},
+                "annotations": {"fastpf.io/address": address},
+            },
+            "spec": {
+                "containers": [
+                    {
+                        "name": "c",
+                        "ports": [
+                            {"name": "echo", "containerPort": t.echo},
+                            {"name": "source", "containerPort": t.source},
+                        ],
+                    }
+                ]
+            },
+        }
         if phase:
             doc["status"] = {"phase": phase}
         docs.append(doc)
     if service:
-        docs.append({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
-                     "spec": {"selector": {"app": "web"}, "ports": [
-                         {"name": "http", "port": 80, "targetPort": "echo"}]}})
+        docs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "web"},
+                "spec": {
+                    "selector": {"app": "web"},
+                    "ports": [{"name": "http", "port": 80, "targetPort": "echo"}],
+                },
+            }
+        )
     return yaml.safe_dump_all(docs)
 
 
 @pytest.mark.parametrize("protocol", ["spdy", "ws-channel"])
 def test_service_pod_replaced_across_restart(
-        protocol: str, restartable: Callable[..., RestartableServe],
-        targets_factory: Callable[[str], Targets],
-        fastpf: Callable[..., Fastpf]) -> None:  # noqa: F811
+    protocol: str,
+    restartable: Callable[..., RestartableServe],
+    targets_factory: Callable[[str], Targets],
+    fastpf: Callable[..., Fastpf],
+) -> None:  # noqa: F811
     """svc/web's pod web-1 is gone after the restart and web-2 (another address, another
     container port behind the same named targetPort) serves: new connections reach web-2."""
     t1 = targets_factory("127.0.0.1")
@@ -246,8 +308,11 @@ def test_service_pod_replaced_across_restart(
     srv.kill(signal.SIGKILL)
     restarted = srv.restart(manifest=_pods_manifest([("web-2", "127.0.0.2", t2, None)]))
     recover = time_until(_echo_ok_fn(local), 10)
-    _report(f"svc pod replaced across restart ({protocol})", new_pod_reached=recover,
-            since_restart=time.monotonic() - restarted)
+    _report(
+        f"svc pod replaced across restart ({protocol})",
+        new_pod_reached=recover,
+        since_restart=time.monotonic() - restarted,
+    )
     assert t2.connections >= 1 and t1.connections == before
     assert pf.proc.poll() is None
     assert pf.interrupt() == 0
@@ -258,8 +323,11 @@ def test_service_pod_replaced_across_restart(
 def _exec_token_plugin(tmp: Path, token_file: Path, lifetime: float | None) -> str:
     script = tmp / "plugin.py"
     runs = tmp / "runs"
-    expiry = (f"time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(time.time() + {lifetime}))"
-              if lifetime is not None else "'2999-01-01T00:00:00Z'")
+    expiry = (
+        f"time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(time.time() + {lifetime}))"
+        if lifetime is not None
+        else "'2999-01-01T00:00:00Z'"
+    )
     script.write_text(f"""#!{sys.executable}
 import json, os, time
 runs = {str(runs)!r}
@@ -274,10 +342,13 @@ print(json.dumps({{"apiVersion": "client.authentication.k8s.io/v1", "kind": "Exe
 
 
 @pytest.mark.parametrize("how", ["token-file", "exec", "exec-expiring", "kubeconfig-token"])
-def test_credentials_reread_on_reconnect(how: str, tmp_path: Path,
-                                         restartable: Callable[..., RestartableServe],
-                                         targets: Targets,
-                                         fastpf: Callable[..., Fastpf]) -> None:  # noqa: F811
+def test_credentials_reread_on_reconnect(
+    how: str,
+    tmp_path: Path,
+    restartable: Callable[..., RestartableServe],
+    targets: Targets,
+    fastpf: Callable[..., Fastpf],
+) -> None:  # noqa: F811
     """Serve comes back with another token; the rotated credential is picked up (a 401 drops
     the cached one), no crash loop, forwarding resumes."""
     srv = restartable()
@@ -289,10 +360,15 @@ def test_credentials_reread_on_reconnect(how: str, tmp_path: Path,
     elif how == "kubeconfig-token":
         cfg["users"][0]["user"] = {"token": TOKEN}
     else:
-        cfg["users"][0]["user"] = {"exec": {
-            "apiVersion": "client.authentication.k8s.io/v1", "interactiveMode": "Never",
-            "command": _exec_token_plugin(tmp_path, token_file,
-                                          2.0 if how == "exec-expiring" else None)}}
+        cfg["users"][0]["user"] = {
+            "exec": {
+                "apiVersion": "client.authentication.k8s.io/v1",
+                "interactiveMode": "Never",
+                "command": _exec_token_plugin(
+                    tmp_path, token_file, 2.0 if how == "exec-expiring" else None
+                ),
+            }
+        }
     kc = tmp_path / "kc"
     kc.write_text(yaml.safe_dump(cfg))
     pf = fastpf(kc, "--protocol", "spdy", "mypod", f":{targets.echo}", wait=1)
@@ -307,8 +383,11 @@ def test_credentials_reread_on_reconnect(how: str, tmp_path: Path,
         time.sleep(2.2)  # the cached credential expires meanwhile
     restarted = srv.restart(token="rotated-token-77aa")
     recover = time_until(_echo_ok_fn(echo), 15)
-    _report(f"credentials rotated ({how})", new_connection_after_restart=recover,
-            since_restart=time.monotonic() - restarted)
+    _report(
+        f"credentials rotated ({how})",
+        new_connection_after_restart=recover,
+        since_restart=time.monotonic() - restarted,
+    )
     assert pf.proc.poll() is None
     assert pf.interrupt() == 0
     if how.startswith("exec"):
@@ -316,8 +395,9 @@ def test_credentials_reread_on_reconnect(how: str, tmp_path: Path,
         assert 2 <= runs <= 4, runs  # re-run for the new token, not in a loop
 
 
-def test_library_api_reconnects(restartable: Callable[..., RestartableServe],
-                                targets: Targets) -> None:
+def test_library_api_reconnects(
+    restartable: Callable[..., RestartableServe], targets: Targets
+) -> None:
     """The library's forward() keeps its ports across a restart too."""
     import asyncio
 
@@ -327,8 +407,13 @@ def test_library_api_reconnects(restartable: Callable[..., RestartableServe],
     srv = restartable()
 
     async def go() -> tuple[bytes, bytes]:
-        async with forward("mypod", [f":{targets.echo}"], kubeconfig=str(srv.kubeconfig),
-                           protocol="spdy", connections=2) as fwd:
+        async with forward(
+            "mypod",
+            [f":{targets.echo}"],
+            kubeconfig=str(srv.kubeconfig),
+            protocol="spdy",
+            connections=2,
+        ) as fwd:
             (port,) = fwd.bound_ports
 
             async def echo(payload: bytes) -> bytes:
@@ -347,8 +432,9 @@ def test_library_api_reconnects(restartable: Callable[..., RestartableServe],
     assert run(go()) == (b"one", b"two")
 
 
-def test_observer_hooks_see_reconnect_events(restartable: Callable[..., RestartableServe],
-                                             targets: Targets) -> None:
+def test_observer_hooks_see_reconnect_events(
+    restartable: Callable[..., RestartableServe], targets: Targets
+) -> None:
     """Forwarder.observer (e.g. --stats / JSON events) gets every reconnect event, besides
     the console's lines."""
     import asyncio
@@ -375,8 +461,13 @@ def test_observer_hooks_see_reconnect_events(restartable: Callable[..., Restarta
     err = io.StringIO()
 
     async def go() -> None:
-        opts = Options(target="mypod", ports=[f":{targets.echo}"],
-                       kubeconfig=str(srv.kubeconfig), protocol="spdy", connections=1)
+        opts = Options(
+            target="mypod",
+            ports=[f":{targets.echo}"],
+            kubeconfig=str(srv.kubeconfig),
+            protocol="spdy",
+            connections=1,
+        )
         fwd = await prepare(opts.forward_spec(), Console(io.StringIO(), err))
         fwd.observer = Recorder()
         await fwd.start()
@@ -400,24 +491,46 @@ def test_observer_hooks_see_reconnect_events(restartable: Callable[..., Restarta
 
 # ---- pods that move under a running forward (serve's pod admin verbs) -------------------------
 
+
 def _pod_doc(name: str, address: str, t: Targets) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": "default", "labels": {"app": "web"},
-                         "annotations": {"fastpf.io/address": address}},
-            "spec": {"containers": [{"name": "c", "ports": [
-                {"name": "echo", "containerPort": t.echo},
-                {"name": "source", "containerPort": t.source}]}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": "default",
+            "labels": {"app": "web"},
+            "annotations": {"fastpf.io/address": address},
+        },
+        "spec": {
+            "containers": [
+                {
+                    "name": "c",
+                    "ports": [
+                        {"name": "echo", "containerPort": t.echo},
+                        {"name": "source", "containerPort": t.source},
+                    ],
+                }
+            ]
+        },
+    }
 
 
-def _admin(srv: ServeInstance, method: str, path: str, body: Any = None,
-           content_type: str = "application/json") -> tuple[int, bytes]:
+def _admin(
+    srv: ServeInstance,
+    method: str,
+    path: str,
+    body: Any = None,
+    content_type: str = "application/json",
+) -> tuple[int, bytes]:
     import json as _json
 
     conn = srv.connection()
     try:
         headers = {"Authorization": f"Bearer {srv.token}", "Content-Type": content_type}
-        conn.request(method, path, body=_json.dumps(body) if body is not None else None,
-                     headers=headers)
+        conn.request(
+            method, path, body=_json.dumps(body) if body is not None else None, headers=headers
+        )
         resp = conn.getresponse()
         return resp.status, resp.read()
     finally:
@@ -429,10 +542,13 @@ PODS = "/api/v1/namespaces/default/pods"
 
 @pytest.mark.parametrize("how", ["deleted", "failed"])
 @pytest.mark.parametrize("protocol", ["spdy", "ws-channel"])
-def test_pod_behind_service_moves(how: str, protocol: str,
-                                  serve_factory: Callable[..., ServeInstance],
-                                  targets_factory: Callable[[str], Targets],
-                                  fastpf: Callable[..., Fastpf]) -> None:  # noqa: F811
+def test_pod_behind_service_moves(
+    how: str,
+    protocol: str,
+    serve_factory: Callable[..., ServeInstance],
+    targets_factory: Callable[[str], Targets],
+    fastpf: Callable[..., Fastpf],
+) -> None:  # noqa: F811
     """svc/web's pod web-1 is deleted (or leaves Running) while serve runs and web-2 appears:
     new connections reach web-2; with `failed` the established connection to web-1 (whose pod
     still exists) keeps going; nothing is corrupted."""
@@ -453,8 +569,16 @@ def test_pod_behind_service_moves(how: str, protocol: str,
         if how == "deleted":
             assert _admin(srv, "DELETE", f"{PODS}/web-1")[0] in (200, 202)
         else:
-            assert _admin(srv, "PATCH", f"{PODS}/web-1/status", {"status": {"phase": "Failed"}},
-                          "application/merge-patch+json")[0] == 200
+            assert (
+                _admin(
+                    srv,
+                    "PATCH",
+                    f"{PODS}/web-1/status",
+                    {"status": {"phase": "Failed"}},
+                    "application/merge-patch+json",
+                )[0]
+                == 200
+            )
         before = t2.connections
         recover = time_until(lambda: _echo_ok(local) and t2.connections > before, 15)
         if how == "failed":  # its pod still exists: the established connection goes on
@@ -462,8 +586,11 @@ def test_pod_behind_service_moves(how: str, protocol: str,
             assert held.recv(5) == b"still"
     finally:
         held.close()
-    _report(f"pod behind svc {how} while serving ({protocol})",
-            new_connections_reach_new_pod=recover, since_move=time.monotonic() - moved)
+    _report(
+        f"pod behind svc {how} while serving ({protocol})",
+        new_connections_reach_new_pod=recover,
+        since_move=time.monotonic() - moved,
+    )
     assert pf.proc.poll() is None
     assert pf.interrupt() == 0
     err = "\n".join(pf.stderr)

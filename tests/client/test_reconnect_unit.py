@@ -53,8 +53,9 @@ def test_console_lines_are_klog_and_throttled() -> None:
     obs.pod_changed("web-1", "web-2", "was deleted")
     lines = _lines(err)
     assert all(re.match(r"^[WI]\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ fastpf\] ", ln) for ln in lines)
-    assert lines[0].endswith("lost connection to pod web-1 (2 of 4 connections): connection "
-                             "reset by peer; reconnecting")
+    assert lines[0].endswith(
+        "lost connection to pod web-1 (2 of 4 connections): connection reset by peer; reconnecting"
+    )
     attempts = [int(m.group(1)) for ln in lines if (m := re.search(r"\(attempt (\d+)\)", ln))]
     assert attempts == [2, 4, 8]  # the reason changed at 2, then powers of two
     assert "reconnecting in 500ms (attempt 2): connection refused" in lines[1]
@@ -355,8 +356,13 @@ class World:
         return self.endpoint
 
     def pool(self, rec: Recorder, **kw: Any) -> SessionPool:
-        args: dict[str, Any] = {"size": 3, "opener": self.opener, "resolver": self.resolver,
-                                "observer": rec, "backoff": Backoff(initial=0.001, cap=0.002)}
+        args: dict[str, Any] = {
+            "size": 3,
+            "opener": self.opener,
+            "resolver": self.resolver,
+            "observer": rec,
+            "backoff": Backoff(initial=0.001, cap=0.002),
+        }
         args.update(kw)
         return SessionPool(**args)
 
@@ -432,8 +438,10 @@ def test_pool_gives_up_after_the_deadline() -> None:
         world.up = False
         world.conns[0].lose()
         msg = await asyncio.wait_for(pool.fatal, 10)
-        assert msg.startswith("lost connection to pod web-1 and could not reconnect within 50ms "
-                              "(--pod-running-timeout): ")
+        assert msg.startswith(
+            "lost connection to pod web-1 and could not reconnect within 50ms "
+            "(--pod-running-timeout): "
+        )
         assert "refused" in msg
         with pytest.raises(PoolUnavailable):
             await pool.acquire(1)
@@ -485,14 +493,20 @@ def test_pool_without_resolver_keeps_its_endpoint() -> None:
 # ---- pod watcher, pod selection ------------------------------------------------------------------
 
 
-def _pod(name: str, phase: str = "Running", deleting: bool = False, ready: bool = True
-         ) -> dict[str, Any]:
+def _pod(
+    name: str, phase: str = "Running", deleting: bool = False, ready: bool = True
+) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name}
     if deleting:
         meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
-    return {"metadata": meta, "spec": {"nodeName": "n"},
-            "status": {"phase": phase, "conditions": [
-                {"type": "Ready", "status": "True" if ready else "False"}]}}
+    return {
+        "metadata": meta,
+        "spec": {"nodeName": "n"},
+        "status": {
+            "phase": phase,
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
 
 
 def test_gone_reason() -> None:
@@ -518,10 +532,14 @@ class FakeApi:
 
 def test_pod_watcher_reports_gone_pods() -> None:
     base = "/api/v1/namespaces/ns/pods/"
-    api = FakeApi({base + "gone": ApiError('pods "gone" not found', status=404),
-                   base + "failed": _pod("failed", "Failed"),
-                   base + "ok": _pod("ok"),
-                   base + "flaky": ApiError("boom", status=500)})
+    api = FakeApi(
+        {
+            base + "gone": ApiError('pods "gone" not found', status=404),
+            base + "failed": _pod("failed", "Failed"),
+            base + "ok": _pod("ok"),
+            base + "flaky": ApiError("boom", status=500),
+        }
+    )
     seen: list[tuple[str, str]] = []
 
     async def body() -> None:
@@ -554,13 +572,25 @@ def test_running_only_selection_prefers_the_current_pod() -> None:
 def test_reconnect_flags() -> None:
     o = parse_args(["pod/x", "80"])
     assert (o.reconnect, o.ping_interval, o.ping_timeout, o.connections) == (True, 5.0, 30.0, 4)
-    o = parse_args(["--reconnect=false", "--ping-interval", "250ms", "--ping-timeout=0",
-                    "--connections", "8", "pod/x", "80"])
+    o = parse_args(
+        [
+            "--reconnect=false",
+            "--ping-interval",
+            "250ms",
+            "--ping-timeout=0",
+            "--connections",
+            "8",
+            "pod/x",
+            "80",
+        ]
+    )
     assert (o.reconnect, o.ping_interval, o.ping_timeout, o.connections) == (False, 0.25, 0.0, 8)
-    for argv, msg in ((["--connections", "0"], "--connections must be between 1 and 64"),
-                      (["--connections=65"], "--connections must be between 1 and 64"),
-                      (["--ping-timeout=-1s"], "--ping-timeout must not be negative"),
-                      (["--reconnect=maybe"], 'invalid argument "maybe" for "--reconnect"')):
+    for argv, msg in (
+        (["--connections", "0"], "--connections must be between 1 and 64"),
+        (["--connections=65"], "--connections must be between 1 and 64"),
+        (["--ping-timeout=-1s"], "--ping-timeout must not be negative"),
+        (["--reconnect=maybe"], 'invalid argument "maybe" for "--reconnect"'),
+    ):
         with pytest.raises(UsageError) as ei:
             parse_args([*argv, "pod/x", "80"])
         assert msg in ei.value.line
@@ -588,14 +618,18 @@ def test_keepalive_on_a_tls_transport() -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0, ssl=server_ctx)
         port = server.sockets[0].getsockname()[1]
-        transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port,
-                                                    ssl=client_ctx, server_hostname="127.0.0.1")
+        transport, _ = await loop.create_connection(
+            asyncio.Protocol, "127.0.0.1", port, ssl=client_ctx, server_hostname="127.0.0.1"
+        )
         sock = transport.get_extra_info("socket")
         before = sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
         set_keepalive(SimpleNamespace(transport=transport))
-        got = (before, sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
-               sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
-               sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT))
+        got = (
+            before,
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+            sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+        )
         transport.close()
         server.close()
         return got

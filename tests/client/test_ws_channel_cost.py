@@ -41,10 +41,14 @@ def pki() -> Pki:
 
 
 def _kubeconfig(path: Path, user: dict[str, Any], cluster: dict[str, Any]) -> str:
-    cfg = {"apiVersion": "v1", "kind": "Config", "current-context": "c",
-           "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1", **cluster}}],
-           "users": [{"name": "c", "user": user}],
-           "contexts": [{"name": "c", "context": {"cluster": "c", "user": "c"}}]}
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1", **cluster}}],
+        "users": [{"name": "c", "user": user}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "c"}}],
+    }
     return write(str(path), yaml.safe_dump(cfg))
 
 
@@ -58,9 +62,15 @@ def _b64(data: bytes) -> str:
 
 # ---- client: TLS context reuse -------------------------------------------------------------------
 def test_upgrade_dialer_and_context_built_once(tmp_path: Path, pki: Pki) -> None:
-    kc = _kubeconfig(tmp_path / "kc", {"client-certificate-data": _b64(pki.client_cert),
-                                       "client-key-data": _b64(pki.client_key), "token": "t"},
-                     {"certificate-authority-data": _b64(pki.ca_pem)})
+    kc = _kubeconfig(
+        tmp_path / "kc",
+        {
+            "client-certificate-data": _b64(pki.client_cert),
+            "client-key-data": _b64(pki.client_key),
+            "token": "t",
+        },
+        {"certificate-authority-data": _b64(pki.ca_pem)},
+    )
     api = _client(kc)
 
     async def body() -> None:
@@ -79,22 +89,35 @@ def test_upgrade_dialer_and_context_built_once(tmp_path: Path, pki: Pki) -> None
     run(body())
 
 
-def _exec_client(tmp_path: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch,
-                 plugin: Any) -> ApiClient:
+def _exec_client(
+    tmp_path: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch, plugin: Any
+) -> ApiClient:
     """An ApiClient whose credentials come from an exec plugin answered by `plugin`."""
     monkeypatch.setattr(A.Authenticator, "_run_plugin", plugin)
     A.reset_exec_cache()
-    kc = _kubeconfig(tmp_path / "kc", {"exec": {"apiVersion": "client.authentication.k8s.io/v1",
-                                                "command": "unused", "interactiveMode": "Never"}},
-                     {"certificate-authority-data": _b64(pki.ca_pem)})
+    kc = _kubeconfig(
+        tmp_path / "kc",
+        {
+            "exec": {
+                "apiVersion": "client.authentication.k8s.io/v1",
+                "command": "unused",
+                "interactiveMode": "Never",
+            }
+        },
+        {"certificate-authority-data": _b64(pki.ca_pem)},
+    )
     return _client(kc)
 
 
-def test_context_rebuilt_when_exec_certificate_changes(tmp_path: Path, pki: Pki,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_context_rebuilt_when_exec_certificate_changes(
+    tmp_path: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
     other = make_pki("bob")
-    certs = [(pki.client_cert, pki.client_key), (other.client_cert, other.client_key),
-             (other.client_cert, other.client_key)]
+    certs = [
+        (pki.client_cert, pki.client_key),
+        (other.client_cert, other.client_key),
+        (other.client_cert, other.client_key),
+    ]
     runs: list[int] = []
 
     async def plugin(self: A.Authenticator, ex: Any) -> A.ExecResult:
@@ -172,8 +195,9 @@ def test_upgrades_resume_the_tls_session(serve: ServeInstance, targets: Targets)
     run(body())
 
 
-def test_upgrade_401_retries_without_tls_resumption(tmp_path: Path, pki: Pki,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_upgrade_401_retries_without_tls_resumption(
+    tmp_path: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from fastpf.client.console import Console
     from fastpf.client.forward import Forwarder
     from fastpf.errors import UpgradeRefusedError
@@ -181,14 +205,16 @@ def test_upgrade_401_retries_without_tls_resumption(tmp_path: Path, pki: Pki,
     tokens = ["stale", "good"]
 
     async def plugin(self: A.Authenticator, ex: Any) -> A.ExecResult:
-        return A.ExecResult(token=tokens.pop(0), cert=None, key=None, expires=None,
-                            fetched=time.monotonic())
+        return A.ExecResult(
+            token=tokens.pop(0), cert=None, key=None, expires=None, fetched=time.monotonic()
+        )
 
     api = _exec_client(tmp_path, pki, monkeypatch, plugin)
     seen: list[tuple[str | None, object]] = []
 
-    async def fake_connect(dialer: Any, path: str, protocol: str, ports: list[int],
-                           **kwargs: Any) -> str:
+    async def fake_connect(
+        dialer: Any, path: str, protocol: str, ports: list[int], **kwargs: Any
+    ) -> str:
         authz = dict(dialer.headers).get("Authorization")
         seen.append((authz, dialer.ssl.offered_session))
         if authz == "Bearer stale":
@@ -198,8 +224,14 @@ def test_upgrade_401_retries_without_tls_resumption(tmp_path: Path, pki: Pki,
 
     monkeypatch.setattr(upgrade, "connect", fake_connect)
     devnull = open(os.devnull, "w")  # noqa: SIM115 - closed below
-    fwd = Forwarder(api=api, path="/x", protocol="ws-channel", pairs=[], addresses=[],
-                    console=Console(devnull, devnull, quiet=True))
+    fwd = Forwarder(
+        api=api,
+        path="/x",
+        protocol="ws-channel",
+        pairs=[],
+        addresses=[],
+        console=Console(devnull, devnull, quiet=True),
+    )
     try:
         assert run(fwd._connect("ws-channel", [80])) == "connected"
     finally:
@@ -246,25 +278,39 @@ def test_wait_error_returns_text_received_before_and_times_out() -> None:
 
 
 # ---- server: 101 head, port-forward answers, one write ------------------------------------------
-def _upgrade_request(key: str, protocol: str = handshake.CHANNEL_V4,
-                     ports: str = "80,81") -> UpgradeRequest:
-    head = (f"GET /api/v1/namespaces/default/pods/p/portforward?ports={ports} HTTP/1.1\r\n"
-            f"host: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n"
-            f"sec-websocket-version: 13\r\nsec-websocket-key: {key}\r\n"
-            f"sec-websocket-protocol: {protocol}\r\n\r\n")
+def _upgrade_request(
+    key: str, protocol: str = handshake.CHANNEL_V4, ports: str = "80,81"
+) -> UpgradeRequest:
+    head = (
+        f"GET /api/v1/namespaces/default/pods/p/portforward?ports={ports} HTTP/1.1\r\n"
+        f"host: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n"
+        f"sec-websocket-version: 13\r\nsec-websocket-key: {key}\r\n"
+        f"sec-websocket-protocol: {protocol}\r\n\r\n"
+    )
     return handshake.parse_request(head.encode())
 
 
 def _h11_101(headers: list[tuple[str, str]]) -> bytes:
     client = h11.Connection(h11.CLIENT)
-    raw = client.send(h11.Request(method="GET", target="/", headers=[
-        ("host", "x"), ("connection", "upgrade"), ("upgrade", "x")]))
+    raw = client.send(
+        h11.Request(
+            method="GET",
+            target="/",
+            headers=[("host", "x"), ("connection", "upgrade"), ("upgrade", "x")],
+        )
+    )
     server = h11.Connection(h11.SERVER)
     server.receive_data((raw or b"") + (client.send(h11.EndOfMessage()) or b""))
     server.next_event()
     server.next_event()
-    return server.send(h11.InformationalResponse(status_code=101, headers=headers,
-                                                 reason=b"Switching Protocols")) or b""
+    return (
+        server.send(
+            h11.InformationalResponse(
+                status_code=101, headers=headers, reason=b"Switching Protocols"
+            )
+        )
+        or b""
+    )
 
 
 @pytest.mark.parametrize("protocol", [handshake.CHANNEL_V4, handshake.CHANNEL_V4_BASE64])
@@ -273,10 +319,14 @@ def test_switching_head_is_h11_output_with_each_accept(protocol: str) -> None:
         key = handshake.new_websocket_key()
         result = handshake.negotiate(_upgrade_request(key, protocol))
         assert isinstance(result, handshake.Accepted)
-        assert result.response == _h11_101([
-            ("Upgrade", "websocket"), ("Connection", "Upgrade"),
-            ("Sec-WebSocket-Accept", handshake.websocket_accept(key)),
-            ("Sec-WebSocket-Protocol", protocol)])
+        assert result.response == _h11_101(
+            [
+                ("Upgrade", "websocket"),
+                ("Connection", "Upgrade"),
+                ("Sec-WebSocket-Accept", handshake.websocket_accept(key)),
+                ("Sec-WebSocket-Protocol", protocol),
+            ]
+        )
 
 
 def test_forward_answers_follow_cluster_changes() -> None:
@@ -354,8 +404,12 @@ def test_101_and_port_announcements_leave_in_one_write(b64: bool) -> None:
     async def body() -> list[bytes]:
         transport = _RecordingTransport()
         # Nothing listens on these ports of 127.0.0.3: the dials fail in the background.
-        kubelet.accept_portforward(transport, request, PodTarget("default", "p", "uid", "127.0.0.3"),
-                                   ServerOptions(silent_errors=True))
+        kubelet.accept_portforward(
+            transport,
+            request,
+            PodTarget("default", "p", "uid", "127.0.0.3"),
+            ServerOptions(silent_errors=True),
+        )
         writes = list(transport.writes)
         await kubelet.shutdown_all(timeout=5.0)
         return writes
@@ -364,8 +418,10 @@ def test_101_and_port_announcements_leave_in_one_write(b64: bool) -> None:
     assert writes[0] == expected_head.response + frames
 
 
-@pytest.mark.parametrize("path", ["/api/v1/namespaces/default/pods/p/portforward?ports=80",
-                                  "/raw?x={sec-websocket-key-slot}"])
+@pytest.mark.parametrize(
+    "path",
+    ["/api/v1/namespaces/default/pods/p/portforward?ports=80", "/raw?x={sec-websocket-key-slot}"],
+)
 def test_cached_websocket_request_is_h11_output_with_a_fresh_key(path: str) -> None:
     extra = [("User-Agent", "fastpf-test"), ("Authorization", "Bearer t")]
     keys = set()
@@ -373,7 +429,8 @@ def test_cached_websocket_request_is_h11_output_with_a_fresh_key(path: str) -> N
         conn, data, key = handshake.websocket_request("h:1", path, [handshake.CHANNEL_V4], extra)
         keys.add(key)
         ref_conn, ref_data, _ = handshake.websocket_request(
-            "h:1", path, [handshake.CHANNEL_V4], extra, key=key)
+            "h:1", path, [handshake.CHANNEL_V4], extra, key=key
+        )
         assert data == ref_data and f"Sec-WebSocket-Key: {key}\r\n".encode() in data
         assert (conn.our_state, conn.their_state) == (ref_conn.our_state, ref_conn.their_state)
     assert len(keys) == 3

@@ -866,7 +866,11 @@ def test_feed_borrowed_mixes_with_the_buffered_protocol_path() -> None:
     write_via_buffer(dec, enc.data(7, b"5"))
     (f5,) = drain(dec)
     assert [bytes(payload(f)) for f in (f1, f2, f3, f4, f5)] == [
-        b"1" * 500, b"2" * 500, b"3", b"4" * 9, b"5"
+        b"1" * 500,
+        b"2" * 500,
+        b"3",
+        b"4" * 9,
+        b"5",
     ]
     assert [f.stream_id for f in (f1, f2, f3, f4, f5)] == [1, 1, 1, 5, 7]
 
@@ -958,8 +962,11 @@ def test_frame_objects_construct_and_repr() -> None:
 
 
 def test_header_compression_level_changes_cost_not_meaning() -> None:
-    headers = [{"streamtype": t, "port": "8080", "requestid": str(i)}
-               for i in range(50) for t in ("error", "data")]
+    headers = [
+        {"streamtype": t, "port": "8080", "requestid": str(i)}
+        for i in range(50)
+        for t in ("error", "data")
+    ]
     fast, exact = F.HeaderCompressor(6), F.HeaderCompressor()
     d_fast, d_exact = F.HeaderDecompressor(), F.HeaderDecompressor()
     for h in headers:

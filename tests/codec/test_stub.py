@@ -1,4 +1,4 @@
-"""fastpf/_frames.pyi matches the built extension (mypy.stubtest), as scripts/test.sh checks.
+"""fastpf/_frames.pyi and _pump.pyi match the built extensions (mypy.stubtest), as scripts/test.sh checks.
 
 Here too so that a pytest-only CI run notices a stub drifting from the .pyx parts: a renamed
 argument, a new public name missing from the stub, a default that changed."""
@@ -14,7 +14,15 @@ ALLOWLIST = Path(__file__).with_name("stubtest-allowlist.txt")
 
 def test_stub_matches_the_extension() -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "mypy.stubtest", "fastpf._frames", "--allowlist", str(ALLOWLIST)],
+        [
+            sys.executable,
+            "-m",
+            "mypy.stubtest",
+            "fastpf._frames",
+            "fastpf._pump",
+            "--allowlist",
+            str(ALLOWLIST),
+        ],
         capture_output=True,
         text=True,
         timeout=300,

@@ -28,17 +28,27 @@ from tests.support.targets import Targets, free_port, manifest
 KUBECTL = "1.33"
 
 
-def run_fastpf(kubeconfig: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fastpf", "--kubeconfig", str(kubeconfig),
-                           *args], capture_output=True, text=True, timeout=timeout,
-                          env=subprocess_env(), stdin=subprocess.DEVNULL)
+def run_fastpf(
+    kubeconfig: Path, *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fastpf", "--kubeconfig", str(kubeconfig), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=subprocess_env(),
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def first_error(stderr: str) -> str:
     """The decisive stderr lines: kubectl may print klog E-lines (discovery retries) first;
     the usage hint names the program, so it differs by design."""
-    lines = [ln for ln in stderr.splitlines() if ln and not re.match(r"^[EWI]\d{4} ", ln)
-             and not ln.startswith("See '")]
+    lines = [
+        ln
+        for ln in stderr.splitlines()
+        if ln and not re.match(r"^[EWI]\d{4} ", ln) and not ln.startswith("See '")
+    ]
     return "\n".join(lines)
 
 
@@ -55,32 +65,53 @@ def finish(pf: KubectlPortForward, sig: int = signal.SIGINT) -> int:
 Completed = subprocess.CompletedProcess[str]
 # (serve, targets, both(*args, kubeconfig=None) -> (kubectl's run, fastpf's run),
 #  cmds(*args) -> (kubectl's command line, fastpf's), tmp dir)
-World = tuple[ServeInstance, Targets, Callable[..., tuple[Completed, Completed]],
-              Callable[..., tuple[list[str], list[str]]], Path]
+World = tuple[
+    ServeInstance,
+    Targets,
+    Callable[..., tuple[Completed, Completed]],
+    Callable[..., tuple[list[str], list[str]]],
+    Path,
+]
 
 
 @pytest.fixture
-def world(serve_factory: Callable[..., ServeInstance], targets: Targets, tmp_path: Path,
-          kubectl_bin: Callable[[str], str], kubectl_cache_dir: Path) -> World:
+def world(
+    serve_factory: Callable[..., ServeInstance],
+    targets: Targets,
+    tmp_path: Path,
+    kubectl_bin: Callable[[str], str],
+    kubectl_cache_dir: Path,
+) -> World:
     srv: ServeInstance = serve_factory(manifest=manifest(targets))
     kubectl = kubectl_bin(KUBECTL)
 
-    def both(*args: str, kubeconfig: Path | None = None) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
+    def both(
+        *args: str, kubeconfig: Path | None = None
+    ) -> tuple[subprocess.CompletedProcess[str], subprocess.CompletedProcess[str]]:
         kc = kubeconfig or srv.kubeconfig
         k = run_kubectl(kubectl, kc, kubectl_cache_dir, "port-forward", *args, timeout=60)
         f = run_fastpf(kc, *args)
         return k, f
 
     def cmds(*args: str) -> tuple[list[str], list[str]]:
-        k = [kubectl, "--kubeconfig", str(srv.kubeconfig), "--cache-dir", str(kubectl_cache_dir),
-             "port-forward", *args]
+        k = [
+            kubectl,
+            "--kubeconfig",
+            str(srv.kubeconfig),
+            "--cache-dir",
+            str(kubectl_cache_dir),
+            "port-forward",
+            *args,
+        ]
         f = [sys.executable, "-m", "fastpf", "--kubeconfig", str(srv.kubeconfig), *args]
         return k, f
 
     return srv, targets, both, cmds, tmp_path
 
 
-def _variant_kubeconfig(srv: ServeInstance, tmp: Path, name: str, mutate: Callable[[dict[str, Any]], None]) -> Path:
+def _variant_kubeconfig(
+    srv: ServeInstance, tmp: Path, name: str, mutate: Callable[[dict[str, Any]], None]
+) -> Path:
     cfg = yaml.safe_load(srv.kubeconfig.read_text())
     mutate(cfg)
     path = tmp / name
@@ -92,11 +123,16 @@ def test_error_table_matches_kubectl(world: World) -> None:
     srv, t, both, _, tmp = world
     from tests.support.pki import make_pki
 
-    bad_token = _variant_kubeconfig(srv, tmp, "kc-401",
-                                    lambda c: c["users"][0]["user"].update(token="wrong"))
+    bad_token = _variant_kubeconfig(
+        srv, tmp, "kc-401", lambda c: c["users"][0]["user"].update(token="wrong")
+    )
     other_ca = base64.b64encode(make_pki().other_ca_pem).decode()
-    bad_ca = _variant_kubeconfig(srv, tmp, "kc-ca", lambda c: c["clusters"][0]["cluster"].update(
-        {"certificate-authority-data": other_ca}))
+    bad_ca = _variant_kubeconfig(
+        srv,
+        tmp,
+        "kc-ca",
+        lambda c: c["clusters"][0]["cluster"].update({"certificate-authority-data": other_ca}),
+    )
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen(1)
@@ -153,8 +189,9 @@ def _forwards(pf: KubectlPortForward) -> list[str]:
 
 
 def _normalise(line: str, randoms: set[str]) -> str:
-    return re.sub(r":(\d+) ->", lambda m: ":RANDOM ->" if m.group(1) in randoms else m.group(0),
-                  line)
+    return re.sub(
+        r":(\d+) ->", lambda m: ":RANDOM ->" if m.group(1) in randoms else m.group(0), line
+    )
 
 
 def test_forwarding_lines_and_exit_codes(world: World) -> None:
@@ -173,7 +210,9 @@ def test_forwarding_lines_and_exit_codes(world: World) -> None:
         norm = [_normalise(ln, randoms) for ln in _forwards(pf)]
         assert echo_once(fixed, b"hi") == b"hi"
         deadline = time.monotonic() + 10
-        while not any(ln.startswith("Handling") for ln in pf.stdout) and time.monotonic() < deadline:
+        while (
+            not any(ln.startswith("Handling") for ln in pf.stdout) and time.monotonic() < deadline
+        ):
             time.sleep(0.05)
         handling = [ln for ln in pf.stdout if ln.startswith("Handling")]
         rc = finish(pf)
@@ -190,11 +229,13 @@ def test_duplicate_and_half_busy_ports(world: World) -> None:
         pf = start_pf(cmd)
         pf.wait_forwarding(1)
         deadline = time.monotonic() + 10
-        while (not any("Unable to listen" in ln for ln in pf.stderr) or len(_forwards(pf)) < 2) \
-                and time.monotonic() < deadline:
+        while (
+            not any("Unable to listen" in ln for ln in pf.stderr) or len(_forwards(pf)) < 2
+        ) and time.monotonic() < deadline:
             time.sleep(0.05)
-        results.append((_forwards(pf), [ln for ln in pf.stderr if "Unable to listen" in ln],
-                        finish(pf)))
+        results.append(
+            (_forwards(pf), [ln for ln in pf.stderr if "Unable to listen" in ln], finish(pf))
+        )
     assert results[0] == results[1]
     # localhost with 127.0.0.1 taken: both serve on ::1 only (fastpf adds a warning on stderr)
     busy = socket.socket()
@@ -220,7 +261,9 @@ def test_refused_port_kubectl_dies_fastpf_survives(world: World, ws_env: str) ->
     closed = free_port()
     env_args = {"KUBECTL_PORT_FORWARD_WEBSOCKETS": ws_env}
     outcome = {}
-    for name, cmd in zip(("kubectl", "fastpf"), cmds("web-1", f":{closed}", f":{t.echo}"), strict=True):
+    for name, cmd in zip(
+        ("kubectl", "fastpf"), cmds("web-1", f":{closed}", f":{t.echo}"), strict=True
+    ):
         pf = KubectlPortForward(cmd, subprocess_env(env_args))
         pf.wait_forwarding(2)
         with socket.create_connection(("127.0.0.1", pf.local_port(closed)), timeout=20) as s:
@@ -244,15 +287,31 @@ def test_auth_conflicts_and_global_flags_match_kubectl(world: World) -> None:
     configuration:` and a list) and its global-flag errors, side by side with kubectl 1.33."""
     srv, _, both, _, tmp = world
     token = srv.token
-    basic = _variant_kubeconfig(srv, tmp, "kc-basic", lambda c: c["users"][0].update(
-        user={"username": "u", "password": "p"}))
+    basic = _variant_kubeconfig(
+        srv,
+        tmp,
+        "kc-basic",
+        lambda c: c["users"][0].update(user={"username": "u", "password": "p"}),
+    )
     token_file = tmp / "token"
     token_file.write_text(token)
-    token_file_user = _variant_kubeconfig(srv, tmp, "kc-tf", lambda c: c["users"][0].update(
-        user={"tokenFile": str(token_file), "username": "u"}))
-    exec_v1 = _variant_kubeconfig(srv, tmp, "kc-exec", lambda c: c["users"][0].update(
-        user={"token": token, "exec": {"command": "true",
-                                       "apiVersion": "client.authentication.k8s.io/v1"}}))
+    token_file_user = _variant_kubeconfig(
+        srv,
+        tmp,
+        "kc-tf",
+        lambda c: c["users"][0].update(user={"tokenFile": str(token_file), "username": "u"}),
+    )
+    exec_v1 = _variant_kubeconfig(
+        srv,
+        tmp,
+        "kc-exec",
+        lambda c: c["users"][0].update(
+            user={
+                "token": token,
+                "exec": {"command": "true", "apiVersion": "client.authentication.k8s.io/v1"},
+            }
+        ),
+    )
     cases: list[tuple[tuple[str, ...], Path | None]] = [
         (("--username=u", "web-1", "80"), None),
         (("--password=p", "web-1", "80"), None),
@@ -272,7 +331,11 @@ def test_auth_conflicts_and_global_flags_match_kubectl(world: World) -> None:
     mismatches = []
     for args, kc in cases:
         k, f = both(*args, kubeconfig=kc)
-        if (k.returncode, first_error(k.stderr), k.stdout) != (f.returncode, first_error(f.stderr), f.stdout):
+        if (k.returncode, first_error(k.stderr), k.stdout) != (
+            f.returncode,
+            first_error(f.stderr),
+            f.stdout,
+        ):
             mismatches.append((args, kc, k.returncode, k.stderr, f.returncode, f.stderr))
         assert k.returncode == 1, (args, k.stderr)
     assert mismatches == [], "\n".join(map(repr, mismatches))
@@ -281,9 +344,18 @@ def test_auth_conflicts_and_global_flags_match_kubectl(world: World) -> None:
 def test_accepted_global_flags_forward_like_kubectl(world: World) -> None:
     """kubectl's global flags that do not change a port-forward: both forward the same."""
     srv, t, _, cmds, tmp = world
-    flags = ("--cache-dir", str(tmp / "cache"), "--disable-compression", "--warnings-as-errors",
-             "--log-flush-frequency=3s", "--vmodule=a=1", "--profile=none",
-             "--profile-output", str(tmp / "p.pprof"), "--match-server-version=false")
+    flags = (
+        "--cache-dir",
+        str(tmp / "cache"),
+        "--disable-compression",
+        "--warnings-as-errors",
+        "--log-flush-frequency=3s",
+        "--vmodule=a=1",
+        "--profile=none",
+        "--profile-output",
+        str(tmp / "p.pprof"),
+        "--match-server-version=false",
+    )
     port = free_port()
     outputs = []
     for cmd in cmds(*flags, "web-1", f"{port}:{t.echo}"):
@@ -300,14 +372,18 @@ def _impersonation_lines(srv: ServeInstance) -> set[str]:
     out = set()
     for line in srv.stderr_text().splitlines():
         if line.startswith("impersonation: "):
-            _method, path, *headers = line[len("impersonation: "):].split(" ")
+            _method, path, *headers = line[len("impersonation: ") :].split(" ")
             kind = "upgrade" if path.endswith("/portforward") else "rest"
             out.add(f"{kind} {' '.join(sorted(headers))}")
     return out
 
 
-def test_impersonation_headers_as_kubectl(serve_factory: Callable[..., ServeInstance], targets: Targets,
-                                          kubectl_bin: Callable[[str], str], kubectl_cache_dir: Path) -> None:
+def test_impersonation_headers_as_kubectl(
+    serve_factory: Callable[..., ServeInstance],
+    targets: Targets,
+    kubectl_bin: Callable[[str], str],
+    kubectl_cache_dir: Path,
+) -> None:
     """--as/--as-group/--as-uid reach the server as kubectl sends them (serve records them), on
     the pod lookup and on the upgrade; without --as nothing is sent."""
     recorded = []
@@ -316,11 +392,28 @@ def test_impersonation_headers_as_kubectl(serve_factory: Callable[..., ServeInst
         srv = serve_factory(manifest=manifest(targets))
         kc = srv.kubeconfig
         if name == "kubectl":
-            cmd = [kubectl_bin(KUBECTL), "--kubeconfig", str(kc), "--cache-dir",
-                   str(kubectl_cache_dir), "port-forward", *flags, "web-1", f":{targets.echo}"]
+            cmd = [
+                kubectl_bin(KUBECTL),
+                "--kubeconfig",
+                str(kc),
+                "--cache-dir",
+                str(kubectl_cache_dir),
+                "port-forward",
+                *flags,
+                "web-1",
+                f":{targets.echo}",
+            ]
         else:
-            cmd = [sys.executable, "-m", "fastpf", "--kubeconfig", str(kc), *flags, "web-1",
-                   f":{targets.echo}"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "fastpf",
+                "--kubeconfig",
+                str(kc),
+                *flags,
+                "web-1",
+                f":{targets.echo}",
+            ]
         pf = start_pf(cmd)
         pf.wait_forwarding(1)
         assert echo_once(pf.local_port(targets.echo), b"as") == b"as"
@@ -331,8 +424,17 @@ def test_impersonation_headers_as_kubectl(serve_factory: Callable[..., ServeInst
     assert recorded[1] <= recorded[0]  # kubectl also sends them on its discovery requests
     # no --as: nothing recorded
     srv = serve_factory(manifest=manifest(targets))
-    pf = start_pf([sys.executable, "-m", "fastpf", "--kubeconfig", str(srv.kubeconfig), "web-1",
-                   f":{targets.echo}"])
+    pf = start_pf(
+        [
+            sys.executable,
+            "-m",
+            "fastpf",
+            "--kubeconfig",
+            str(srv.kubeconfig),
+            "web-1",
+            f":{targets.echo}",
+        ]
+    )
     pf.wait_forwarding(1)
     assert finish(pf) == 0
     assert _impersonation_lines(srv) == set()

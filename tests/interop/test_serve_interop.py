@@ -92,12 +92,16 @@ VARIANTS = [
 
 
 @pytest.fixture
-def cluster(serve_factory: Callable[..., ServeInstance],
-            targets_factory: Callable[[str], Targets]) -> tuple[ServeInstance, Targets, int]:
+def cluster(
+    serve_factory: Callable[..., ServeInstance], targets_factory: Callable[[str], Targets]
+) -> tuple[ServeInstance, Targets, int]:
     t = targets_factory(POD_HOST)
     refused = free_port(POD_HOST)
-    s = serve_factory(manifest=MANIFEST.format(host=POD_HOST, sink=t.sink, source=t.source, echo=t.echo,
-                                               refused=refused))
+    s = serve_factory(
+        manifest=MANIFEST.format(
+            host=POD_HOST, sink=t.sink, source=t.source, echo=t.echo, refused=refused
+        )
+    )
     return s, t, refused
 
 
@@ -132,15 +136,30 @@ def _echo(port: int, payload: bytes) -> bytes:
         return bytes(got)
 
 
-@pytest.mark.parametrize(("version", "ws", "transport"), VARIANTS, ids=["1.29-spdy", "1.33-ws", "1.33-spdy"])
-def test_port_forms_and_bulk_data(cluster: tuple[ServeInstance, Targets, int],
-                                  kubectl_port_forward: Callable[..., KubectlPortForward],
-                                  version: str, ws: str | None, transport: str) -> None:
+@pytest.mark.parametrize(
+    ("version", "ws", "transport"), VARIANTS, ids=["1.29-spdy", "1.33-ws", "1.33-spdy"]
+)
+def test_port_forms_and_bulk_data(
+    cluster: tuple[ServeInstance, Targets, int],
+    kubectl_port_forward: Callable[..., KubectlPortForward],
+    version: str,
+    ws: str | None,
+    transport: str,
+) -> None:
     s, t, _ = cluster
     fixed_local = free_port()
     # R (local = remote: 127.0.0.1:sink, pod on 127.0.0.2:sink), L:R, :R, 0:R, all in one session.
-    pf = kubectl_port_forward(version, s.kubeconfig, "pod/web-0", str(t.sink), f"{fixed_local}:{t.source}",
-                              f":{t.echo}", f"0:{t.sink}", env=_env(ws), args=("-v=6",))
+    pf = kubectl_port_forward(
+        version,
+        s.kubeconfig,
+        "pod/web-0",
+        str(t.sink),
+        f"{fixed_local}:{t.source}",
+        f":{t.echo}",
+        f"0:{t.sink}",
+        env=_env(ws),
+        args=("-v=6",),
+    )
     assert _transport_used(pf) == transport
     forwards = [(local, remote) for address, local, remote in pf.forwards if address == "127.0.0.1"]
     assert forwards[0] == (t.sink, t.sink)
@@ -158,12 +177,20 @@ def test_port_forms_and_bulk_data(cluster: tuple[ServeInstance, Targets, int],
     assert "Handling connection for" in pf.output()
 
 
-@pytest.mark.parametrize(("version", "ws", "transport"), VARIANTS, ids=["1.29-spdy", "1.33-ws", "1.33-spdy"])
-def test_many_concurrent_connections(cluster: tuple[ServeInstance, Targets, int],
-                                     kubectl_port_forward: Callable[..., KubectlPortForward],
-                                     version: str, ws: str | None, transport: str) -> None:
+@pytest.mark.parametrize(
+    ("version", "ws", "transport"), VARIANTS, ids=["1.29-spdy", "1.33-ws", "1.33-spdy"]
+)
+def test_many_concurrent_connections(
+    cluster: tuple[ServeInstance, Targets, int],
+    kubectl_port_forward: Callable[..., KubectlPortForward],
+    version: str,
+    ws: str | None,
+    transport: str,
+) -> None:
     s, t, _ = cluster
-    pf = kubectl_port_forward(version, s.kubeconfig, "web-0", f":{t.echo}", f":{t.source}", env=_env(ws))
+    pf = kubectl_port_forward(
+        version, s.kubeconfig, "web-0", f":{t.echo}", f":{t.source}", env=_env(ws)
+    )
     echo_port, source_port = pf.local_port(t.echo), pf.local_port(t.source)
     n = 64
 
@@ -187,12 +214,16 @@ def test_many_concurrent_connections(cluster: tuple[ServeInstance, Targets, int]
 
 
 def test_service_and_deployment_targets_with_named_ports(
-        cluster: tuple[ServeInstance, Targets, int],
-        kubectl_port_forward: Callable[..., KubectlPortForward]) -> None:
+    cluster: tuple[ServeInstance, Targets, int],
+    kubectl_port_forward: Callable[..., KubectlPortForward],
+) -> None:
     s, t, _ = cluster
     # svc: port name "up" -> targetPort "sink" (a container port name); port 81 -> int targetPort.
     pf = kubectl_port_forward("1.33", s.kubeconfig, "svc/web", ":up", ":81")
-    assert [remote for address, _, remote in pf.forwards if address == "127.0.0.1"] == [t.sink, t.source]
+    assert [remote for address, _, remote in pf.forwards if address == "127.0.0.1"] == [
+        t.sink,
+        t.source,
+    ]
     assert upload(pf.local_port(t.sink), 1 << 20) == f"{1 << 20} {pattern_sha256(1 << 20)}"
     assert download(pf.local_port(t.source), 1 << 20) == (1 << 20, pattern_sha256(1 << 20))
     # deploy: selector with matchExpressions; pod named port; the Pending pod must not win.
@@ -202,18 +233,27 @@ def test_service_and_deployment_targets_with_named_ports(
 
 
 @pytest.mark.parametrize("version", ["1.29", "1.33"])
-def test_pending_pod_error(cluster: tuple[ServeInstance, Targets, int],
-                           kubectl_port_forward: Callable[..., KubectlPortForward], version: str) -> None:
+def test_pending_pod_error(
+    cluster: tuple[ServeInstance, Targets, int],
+    kubectl_port_forward: Callable[..., KubectlPortForward],
+    version: str,
+) -> None:
     s, _, _ = cluster
     pf = kubectl_port_forward(version, s.kubeconfig, "pod/pending", "5000", wait=False)
     assert pf.wait_exit(30) == 1
-    assert "error: unable to forward port because pod is not running. Current status=Pending" in pf.stderr
+    assert (
+        "error: unable to forward port because pod is not running. Current status=Pending"
+        in pf.stderr
+    )
 
 
 @pytest.mark.parametrize(("version", "ws"), [("1.29", None), ("1.33", None), ("1.33", "false")])
-def test_refused_pod_port(cluster: tuple[ServeInstance, Targets, int],
-                          kubectl_port_forward: Callable[..., KubectlPortForward],
-                          version: str, ws: str | None) -> None:
+def test_refused_pod_port(
+    cluster: tuple[ServeInstance, Targets, int],
+    kubectl_port_forward: Callable[..., KubectlPortForward],
+    version: str,
+    ws: str | None,
+) -> None:
     s, _, refused = cluster
     pf = kubectl_port_forward(version, s.kubeconfig, "pod/refused", f":{refused}", env=_env(ws))
     local = pf.local_port(refused)
@@ -229,14 +269,20 @@ def test_refused_pod_port(cluster: tuple[ServeInstance, Targets, int],
     assert pf.stderr[-1] == "error: lost connection to pod", errors
 
 
-def test_silent_errors_keep_session(serve_factory: Callable[..., ServeInstance],
-                                    targets_factory: Callable[[str], Targets],
-                                    kubectl_port_forward: Callable[..., KubectlPortForward]) -> None:
+def test_silent_errors_keep_session(
+    serve_factory: Callable[..., ServeInstance],
+    targets_factory: Callable[[str], Targets],
+    kubectl_port_forward: Callable[..., KubectlPortForward],
+) -> None:
     """--silent-errors: a refused pod port resets only that connection; the session lives."""
     t = targets_factory(POD_HOST)
     refused = free_port(POD_HOST)
-    s = serve_factory("--silent-errors", manifest=MANIFEST.format(host=POD_HOST, sink=t.sink, source=t.source,
-                                                                   echo=t.echo, refused=refused))
+    s = serve_factory(
+        "--silent-errors",
+        manifest=MANIFEST.format(
+            host=POD_HOST, sink=t.sink, source=t.source, echo=t.echo, refused=refused
+        ),
+    )
     pf = kubectl_port_forward("1.33", s.kubeconfig, "pod/web-0", f":{refused}", f":{t.echo}")
     for _ in range(3):
         with socket.create_connection(("127.0.0.1", pf.local_port(refused)), timeout=30) as sock:
@@ -252,14 +298,24 @@ SMOKE = [(v, None) for v in KUBECTL_VERSIONS] + [("1.30", "true")]
 
 
 @pytest.mark.parametrize(("version", "ws"), SMOKE, ids=[f"{v}-{w or 'default'}" for v, w in SMOKE])
-def test_smoke_every_kubectl(cluster: tuple[ServeInstance, Targets, int],
-                             kubectl_port_forward: Callable[..., KubectlPortForward], version: str,
-                             ws: str | None) -> None:
+def test_smoke_every_kubectl(
+    cluster: tuple[ServeInstance, Targets, int],
+    kubectl_port_forward: Callable[..., KubectlPortForward],
+    version: str,
+    ws: str | None,
+) -> None:
     """Every kubectl with its default transport (1.27-1.30 SPDY, 1.31+ WebSocket tunnel), and
     1.30 with the WebSocket opt-in."""
     s, t, _ = cluster
-    pf = kubectl_port_forward(version, s.kubeconfig, "pod/web-0", f":{t.sink}", f":{t.source}", env=_env(ws),
-                              args=("-v=6",))
+    pf = kubectl_port_forward(
+        version,
+        s.kubeconfig,
+        "pod/web-0",
+        f":{t.sink}",
+        f":{t.source}",
+        env=_env(ws),
+        args=("-v=6",),
+    )
     expected = "websocket" if ws == "true" or version >= "1.31" else "spdy"
     assert _transport_used(pf) == expected
     n = 4 << 20
@@ -267,38 +323,51 @@ def test_smoke_every_kubectl(cluster: tuple[ServeInstance, Targets, int],
     assert download(pf.local_port(t.source), n) == (n, pattern_sha256(n))
 
 
-def test_kubectl_137_spdy_fallback_setting(cluster: tuple[ServeInstance, Targets, int],
-                                          kubectl_port_forward: Callable[..., KubectlPortForward]) -> None:
+def test_kubectl_137_spdy_fallback_setting(
+    cluster: tuple[ServeInstance, Targets, int],
+    kubectl_port_forward: Callable[..., KubectlPortForward],
+) -> None:
     s, t, _ = cluster
     for ws, transport in ((None, "websocket"), ("false", "spdy")):
-        pf = kubectl_port_forward("1.37", s.kubeconfig, "svc/web", ":down", env=_env(ws), args=("-v=6",))
+        pf = kubectl_port_forward(
+            "1.37", s.kubeconfig, "svc/web", ":down", env=_env(ws), args=("-v=6",)
+        )
         assert _transport_used(pf) == transport
         assert download(pf.local_port(t.source), 8 << 20) == (8 << 20, pattern_sha256(8 << 20))
         pf.stop()
 
 
 def test_garbage_after_upgrade_does_not_disturb_others(
-        cluster: tuple[ServeInstance, Targets, int],
-        kubectl_port_forward: Callable[..., KubectlPortForward]) -> None:
+    cluster: tuple[ServeInstance, Targets, int],
+    kubectl_port_forward: Callable[..., KubectlPortForward],
+) -> None:
     s, t, _ = cluster
     pf = kubectl_port_forward("1.33", s.kubeconfig, "pod/web-0", f":{t.source}", f":{t.echo}")
     ctx = s.ssl_context()
     assert ctx is not None
 
     def garbage(kind: str) -> bytes:
-        with socket.create_connection(("127.0.0.1", s.port), timeout=10) as raw, \
-                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        with (
+            socket.create_connection(("127.0.0.1", s.port), timeout=10) as raw,
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
             if kind == "spdy":
-                head = ("POST /api/v1/namespaces/default/pods/web-0/portforward HTTP/1.1\r\nHost: x\r\n"
-                        "Content-Length: 0\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
-                        "X-Stream-Protocol-Version: portforward.k8s.io\r\n")
+                head = (
+                    "POST /api/v1/namespaces/default/pods/web-0/portforward HTTP/1.1\r\nHost: x\r\n"
+                    "Content-Length: 0\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+                    "X-Stream-Protocol-Version: portforward.k8s.io\r\n"
+                )
             else:
-                head = ("GET /api/v1/namespaces/default/pods/web-0/portforward?ports=1 HTTP/1.1\r\nHost: x\r\n"
-                        "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
-                        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                        "Sec-WebSocket-Protocol: SPDY/3.1+portforward.k8s.io\r\n")
+                head = (
+                    "GET /api/v1/namespaces/default/pods/web-0/portforward?ports=1 HTTP/1.1\r\nHost: x\r\n"
+                    "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    "Sec-WebSocket-Protocol: SPDY/3.1+portforward.k8s.io\r\n"
+                )
             head += f"Authorization: Bearer {s.token}\r\n\r\n"
-            tls.sendall(head.encode() + b"\x80\x03\x00\x63\xff\xff\xff\xff" + bytes(range(256)) * 64)
+            tls.sendall(
+                head.encode() + b"\x80\x03\x00\x63\xff\xff\xff\xff" + bytes(range(256)) * 64
+            )
             got = b""
             for _ in range(100):  # read until the server closes (bounded)
                 try:
@@ -338,8 +407,12 @@ def test_python_kubernetes_client(cluster: tuple[ServeInstance, Targets, int]) -
         assert pod.status.container_statuses and pod.status.container_statuses[0].ready
         listed = core.list_namespaced_pod("default", label_selector="app=web").items
         assert [p.metadata.name if p.metadata else None for p in listed] == ["web-0", "web-pending"]
-        pf = portforward(core.connect_get_namespaced_pod_portforward, "web-0", "default",
-                         ports=f"{t.sink},{t.source}")
+        pf = portforward(
+            core.connect_get_namespaced_pod_portforward,
+            "web-0",
+            "default",
+            ports=f"{t.sink},{t.source}",
+        )
         try:
             n = 8 << 20
             sink = pf.socket(t.sink)
@@ -388,15 +461,21 @@ def _raw_upgrade(s: ServeInstance, path: str, kind: str = "spdy", extra: str = "
     ctx = s.ssl_context()
     assert ctx is not None
     if kind == "spdy":
-        head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: Upgrade\r\n"
-                "Upgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: portforward.k8s.io\r\n")
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: Upgrade\r\n"
+            "Upgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: portforward.k8s.io\r\n"
+        )
     else:
-        head = (f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
-                "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                f"Sec-WebSocket-Protocol: {kind}\r\n")
+        head = (
+            f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            f"Sec-WebSocket-Protocol: {kind}\r\n"
+        )
     head += extra + f"Authorization: Bearer {s.token}\r\n\r\n"
-    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as raw, \
-            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+    with (
+        socket.create_connection(("127.0.0.1", s.port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
         tls.sendall(head.encode())
         got = b""
         for _ in range(50):  # bounded: until the end of the head
@@ -409,12 +488,15 @@ def _raw_upgrade(s: ServeInstance, path: str, kind: str = "spdy", extra: str = "
         return got
 
 
-@pytest.mark.parametrize("path", [
-    "/api/v1/namespaces/default/pods/web-0/portforward",
-    "/portForward/default/web-0",
-    "/api/v1beta1/proxy/minions/node-1/portForward/default/web-0",
-    "/api/v1beta3/proxy/nodes/node-1/portForward/default/web-0",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/namespaces/default/pods/web-0/portforward",
+        "/portForward/default/web-0",
+        "/api/v1beta1/proxy/minions/node-1/portForward/default/web-0",
+        "/api/v1beta3/proxy/nodes/node-1/portForward/default/web-0",
+    ],
+)
 def test_upgrade_paths_reach_engine(cluster: tuple[ServeInstance, Targets, int], path: str) -> None:
     s, _, _ = cluster
     head = _raw_upgrade(s, path)
@@ -436,25 +518,39 @@ def test_engine_refusals_pass_through(cluster: tuple[ServeInstance, Targets, int
     assert bad_version.split(b"\r\n")[0].split()[1] in (b"101", b"403"), bad_version
 
 
-def test_sigterm_ends_kubectl_sessions(cluster: tuple[ServeInstance, Targets, int],
-                                       kubectl_port_forward: Callable[..., KubectlPortForward]) -> None:
+def test_sigterm_ends_kubectl_sessions(
+    cluster: tuple[ServeInstance, Targets, int],
+    kubectl_port_forward: Callable[..., KubectlPortForward],
+) -> None:
     s, t, _ = cluster
     spdy = kubectl_port_forward("1.33", s.kubeconfig, "pod/web-0", f":{t.echo}", env=_env("false"))
     ws = kubectl_port_forward("1.33", s.kubeconfig, "pod/web-0", f":{t.echo}")
-    assert _echo(spdy.local_port(t.echo), b"a") == b"a" and _echo(ws.local_port(t.echo), b"b") == b"b"
+    assert (
+        _echo(spdy.local_port(t.echo), b"a") == b"a" and _echo(ws.local_port(t.echo), b"b") == b"b"
+    )
     assert s.stop() == 0
     assert spdy.wait_exit(15) == 1 and ws.wait_exit(15) == 1
-    assert "error: lost connection to pod" in spdy.stderr and "error: lost connection to pod" in ws.stderr
+    assert (
+        "error: lost connection to pod" in spdy.stderr
+        and "error: lost connection to pod" in ws.stderr
+    )
     assert "Traceback" not in s.stderr_text()
 
 
-def test_idle_timeout_reaches_engine(serve_factory: Callable[..., ServeInstance],
-                                     targets_factory: Callable[[str], Targets],
-                                     kubectl_port_forward: Callable[..., KubectlPortForward]) -> None:
+def test_idle_timeout_reaches_engine(
+    serve_factory: Callable[..., ServeInstance],
+    targets_factory: Callable[[str], Targets],
+    kubectl_port_forward: Callable[..., KubectlPortForward],
+) -> None:
     """--idle-timeout 1: a SPDY session without traffic (kubectl pings every 5 s) is closed."""
     t = targets_factory(POD_HOST)
-    s = serve_factory("--idle-timeout", "1", manifest=MANIFEST.format(
-        host=POD_HOST, sink=t.sink, source=t.source, echo=t.echo, refused=free_port(POD_HOST)))
+    s = serve_factory(
+        "--idle-timeout",
+        "1",
+        manifest=MANIFEST.format(
+            host=POD_HOST, sink=t.sink, source=t.source, echo=t.echo, refused=free_port(POD_HOST)
+        ),
+    )
     pf = kubectl_port_forward("1.29", s.kubeconfig, "pod/web-0", f":{t.echo}")
     assert pf.wait_exit(20) == 1
     assert "error: lost connection to pod" in pf.stderr
@@ -464,8 +560,9 @@ def test_idle_timeout_reaches_engine(serve_factory: Callable[..., ServeInstance]
 # worker then blocks the whole session; the server bounds what it relays after that FIN
 # (containerd-like linger, fastpf.transport.kubelet), which this test holds it to.
 def test_aborted_download_does_not_stall_kubectl_129_session(
-        cluster: tuple[ServeInstance, Targets, int],
-        kubectl_port_forward: Callable[..., KubectlPortForward]) -> None:
+    cluster: tuple[ServeInstance, Targets, int],
+    kubectl_port_forward: Callable[..., KubectlPortForward],
+) -> None:
     s, t, _ = cluster
     pf = kubectl_port_forward("1.29", s.kubeconfig, "pod/web-0", f":{t.source}", f":{t.echo}")
     with socket.create_connection(("127.0.0.1", pf.local_port(t.source)), timeout=10) as sock:

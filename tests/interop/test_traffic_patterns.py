@@ -61,9 +61,19 @@ spec:
 
 # (client, version or protocol, KUBECTL_PORT_FORWARD_WEBSOCKETS)
 KUBECTL_VARIANTS = [
-    ("1.27", None), ("1.28", None), ("1.29", None), ("1.30", None), ("1.30", "true"),
-    ("1.31", None), ("1.31", "false"), ("1.32", None), ("1.32", "false"),
-    ("1.33", None), ("1.33", "false"), ("1.37", None), ("1.37", "false"),
+    ("1.27", None),
+    ("1.28", None),
+    ("1.29", None),
+    ("1.30", None),
+    ("1.30", "true"),
+    ("1.31", None),
+    ("1.31", "false"),
+    ("1.32", None),
+    ("1.32", "false"),
+    ("1.33", None),
+    ("1.33", "false"),
+    ("1.37", None),
+    ("1.37", "false"),
 ]
 
 
@@ -79,18 +89,40 @@ class Pod:
     def __init__(self, tmp: Path) -> None:
         self.block = random.Random(SEED).randbytes(1 << 20)
         prog = Path(__file__).parent.parent / "support" / "podprog.py"
-        self.proc = subprocess.Popen([sys.executable, str(prog), POD_HOST, str(SEED)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=subprocess_env())
+        self.proc = subprocess.Popen(
+            [sys.executable, str(prog), POD_HOST, str(SEED)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=subprocess_env(),
+        )
         assert self.proc.stdout is not None
         ports = json.loads(self.proc.stdout.readline() or b"{}")
-        self.source, self.reply, self.sized = int(ports["source"]), int(ports["reply"]), int(ports["sized"])
+        self.source, self.reply, self.sized = (
+            int(ports["source"]),
+            int(ports["reply"]),
+            int(ports["sized"]),
+        )
         www = tmp / "www"
         www.mkdir()
         self.http_body = random.Random(SEED + 1).randbytes(HTTP_FILE)
         (www / "blob.bin").write_bytes(self.http_body)
         self.http = subprocess.Popen(
-            [sys.executable, "-u", "-m", "http.server", "0", "--bind", POD_HOST, "--directory", str(www)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=subprocess_env())
+            [
+                sys.executable,
+                "-u",
+                "-m",
+                "http.server",
+                "0",
+                "--bind",
+                POD_HOST,
+                "--directory",
+                str(www),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            env=subprocess_env(),
+        )
         assert self.http.stdout is not None
         m = re.search(rb"port (\d+)", self.http.stdout.readline())
         assert m, "http.server did not start"
@@ -231,9 +263,21 @@ def check_patterns(pf: KubectlPortForward, pod: Pod, tmp: Path, half_close: bool
     # pod port of the same number (the third port of every client below).
     curl = require_peer(shutil.which("curl"), "curl")
     http_local = pf.local_port(pod.http_port)
-    done = subprocess.run([curl, "-sS", "--max-time", "60", "-o", str(out),
-                           f"http://127.0.0.1:{http_local}/blob.bin"],
-                          capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL)
+    done = subprocess.run(
+        [
+            curl,
+            "-sS",
+            "--max-time",
+            "60",
+            "-o",
+            str(out),
+            f"http://127.0.0.1:{http_local}/blob.bin",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        stdin=subprocess.DEVNULL,
+    )
     assert done.returncode == 0, done.stderr
     assert out.read_bytes() == pod.http_body
     assert pf.proc.poll() is None, pf.output()
@@ -243,42 +287,102 @@ def _ports(pod: Pod) -> list[str]:
     return [f":{pod.source}", f":{pod.reply}", f":{pod.sized}", f":{pod.http_port}"]
 
 
-@pytest.mark.parametrize(("version", "ws"), KUBECTL_VARIANTS,
-                         ids=[f"{v}-{_transport(v, w)}" for v, w in KUBECTL_VARIANTS])
-def test_kubectl_patterns(serve: ServeInstance, pod: Pod, kubectl_bin: Callable[[str], str],
-                          kubectl_cache_dir: Path, clients: Callable[..., KubectlPortForward],
-                          tmp_path: Path, version: str, ws: str | None) -> None:
+@pytest.mark.parametrize(
+    ("version", "ws"),
+    KUBECTL_VARIANTS,
+    ids=[f"{v}-{_transport(v, w)}" for v, w in KUBECTL_VARIANTS],
+)
+def test_kubectl_patterns(
+    serve: ServeInstance,
+    pod: Pod,
+    kubectl_bin: Callable[[str], str],
+    kubectl_cache_dir: Path,
+    clients: Callable[..., KubectlPortForward],
+    tmp_path: Path,
+    version: str,
+    ws: str | None,
+) -> None:
     binary = kubectl_bin(version)
     env = {"KUBECTL_PORT_FORWARD_WEBSOCKETS": ws} if ws is not None else None
-    cmd = [binary, "--kubeconfig", str(serve.kubeconfig), "--cache-dir", str(kubectl_cache_dir),
-           "port-forward", "pod/patterns", *_ports(pod)]
+    cmd = [
+        binary,
+        "--kubeconfig",
+        str(serve.kubeconfig),
+        "--cache-dir",
+        str(kubectl_cache_dir),
+        "port-forward",
+        "pod/patterns",
+        *_ports(pod),
+    ]
     check_patterns(clients(cmd, env), pod, tmp_path)
 
 
 @pytest.mark.parametrize("protocol", ["spdy", "websocket", "ws-channel"])
-def test_fastpf_patterns(serve: ServeInstance, pod: Pod, clients: Callable[..., KubectlPortForward],
-                         tmp_path: Path, protocol: str) -> None:
-    cmd = [sys.executable, "-m", "fastpf", "--kubeconfig", str(serve.kubeconfig), "--protocol", protocol,
-           "pod/patterns", *_ports(pod)]
+def test_fastpf_patterns(
+    serve: ServeInstance,
+    pod: Pod,
+    clients: Callable[..., KubectlPortForward],
+    tmp_path: Path,
+    protocol: str,
+) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "fastpf",
+        "--kubeconfig",
+        str(serve.kubeconfig),
+        "--protocol",
+        protocol,
+        "pod/patterns",
+        *_ports(pod),
+    ]
     check_patterns(clients(cmd, None), pod, tmp_path, half_close=protocol != "ws-channel")
 
 
 IDLE_S = 12.0  # past kubectl's pings (5 s raw, 10 s tunnelled) and fastpf's (5 s)
 
 
-def test_long_idle_connections(serve: ServeInstance, pod: Pod, kubectl_bin: Callable[[str], str],
-                               kubectl_cache_dir: Path,
-                               clients: Callable[..., KubectlPortForward]) -> None:
+def test_long_idle_connections(
+    serve: ServeInstance,
+    pod: Pod,
+    kubectl_bin: Callable[[str], str],
+    kubectl_cache_dir: Path,
+    clients: Callable[..., KubectlPortForward],
+) -> None:
     """A connection opened, left idle past every ping interval, then used; and the session
     still takes new connections afterwards. kubectl 1.29 (SPDY), 1.33 (WebSocket tunnel) and
     the fastpf client, idle at the same time."""
     started = []
     for version in ("1.29", "1.33"):
-        started.append(clients([kubectl_bin(version), "--kubeconfig", str(serve.kubeconfig),
-                                "--cache-dir", str(kubectl_cache_dir), "port-forward",
-                                "pod/patterns", *_ports(pod)], None))
-    started.append(clients([sys.executable, "-m", "fastpf", "--kubeconfig", str(serve.kubeconfig),
-                            "pod/patterns", *_ports(pod)], None))
+        started.append(
+            clients(
+                [
+                    kubectl_bin(version),
+                    "--kubeconfig",
+                    str(serve.kubeconfig),
+                    "--cache-dir",
+                    str(kubectl_cache_dir),
+                    "port-forward",
+                    "pod/patterns",
+                    *_ports(pod),
+                ],
+                None,
+            )
+        )
+    started.append(
+        clients(
+            [
+                sys.executable,
+                "-m",
+                "fastpf",
+                "--kubeconfig",
+                str(serve.kubeconfig),
+                "pod/patterns",
+                *_ports(pod),
+            ],
+            None,
+        )
+    )
     idle = []
     for pf in started:
         sock = socket.create_connection(("127.0.0.1", pf.local_port(pod.reply)), timeout=30)
@@ -291,5 +395,6 @@ def test_long_idle_connections(serve: ServeInstance, pod: Pod, kubectl_bin: Call
         body = b"before the idle, after it"
         assert answer == f"{len(body)} {hashlib.sha256(body).hexdigest()}\n".encode(), pf.output()
         assert request_halfclose_reply(pf.local_port(pod.reply), b"x") == (
-            f"1 {hashlib.sha256(b'x').hexdigest()}\n".encode())
+            f"1 {hashlib.sha256(b'x').hexdigest()}\n".encode()
+        )
         assert pf.proc.poll() is None, pf.output()

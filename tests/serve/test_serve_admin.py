@@ -66,23 +66,35 @@ spec: {{selector: {{app: web}}, ports: [{{name: echo, port: 80, targetPort: echo
 
 
 @pytest.fixture
-def world(serve_factory: Callable[..., ServeInstance],
-          targets_factory: Callable[[str], Targets]) -> tuple[ServeInstance, Targets]:
+def world(
+    serve_factory: Callable[..., ServeInstance], targets_factory: Callable[[str], Targets]
+) -> tuple[ServeInstance, Targets]:
     t = targets_factory(POD_HOST)
     return serve_factory("--pod-address", POD_HOST, manifest=manifest(t)), t
 
 
-def _kubectl(binary: str, s: ServeInstance, cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _kubectl(
+    binary: str, s: ServeInstance, cache: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
     return run_kubectl(binary, s.kubeconfig, cache, *args, timeout=60)
 
 
-def _request(s: ServeInstance, method: str, path: str, body: Any = None,
-             content_type: str = "application/json") -> tuple[int, Any]:
+def _request(
+    s: ServeInstance,
+    method: str,
+    path: str,
+    body: Any = None,
+    content_type: str = "application/json",
+) -> tuple[int, Any]:
     conn = s.connection()
     try:
         data = None if body is None else json.dumps(body).encode()
-        conn.request(method, path, body=data, headers={"Authorization": f"Bearer {s.token}",
-                                                       "Content-Type": content_type})
+        conn.request(
+            method,
+            path,
+            body=data,
+            headers={"Authorization": f"Bearer {s.token}", "Content-Type": content_type},
+        )
         resp = conn.getresponse()
         return resp.status, json.loads(resp.read() or b"null")
     finally:
@@ -102,17 +114,22 @@ def _echo_through(port: int, payload: bytes = b"ping\n") -> bytes:
 
 
 # ---- kubectl sees a cluster ------------------------------------------------------------------------
-def test_kubectl_lists_workload_pods_and_changes_them(world: tuple[ServeInstance, Targets],
-                                                      kubectl_bin: Callable[[str], str], tmp_path: Path) -> None:
+def test_kubectl_lists_workload_pods_and_changes_them(
+    world: tuple[ServeInstance, Targets], kubectl_bin: Callable[[str], str], tmp_path: Path
+) -> None:
     s, _ = world
     k = kubectl_bin("1.33")
     r = _kubectl(k, s, tmp_path, "get", "pods", "-l", "app=web", "-o", "name")
     assert r.returncode == 0, r.stderr
     names = [line.removeprefix("pod/") for line in r.stdout.split()]
-    assert len(names) == 2 and all(re.fullmatch(f"web-{SAFE}{{10}}-{SAFE}{{5}}", n) for n in names), names
+    assert len(names) == 2 and all(
+        re.fullmatch(f"web-{SAFE}{{10}}-{SAFE}{{5}}", n) for n in names
+    ), names
     r = _kubectl(k, s, tmp_path, "get", "pods", "-l", "app=db", "-o", "name")
     assert r.stdout.split() == ["pod/db-0", "pod/db-1"], r.stderr
-    r = _kubectl(k, s, tmp_path, "get", "pod", names[0], "-o", "jsonpath={.metadata.ownerReferences[0].kind}")
+    r = _kubectl(
+        k, s, tmp_path, "get", "pod", names[0], "-o", "jsonpath={.metadata.ownerReferences[0].kind}"
+    )
     assert r.stdout == "ReplicaSet", r.stderr
     # delete: a new pod under a new name; scale; status patch; create.
     r = _kubectl(k, s, tmp_path, "delete", "pod", names[0])
@@ -121,11 +138,27 @@ def test_kubectl_lists_workload_pods_and_changes_them(world: tuple[ServeInstance
     assert len(after) == 2 and f"pod/{names[0]}" not in after and f"pod/{names[1]}" in after
     r = _kubectl(k, s, tmp_path, "scale", "deploy/web", "--replicas=4")
     assert r.returncode == 0 and "scaled" in r.stdout, r.stderr
-    assert len(_kubectl(k, s, tmp_path, "get", "pods", "-l", "app=web", "-o", "name").stdout.split()) == 4
-    r = _kubectl(k, s, tmp_path, "patch", "pod", "db-1", "--subresource=status", "--type=merge",
-                 "-p", '{"status":{"phase":"Pending"}}')
+    assert (
+        len(_kubectl(k, s, tmp_path, "get", "pods", "-l", "app=web", "-o", "name").stdout.split())
+        == 4
+    )
+    r = _kubectl(
+        k,
+        s,
+        tmp_path,
+        "patch",
+        "pod",
+        "db-1",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        '{"status":{"phase":"Pending"}}',
+    )
     assert r.returncode == 0, r.stderr
-    assert _kubectl(k, s, tmp_path, "get", "pod", "db-1", "-o", "jsonpath={.status.phase}").stdout == "Pending"
+    assert (
+        _kubectl(k, s, tmp_path, "get", "pod", "db-1", "-o", "jsonpath={.status.phase}").stdout
+        == "Pending"
+    )
     pod = tmp_path / "pod.yaml"
     pod.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: extra, labels: {app: web}}\n")
     # kubectl's default --validate=strict reads OpenAPI v3 (1.29+); 1.27/1.28 need --validate=false.
@@ -133,10 +166,17 @@ def test_kubectl_lists_workload_pods_and_changes_them(world: tuple[ServeInstance
     assert r.returncode == 0 and "pod/extra created" in r.stdout, r.stderr
     r = _kubectl(k, s, tmp_path, "create", "-f", str(pod))
     assert r.returncode == 1 and 'pods "extra" already exists' in r.stderr
-    pod.write_text("apiVersion: v1\nkind: Pod\nmetadata: {name: extra, labels: {app: web, tier: changed}}\n")
+    pod.write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: extra, labels: {app: web, tier: changed}}\n"
+    )
     r = _kubectl(k, s, tmp_path, "apply", "-f", str(pod))
     assert r.returncode == 0 and "pod/extra configured" in r.stdout, r.stderr
-    assert _kubectl(k, s, tmp_path, "get", "pod", "extra", "-o", "jsonpath={.metadata.labels.tier}").stdout == "changed"
+    assert (
+        _kubectl(
+            k, s, tmp_path, "get", "pod", "extra", "-o", "jsonpath={.metadata.labels.tier}"
+        ).stdout
+        == "changed"
+    )
     r = _kubectl(k, s, tmp_path, "delete", "pod", "extra", "--grace-period=1")
     assert r.returncode == 0, r.stderr
     r = _kubectl(k, s, tmp_path, "rollout", "status", "deploy/web", "--timeout=10s")
@@ -144,21 +184,31 @@ def test_kubectl_lists_workload_pods_and_changes_them(world: tuple[ServeInstance
 
 
 @pytest.mark.parametrize("target", ["svc/web", "deploy/web", "rs/solo", "sts/db", "pod/db-1"])
-def test_workload_targets_forward_with_kubectl_and_fastpf(world: tuple[ServeInstance, Targets], target: str,
-                                                          kubectl_port_forward: Callable[..., Any]) -> None:
+def test_workload_targets_forward_with_kubectl_and_fastpf(
+    world: tuple[ServeInstance, Targets], target: str, kubectl_port_forward: Callable[..., Any]
+) -> None:
     s, t = world
     remote = "80" if target == "svc/web" else str(t.echo)
     pf = kubectl_port_forward("1.33", s.kubeconfig, target, f":{remote}")
-    assert _echo_through(pf.local_port(t.echo)) == b"ping\n"  # a service port is shown as its targetPort
+    assert (
+        _echo_through(pf.local_port(t.echo)) == b"ping\n"
+    )  # a service port is shown as its targetPort
     pf.stop()
-    proc = subprocess.Popen([sys.executable, "-m", "fastpf", "--kubeconfig", str(s.kubeconfig), target,
-                             f":{remote}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, env=subprocess_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastpf", "--kubeconfig", str(s.kubeconfig), target, f":{remote}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=subprocess_env(),
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().decode()
         m = re.match(r"Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)", line)
-        assert m and m.group(2) == str(t.echo), (line, proc.stderr.read() if proc.stderr and proc.poll() is not None else "")
+        assert m and m.group(2) == str(t.echo), (
+            line,
+            proc.stderr.read() if proc.stderr and proc.poll() is not None else "",
+        )
         assert _echo_through(int(m.group(1)), b"hello fastpf\n") == b"hello fastpf\n"
     finally:
         stop_process(proc)
@@ -182,14 +232,30 @@ def test_http1_watch_streams_changes(world: tuple[ServeInstance, Targets]) -> No
     rv = pods["metadata"]["resourceVersion"]
     conn = s.connection(timeout=10)
     try:
-        conn.request("GET", f"/api/v1/namespaces/default/pods?watch=true&labelSelector=app%3Ddb&resourceVersion={rv}"
-                            "&timeoutSeconds=20", headers={"Authorization": f"Bearer {s.token}"})
+        conn.request(
+            "GET",
+            f"/api/v1/namespaces/default/pods?watch=true&labelSelector=app%3Ddb&resourceVersion={rv}"
+            "&timeoutSeconds=20",
+            headers={"Authorization": f"Bearer {s.token}"},
+        )
         resp = conn.getresponse()
         assert resp.status == 200
-        assert _request(s, "PATCH", "/api/v1/namespaces/default/pods/db-0/status",
-                        {"status": {"phase": "Failed"}}, "application/merge-patch+json")[0] == 200
+        assert (
+            _request(
+                s,
+                "PATCH",
+                "/api/v1/namespaces/default/pods/db-0/status",
+                {"status": {"phase": "Failed"}},
+                "application/merge-patch+json",
+            )[0]
+            == 200
+        )
         assert _request(s, "DELETE", "/api/v1/namespaces/default/pods/db-1")[0] == 200
-        assert _read_events(resp, 3) == [("MODIFIED", "db-0"), ("DELETED", "db-1"), ("ADDED", "db-1")]
+        assert _read_events(resp, 3) == [
+            ("MODIFIED", "db-0"),
+            ("DELETED", "db-1"),
+            ("ADDED", "db-1"),
+        ]
     finally:
         conn.close()
 
@@ -198,13 +264,26 @@ def test_http2_watch_streams_changes(world: tuple[ServeInstance, Targets]) -> No
     s, _ = world
     ctx = s.ssl_context(alpn=["h2"])
     assert ctx is not None
-    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as raw, \
-            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+    with (
+        socket.create_connection(("127.0.0.1", s.port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
         conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
         conn.initiate_connection()
-        conn.send_headers(1, [(":method", "GET"), (":scheme", "https"), (":authority", f"127.0.0.1:{s.port}"),
-                              (":path", "/api/v1/namespaces/default/pods?watch=1&fieldSelector=metadata.name%3Ddb-0"),
-                              ("authorization", f"Bearer {s.token}")], end_stream=True)
+        conn.send_headers(
+            1,
+            [
+                (":method", "GET"),
+                (":scheme", "https"),
+                (":authority", f"127.0.0.1:{s.port}"),
+                (
+                    ":path",
+                    "/api/v1/namespaces/default/pods?watch=1&fieldSelector=metadata.name%3Ddb-0",
+                ),
+                ("authorization", f"Bearer {s.token}"),
+            ],
+            end_stream=True,
+        )
         tls.sendall(conn.data_to_send())
         body = b""
         deleted = False
@@ -244,7 +323,10 @@ def test_sighup_reloads_manifests(serve_factory: Callable[..., ServeInstance]) -
         if "reload failed" in s.stderr_text():
             break
         time.sleep(0.05)
-    assert "reload failed, objects unchanged" in s.stderr_text() and "has no metadata.name" in s.stderr_text()
+    assert (
+        "reload failed, objects unchanged" in s.stderr_text()
+        and "has no metadata.name" in s.stderr_text()
+    )
     assert _request(s, "GET", "/api/v1/namespaces/default/pods/b")[0] == 200
     assert s.process.poll() is None and "Traceback" not in s.stderr_text()
     assert "reloaded" in s.stderr_text() and "1 added, 0 changed, 1 deleted" in s.stderr_text()
@@ -252,14 +334,30 @@ def test_sighup_reloads_manifests(serve_factory: Callable[..., ServeInstance]) -
 
 # ---- pods that go away end their sessions ---------------------------------------------------------------
 @pytest.mark.parametrize("protocol", ["websocket", "spdy", "ws-channel"])
-def test_deleting_a_pod_ends_its_sessions(world: tuple[ServeInstance, Targets], protocol: str) -> None:
+def test_deleting_a_pod_ends_its_sessions(
+    world: tuple[ServeInstance, Targets], protocol: str
+) -> None:
     s, t = world
     # --reconnect=false: the session's end is what this test looks at (fastpf would reconnect,
     # tests/client/test_reconnect.py).
-    proc = subprocess.Popen([sys.executable, "-m", "fastpf", "--kubeconfig", str(s.kubeconfig), "--protocol",
-                             protocol, "--reconnect=false", "pod/db-0", f":{t.echo}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, env=subprocess_env())
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fastpf",
+            "--kubeconfig",
+            str(s.kubeconfig),
+            "--protocol",
+            protocol,
+            "--reconnect=false",
+            "pod/db-0",
+            f":{t.echo}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=subprocess_env(),
+    )
     try:
         assert proc.stdout is not None and proc.stderr is not None
         m = re.match(r"Forwarding from 127\.0\.0\.1:(\d+)", proc.stdout.readline().decode())
@@ -294,13 +392,25 @@ def _table(text: str) -> list[list[str]]:
 
 
 @pytest.mark.parametrize("version", ["1.27", "1.33", "1.37"])
-def test_kubectl_get_shows_server_side_columns(world: tuple[ServeInstance, Targets], version: str,
-                                               kubectl_bin: Callable[[str], str], tmp_path: Path) -> None:
+def test_kubectl_get_shows_server_side_columns(
+    world: tuple[ServeInstance, Targets],
+    version: str,
+    kubectl_bin: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
     """kubectl asks for `as=Table`; before, serve sent plain lists and kubectl printed NAME AGE."""
     s, _ = world
     k = kubectl_bin(version)
-    assert _request(s, "PATCH", "/api/v1/namespaces/default/pods/db-1/status", {"status": {"phase": "Pending"}},
-                    "application/merge-patch+json")[0] == 200
+    assert (
+        _request(
+            s,
+            "PATCH",
+            "/api/v1/namespaces/default/pods/db-1/status",
+            {"status": {"phase": "Pending"}},
+            "application/merge-patch+json",
+        )[0]
+        == 200
+    )
     r = _kubectl(k, s, tmp_path, "get", "pods", "-l", "app=db")
     assert r.returncode == 0, r.stderr
     rows = _table(r.stdout)
@@ -309,12 +419,35 @@ def test_kubectl_get_shows_server_side_columns(world: tuple[ServeInstance, Targe
     assert rows[2][:4] == ["db-1", "0/1", "ContainerCreating", "0"]
     r = _kubectl(k, s, tmp_path, "get", "pods", "db-0", "-o", "wide", "--show-labels")
     rows = _table(r.stdout)
-    assert rows[0] == ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE", "NOMINATED NODE",
-                       "READINESS GATES", "LABELS"], r.stdout
-    assert rows[1][5:7] == [POD_HOST, "fastpf"] and "statefulset.kubernetes.io/pod-name=db-0" in rows[1][9]
+    assert rows[0] == [
+        "NAME",
+        "READY",
+        "STATUS",
+        "RESTARTS",
+        "AGE",
+        "IP",
+        "NODE",
+        "NOMINATED NODE",
+        "READINESS GATES",
+        "LABELS",
+    ], r.stdout
+    assert (
+        rows[1][5:7] == [POD_HOST, "fastpf"]
+        and "statefulset.kubernetes.io/pod-name=db-0" in rows[1][9]
+    )
     expected = {
-        "svc": (["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"], ["web", "ClusterIP"], 4, "80/TCP"),
-        "deploy": (["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"], ["web", "2/2", "2", "2"], None, None),
+        "svc": (
+            ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"],
+            ["web", "ClusterIP"],
+            4,
+            "80/TCP",
+        ),
+        "deploy": (
+            ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+            ["web", "2/2", "2", "2"],
+            None,
+            None,
+        ),
         "rs": (["NAME", "DESIRED", "CURRENT", "READY", "AGE"], ["solo", "1", "1", "1"], None, None),
         "sts": (["NAME", "READY", "AGE"], ["db", "1/2"], None, None),
     }
@@ -322,17 +455,22 @@ def test_kubectl_get_shows_server_side_columns(world: tuple[ServeInstance, Targe
         r = _kubectl(k, s, tmp_path, "get", kind, *(["solo"] if kind == "rs" else []))
         rows = _table(r.stdout)
         assert rows[0] == header, (kind, r.stdout, r.stderr)
-        assert rows[1][:len(first)] == first, (kind, r.stdout)
+        assert rows[1][: len(first)] == first, (kind, r.stdout)
         if column is not None:
             assert rows[1][column] == value
     r = _kubectl(k, s, tmp_path, "get", "ns", "default")
-    assert _table(r.stdout)[0] == ["NAME", "STATUS", "AGE"] and _table(r.stdout)[1][:2] == ["default", "Active"]
+    assert _table(r.stdout)[0] == ["NAME", "STATUS", "AGE"] and _table(r.stdout)[1][:2] == [
+        "default",
+        "Active",
+    ]
 
 
 # ---- serve's log -------------------------------------------------------------------------------------------
-def test_default_log_has_sessions_and_failed_dials_not_requests(serve_factory: Callable[..., ServeInstance],
-                                                                kubectl_port_forward: Callable[..., Any],
-                                                                targets: Targets) -> None:
+def test_default_log_has_sessions_and_failed_dials_not_requests(
+    serve_factory: Callable[..., ServeInstance],
+    kubectl_port_forward: Callable[..., Any],
+    targets: Targets,
+) -> None:
     """Before, serve logged its first line only, even after hundreds of sessions and failed dials."""
     s = serve_factory()
     pf = kubectl_port_forward("1.33", s.kubeconfig, "pod/mypod", f":{targets.echo}")
@@ -351,12 +489,22 @@ def test_default_log_has_sessions_and_failed_dials_not_requests(serve_factory: C
     log = s.stderr_text()
     lines = log.splitlines()
     started = [line for line in lines if '"Port-forward session started"' in line]
-    assert len(started) == 2 and 'pod="default/mypod"' in started[0] and 'protocol="websocket"' in started[0]
-    assert re.match(r"^I\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ sessions\.py:\d+\] ", started[0]), started[0]
+    assert (
+        len(started) == 2
+        and 'pod="default/mypod"' in started[0]
+        and 'protocol="websocket"' in started[0]
+    )
+    assert re.match(r"^I\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ sessions\.py:\d+\] ", started[0]), started[
+        0
+    ]
     assert 'peer="127.0.0.1:' in started[0] and 'userAgent="kubectl' in started[0]
     ended = [line for line in lines if '"Port-forward session ended"' in line]
     assert len(ended) == 2 and re.search(r'duration="\d+\.\d{3}s"', ended[0])
-    assert [line for line in lines if f"dial tcp4 127.0.0.1:{closed}: connect: connection refused" in line]
+    assert [
+        line
+        for line in lines
+        if f"dial tcp4 127.0.0.1:{closed}: connect: connection refused" in line
+    ]
     assert "HTTP verb=" not in log
 
 
@@ -366,9 +514,12 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_verbose_log_never_shows_the_token(serve_factory: Callable[..., ServeInstance],
-                                           kubectl_bin: Callable[[str], str], targets: Targets,
-                                           tmp_path: Path) -> None:
+def test_verbose_log_never_shows_the_token(
+    serve_factory: Callable[..., ServeInstance],
+    kubectl_bin: Callable[[str], str],
+    targets: Targets,
+    tmp_path: Path,
+) -> None:
     token = "tok-3f9a1c77e5d24b08a6-secret"
     s = serve_factory("--token", token, "-v", "10", manifest=manifest(targets))
     k = kubectl_bin("1.33")
@@ -376,9 +527,23 @@ def test_verbose_log_never_shows_the_token(serve_factory: Callable[..., ServeIns
     assert _kubectl(k, s, tmp_path, "delete", "pod", "db-0").returncode == 0
     assert s.get(f"/api/v1/namespaces/default/pods?access_token={token}&watch=0")[0] == 200
     assert s.get("/api", token=f"{token}x")[0] == 401
-    proc = subprocess.Popen([sys.executable, "-m", "fastpf", "--kubeconfig", str(s.kubeconfig), "-v", "9", "pod/db-1",
-                             f":{targets.echo}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, env=subprocess_env())
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fastpf",
+            "--kubeconfig",
+            str(s.kubeconfig),
+            "-v",
+            "9",
+            "pod/db-1",
+            f":{targets.echo}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=subprocess_env(),
+    )
     try:
         assert proc.stdout is not None
         m = re.match(r"Forwarding from 127\.0\.0\.1:(\d+)", proc.stdout.readline().decode())
@@ -397,8 +562,17 @@ def test_ws_channel_failed_dial_is_logged(serve_factory: Callable[..., ServeInst
     """A v4.channel session's refused pod port is logged like a SPDY one (kubelet's words)."""
     s = serve_factory()
     closed = _free_port()
-    cmd = [sys.executable, "-m", "fastpf", "--kubeconfig", str(s.kubeconfig), "--protocol", "ws-channel",
-           "pod/mypod", f":{closed}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fastpf",
+        "--kubeconfig",
+        str(s.kubeconfig),
+        "--protocol",
+        "ws-channel",
+        "pod/mypod",
+        f":{closed}",
+    ]
     pf = KubectlPortForward(cmd, subprocess_env())
     try:
         pf.wait_forwarding(1)

@@ -48,8 +48,14 @@ def _serve_cmd(*args: str) -> list[str]:
 
 
 def _run_serve(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(_serve_cmd(*args), capture_output=True, text=True, timeout=timeout,
-                          env=subprocess_env(), stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        _serve_cmd(*args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=subprocess_env(),
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -83,8 +89,10 @@ def test_kubeconfig_and_serving_line(serve: ServeInstance) -> None:
 def test_localhost_name_verifies(serve: ServeInstance) -> None:
     ctx = serve.ssl_context()
     assert ctx is not None
-    with socket.create_connection(("127.0.0.1", serve.port), timeout=10) as raw, \
-            ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+    with (
+        socket.create_connection(("127.0.0.1", serve.port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
         assert tls.version() in ("TLSv1.2", "TLSv1.3")
 
 
@@ -103,8 +111,13 @@ def test_given_token_and_no_tls(serve_factory: Callable[..., ServeInstance]) -> 
 
 
 def test_default_kubeconfig_is_temporary(tmp_path: Path) -> None:
-    proc = subprocess.Popen(_serve_cmd("--listen", "127.0.0.1:0"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=subprocess_env(), stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _serve_cmd("--listen", "127.0.0.1:0"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=subprocess_env(),
+        stdin=subprocess.DEVNULL,
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().decode()
@@ -120,8 +133,13 @@ def test_default_kubeconfig_is_temporary(tmp_path: Path) -> None:
 # ---- auth --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("token", [None, "wrong"])
 def test_401_without_valid_token(serve: ServeInstance, token: str | None) -> None:
-    for path in ("/api", "/api/v1/namespaces/default/pods/x", "/api/v1/namespaces/default/pods/x/portforward",
-                 "/portForward/default/x", "/version"):
+    for path in (
+        "/api",
+        "/api/v1/namespaces/default/pods/x",
+        "/api/v1/namespaces/default/pods/x/portforward",
+        "/portForward/default/x",
+        "/version",
+    ):
         status, headers, body = serve.get(path, token=token)
         assert status == 401, path
         assert headers["content-type"] == "application/json"
@@ -133,19 +151,29 @@ def test_401_without_valid_token(serve: ServeInstance, token: str | None) -> Non
 def test_rest_json_whatever_accept(serve_factory: Callable[..., ServeInstance]) -> None:
     s = serve_factory(manifest=MANIFEST)
     accept = "application/vnd.kubernetes.protobuf,application/json"
-    status, headers, body = s.get("/api/v1/namespaces/default/pods/web-1", headers={"Accept": accept})
+    status, headers, body = s.get(
+        "/api/v1/namespaces/default/pods/web-1", headers={"Accept": accept}
+    )
     assert status == 200 and headers["content-type"] == "application/json"
     assert json.loads(body)["metadata"]["name"] == "web-1"
-    aggregated = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
+    aggregated = (
+        "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
+    )
     status, body_json = s.get_json("/apis", headers={"Accept": aggregated})
     assert status == 200 and body_json["kind"] == "APIGroupList"
     status, body_json = s.get_json("/api/v1/namespaces/default/pods/nosuch")
     assert status == 404 and body_json["message"] == 'pods "nosuch" not found'
     status, body_json = s.get_json("/api/v1/namespaces/default/pods/web-1/portforward-typo")
     assert status == 404
-    status, body_json = s.get_json("/api/v1/namespaces/default/pods/nosuch/portforward", method="POST",
-                                   headers={"Connection": "Upgrade", "Upgrade": "SPDY/3.1",
-                                            "X-Stream-Protocol-Version": "portforward.k8s.io"})
+    status, body_json = s.get_json(
+        "/api/v1/namespaces/default/pods/nosuch/portforward",
+        method="POST",
+        headers={
+            "Connection": "Upgrade",
+            "Upgrade": "SPDY/3.1",
+            "X-Stream-Protocol-Version": "portforward.k8s.io",
+        },
+    )
     assert status == 404 and body_json["message"] == 'pods "nosuch" not found'
 
 
@@ -154,8 +182,11 @@ def test_watch_streams_added_events_then_ends(serve_factory: Callable[..., Serve
     conn = s.connection()
     try:
         started = time.monotonic()
-        conn.request("GET", "/api/v1/namespaces/default/pods?watch=true&labelSelector=app%3Dweb&timeoutSeconds=1",
-                     headers={"Authorization": f"Bearer {s.token}"})
+        conn.request(
+            "GET",
+            "/api/v1/namespaces/default/pods?watch=true&labelSelector=app%3Dweb&timeoutSeconds=1",
+            headers={"Authorization": f"Bearer {s.token}"},
+        )
         resp = conn.getresponse()
         assert resp.status == 200 and resp.getheader("Transfer-Encoding") == "chunked"
         first = json.loads(resp.readline())
@@ -170,15 +201,27 @@ def test_watch_streams_added_events_then_ends(serve_factory: Callable[..., Serve
 
 
 @pytest.mark.parametrize("version", ["1.27", "1.33", "1.37"])
-def test_kubectl_rest(serve_factory: Callable[..., ServeInstance], kubectl_bin: Callable[[str], str],
-                      tmp_path: Path, version: str) -> None:
+def test_kubectl_rest(
+    serve_factory: Callable[..., ServeInstance],
+    kubectl_bin: Callable[[str], str],
+    tmp_path: Path,
+    version: str,
+) -> None:
     """kubectl does discovery over HTTP/2 (ALPN) and reads our objects."""
     binary = kubectl_bin(version)
     s = serve_factory(manifest=MANIFEST)
     r = run_kubectl(binary, s.kubeconfig, tmp_path, "get", "pod", "web-1", "-o", "json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["status"]["phase"] == "Running"
-    r = run_kubectl(binary, s.kubeconfig, tmp_path, "get", "svc/web", "-o", "jsonpath={.spec.ports[0].targetPort}")
+    r = run_kubectl(
+        binary,
+        s.kubeconfig,
+        tmp_path,
+        "get",
+        "svc/web",
+        "-o",
+        "jsonpath={.spec.ports[0].targetPort}",
+    )
     assert r.returncode == 0 and r.stdout == "http", r.stderr
     r = run_kubectl(binary, s.kubeconfig, tmp_path, "get", "pod", "nosuch")
     assert r.returncode == 1 and 'pods "nosuch" not found' in r.stderr
@@ -189,15 +232,26 @@ def test_kubectl_rest(serve_factory: Callable[..., ServeInstance], kubectl_bin: 
 
 
 # ---- HTTP/2 ------------------------------------------------------------------------------------
-def _h2_get(sock: Any, paths: list[str], token: str, authority: str) -> dict[int, tuple[int, bytes]]:
+def _h2_get(
+    sock: Any, paths: list[str], token: str, authority: str
+) -> dict[int, tuple[int, bytes]]:
     """GET each path on its own stream; returns stream id -> (status, body)."""
     conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
     conn.initiate_connection()
     streams: dict[int, tuple[int, bytes]] = {}
     for path in paths:
         sid = conn.get_next_available_stream_id()
-        conn.send_headers(sid, [(":method", "GET"), (":path", path), (":scheme", "https"),
-                                (":authority", authority), ("authorization", f"Bearer {token}")], end_stream=True)
+        conn.send_headers(
+            sid,
+            [
+                (":method", "GET"),
+                (":path", path),
+                (":scheme", "https"),
+                (":authority", authority),
+                ("authorization", f"Bearer {token}"),
+            ],
+            end_stream=True,
+        )
         streams[sid] = (0, b"")
     sock.sendall(conn.data_to_send())
     done: set[int] = set()
@@ -224,10 +278,17 @@ def _h2_get(sock: Any, paths: list[str], token: str, authority: str) -> dict[int
 def test_h2_via_alpn(serve: ServeInstance) -> None:
     ctx = serve.ssl_context(alpn=["h2", "http/1.1"])
     assert ctx is not None
-    with socket.create_connection(("127.0.0.1", serve.port), timeout=10) as raw, \
-            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+    with (
+        socket.create_connection(("127.0.0.1", serve.port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
         assert tls.selected_alpn_protocol() == "h2"
-        paths = ["/api", "/apis/apps/v1", "/api/v1/namespaces/default/pods/x", "/api/v1/namespaces/default/pods/x/portforward"]
+        paths = [
+            "/api",
+            "/apis/apps/v1",
+            "/api/v1/namespaces/default/pods/x",
+            "/api/v1/namespaces/default/pods/x/portforward",
+        ]
         replies = list(_h2_get(tls, paths, serve.token, f"127.0.0.1:{serve.port}").values())
     assert replies[0][0] == 200 and json.loads(replies[0][1])["kind"] == "APIVersions"
     assert json.loads(replies[1][1])["groupVersion"] == "apps/v1"
@@ -238,10 +299,14 @@ def test_h2_via_alpn(serve: ServeInstance) -> None:
 def test_http11_via_alpn(serve: ServeInstance) -> None:
     ctx = serve.ssl_context(alpn=["http/1.1"])
     assert ctx is not None
-    with socket.create_connection(("127.0.0.1", serve.port), timeout=10) as raw, \
-            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+    with (
+        socket.create_connection(("127.0.0.1", serve.port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
         assert tls.selected_alpn_protocol() == "http/1.1"
-        tls.sendall(f"GET /version HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {serve.token}\r\n\r\n".encode())
+        tls.sendall(
+            f"GET /version HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {serve.token}\r\n\r\n".encode()
+        )
         assert tls.recv(100).startswith(b"HTTP/1.1 200 ")
 
 
@@ -255,8 +320,10 @@ def test_h2c_prior_knowledge_on_no_tls(serve_factory: Callable[..., ServeInstanc
 def test_malformed_http_gets_400_and_server_lives(serve: ServeInstance) -> None:
     ctx = serve.ssl_context()
     assert ctx is not None
-    with socket.create_connection(("127.0.0.1", serve.port), timeout=10) as raw, \
-            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+    with (
+        socket.create_connection(("127.0.0.1", serve.port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
         tls.sendall(b"GARBAGE\x00\x01 nonsense\r\n\r\n")
         assert tls.recv(100).startswith(b"HTTP/1.1 400 ")
     with socket.create_connection(("127.0.0.1", serve.port), timeout=10) as raw:
@@ -267,42 +334,70 @@ def test_malformed_http_gets_400_and_server_lives(serve: ServeInstance) -> None:
 
 
 # ---- bad input ---------------------------------------------------------------------------------
-@pytest.mark.parametrize(("text", "needle"), [
-    ("kind: Pod\nmetadata: {name: [x\n", "invalid YAML"),
-    ("apiVersion: v1\nkind: Pod\nmetadata: {name: x, annotations: {fastpf.io/address: 8.8.8.8}}\n",
-     "not a loopback address"),
-    ("apiVersion: v1\nkind: Secret\nmetadata: {name: x}\n", "unsupported kind 'Secret'"),
-    # issue 9: each of these used to be accepted silently (serve started) or named None
-    ("", "no objects in the manifest (it is empty)"),
-    ("# nothing but a comment\n---\n---\n", "no objects in the manifest (it is empty)"),
-    ("kind: Pod\nmetadata: {name: x}\n", "document 1: Pod has no apiVersion (want 'v1')"),
-    ("apiVersion: v1\nmetadata: {name: x}\n", "document 1: missing 'kind'"),
-    ("apiVersion: v1\nkind: Pod\nmetadata: {labels: {app: x}}\n", "document 1: Pod has no metadata.name"),
-    ("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: [\n"
-     "  {name: a, ports: [{name: http, containerPort: 80}]},\n"
-     "  {name: b, ports: [{name: http, containerPort: 81}]}]}\n",
-     "(Pod x): spec.containers[1].ports[0].name 'http' is already used by spec.containers[0].ports[0]"),
-    ("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: [{name: a, ports: [\n"
-     "  {name: web, containerPort: 80}, {name: web, containerPort: 81}]}]}\n", "'web' is already used"),
-    ("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: [{name: a}, {name: a}]}\n",
-     "spec.containers[1].name 'a' is already used by containers[0]"),
-    ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {selector: {matchLabels: {app: a}},"
-     " template: {metadata: {labels: {app: b}}}}\n", "spec.selector does not match the template's labels"),
-    ("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: !!binary aGVsbG8=\n", "cannot be served as JSON"),
-    ("[" * 100 + "]" * 100, "nested deeper than 64 levels"),
-])
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("kind: Pod\nmetadata: {name: [x\n", "invalid YAML"),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: x, annotations: {fastpf.io/address: 8.8.8.8}}\n",
+            "not a loopback address",
+        ),
+        ("apiVersion: v1\nkind: Secret\nmetadata: {name: x}\n", "unsupported kind 'Secret'"),
+        # issue 9: each of these used to be accepted silently (serve started) or named None
+        ("", "no objects in the manifest (it is empty)"),
+        ("# nothing but a comment\n---\n---\n", "no objects in the manifest (it is empty)"),
+        ("kind: Pod\nmetadata: {name: x}\n", "document 1: Pod has no apiVersion (want 'v1')"),
+        ("apiVersion: v1\nmetadata: {name: x}\n", "document 1: missing 'kind'"),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {labels: {app: x}}\n",
+            "document 1: Pod has no metadata.name",
+        ),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: [\n"
+            "  {name: a, ports: [{name: http, containerPort: 80}]},\n"
+            "  {name: b, ports: [{name: http, containerPort: 81}]}]}\n",
+            "(Pod x): spec.containers[1].ports[0].name 'http' is already used by spec.containers[0].ports[0]",
+        ),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: [{name: a, ports: [\n"
+            "  {name: web, containerPort: 80}, {name: web, containerPort: 81}]}]}\n",
+            "'web' is already used",
+        ),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: [{name: a}, {name: a}]}\n",
+            "spec.containers[1].name 'a' is already used by containers[0]",
+        ),
+        (
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {selector: {matchLabels: {app: a}},"
+            " template: {metadata: {labels: {app: b}}}}\n",
+            "spec.selector does not match the template's labels",
+        ),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: !!binary aGVsbG8=\n",
+            "cannot be served as JSON",
+        ),
+        ("[" * 100 + "]" * 100, "nested deeper than 64 levels"),
+    ],
+)
 def test_malformed_manifest_exits_with_one_line(tmp_path: Path, text: str, needle: str) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     out = tmp_path / "kc"
-    result = _run_serve("--listen", "127.0.0.1:0", "--kubeconfig-out", str(out), "-f", str(path), timeout=15)
+    result = _run_serve(
+        "--listen", "127.0.0.1:0", "--kubeconfig-out", str(out), "-f", str(path), timeout=15
+    )
     _one_line_error(result, str(path), needle)
     assert result.returncode == 1 and not out.exists()
 
 
 def _billion_laughs(levels: int = 9) -> str:
     """The classic ~1 KB alias bomb (9 ** levels strings once expanded), inside a pod."""
-    lines = ["apiVersion: v1", "kind: Pod", "metadata: {name: lol}", "x0: &x0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines = [
+        "apiVersion: v1",
+        "kind: Pod",
+        "metadata: {name: lol}",
+        "x0: &x0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]",
+    ]
     lines += [f"x{i}: &x{i} [{', '.join([f'*x{i - 1}'] * 9)}]" for i in range(1, levels)]
     lines.append(f"spec: {{containers: [{{name: c}}], bomb: *x{levels - 1}}}")
     return "\n".join(lines) + "\n"
@@ -317,23 +412,34 @@ def test_yaml_alias_bomb_is_refused_fast_with_bounded_memory(tmp_path: Path) -> 
     path.write_text(bomb)
     probe = tmp_path / "maxrss"
     # VmHWM (peak RSS of this process image): ru_maxrss would carry the forking pytest's over exec.
-    code = ("import sys\n"
-            "from fastpf.serve.main import main\n"
-            "rc = main(sys.argv[1:])\n"
-            "peak = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
-            f"open({str(probe)!r}, 'w').write(peak)\n"
-            "sys.exit(rc)\n")
+    code = (
+        "import sys\n"
+        "from fastpf.serve.main import main\n"
+        "rc = main(sys.argv[1:])\n"
+        "peak = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
+        f"open({str(probe)!r}, 'w').write(peak)\n"
+        "sys.exit(rc)\n"
+    )
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-c", code, "--listen", "127.0.0.1:0", "-f", str(path)],
-                            capture_output=True, text=True, timeout=30, env=subprocess_env(),
-                            stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [sys.executable, "-c", code, "--listen", "127.0.0.1:0", "-f", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=subprocess_env(),
+        stdin=subprocess.DEVNULL,
+    )
     elapsed = time.monotonic() - started
     _one_line_error(result, str(path), "once aliases are expanded", "refusing to expand it")
     assert elapsed < 10, elapsed  # ~0.3 s here: the expansion is counted, never built
-    assert int(probe.read_text()) < 200 * 1024, probe.read_text()  # KiB: the interpreter alone, no bomb
+    assert int(probe.read_text()) < 200 * 1024, (
+        probe.read_text()
+    )  # KiB: the interpreter alone, no bomb
 
 
-def test_sighup_with_alias_bomb_changes_nothing(serve_factory: Callable[..., ServeInstance]) -> None:
+def test_sighup_with_alias_bomb_changes_nothing(
+    serve_factory: Callable[..., ServeInstance],
+) -> None:
     s = serve_factory(manifest="apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n")
     (s.kubeconfig.parent / "manifest.yaml").write_text(_billion_laughs())
     os.kill(s.process.pid, signal.SIGHUP)
@@ -341,7 +447,10 @@ def test_sighup_with_alias_bomb_changes_nothing(serve_factory: Callable[..., Ser
         if "reload failed" in s.stderr_text():
             break
         time.sleep(0.05)
-    assert "reload failed, objects unchanged" in s.stderr_text() and "refusing to expand it" in s.stderr_text()
+    assert (
+        "reload failed, objects unchanged" in s.stderr_text()
+        and "refusing to expand it" in s.stderr_text()
+    )
     assert s.get("/api/v1/namespaces/default/pods/a")[0] == 200 and s.process.poll() is None
 
 
@@ -349,9 +458,11 @@ def test_big_manifest_reload_keeps_serving(serve_factory: Callable[..., ServeIns
     """SIGHUP with a 4,000-pod manifest: parsed in a worker thread, applied 100 objects per loop
     turn, so requests meanwhile are answered (before: no reload at all)."""
     s = serve_factory(manifest="apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n")
-    big = "---\n".join(f"apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, labels: {{app: big}}}}\n"
-                       f"spec: {{containers: [{{name: main, ports: [{{name: http, containerPort: 8080}}]}}]}}\n"
-                       for i in range(4000))
+    big = "---\n".join(
+        f"apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, labels: {{app: big}}}}\n"
+        f"spec: {{containers: [{{name: main, ports: [{{name: http, containerPort: 8080}}]}}]}}\n"
+        for i in range(4000)
+    )
     (s.kubeconfig.parent / "manifest.yaml").write_text(big)
     conn = s.connection()
     try:
@@ -377,12 +488,15 @@ def test_big_manifest_reload_keeps_serving(serve_factory: Callable[..., ServeIns
     assert status == 200 and len(body["items"]) == 4000
 
 
-@pytest.mark.parametrize(("listen", "needle"), [
-    ("nonsense", "expected HOST:PORT"),
-    ("127.0.0.1:99999", "port must be a number"),
-    ("127.0.0.1:http", "port must be a number"),
-    ("[::1:0", "bad IPv6 address"),
-])
+@pytest.mark.parametrize(
+    ("listen", "needle"),
+    [
+        ("nonsense", "expected HOST:PORT"),
+        ("127.0.0.1:99999", "port must be a number"),
+        ("127.0.0.1:http", "port must be a number"),
+        ("[::1:0", "bad IPv6 address"),
+    ],
+)
 def test_bad_listen(listen: str, needle: str) -> None:
     _one_line_error(_run_serve("--listen", listen), needle)
 
@@ -394,7 +508,9 @@ def test_non_loopback_without_token_refused() -> None:
 
 
 def test_busy_port(serve: ServeInstance, tmp_path: Path) -> None:
-    result = _run_serve("--listen", f"127.0.0.1:{serve.port}", "--kubeconfig-out", str(tmp_path / "kc"))
+    result = _run_serve(
+        "--listen", f"127.0.0.1:{serve.port}", "--kubeconfig-out", str(tmp_path / "kc")
+    )
     _one_line_error(result, f"cannot listen on 127.0.0.1:{serve.port}", "address already in use")
 
 
@@ -421,36 +537,62 @@ def test_signal_exits_zero(tmp_path: Path, sig: int) -> None:
 
 def test_ssl_context_rejects_unknown_ca(serve: ServeInstance) -> None:
     ctx = ssl.create_default_context()
-    with socket.create_connection(("127.0.0.1", serve.port), timeout=10) as raw, \
-            pytest.raises(ssl.SSLCertVerificationError):
+    with (
+        socket.create_connection(("127.0.0.1", serve.port), timeout=10) as raw,
+        pytest.raises(ssl.SSLCertVerificationError),
+    ):
         ctx.wrap_socket(raw, server_hostname="127.0.0.1")
 
 
 @pytest.mark.parametrize("version", ["1.33", "1.37"])
-def test_kubectl_wait_uses_watch(serve_factory: Callable[..., ServeInstance], kubectl_bin: Callable[[str], str],
-                                 tmp_path: Path, version: str) -> None:
+def test_kubectl_wait_uses_watch(
+    serve_factory: Callable[..., ServeInstance],
+    kubectl_bin: Callable[[str], str],
+    tmp_path: Path,
+    version: str,
+) -> None:
     """`kubectl wait` lists + watches (1.37: WatchList with sendInitialEvents + bookmark)."""
     binary = kubectl_bin(version)
     s = serve_factory(manifest=MANIFEST)
-    r = run_kubectl(binary, s.kubeconfig, tmp_path, "wait", "--for=condition=Ready", "pod", "-l", "app=web",
-                    "--timeout=20s")
+    r = run_kubectl(
+        binary,
+        s.kubeconfig,
+        tmp_path,
+        "wait",
+        "--for=condition=Ready",
+        "pod",
+        "-l",
+        "app=web",
+        "--timeout=20s",
+    )
     assert r.returncode == 0 and "pod/web-1 condition met" in r.stdout, r.stderr
 
 
-def test_kubectl_waits_for_pods_of_empty_service(serve_factory: Callable[..., ServeInstance],
-                                                 kubectl_bin: Callable[[str], str], tmp_path: Path) -> None:
+def test_kubectl_waits_for_pods_of_empty_service(
+    serve_factory: Callable[..., ServeInstance], kubectl_bin: Callable[[str], str], tmp_path: Path
+) -> None:
     """No pod matches: kubectl watches (our watch stays open) until --pod-running-timeout."""
-    s = serve_factory(manifest=MANIFEST + "---\napiVersion: v1\nkind: Service\nmetadata: {name: empty}\n"
-                      "spec: {selector: {app: nothing}, ports: [{port: 80}]}\n")
+    s = serve_factory(
+        manifest=MANIFEST + "---\napiVersion: v1\nkind: Service\nmetadata: {name: empty}\n"
+        "spec: {selector: {app: nothing}, ports: [{port: 80}]}\n"
+    )
     started = time.monotonic()
-    r = run_kubectl(kubectl_bin("1.33"), s.kubeconfig, tmp_path, "port-forward", "svc/empty", "80",
-                    "--pod-running-timeout=2s")
+    r = run_kubectl(
+        kubectl_bin("1.33"),
+        s.kubeconfig,
+        tmp_path,
+        "port-forward",
+        "svc/empty",
+        "80",
+        "--pod-running-timeout=2s",
+    )
     assert r.returncode == 1 and "error: timed out waiting for the condition" in r.stderr, r.stderr
     assert time.monotonic() - started >= 1.9
 
 
-def test_no_tls_on_loopback_lets_kubectl_in(serve_factory: Callable[..., ServeInstance],
-                                             kubectl_bin: Callable[[str], str], tmp_path: Path) -> None:
+def test_no_tls_on_loopback_lets_kubectl_in(
+    serve_factory: Callable[..., ServeInstance], kubectl_bin: Callable[[str], str], tmp_path: Path
+) -> None:
     """client-go attaches credentials only to TLS transports, so `serve --no-tls` on loopback
     without --token admits requests that carry no Authorization header; a wrong token is still
     refused, and the Python client (which does send the token) works too."""
@@ -467,9 +609,12 @@ def test_no_tls_on_loopback_lets_kubectl_in(serve_factory: Callable[..., ServeIn
         api_client.close()
 
 
-def test_no_tls_with_token_lets_kubectl_and_fastpf_in(serve_factory: Callable[..., ServeInstance],
-                                                     kubectl_bin: Callable[[str], str],
-                                                     targets: Targets, tmp_path: Path) -> None:
+def test_no_tls_with_token_lets_kubectl_and_fastpf_in(
+    serve_factory: Callable[..., ServeInstance],
+    kubectl_bin: Callable[[str], str],
+    targets: Targets,
+    tmp_path: Path,
+) -> None:
     """client-go and fastpf send no credentials over http://, so with --no-tls (loopback only)
     serve admits requests without a token even when --token is given, says so once at start,
     and still refuses a wrong token. Before, serve's own kubeconfig got 401 from both."""
@@ -479,13 +624,28 @@ def test_no_tls_with_token_lets_kubectl_and_fastpf_in(serve_factory: Callable[..
     assert s.get("/api", token="wrong")[0] == 401
     assert s.get("/api", token=None)[0] == 200 and s.get("/api")[0] == 200
     assert "requests without a token are admitted on this loopback address" in s.stderr_text()
-    proc = subprocess.Popen([sys.executable, "-m", "fastpf", "--kubeconfig", str(s.kubeconfig), "pod/x",
-                             f":{targets.echo}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, env=subprocess_env())
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fastpf",
+            "--kubeconfig",
+            str(s.kubeconfig),
+            "pod/x",
+            f":{targets.echo}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=subprocess_env(),
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().decode()
-        assert line.startswith("Forwarding from 127.0.0.1:"), (line, proc.stderr.read() if proc.stderr else "")
+        assert line.startswith("Forwarding from 127.0.0.1:"), (
+            line,
+            proc.stderr.read() if proc.stderr else "",
+        )
         local = int(line.split(":")[1].split()[0])
         with socket.create_connection(("127.0.0.1", local), timeout=10) as sock:
             sock.sendall(b"over http\n")
@@ -497,8 +657,11 @@ def test_no_tls_with_token_lets_kubectl_and_fastpf_in(serve_factory: Callable[..
 
 def test_no_tls_off_loopback_refused() -> None:
     result = _run_serve("--listen", "0.0.0.0:0", "--no-tls", "--token", "s3cret-token")
-    _one_line_error(result, "refusing --no-tls on non-loopback address 0.0.0.0",
-                    "kubectl and fastpf send no credentials over http://")
+    _one_line_error(
+        result,
+        "refusing --no-tls on non-loopback address 0.0.0.0",
+        "kubectl and fastpf send no credentials over http://",
+    )
     assert "s3cret-token" not in result.stdout + result.stderr
 
 
@@ -509,9 +672,13 @@ def _bare_serve(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], Pa
     kubeconfig = tmp_path / "kc"
     err = tmp_path / "serve.err"
     with open(err, "wb") as sink:
-        proc = subprocess.Popen(_serve_cmd("--listen", "127.0.0.1:0", "--kubeconfig-out", str(kubeconfig), *args),
-                                stdout=subprocess.DEVNULL, stderr=sink, stdin=subprocess.DEVNULL,
-                                env=subprocess_env())
+        proc = subprocess.Popen(
+            _serve_cmd("--listen", "127.0.0.1:0", "--kubeconfig-out", str(kubeconfig), *args),
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+            stdin=subprocess.DEVNULL,
+            env=subprocess_env(),
+        )
     for _ in range(600):  # bounded: 30 s
         if kubeconfig.exists() or proc.poll() is not None:
             break
@@ -527,13 +694,20 @@ def test_first_example_does_not_forward_into_itself(tmp_path: Path) -> None:
     on the pod address is reached with the very same command."""
     serve, kubeconfig, serve_err = _bare_serve(tmp_path)
     port = free_port()
-    client = subprocess.Popen([sys.executable, "-m", "fastpf", "--kubeconfig", str(kubeconfig), "mypod", str(port)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                              env=subprocess_env())
+    client = subprocess.Popen(
+        [sys.executable, "-m", "fastpf", "--kubeconfig", str(kubeconfig), "mypod", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=subprocess_env(),
+    )
     echo = None
     try:
         assert client.stdout is not None
-        assert client.stdout.readline().decode().strip() == f"Forwarding from 127.0.0.1:{port} -> {port}"
+        assert (
+            client.stdout.readline().decode().strip()
+            == f"Forwarding from 127.0.0.1:{port} -> {port}"
+        )
         fds, rss = fd_count(serve.pid), rss_kib(serve.pid)
         for _ in range(20):
             with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
@@ -566,7 +740,9 @@ def test_first_example_does_not_forward_into_itself(tmp_path: Path) -> None:
         assert stop_process(serve) == 0
     assert client.stderr is not None
     errors = client.stderr.read().decode()
-    assert "connection refused" in errors and errors.count("\n") >= 20  # one line per refused connection
+    assert (
+        "connection refused" in errors and errors.count("\n") >= 20
+    )  # one line per refused connection
 
 
 def test_pod_address_flag(tmp_path: Path) -> None:
@@ -586,14 +762,19 @@ def test_tls_dir_keeps_the_ca_across_restarts(tmp_path: Path) -> None:
     assert (tls_dir / "ca.crt").read_bytes() == ca
     assert stat.S_IMODE((tls_dir / "ca.key").stat().st_mode) == 0o600
     stop_process(first, signal.SIGKILL)
-    second, kubeconfig2, _ = _bare_serve(tmp_path / "b", "--listen", f"127.0.0.1:{port}", "--token", "t0k",
-                                         "--tls-dir", str(tls_dir))
+    second, kubeconfig2, _ = _bare_serve(
+        tmp_path / "b", "--listen", f"127.0.0.1:{port}", "--token", "t0k", "--tls-dir", str(tls_dir)
+    )
     try:
         assert kubeconfig2.read_text() == kubeconfig.read_text()
         ctx = ssl.create_default_context(cadata=ca.decode())
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
-                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-            tls.sendall(b"GET /version HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0k\r\nConnection: close\r\n\r\n")
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            tls.sendall(
+                b"GET /version HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0k\r\nConnection: close\r\n\r\n"
+            )
             assert tls.recv(100).startswith(b"HTTP/1.1 200")
     finally:
         assert stop_process(second) == 0

@@ -81,8 +81,12 @@ def _cluster() -> Cluster:
     return c
 
 
-def _get(api: Api, target: str, method: str = "GET", headers: list[tuple[str, str]] | None = None) -> Any:
-    reply = api.handle(Request(method=method, target=target, headers=AUTH if headers is None else headers))
+def _get(
+    api: Api, target: str, method: str = "GET", headers: list[tuple[str, str]] | None = None
+) -> Any:
+    reply = api.handle(
+        Request(method=method, target=target, headers=AUTH if headers is None else headers)
+    )
     return reply
 
 
@@ -92,21 +96,24 @@ def _json(reply: Any) -> Any:
 
 
 # ---- selectors ---------------------------------------------------------------------------------
-@pytest.mark.parametrize(("selector", "labels", "expected"), [
-    ("", {}, True),
-    ("app=web", {"app": "web"}, True),
-    ("app==web", {"app": "db"}, False),
-    ("app!=web", {}, True),
-    ("app in (web,db)", {"app": "db"}, True),
-    ("app notin (web,db)", {"app": "db"}, False),
-    ("app notin (web)", {}, True),
-    ("app", {"app": ""}, True),
-    ("!app", {"app": "x"}, False),
-    ("app=web,tier in (front, back),!canary", {"app": "web", "tier": "back"}, True),
-    ("example.com/part-of=x", {"example.com/part-of": "x"}, True),
-    ("n>3", {"n": "4"}, True),
-    ("n<3", {"n": "x"}, False),
-])
+@pytest.mark.parametrize(
+    ("selector", "labels", "expected"),
+    [
+        ("", {}, True),
+        ("app=web", {"app": "web"}, True),
+        ("app==web", {"app": "db"}, False),
+        ("app!=web", {}, True),
+        ("app in (web,db)", {"app": "db"}, True),
+        ("app notin (web,db)", {"app": "db"}, False),
+        ("app notin (web)", {}, True),
+        ("app", {"app": ""}, True),
+        ("!app", {"app": "x"}, False),
+        ("app=web,tier in (front, back),!canary", {"app": "web", "tier": "back"}, True),
+        ("example.com/part-of=x", {"example.com/part-of": "x"}, True),
+        ("n>3", {"n": "4"}, True),
+        ("n<3", {"n": "x"}, False),
+    ],
+)
 def test_label_selector(selector: str, labels: dict[str, str], expected: bool) -> None:
     assert parse_label_selector(selector)(labels) is expected
 
@@ -165,25 +172,43 @@ def test_no_manifest_every_pod_exists() -> None:
     assert c.get("pods", "default", "Not_A_Name") is None
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("kind: Pod\nmetadata: {name: [x\n", "invalid YAML"),
-    ("- 1\n- 2\n", "expected a mapping"),
-    ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n", "unsupported kind 'ConfigMap'"),
-    ("apiVersion: v1\nkind: Pod\nmetadata: {}\n", "Pod has no metadata.name"),
-    ("apiVersion: v1\nkind: Pod\nmetadata: {name: x, annotations: {fastpf.io/address: 10.0.0.1}}\n",
-     "is not a loopback address"),
-    ("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nstatus: {phase: Sleeping}\n", "status.phase 'Sleeping'"),
-    ("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: [{name: c, ports: [{containerPort: 0}]}]}\n",
-     "containerPort must be 1..65535"),
-    ("apiVersion: apps/v1\nkind: Pod\nmetadata: {name: x}\n", "needs apiVersion 'v1'"),
-    ("apiVersion: v1\nkind: Pod\nmetadata: {name: x}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: x}\n",
-     "duplicate Pod default/x"),
-    ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {}\n", "spec.selector is required"),
-    ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n"
-     "spec: {selector: {matchExpressions: [{key: a, operator: Near}]}}\n", "not a valid label selector operator"),
-    ("apiVersion: v1\nkind: List\nitems: 3\n", "needs an 'items' list"),
-    ("apiVersion: v1\nkind: Pod\nmetadata: {name: x, labels: {version: 2}}\n", "quote numbers"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("kind: Pod\nmetadata: {name: [x\n", "invalid YAML"),
+        ("- 1\n- 2\n", "expected a mapping"),
+        ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n", "unsupported kind 'ConfigMap'"),
+        ("apiVersion: v1\nkind: Pod\nmetadata: {}\n", "Pod has no metadata.name"),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: x, annotations: {fastpf.io/address: 10.0.0.1}}\n",
+            "is not a loopback address",
+        ),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nstatus: {phase: Sleeping}\n",
+            "status.phase 'Sleeping'",
+        ),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec: {containers: [{name: c, ports: [{containerPort: 0}]}]}\n",
+            "containerPort must be 1..65535",
+        ),
+        ("apiVersion: apps/v1\nkind: Pod\nmetadata: {name: x}\n", "needs apiVersion 'v1'"),
+        (
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: x}\n",
+            "duplicate Pod default/x",
+        ),
+        (
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {}\n",
+            "spec.selector is required",
+        ),
+        (
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n"
+            "spec: {selector: {matchExpressions: [{key: a, operator: Near}]}}\n",
+            "not a valid label selector operator",
+        ),
+        ("apiVersion: v1\nkind: List\nitems: 3\n", "needs an 'items' list"),
+        ("apiVersion: v1\nkind: Pod\nmetadata: {name: x, labels: {version: 2}}\n", "quote numbers"),
+    ],
+)
 def test_malformed_manifest_names_file_and_problem(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -205,7 +230,10 @@ def test_auth_required() -> None:
     for headers in ([], [("authorization", "Bearer wrong")], [("authorization", f"Basic {TOKEN}")]):
         body = _json(_get(api, "/api", headers=headers))
         assert body["code"] == 401 and body["reason"] == "Unauthorized" and body["kind"] == "Status"
-    assert _json(_get(api, "/api", headers=[("authorization", f"bearer {TOKEN}")]))["kind"] == "APIVersions"
+    assert (
+        _json(_get(api, "/api", headers=[("authorization", f"bearer {TOKEN}")]))["kind"]
+        == "APIVersions"
+    )
 
 
 def test_discovery() -> None:
@@ -217,8 +245,15 @@ def test_discovery() -> None:
     assert {"pods", "services", "namespaces", "pods/portforward"} <= set(core)
     assert core["services"]["shortNames"] == ["svc"] and core["pods"]["namespaced"] is True
     apps = {r["name"]: r for r in _json(_get(api, "/apis/apps/v1"))["resources"]}
-    assert {name for name in apps if "/" not in name} == {"deployments", "replicasets", "statefulsets"}
-    assert apps["deployments/scale"]["group"] == "autoscaling" and apps["deployments/scale"]["kind"] == "Scale"
+    assert {name for name in apps if "/" not in name} == {
+        "deployments",
+        "replicasets",
+        "statefulsets",
+    }
+    assert (
+        apps["deployments/scale"]["group"] == "autoscaling"
+        and apps["deployments/scale"]["kind"] == "Scale"
+    )
     assert "patch" in core["pods/status"]["verbs"] and "delete" in core["pods"]["verbs"]
     assert _json(_get(api, "/version"))["major"] == "1"
 
@@ -230,14 +265,21 @@ def test_get_and_not_found_messages() -> None:
     missing = _get(api, "/api/v1/namespaces/default/pods/nosuch")
     assert missing.status == 404
     assert _json(missing)["message"] == 'pods "nosuch" not found'
-    assert _json(_get(api, "/apis/apps/v1/namespaces/default/deployments/x"))["message"] == \
-        'deployments.apps "x" not found'
-    assert _json(_get(api, "/api/v1/namespaces/nosuch"))["message"] == 'namespaces "nosuch" not found'
+    assert (
+        _json(_get(api, "/apis/apps/v1/namespaces/default/deployments/x"))["message"]
+        == 'deployments.apps "x" not found'
+    )
+    assert (
+        _json(_get(api, "/api/v1/namespaces/nosuch"))["message"] == 'namespaces "nosuch" not found'
+    )
     assert _get(api, "/api/v1/namespaces/default/nosuchresource").status == 404
     assert _get(api, "/apis/batch/v1").status == 404
     not_allowed = _get(api, "/api/v1/namespaces/default/pods/web-1/portforward", method="DELETE")
     assert not_allowed.status == 405 and _json(not_allowed)["reason"] == "MethodNotAllowed"
-    assert _json(_get(api, "/api/v1/namespaces/default", method="DELETE"))["reason"] == "MethodNotAllowed"
+    assert (
+        _json(_get(api, "/api/v1/namespaces/default", method="DELETE"))["reason"]
+        == "MethodNotAllowed"
+    )
 
 
 def test_list_with_selectors() -> None:
@@ -249,10 +291,16 @@ def test_list_with_selectors() -> None:
     body = _json(_get(api, "/api/v1/namespaces/default/pods?labelSelector=app%3Dweb"))
     assert body["kind"] == "PodList" and names(body) == ["web-1", "web-pending"]
     assert body["metadata"]["resourceVersion"].isdigit()
-    assert names(_json(_get(api, "/api/v1/namespaces/default/pods?labelSelector=app%3Dweb%2Ctier+in+%28front%29"))) \
-        == ["web-1"]
-    assert names(_json(_get(api, "/api/v1/namespaces/default/pods?fieldSelector=status.phase%3DPending"))) \
-        == ["web-pending"]
+    assert names(
+        _json(
+            _get(
+                api, "/api/v1/namespaces/default/pods?labelSelector=app%3Dweb%2Ctier+in+%28front%29"
+            )
+        )
+    ) == ["web-1"]
+    assert names(
+        _json(_get(api, "/api/v1/namespaces/default/pods?fieldSelector=status.phase%3DPending"))
+    ) == ["web-pending"]
     assert names(_json(_get(api, "/api/v1/pods"))) == ["web-1", "web-pending"]
     assert names(_json(_get(api, "/apis/apps/v1/statefulsets"))) == ["db"]
     assert _get(api, "/api/v1/namespaces/default/pods?labelSelector=a+in+%28").status == 400
@@ -261,7 +309,9 @@ def test_list_with_selectors() -> None:
 
 def test_watch_reply() -> None:
     api = Api(_cluster(), TOKEN)
-    reply = _get(api, "/api/v1/namespaces/default/pods?watch=true&labelSelector=app%3Dweb&timeoutSeconds=5")
+    reply = _get(
+        api, "/api/v1/namespaces/default/pods?watch=true&labelSelector=app%3Dweb&timeoutSeconds=5"
+    )
     assert isinstance(reply, Watch) and reply.timeout == 5
     events = [json.loads(e) for e in reply.events]
     assert [e["type"] for e in events] == ["ADDED", "ADDED"]
@@ -280,29 +330,44 @@ def test_watch_resumes_from_a_resource_version_or_expires() -> None:
     version = listed["metadata"]["resourceVersion"]
     c.delete("pods", "default", "web-pending")
     c.replace_status("pods", "default", "web-1", {"phase": "Failed"})
-    c.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-2", "labels": {"app": "web"}}})
+    c.create(
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-2", "labels": {"app": "web"}}}
+    )
     c.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "other"}})
-    reply = _get(api, f"/api/v1/namespaces/default/pods?watch=1&labelSelector=app%3Dweb&resourceVersion={version}")
+    reply = _get(
+        api,
+        f"/api/v1/namespaces/default/pods?watch=1&labelSelector=app%3Dweb&resourceVersion={version}",
+    )
     assert isinstance(reply, Watch)
-    assert [(e["type"], e["object"]["metadata"]["name"]) for e in map(json.loads, reply.events)] == [
-        ("DELETED", "web-pending"), ("MODIFIED", "web-1"), ("ADDED", "web-2")]
+    assert [
+        (e["type"], e["object"]["metadata"]["name"]) for e in map(json.loads, reply.events)
+    ] == [("DELETED", "web-pending"), ("MODIFIED", "web-1"), ("ADDED", "web-2")]
     for i in range(1000):  # more events than are kept
         c.replace_status("pods", "default", "other", {"phase": "Failed" if i % 2 else "Running"})
     expired = _get(api, f"/api/v1/namespaces/default/pods?watch=1&resourceVersion={version}")
     assert isinstance(expired, Watch) and expired.timeout == 0
     [event] = [json.loads(e) for e in expired.events]
-    assert event["type"] == "ERROR" and event["object"]["code"] == 410 and event["object"]["reason"] == "Expired"
+    assert (
+        event["type"] == "ERROR"
+        and event["object"]["code"] == 410
+        and event["object"]["reason"] == "Expired"
+    )
     recent = int(c.resource_version) - 1
     resumed = _get(api, f"/api/v1/namespaces/default/pods?watch=1&resourceVersion={recent}")
-    assert isinstance(resumed, Watch) and [json.loads(e)["type"] for e in resumed.events] == ["MODIFIED"]
+    assert isinstance(resumed, Watch) and [json.loads(e)["type"] for e in resumed.events] == [
+        "MODIFIED"
+    ]
 
 
-@pytest.mark.parametrize("path", [
-    "/api/v1/namespaces/default/pods/web-1/portforward",
-    "/portForward/default/web-1",
-    "/api/v1beta1/proxy/minions/node1/portForward/default/web-1",
-    "/api/v1beta3/proxy/nodes/node1/portForward/default/web-1",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/namespaces/default/pods/web-1/portforward",
+        "/portForward/default/web-1",
+        "/api/v1beta1/proxy/minions/node1/portForward/default/web-1",
+        "/api/v1beta3/proxy/nodes/node1/portForward/default/web-1",
+    ],
+)
 def test_portforward_paths(path: str) -> None:
     api = Api(_cluster(), TOKEN)
     for method in ("GET", "POST"):
@@ -319,12 +384,21 @@ def test_portforward_uid_and_phase() -> None:
     pod = c.get("pods", "default", "web-1")
     assert pod is not None
     assert isinstance(_get(api, f"/portForward/default/web-1/{pod['metadata']['uid']}"), Forward)
-    assert _json(_get(api, "/portForward/default/web-1/other-uid"))["message"] == "pod does not exist"
-    assert _json(_get(api, "/api/v1/namespaces/default/pods/web-1/portforward", method="PUT"))["code"] == 405
-    pending = _json(_get(api, "/api/v1/namespaces/default/pods/web-pending/portforward", method="POST"))
+    assert (
+        _json(_get(api, "/portForward/default/web-1/other-uid"))["message"] == "pod does not exist"
+    )
+    assert (
+        _json(_get(api, "/api/v1/namespaces/default/pods/web-1/portforward", method="PUT"))["code"]
+        == 405
+    )
+    pending = _json(
+        _get(api, "/api/v1/namespaces/default/pods/web-pending/portforward", method="POST")
+    )
     assert pending["code"] == 400 and "does not have a host assigned" in pending["message"]
-    assert _json(_get(api, "/api/v1/namespaces/default/pods/nosuch/portforward"))["message"] == \
-        'pods "nosuch" not found'
+    assert (
+        _json(_get(api, "/api/v1/namespaces/default/pods/nosuch/portforward"))["message"]
+        == 'pods "nosuch" not found'
+    )
 
 
 # ---- upgrade hand-over (fake engine) ------------------------------------------------------------
@@ -339,10 +413,16 @@ class _Echo(asyncio.Protocol):
 def test_upgrade_hands_transport_and_trailing_bytes_to_engine() -> None:
     seen: list[tuple[UpgradeRequest, PodTarget, ServerOptions]] = []
 
-    def fake_accept(transport: asyncio.Transport, request: UpgradeRequest, pod: PodTarget,
-                    options: ServerOptions) -> None:
+    def fake_accept(
+        transport: asyncio.Transport,
+        request: UpgradeRequest,
+        pod: PodTarget,
+        options: ServerOptions,
+    ) -> None:
         seen.append((request, pod, options))
-        transport.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\n")
+        transport.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\r\n"
+        )
         echo = _Echo()
         transport.set_protocol(echo)
         echo.connection_made(transport)
@@ -350,11 +430,15 @@ def test_upgrade_hands_transport_and_trailing_bytes_to_engine() -> None:
 
     async def scenario() -> bytes:
         options = ServerOptions(silent_errors=True)
-        server = Server(Api(_cluster(), TOKEN), None, options, engine=(fake_accept, None), quiet=True)
+        server = Server(
+            Api(_cluster(), TOKEN), None, options, engine=(fake_accept, None), quiet=True
+        )
         bound = await server.start("127.0.0.1", 0)
         reader, writer = await asyncio.open_connection("127.0.0.1", bound[0][1])
         # A REST request first (keep-alive), then the upgrade with bytes glued behind its head.
-        writer.write(f"GET /api HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
+        writer.write(
+            f"GET /api HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
+        )
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
         await reader.readexactly(length)
@@ -362,7 +446,8 @@ def test_upgrade_hands_transport_and_trailing_bytes_to_engine() -> None:
             b"POST /api/v1/namespaces/default/pods/web-1/portforward?ports=1&ports=2,3 HTTP/1.1\r\n"
             b"Host: x\r\nContent-Length: 0\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
             b"X-Stream-Protocol-Version: portforward.k8s.io\r\n"
-            + f"Authorization: Bearer {TOKEN}\r\n\r\n".encode() + b"\x80\x03\x00\x06garbage"
+            + f"Authorization: Bearer {TOKEN}\r\n\r\n".encode()
+            + b"\x80\x03\x00\x06garbage"
         )
         await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         echoed = await asyncio.wait_for(reader.readexactly(len(b"\x80\x03\x00\x06garbage")), 5)
@@ -387,8 +472,11 @@ def test_upgrade_hands_transport_and_trailing_bytes_to_engine() -> None:
 
 def test_watchlist_initial_events_end_with_bookmark() -> None:
     api = Api(_cluster(), TOKEN)
-    reply = _get(api, "/api/v1/namespaces/default/pods?watch=1&sendInitialEvents=true"
-                      "&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&fieldSelector=metadata.name%3Dweb-1")
+    reply = _get(
+        api,
+        "/api/v1/namespaces/default/pods?watch=1&sendInitialEvents=true"
+        "&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&fieldSelector=metadata.name%3Dweb-1",
+    )
     assert isinstance(reply, Watch)
     events = [json.loads(e) for e in reply.events]
     assert [e["type"] for e in events] == ["ADDED", "BOOKMARK"]
@@ -411,27 +499,39 @@ def test_require_peer_fails_in_ci_and_skips_locally(monkeypatch: pytest.MonkeyPa
 def test_aliases_within_bounds_load_unshared() -> None:
     from fastpf.serve.manifests import parse_documents
 
-    text = ("defaults: &d {image: x, ports: [{containerPort: 80}]}\n"
-            "apiVersion: v1\nkind: Pod\nmetadata: {name: p, creationTimestamp: 2024-01-02T03:04:05Z}\n"
-            "spec: {containers: [{<<: *d, name: a}, {<<: *d, name: b}]}\n")
+    text = (
+        "defaults: &d {image: x, ports: [{containerPort: 80}]}\n"
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p, creationTimestamp: 2024-01-02T03:04:05Z}\n"
+        "spec: {containers: [{<<: *d, name: a}, {<<: *d, name: b}]}\n"
+    )
     [doc] = parse_documents(text, "a.yaml")
     a, b = doc["spec"]["containers"]
     assert a["ports"] == b["ports"] and a["ports"] is not b["ports"]  # aliases become copies
-    assert doc["metadata"]["creationTimestamp"] == "2024-01-02T03:04:05Z"  # a string, as kubectl reads it
+    assert (
+        doc["metadata"]["creationTimestamp"] == "2024-01-02T03:04:05Z"
+    )  # a string, as kubectl reads it
     json.dumps(doc)
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("a: &a [1, 2, 3, 4, 5, 6, 7, 8, 9]\n" + "".join(
-        f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi", strict=True)),
-     "once aliases are expanded"),
-    ("x: " + "[" * 70 + "]" * 70 + "\n", "nested deeper than 64 levels"),
-    ("x: !!set {a, b}\n", "cannot be served as JSON"),
-    ("x: .nan\n", "is not a JSON number"),
-    ("1: a\n", "mapping key 1 is not a string"),
-    ("x: *nope\n", "invalid YAML"),
-    ("x: !!python/object:os.system {}\n", "invalid YAML"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "a: &a [1, 2, 3, 4, 5, 6, 7, 8, 9]\n"
+            + "".join(
+                f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n"
+                for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+            ),
+            "once aliases are expanded",
+        ),
+        ("x: " + "[" * 70 + "]" * 70 + "\n", "nested deeper than 64 levels"),
+        ("x: !!set {a, b}\n", "cannot be served as JSON"),
+        ("x: .nan\n", "is not a JSON number"),
+        ("1: a\n", "mapping key 1 is not a string"),
+        ("x: *nope\n", "invalid YAML"),
+        ("x: !!python/object:os.system {}\n", "invalid YAML"),
+    ],
+)
 def test_unsafe_yaml_is_refused(text: str, message: str) -> None:
     from fastpf.serve.manifests import parse_documents
 
@@ -442,31 +542,96 @@ def test_unsafe_yaml_is_refused(text: str, message: str) -> None:
 
 def test_served_pod_never_holds_shared_or_non_json_values() -> None:
     c = Cluster(explicit=True)
-    c.load_text("apiVersion: v1\nkind: List\nitems:\n"
-                "- {apiVersion: v1, kind: Pod, metadata: {name: p, labels: &l {app: a}},\n"
-                "   spec: {containers: [{name: c, env: [{name: A, value: 2024-01-01}]}]}}\n"
-                "- {apiVersion: v1, kind: Pod, metadata: {name: q, labels: *l}}\n", "m.yaml")
+    c.load_text(
+        "apiVersion: v1\nkind: List\nitems:\n"
+        "- {apiVersion: v1, kind: Pod, metadata: {name: p, labels: &l {app: a}},\n"
+        "   spec: {containers: [{name: c, env: [{name: A, value: 2024-01-01}]}]}}\n"
+        "- {apiVersion: v1, kind: Pod, metadata: {name: q, labels: *l}}\n",
+        "m.yaml",
+    )
     p, q = c.get("pods", "default", "p"), c.get("pods", "default", "q")
     assert p is not None and q is not None
-    assert p["metadata"]["labels"] == q["metadata"]["labels"] and p["metadata"]["labels"] is not q["metadata"]["labels"]
+    assert (
+        p["metadata"]["labels"] == q["metadata"]["labels"]
+        and p["metadata"]["labels"] is not q["metadata"]["labels"]
+    )
     assert p["spec"]["containers"][0]["env"][0]["value"] == "2024-01-01"
     json.dumps(p)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.recursive(
-    st.none() | st.booleans() | st.integers(-3, 70000) | st.sampled_from(
-        ["", "v1", "apps/v1", "Pod", "Service", "Deployment", "StatefulSet", "ReplicaSet", "List", "x", "web",
-         "127.0.0.1", "Running", "Pending", "http", "TCP", "In", "app"]),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.sampled_from(
-        ["apiVersion", "kind", "metadata", "name", "namespace", "labels", "annotations", "spec", "status",
-         "containers", "ports", "containerPort", "protocol", "selector", "matchLabels", "matchExpressions",
-         "template", "replicas", "phase", "items", "targetPort", "port", "key", "operator", "values"]),
-        children, max_size=6),
-    max_leaves=30))
+@given(
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(-3, 70000)
+        | st.sampled_from(
+            [
+                "",
+                "v1",
+                "apps/v1",
+                "Pod",
+                "Service",
+                "Deployment",
+                "StatefulSet",
+                "ReplicaSet",
+                "List",
+                "x",
+                "web",
+                "127.0.0.1",
+                "Running",
+                "Pending",
+                "http",
+                "TCP",
+                "In",
+                "app",
+            ]
+        ),
+        lambda children: (
+            st.lists(children, max_size=4)
+            | st.dictionaries(
+                st.sampled_from(
+                    [
+                        "apiVersion",
+                        "kind",
+                        "metadata",
+                        "name",
+                        "namespace",
+                        "labels",
+                        "annotations",
+                        "spec",
+                        "status",
+                        "containers",
+                        "ports",
+                        "containerPort",
+                        "protocol",
+                        "selector",
+                        "matchLabels",
+                        "matchExpressions",
+                        "template",
+                        "replicas",
+                        "phase",
+                        "items",
+                        "targetPort",
+                        "port",
+                        "key",
+                        "operator",
+                        "values",
+                    ]
+                ),
+                children,
+                max_size=6,
+            )
+        ),
+        max_leaves=30,
+    )
+)
 def test_any_manifest_object_is_loaded_or_refused_in_one_line(doc: Any) -> None:
-    for candidate in (doc, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": doc},
-                      {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": doc}):
+    for candidate in (
+        doc,
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": doc},
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": doc},
+    ):
         try:
             Cluster(explicit=True).load_objects([("f.yaml: document 1", candidate)])
         except ManifestError as exc:
@@ -474,28 +639,42 @@ def test_any_manifest_object_is_loaded_or_refused_in_one_line(doc: Any) -> None:
 
 
 # ---- server-side printing ----------------------------------------------------------------------------
-@pytest.mark.parametrize(("accept", "version"), [
-    ("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,"
-     "application/json", "v1"),
-    ("application/json;as=Table;v=v1beta1;g=meta.k8s.io", "v1beta1"),
-    ("application/json", None),
-    ("application/json;as=Table;v=v2;g=meta.k8s.io", None),
-    (None, None),
-])
+@pytest.mark.parametrize(
+    ("accept", "version"),
+    [
+        (
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,"
+            "application/json",
+            "v1",
+        ),
+        ("application/json;as=Table;v=v1beta1;g=meta.k8s.io", "v1beta1"),
+        ("application/json", None),
+        ("application/json;as=Table;v=v2;g=meta.k8s.io", None),
+        (None, None),
+    ],
+)
 def test_table_is_served_when_asked(accept: str | None, version: str | None) -> None:
     from fastpf.serve.table import table_version
 
     assert table_version(accept) == version
     api = Api(_cluster(), TOKEN)
     headers = AUTH + ([("accept", accept)] if accept else [])
-    body = _json(api.handle(Request("GET", "/api/v1/namespaces/default/pods?includeObject=Object", headers)))
+    body = _json(
+        api.handle(Request("GET", "/api/v1/namespaces/default/pods?includeObject=Object", headers))
+    )
     if version is None:
         assert body["kind"] == "PodList"
         return
     assert body["kind"] == "Table" and body["apiVersion"] == f"meta.k8s.io/{version}"
-    assert [c["name"] for c in body["columnDefinitions"]][:5] == ["Name", "Ready", "Status", "Restarts", "Age"]
-    assert [r["cells"][:4] for r in body["rows"]] == [["web-1", "1/1", "Running", "0"],
-                                                     ["web-pending", "0/1", "Pending", "0"]]
+    assert [c["name"] for c in body["columnDefinitions"]][:5] == [
+        "Name",
+        "Ready",
+        "Status",
+        "Restarts",
+        "Age",
+    ]
+    assert [r["cells"][:4] for r in body["rows"]] == [
+        ["web-1", "1/1", "Running", "0"],
+        ["web-pending", "0/1", "Pending", "0"],
+    ]
     assert body["rows"][0]["object"]["kind"] == "Pod"  # includeObject=Object
-
-

@@ -83,7 +83,8 @@ def test_event_loop_tls_with_direct_objects(loop_kind: str) -> None:
         srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ctx)
         port = srv.sockets[0].getsockname()[1]
         reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=client_ctx, server_hostname="localhost")
+            "127.0.0.1", port, ssl=client_ctx, server_hostname="localhost"
+        )
         writer.write(b"abcd")
         data = await asyncio.wait_for(reader.read(-1), 30)
         writer.close()

@@ -26,8 +26,10 @@ def _negotiate(server: ssl.SSLContext, client: ssl.SSLContext) -> tuple[str, str
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
-            client.wrap_socket(raw, server_hostname="localhost") as tls:
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        client.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
         cipher = tls.cipher()
         tls.sendall(b"x")
     thread.join(10)
@@ -68,4 +70,5 @@ def test_plain_openssl_server_would_pick_aes256() -> None:
     assert _negotiate(server, _client())[0] == "TLS_AES_256_GCM_SHA384"
     prefer_like_go(server)
     assert _negotiate(server, _client())[0] == (
-        "TLS_AES_128_GCM_SHA256" if has_aes_hardware() else "TLS_CHACHA20_POLY1305_SHA256")
+        "TLS_AES_128_GCM_SHA256" if has_aes_hardware() else "TLS_CHACHA20_POLY1305_SHA256"
+    )

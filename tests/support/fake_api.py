@@ -26,12 +26,23 @@ import h11
 from tests.support.pki import Pki, write
 
 
-def pod_json(name: str, phase: str = "Running", ports: list[dict[str, Any]] | None = None,
-             labels: dict[str, str] | None = None, namespace: str = "default") -> dict[str, Any]:
+def pod_json(
+    name: str,
+    phase: str = "Running",
+    ports: list[dict[str, Any]] | None = None,
+    labels: dict[str, str] | None = None,
+    namespace: str = "default",
+) -> dict[str, Any]:
     return {
-        "kind": "Pod", "apiVersion": "v1",
-        "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{name}",
-                     "labels": labels or {}, "creationTimestamp": "2024-01-01T00:00:00Z"},
+        "kind": "Pod",
+        "apiVersion": "v1",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": f"uid-{name}",
+            "labels": labels or {},
+            "creationTimestamp": "2024-01-01T00:00:00Z",
+        },
         "spec": {"nodeName": "n1", "containers": [{"name": "c", "ports": ports or []}]},
         "status": {"phase": phase},
     }
@@ -130,16 +141,44 @@ class MiniApi:
                 self.seen.append(Seen(req.method.decode(), target, headers, peer_cn))
                 path = target.split("?")[0]
                 if not self._authorized(headers, peer_cn):
-                    status, obj = 401, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                        "message": "Unauthorized", "reason": "Unauthorized",
-                                        "code": 401}
+                    status, obj = (
+                        401,
+                        {
+                            "kind": "Status",
+                            "apiVersion": "v1",
+                            "status": "Failure",
+                            "message": "Unauthorized",
+                            "reason": "Unauthorized",
+                            "code": 401,
+                        },
+                    )
                 else:
-                    status, obj = self.routes.get(path, (404, {
-                        "kind": "Status", "apiVersion": "v1", "status": "Failure",
-                        "message": f"{path} not found", "reason": "NotFound", "code": 404}))
+                    status, obj = self.routes.get(
+                        path,
+                        (
+                            404,
+                            {
+                                "kind": "Status",
+                                "apiVersion": "v1",
+                                "status": "Failure",
+                                "message": f"{path} not found",
+                                "reason": "NotFound",
+                                "code": 404,
+                            },
+                        ),
+                    )
                 body = json.dumps(obj).encode()
-                writer.write(conn.send(h11.Response(status_code=status, headers=[
-                    ("Content-Type", "application/json"), ("Content-Length", str(len(body)))])))
+                writer.write(
+                    conn.send(
+                        h11.Response(
+                            status_code=status,
+                            headers=[
+                                ("Content-Type", "application/json"),
+                                ("Content-Length", str(len(body))),
+                            ],
+                        )
+                    )
+                )
                 writer.write(conn.send(h11.Data(data=body)))
                 writer.write(conn.send(h11.EndOfMessage()))
                 await writer.drain()
@@ -153,14 +192,21 @@ class MiniApi:
 
 
 POD = {
-    "kind": "Pod", "apiVersion": "v1",
-    "metadata": {"name": "x", "namespace": "default", "uid": "uid-x",
-                 "creationTimestamp": "2024-01-01T00:00:00Z"},
+    "kind": "Pod",
+    "apiVersion": "v1",
+    "metadata": {
+        "name": "x",
+        "namespace": "default",
+        "uid": "uid-x",
+        "creationTimestamp": "2024-01-01T00:00:00Z",
+    },
     "spec": {"nodeName": "n1", "containers": [{"name": "c", "ports": []}]},
     "status": {"phase": "Running"},
 }
-SPDY_101 = (b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
-            b"X-Stream-Protocol-Version: portforward.k8s.io\r\n\r\n")
+SPDY_101 = (
+    b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+    b"X-Stream-Protocol-Version: portforward.k8s.io\r\n\r\n"
+)
 
 Upgrade = Callable[[bytes, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -195,13 +241,23 @@ class HostileApi:
         return f"http://127.0.0.1:{self.port}"
 
     def kubeconfig(self, path: Path, token: str = "t0ken") -> Path:
-        path.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "c",
-            "clusters": [{"name": "c", "cluster": {"server": self.url}}],
-            "users": [{"name": "u", "user": {"token": token}}],
-            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u",
-                                                   "namespace": "default"}}],
-        }))
+        path.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "c",
+                    "clusters": [{"name": "c", "cluster": {"server": self.url}}],
+                    "users": [{"name": "u", "user": {"token": token}}],
+                    "contexts": [
+                        {
+                            "name": "c",
+                            "context": {"cluster": "c", "user": "u", "namespace": "default"},
+                        }
+                    ],
+                }
+            )
+        )
         return path
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -222,13 +278,13 @@ class HostileApi:
                 else:
                     body = b'{"kind":"Status","apiVersion":"v1","status":"Failure","code":404}'
                     status = b"404 Not Found"
-                writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+                writer.write(
+                    b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+                )
                 await writer.drain()
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         finally:
             self._tasks.discard(task)
             writer.close()
-
-

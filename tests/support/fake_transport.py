@@ -113,5 +113,3 @@ def decode_frames(data: bytes) -> list[Any]:
             break
         out.append(f)
     return out
-
-

@@ -54,10 +54,18 @@ def _reset(writer: asyncio.StreamWriter) -> None:
 
 
 class FaultProxy:
-    def __init__(self, upstream: tuple[str, int], *, seed: int = 0, delay_max: float = 0.0,
-                 split_max: int = 1, cut_prob: float = 0.0,
-                 cut_bytes: tuple[int, int] = (1 << 16, 1 << 22), max_cuts: int = 0,
-                 inject: Callable[[int], bytes | None] | None = None) -> None:
+    def __init__(
+        self,
+        upstream: tuple[str, int],
+        *,
+        seed: int = 0,
+        delay_max: float = 0.0,
+        split_max: int = 1,
+        cut_prob: float = 0.0,
+        cut_bytes: tuple[int, int] = (1 << 16, 1 << 22),
+        max_cuts: int = 0,
+        inject: Callable[[int], bytes | None] | None = None,
+    ) -> None:
         """inject(n): bytes to put right after the n-th 101 head seen (None: pass it through)."""
         self.upstream = upstream
         self.rng = random.Random(seed)
@@ -82,7 +90,8 @@ class FaultProxy:
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._handle, "127.0.0.1", 0))
+            asyncio.start_server(self._handle, "127.0.0.1", 0)
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         self._ready.set()
         self._loop.run_forever()
@@ -141,15 +150,23 @@ class FaultProxy:
         try:
             await asyncio.gather(
                 self._pump(sreader, cwriter, swriter, state, "down", inject, faulty),
-                self._pump(creader, swriter, cwriter, state, "up", None, faulty))
+                self._pump(creader, swriter, cwriter, state, "up", None, faulty),
+            )
         finally:
             self._live.pop(index, None)
             for w in (cwriter, swriter):
                 w.transport.abort()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    other: asyncio.StreamWriter, state: _Conn, direction: str,
-                    inject: Callable[[int], bytes | None] | None, faulty: bool) -> None:
+    async def _pump(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        other: asyncio.StreamWriter,
+        state: _Conn,
+        direction: str,
+        inject: Callable[[int], bytes | None] | None,
+        faulty: bool,
+    ) -> None:
         head = bytearray() if inject is not None else None
         try:
             for _ in range(1 << 30):  # ends at EOF, error or cut
@@ -173,8 +190,11 @@ class FaultProxy:
                     if end < 0 and len(head) < 65536:
                         continue
                     data, head = bytes(head), None
-                    extra = (inject(self.stats.injected) if end >= 0 and inject is not None
-                             and data.startswith(b"HTTP/1.1 101") else None)
+                    extra = (
+                        inject(self.stats.injected)
+                        if end >= 0 and inject is not None and data.startswith(b"HTTP/1.1 101")
+                        else None
+                    )
                     if extra is not None:
                         self.stats.injected += 1
                         kept_buf = bytearray()

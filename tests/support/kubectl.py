@@ -49,8 +49,20 @@ def kubectl_command(binary: str, kubeconfig: Path, cache_dir: Path, *args: str) 
     return [binary, "--kubeconfig", str(kubeconfig), "--cache-dir", str(cache_dir), *args]
 
 
-def run_kubectl(binary: str, kubeconfig: Path, cache_dir: Path, *args: str, env: dict[str, str] | None = None,
-                timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+def run_kubectl(
+    binary: str,
+    kubeconfig: Path,
+    cache_dir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 60.0,
+) -> subprocess.CompletedProcess[str]:
     """Run one kubectl command to completion (stdin closed, output captured as text)."""
-    return subprocess.run(kubectl_command(binary, kubeconfig, cache_dir, *args), capture_output=True, text=True,
-                          timeout=timeout, env=subprocess_env(env), stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        kubectl_command(binary, kubeconfig, cache_dir, *args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=subprocess_env(env),
+        stdin=subprocess.DEVNULL,
+    )

@@ -117,8 +117,16 @@ class Download:
     """Reads N pattern bytes from a `source` target through `port`, checking each byte.
     outcome: "complete", "reset" (connection reset) or "eof" (closed early)."""
 
-    def __init__(self, port: int, n: int, *, host: str = "127.0.0.1", timeout: float = 60.0,
-                 pause_after: int | None = None, pause: float = 0.0) -> None:
+    def __init__(
+        self,
+        port: int,
+        n: int,
+        *,
+        host: str = "127.0.0.1",
+        timeout: float = 60.0,
+        pause_after: int | None = None,
+        pause: float = 0.0,
+    ) -> None:
         self.port = port
         self.n = n
         self.host = host
@@ -139,8 +147,7 @@ class Download:
                 for _ in range(1 << 30):  # each pass reads >= 1 byte or ends
                     if self.got >= self.n:
                         break
-                    if (not paused and self.pause_after is not None
-                            and self.got >= self.pause_after):
+                    if not paused and self.pause_after is not None and self.got >= self.pause_after:
                         paused = True
                         time.sleep(self.pause)  # a stalled local reader
                     k = sock.recv_into(buf)
@@ -152,7 +159,7 @@ class Download:
                     pos = 0
                     while pos < k:  # compare against the pattern, wrapping at 1 MiB
                         m = min(k - pos, plen - off)
-                        if view[pos:pos + m] != PATTERN[off:off + m]:
+                        if view[pos : pos + m] != PATTERN[off : off + m]:
                             self.corrupt_at = self.got + pos
                             raise AssertionError(f"corrupt byte near offset {self.corrupt_at}")
                         pos += m
@@ -168,8 +175,9 @@ class Download:
         return self.outcome
 
 
-def echo_once(port: int, payload: bytes = b"ping", host: str = "127.0.0.1",
-              timeout: float = 20.0) -> bytes:
+def echo_once(
+    port: int, payload: bytes = b"ping", host: str = "127.0.0.1", timeout: float = 20.0
+) -> bytes:
     """Send `payload` to an echo through `host:port`; returns what came back (up to its length)."""
     with socket.create_connection((host, port), timeout=timeout) as s:
         s.sendall(payload)
@@ -191,9 +199,16 @@ class EchoResult:
     peak_open: int = 0
 
 
-async def concurrent_echo(port: int, n: int, size: int = 64, *, hold: bool = True,
-                          connect_parallel: int = 256, timeout: float = 60.0,
-                          host: str = "127.0.0.1") -> EchoResult:
+async def concurrent_echo(
+    port: int,
+    n: int,
+    size: int = 64,
+    *,
+    hold: bool = True,
+    connect_parallel: int = 256,
+    timeout: float = 60.0,
+    host: str = "127.0.0.1",
+) -> EchoResult:
     """`n` connections to an echo through `port`; each sends `size` bytes unique to it and
     checks the echo. hold=True: every connection stays open until all have their echo (so
     all `n` are open at once); False: each closes when done."""

@@ -24,8 +24,9 @@ def _key() -> ec.EllipticCurvePrivateKey:
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 @dataclass
@@ -44,14 +45,21 @@ def make_pki(cn: str = "alice") -> Pki:
     def ca() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         key = _key()
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-ca")])
-        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - dt.timedelta(hours=1))
-                .not_valid_after(now + dt.timedelta(days=1))
-                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False,
-                                             False), critical=True)
-                .sign(key, hashes.SHA256()))
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(True, False, False, False, False, True, True, False, False),
+                critical=True,
+            )
+            .sign(key, hashes.SHA256())
+        )
         return cert, key
 
     ca_cert, ca_key = ca()
@@ -59,16 +67,26 @@ def make_pki(cn: str = "alice") -> Pki:
 
     def leaf(common: str, server: bool) -> tuple[bytes, bytes]:
         key = _key()
-        b = (x509.CertificateBuilder()
-             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)]))
-             .issuer_name(ca_cert.subject).public_key(key.public_key())
-             .serial_number(x509.random_serial_number())
-             .not_valid_before(now - dt.timedelta(hours=1))
-             .not_valid_after(now + dt.timedelta(days=1)))
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)]))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+        )
         if server:
-            b = b.add_extension(x509.SubjectAlternativeName([
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost"),
-                x509.DNSName("api.test")]), critical=False)
+            b = b.add_extension(
+                x509.SubjectAlternativeName(
+                    [
+                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                        x509.DNSName("localhost"),
+                        x509.DNSName("api.test"),
+                    ]
+                ),
+                critical=False,
+            )
             b = b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
         else:
             b = b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
@@ -77,8 +95,14 @@ def make_pki(cn: str = "alice") -> Pki:
 
     scert, skey = leaf("localhost", True)
     ccert, ckey = leaf(cn, False)
-    return Pki(ca_cert.public_bytes(serialization.Encoding.PEM), scert, skey, ccert, ckey,
-               other.public_bytes(serialization.Encoding.PEM))
+    return Pki(
+        ca_cert.public_bytes(serialization.Encoding.PEM),
+        scert,
+        skey,
+        ccert,
+        ckey,
+        other.public_bytes(serialization.Encoding.PEM),
+    )
 
 
 def write(path: str, data: bytes | str, mode: int = 0o600) -> str:

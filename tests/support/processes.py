@@ -43,7 +43,9 @@ def subprocess_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def stop_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+def stop_process(
+    proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 10.0
+) -> int | None:
     """Signal one process we started (by PID), wait, SIGKILL if it lingers. Returns its code."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
@@ -66,8 +68,9 @@ class KubectlPortForward:
 
     def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
         self.cmd = cmd
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     stdin=subprocess.DEVNULL, env=env)
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env
+        )
         self.stdout: list[str] = []
         self.stderr: list[str] = []
         self._lock = threading.Condition()
@@ -108,8 +111,10 @@ class KubectlPortForward:
                 if self.proc.poll() is not None and not any(t.is_alive() for t in self._threads):
                     break
                 self._lock.wait(0.1)
-        raise AssertionError(f"kubectl did not start forwarding: rc={self.proc.poll()} "
-                             f"stdout={self.stdout!r} stderr={self.stderr!r}")
+        raise AssertionError(
+            f"kubectl did not start forwarding: rc={self.proc.poll()} "
+            f"stdout={self.stdout!r} stderr={self.stderr!r}"
+        )
 
     def local_port(self, remote: int) -> int:
         for address, local, rem in self.forwards:
@@ -121,7 +126,9 @@ class KubectlPortForward:
         try:
             rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"kubectl still running after {timeout}s: stderr={self.stderr!r}") from None
+            raise AssertionError(
+                f"kubectl still running after {timeout}s: stderr={self.stderr!r}"
+            ) from None
         for t in self._threads:
             t.join(5)
         return rc
@@ -163,15 +170,20 @@ def last_line(text: str) -> str:
 # commands run to completion
 
 
-async def run_command(cmd: list[str], timeout: float, env: dict[str, str] | None = None
-                      ) -> tuple[int | None, str, float]:
+async def run_command(
+    cmd: list[str], timeout: float, env: dict[str, str] | None = None
+) -> tuple[int | None, str, float]:
     """Run `cmd` in the current loop (so in-loop servers keep serving); returns (exit code,
     stderr, seconds). A process still running after `timeout` is killed (code None)."""
     loop = asyncio.get_running_loop()
     start = loop.time()
     proc = await asyncio.create_subprocess_exec(
-        *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=subprocess_env(env))
+        *cmd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=subprocess_env(env),
+    )
     try:
         _out, err = await asyncio.wait_for(proc.communicate(), timeout)
         code: int | None = proc.returncode
@@ -182,9 +194,12 @@ async def run_command(cmd: list[str], timeout: float, env: dict[str, str] | None
     return code, err.decode(errors="replace"), loop.time() - start
 
 
-def run_quiet(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                          stdin=subprocess.DEVNULL)
+def run_quiet(
+    cmd: list[str], env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -69,8 +69,14 @@ class Proxy:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=2)
 
-    async def _splice(self, host: str, port: int, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter, reply: bytes) -> None:
+    async def _splice(
+        self,
+        host: str,
+        port: int,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        reply: bytes,
+    ) -> None:
         r2, w2 = await asyncio.open_connection(host, port)
         writer.write(reply)
         t = asyncio.ensure_future(asyncio.gather(_pipe(reader, w2), _pipe(r2, writer)))
@@ -87,8 +93,11 @@ class Proxy:
         head = await reader.readuntil(b"\r\n\r\n")
         lines = head.decode().split("\r\n")
         method, target, _ = lines[0].split(" ")
-        headers = {ln.split(":", 1)[0].lower(): ln.split(":", 1)[1].strip()
-                   for ln in lines[1:] if ":" in ln}
+        headers = {
+            ln.split(":", 1)[0].lower(): ln.split(":", 1)[1].strip()
+            for ln in lines[1:]
+            if ":" in ln
+        }
         if method != "CONNECT":
             writer.write(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
             writer.close()
@@ -96,14 +105,20 @@ class Proxy:
         if self.auth is not None:
             want = "Basic " + base64.b64encode(self.auth.encode()).decode()
             if headers.get("proxy-authorization") != want:
-                writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
-                             b"Content-Length: 0\r\n\r\n")
+                writer.write(
+                    b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n"
+                )
                 writer.close()
                 return
         self.targets.append(target)
         host, _, port = target.rpartition(":")
-        await self._splice(host.strip("[]"), int(port), reader, writer,
-                           b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await self._splice(
+            host.strip("[]"),
+            int(port),
+            reader,
+            writer,
+            b"HTTP/1.1 200 Connection established\r\n\r\n",
+        )
 
     async def _socks(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         ver, n = await reader.readexactly(2)
@@ -145,8 +160,13 @@ class Proxy:
 class _Leg:
     """One proxied connection: client <-> server, with injection once upgraded."""
 
-    def __init__(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter,
-                 server_reader: asyncio.StreamReader, server_writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        client_reader: asyncio.StreamReader,
+        client_writer: asyncio.StreamWriter,
+        server_reader: asyncio.StreamReader,
+        server_writer: asyncio.StreamWriter,
+    ) -> None:
         self.client_reader, self.client_writer = client_reader, client_writer
         self.server_reader, self.server_writer = server_reader, server_writer
         self.upgraded = asyncio.Event()
@@ -174,9 +194,12 @@ class Mitm:
     request head naming /portforward) instead of the server; returning False passes the
     request on (e.g. the target of a redirect)."""
 
-    def __init__(self, upstream_port: int,
-                 on_upgrade: Callable[[bytes, asyncio.StreamReader, asyncio.StreamWriter],
-                                      Awaitable[bool]] | None = None) -> None:
+    def __init__(
+        self,
+        upstream_port: int,
+        on_upgrade: Callable[[bytes, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
+        | None = None,
+    ) -> None:
         self.upstream_port = upstream_port
         self.on_upgrade = on_upgrade
         self.port = 0
@@ -215,8 +238,12 @@ class Mitm:
         if self.on_upgrade is not None:
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError,
-                    asyncio.LimitOverrunError):
+            except (
+                OSError,
+                asyncio.TimeoutError,
+                asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError,
+            ):
                 writer.close()
                 return
             if b"/portforward" in head.split(b"\r\n", 1)[0]:
@@ -235,8 +262,9 @@ class Mitm:
             self._tasks.add(t)
             t.add_done_callback(self._tasks.discard)
 
-    async def _pump(self, leg: _Leg, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    to_server: bool) -> None:
+    async def _pump(
+        self, leg: _Leg, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, to_server: bool
+    ) -> None:
         seen = b""
         try:
             for _ in range(1 << 30):
@@ -266,5 +294,3 @@ def kubeconfig_via(srv: ServeInstance, port: int, path: Path) -> Path:
     Mitm in front of it)."""
     path.write_text(srv.kubeconfig.read_text().replace(f":{srv.port}", f":{port}"))
     return path
-
-

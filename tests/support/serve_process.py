@@ -68,10 +68,17 @@ class ServeInstance:
     def connection(self, timeout: float = 10.0) -> http.client.HTTPConnection:
         if self.ca_file is None:
             return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-        return http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=self.ssl_context())
+        return http.client.HTTPSConnection(
+            self.host, self.port, timeout=timeout, context=self.ssl_context()
+        )
 
-    def get(self, path: str, token: str | None = "", method: str = "GET",
-            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    def get(
+        self,
+        path: str,
+        token: str | None = "",
+        method: str = "GET",
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], bytes]:
         """One HTTP/1.1 request; token "" = this server's token, None = no Authorization."""
         conn = self.connection()
         try:
@@ -92,12 +99,27 @@ class ServeInstance:
         return stop_process(self.process, sig)
 
 
-def start_serve(tmp: Path, *args: str, manifest: str | None = None, tls: bool = True,
-                env: dict[str, str] | None = None, listen: str = "127.0.0.1:0") -> ServeInstance:
+def start_serve(
+    tmp: Path,
+    *args: str,
+    manifest: str | None = None,
+    tls: bool = True,
+    env: dict[str, str] | None = None,
+    listen: str = "127.0.0.1:0",
+) -> ServeInstance:
     """Start `fastpf serve` and wait until its kubeconfig exists. Raises on failure."""
     tmp.mkdir(parents=True, exist_ok=True)
     kubeconfig = Path(tempfile.mkdtemp(prefix="serve-", dir=tmp)) / "kubeconfig"
-    cmd = [sys.executable, "-m", "fastpf", "serve", "--listen", listen, "--kubeconfig-out", str(kubeconfig)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fastpf",
+        "serve",
+        "--listen",
+        listen,
+        "--kubeconfig-out",
+        str(kubeconfig),
+    ]
     if manifest is not None:
         manifest_path = kubeconfig.parent / "manifest.yaml"
         manifest_path.write_text(manifest)
@@ -110,18 +132,28 @@ def start_serve(tmp: Path, *args: str, manifest: str | None = None, tls: bool = 
     stdout_path = kubeconfig.parent / "stdout.txt"
     stderr_path = kubeconfig.parent / "stderr.txt"
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=str(tmp),
-                                env=subprocess_env(env))
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            cwd=str(tmp),
+            env=subprocess_env(env),
+        )
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if kubeconfig.exists():
             break
         if proc.poll() is not None:
-            raise RuntimeError(f"fastpf serve exited {proc.returncode}: {stderr_path.read_text().strip()}")
+            raise RuntimeError(
+                f"fastpf serve exited {proc.returncode}: {stderr_path.read_text().strip()}"
+            )
         time.sleep(0.02)
     else:
         stop_process(proc, signal.SIGKILL)
-        raise RuntimeError(f"fastpf serve wrote no kubeconfig within {START_TIMEOUT}s: {stderr_path.read_text()}")
+        raise RuntimeError(
+            f"fastpf serve wrote no kubeconfig within {START_TIMEOUT}s: {stderr_path.read_text()}"
+        )
     config = yaml.safe_load(kubeconfig.read_text())
     cluster = config["clusters"][0]["cluster"]
     url = cluster["server"]
@@ -132,22 +164,38 @@ def start_serve(tmp: Path, *args: str, manifest: str | None = None, tls: bool = 
         ca_file = kubeconfig.parent / "ca.pem"
         ca_file.write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
     return ServeInstance(
-        process=proc, kubeconfig=kubeconfig, url=url, host=m.group(1).strip("[]"), port=int(m.group(2)),
-        token=config["users"][0]["user"]["token"], ca_file=ca_file, stdout_path=stdout_path,
-        stderr_path=stderr_path, config=config,
+        process=proc,
+        kubeconfig=kubeconfig,
+        url=url,
+        host=m.group(1).strip("[]"),
+        port=int(m.group(2)),
+        token=config["users"][0]["user"]["token"],
+        ca_file=ca_file,
+        stdout_path=stdout_path,
+        stderr_path=stderr_path,
+        config=config,
     )
 
 
 class RestartableServe:
     """`fastpf serve` on a fixed port with a fixed token and certificate directory."""
 
-    def __init__(self, tmp: Path, *args: str, manifest: str | None = None, tls: bool = True,
-                 token: str | None = TOKEN) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        *args: str,
+        manifest: str | None = None,
+        tls: bool = True,
+        token: str | None = TOKEN,
+    ) -> None:
         self.tmp = tmp
         self.tls = tls
         self.token = token
-        self.base = [*(["--token", token] if token else []),
-                     *(["--tls-dir", str(tmp / "tls")] if tls else []), *args]
+        self.base = [
+            *(["--token", token] if token else []),
+            *(["--tls-dir", str(tmp / "tls")] if tls else []),
+            *args,
+        ]
         self.count = 0
         self.inst: ServeInstance = self._start(self.base, manifest, "127.0.0.1:0")
         self.port = self.inst.port
@@ -156,8 +204,9 @@ class RestartableServe:
 
     def _start(self, args: list[str], manifest: str | None, listen: str) -> ServeInstance:
         self.count += 1
-        return start_serve(self.tmp / f"serve{self.count}", *args, manifest=manifest,
-                           tls=self.tls, listen=listen)
+        return start_serve(
+            self.tmp / f"serve{self.count}", *args, manifest=manifest, tls=self.tls, listen=listen
+        )
 
     @property
     def pid(self) -> int:

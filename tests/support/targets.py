@@ -142,30 +142,64 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def manifest(t: Targets, t2: Targets | None = None) -> str:
-    ports = [{"name": "sink", "containerPort": t.sink}, {"name": "source", "containerPort": t.source},
-             {"name": "echo", "containerPort": t.echo},
-             {"name": "dns", "containerPort": 53, "protocol": "UDP"}]
+    ports = [
+        {"name": "sink", "containerPort": t.sink},
+        {"name": "source", "containerPort": t.source},
+        {"name": "echo", "containerPort": t.echo},
+        {"name": "dns", "containerPort": 53, "protocol": "UDP"},
+    ]
     docs: list[dict[str, Any]] = [
-        {"apiVersion": "v1", "kind": "Pod",
-         "metadata": {"name": "web-1", "labels": {"app": "web"}},
-         "spec": {"containers": [{"name": "c", "ports": ports}]}},
-        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "pend"},
-         "spec": {"containers": [{"name": "c"}]}, "status": {"phase": "Pending"}},
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
-         "spec": {"selector": {"app": "web"}, "ports": [
-             {"name": "http", "port": 80, "targetPort": "echo"},
-             {"name": "up", "port": 81, "targetPort": t.sink}]}},
-        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
-         # replicas 0: serve makes no pods of its own, the selector finds web-1 (as kubectl's
-         # deploy/ resolution does: by selector, not by owner)
-         "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "web"}},
-                  "template": {"metadata": {"labels": {"app": "web"}}}}},
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "web-1", "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "c", "ports": ports}]},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "pend"},
+            "spec": {"containers": [{"name": "c"}]},
+            "status": {"phase": "Pending"},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web"},
+            "spec": {
+                "selector": {"app": "web"},
+                "ports": [
+                    {"name": "http", "port": 80, "targetPort": "echo"},
+                    {"name": "up", "port": 81, "targetPort": t.sink},
+                ],
+            },
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "web"},
+            # replicas 0: serve makes no pods of its own, the selector finds web-1 (as kubectl's
+            # deploy/ resolution does: by selector, not by owner)
+            "spec": {
+                "replicas": 0,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}}},
+            },
+        },
     ]
     if t2 is not None:
-        docs.append({"apiVersion": "v1", "kind": "Pod",
-                     "metadata": {"name": "p2", "annotations": {"fastpf.io/address": t2.host}},
-                     "spec": {"containers": [{"name": "c", "ports": [
-                         {"name": "echo", "containerPort": t2.echo}]}]}})
+        docs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "p2", "annotations": {"fastpf.io/address": t2.host}},
+                "spec": {
+                    "containers": [
+                        {"name": "c", "ports": [{"name": "echo", "containerPort": t2.echo}]}
+                    ]
+                },
+            }
+        )
     return yaml.safe_dump_all(docs)
 
 

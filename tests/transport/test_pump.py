@@ -60,8 +60,15 @@ def data(sid: int, payload: bytes, fin: bool = False) -> bytes:
 def test_run_of_data_goes_to_the_pump_and_stops_where_the_session_must_decide() -> None:
     enc = F.SpdyEncoder()
     dec = F.SpdyDecoder()
-    dec.feed(data(1, b"aaa") + data(1, b"bbb") + data(3, b"zz") + data(1, b"c", fin=True)
-             + enc.ping(7) + data(1, b"dd") + data(1, b"partial")[:10])
+    dec.feed(
+        data(1, b"aaa")
+        + data(1, b"bbb")
+        + data(3, b"zz")
+        + data(1, b"c", fin=True)
+        + enc.ping(7)
+        + data(1, b"dd")
+        + data(1, b"partial")[:10]
+    )
     t = FakeTransport()
     core = Core(t)
     sinks = SinkTable()
@@ -181,8 +188,9 @@ def test_fuzz_dispatch_agrees_with_next_frame(
         assert merged == bytes(sent[sid])
 
 
-def _merge_in_order(frames: list[tuple[int, bytes, bool]], sid: int, pumped: bytes,
-                    framed: bytes) -> bytes:
+def _merge_in_order(
+    frames: list[tuple[int, bytes, bool]], sid: int, pumped: bytes, framed: bytes
+) -> bytes:
     """Rebuild a stream's bytes frame by frame: each frame's payload came either from the pump
     (a plain DATA frame while the stream was in the table) or from next_frame()."""
     out = bytearray()
@@ -214,8 +222,9 @@ def test_stream_zero_is_left_to_the_decoder_error(bad: bytes) -> None:
     assert dec.next_frame() is None and dec.error is not None
 
 
-def ws_message(channel: int, payload: bytes, masked: bool, opcode: int = F.WS_BINARY,
-               fin: bool = True) -> bytes:
+def ws_message(
+    channel: int, payload: bytes, masked: bool, opcode: int = F.WS_BINARY, fin: bool = True
+) -> bytes:
     body = bytes([channel]) + payload
     if not masked:
         return F.ws_frame_header(opcode, len(body), fin=fin) + body
@@ -225,12 +234,15 @@ def ws_message(channel: int, payload: bytes, masked: bool, opcode: int = F.WS_BI
 @pytest.mark.parametrize("masked", [True, False])
 def test_channel_messages_go_to_the_pump_and_the_rest_to_next_frame(masked: bool) -> None:
     dec = F.WsDecoder(masked)
-    wire = (ws_message(0, b"abc", masked) + ws_message(0, b"de", masked)
-            + ws_message(2, b"other", masked)  # channel 2: not in the table
-            + ws_message(1, b"error text", masked)  # error channel: never in the table
-            + ws_message(0, b"", masked)  # no data byte: the session decides
-            + ws_message(0, b"x" * 70_000, masked)  # 64-bit length form
-            + ws_message(0, b"part", masked)[:5])
+    wire = (
+        ws_message(0, b"abc", masked)
+        + ws_message(0, b"de", masked)
+        + ws_message(2, b"other", masked)  # channel 2: not in the table
+        + ws_message(1, b"error text", masked)  # error channel: never in the table
+        + ws_message(0, b"", masked)  # no data byte: the session decides
+        + ws_message(0, b"x" * 70_000, masked)  # 64-bit length form
+        + ws_message(0, b"part", masked)[:5]
+    )
     dec.feed(wire)
     t = FakeTransport()
     sinks = SinkTable()
@@ -254,8 +266,14 @@ def test_channel_dispatch_leaves_fragments_text_and_control_frames() -> None:
     dec = F.WsDecoder(False)
     first = F.ws_frame_header(F.WS_BINARY, 3, fin=False) + b"\x00ab"
     cont = F.ws_frame_header(F.WS_CONT, 2) + b"cd"
-    dec.feed(first + cont + F.ws_frame_header(F.WS_PING, 1) + b"p"
-             + F.ws_frame_header(F.WS_TEXT, 3) + b"\x00hi")
+    dec.feed(
+        first
+        + cont
+        + F.ws_frame_header(F.WS_PING, 1)
+        + b"p"
+        + F.ws_frame_header(F.WS_TEXT, 3)
+        + b"\x00hi"
+    )
     sinks = SinkTable()
     t = FakeTransport()
     sinks.add(0, Core(t))
@@ -271,8 +289,9 @@ def test_channel_dispatch_leaves_fragments_text_and_control_frames() -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(
-    messages=st.lists(st.tuples(st.sampled_from([0, 1, 2, 4]), st.binary(max_size=300)),
-                      max_size=20),
+    messages=st.lists(
+        st.tuples(st.sampled_from([0, 1, 2, 4]), st.binary(max_size=300)), max_size=20
+    ),
     fast=st.sets(st.sampled_from([0, 2, 4])),
     masked=st.booleans(),
     cuts=st.lists(st.integers(min_value=1, max_value=200), max_size=12),

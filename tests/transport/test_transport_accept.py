@@ -46,7 +46,9 @@ def test_streams_open_together_and_failures_are_reported_per_stream() -> None:
         conn._feed(enc.syn_reply(1) + enc.rst_stream(3, F.RST_REFUSED_STREAM))
         failures = await waiting
         assert failures[0] is None
-        assert isinstance(failures[1], StreamResetError) and failures[1].status == F.RST_REFUSED_STREAM
+        assert (
+            isinstance(failures[1], StreamResetError) and failures[1].status == F.RST_REFUSED_STREAM
+        )
         assert 3 not in conn.streams and 1 in conn.streams
 
         # A lost session fails what is still waiting.
@@ -228,8 +230,7 @@ def test_dial_relay_moves_both_ways(loop_kind: str) -> None:
         port = server.sockets[0].getsockname()[1]
         try:
             pipe = _Pipe(_session())
-            task = asyncio.ensure_future(
-                dial_relay(pipe, "127.0.0.1", port, connect_timeout=5))
+            task = asyncio.ensure_future(dial_relay(pipe, "127.0.0.1", port, connect_timeout=5))
             for _ in range(200):
                 if pipe.sink is not None and pipe.sent:
                     break
@@ -244,4 +245,3 @@ def test_dial_relay_moves_both_ways(loop_kind: str) -> None:
             server.close()
 
     run(body, loop_kind)
-

@@ -523,7 +523,8 @@ def test_server_ends_a_session_that_never_sends_a_frame(monkeypatch: pytest.Monk
 
 
 def test_client_ends_a_session_whose_server_never_answers_its_pings(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(spdy, "FIRST_FRAME_TIMEOUT", 0.3)
 
     async def body() -> None:
@@ -543,8 +544,9 @@ def test_client_ends_a_session_whose_server_never_answers_its_pings(
 
         server = await loop.create_server(Mute, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        conn = await upgrade.connect(ApiDialer("127.0.0.1", port), PATH, "spdy", [],
-                                     ping_interval=0.05)
+        conn = await upgrade.connect(
+            ApiDialer("127.0.0.1", port), PATH, "spdy", [], ping_interval=0.05
+        )
         result = await asyncio.wait_for(conn.wait_closed(), 5)
         assert isinstance(result, TimeoutError)
         server.close()

@@ -277,7 +277,10 @@ def test_stalled_reader_memory_bounded(protocol: str, loop_kind: str) -> None:
             assert sink.result.received < size // 2
             frame = 256 << 10
             assert sink.transport.get_write_buffer_size() <= LOCAL_HIGH + frame
-            assert server.transport.get_write_buffer_size() <= server.transport.get_write_buffer_limits()[1] + 2 * frame
+            assert (
+                server.transport.get_write_buffer_size()
+                <= server.transport.get_write_buffer_limits()[1] + 2 * frame
+            )
             assert conn.input_paused  # the client stopped reading the upgraded connection
             assert fw.data._inbox.buffered == 0  # the relay's sink took everything, nothing queued
             # resume and check integrity
@@ -523,7 +526,10 @@ def test_stalled_pod_memory_bounded(protocol: str, loop_kind: str) -> None:
             assert stable >= 15, "flow never stopped"
             assert relay_proto.result.sent < size // 2
             frame = 256 << 10
-            assert conn.transport.get_write_buffer_size() <= conn.transport.get_write_buffer_limits()[1] + 2 * frame
+            assert (
+                conn.transport.get_write_buffer_size()
+                <= conn.transport.get_write_buffer_limits()[1] + 2 * frame
+            )
             assert not relay_proto.transport.is_reading()  # client stopped reading the local socket
             assert server.input_paused  # server stopped reading the upgraded connection
             (pod_relay,) = [k for k in server._input_pauses if hasattr(k, "transport")]
@@ -587,8 +593,12 @@ def test_half_close_policy_by_client(user_agent: str, old: bool) -> None:
 
 @pytest.mark.parametrize(
     "user_agent",
-    ["kubectl/v1.29.14 (linux/amd64) kubernetes/abc", "oc/4.14.0 (linux/amd64) kubernetes/abc",
-     "kubectl/v1.33.1 (linux/amd64) kubernetes/abc", "fastpf-test"],
+    [
+        "kubectl/v1.29.14 (linux/amd64) kubernetes/abc",
+        "oc/4.14.0 (linux/amd64) kubernetes/abc",
+        "kubectl/v1.33.1 (linux/amd64) kubernetes/abc",
+        "fastpf-test",
+    ],
 )
 def test_pod_close_ends_error_stream_without_client_fin(user_agent: str) -> None:
     """The pod sends and closes; the client never FINs its data stream (kubectl <= 1.31 closes
@@ -599,14 +609,21 @@ def test_pod_close_ends_error_stream_without_client_fin(user_agent: str) -> None
 
     async def body() -> None:
         loop = asyncio.get_running_loop()
-        async with Target(make_source_handler(size)) as t, Target(echo_handler) as e, \
-                ApiServer() as srv:
+        async with (
+            Target(make_source_handler(size)) as t,
+            Target(echo_handler) as e,
+            ApiServer() as srv,
+        ):
             srv.dialer.headers = [("User-Agent", user_agent)]
             conn = await upgrade.connect(srv.dialer, PATH, "spdy", [])
             assert isinstance(conn, SpdyConnection)
-            error = await conn.open_stream({"streamtype": "error", "port": str(t.port), "requestid": "0"})
+            error = await conn.open_stream(
+                {"streamtype": "error", "port": str(t.port), "requestid": "0"}
+            )
             error.write_eof()
-            data = await conn.open_stream({"streamtype": "data", "port": str(t.port), "requestid": "0"})
+            data = await conn.open_stream(
+                {"streamtype": "data", "port": str(t.port), "requestid": "0"}
+            )
             data.write(b"%d\n" % size)
             got = 0
             for _ in range(1 << 20):

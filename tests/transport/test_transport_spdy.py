@@ -189,6 +189,7 @@ def test_tunnel_data_decoded_in_place_waits_for_drained_sinks(tunnel: str) -> No
             # fastpf serve: one message per frame; kubectl: header and payload apart
             parts = [frame] if i % 3 else [frame[:8], frame[8:]]
             wire += b"".join(message(part) for part in parts)
+
         def deliver(data: bytes, step: int) -> None:
             # As the transport does: at most what get_buffer offers, at most `step` per read.
             pos = 0
@@ -324,7 +325,11 @@ def test_small_writes_coalesce_into_one_write_per_iteration_in_order() -> None:
         assert len(t.calls) == 1 and t.calls[0][0] == "write"  # one TLS record, one syscall
         frames = decode_frames(t.wire())
         assert [(f.type, f.stream_id, f.flags) for f in frames] == [
-            (F.SYN_REPLY, 1, 0), (F.SYN_REPLY, 3, 0), (F.DATA, 3, 0), (F.DATA, 1, F.FLAG_FIN)]
+            (F.SYN_REPLY, 1, 0),
+            (F.SYN_REPLY, 3, 0),
+            (F.DATA, 3, 0),
+            (F.DATA, 1, F.FLAG_FIN),
+        ]
         assert bytes(frames[2].payload) == b"hello" and conn.output_drained()
 
         # A large frame after small ones: the small ones leave first, the large one uncopied.
