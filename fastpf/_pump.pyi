@@ -4,11 +4,13 @@ from typing import Any
 
 from typing_extensions import disjoint_base
 
+from fastpf.transport.contract import Pipe
+
 SPARE_BUFFERS: int
 
 @disjoint_base
 class RelayCore:
-    pipe: Any
+    pipe: Pipe
     transport: Any
     buf: bytearray | None
     room: int
@@ -20,7 +22,7 @@ class RelayCore:
     remote_done: bool
     closed: bool
     budgeted: bool
-    def init_pump(self, pipe: Any, read_size: int) -> None: ...
+    def init_pump(self, pipe: Pipe, read_size: int) -> None: ...
     def attach_transport(self, transport: asyncio.BaseTransport) -> None: ...
     def get_buffer(self, sizehint: int) -> memoryview: ...
     def buffer_updated(self, nbytes: int) -> None: ...

@@ -24,6 +24,7 @@ from typing import Any
 
 from fastpf._frames import RST_CANCEL
 from fastpf._pump import RelayCore
+from fastpf.transport.contract import Pipe
 
 LOCAL_HIGH = 1 << 20  # socket write buffer above which the upgraded connection stops reading
 LOCAL_LOW = 256 << 10
@@ -51,7 +52,7 @@ class _Relay(RelayCore, asyncio.BufferedProtocol):
 
     def __init__(
         self,
-        pipe: Any,
+        pipe: Pipe,
         read_size: int,
         eof_linger: float | None = None,
         eof_budget: int | None = None,
@@ -246,9 +247,7 @@ class _Relay(RelayCore, asyncio.BufferedProtocol):
 
     # -- helpers -------------------------------------------------------------------------------
     def pipe_closed(self) -> bool:
-        return bool(
-            getattr(self.pipe, "local_closed", False) and getattr(self.pipe, "remote_closed", False)
-        )
+        return self.pipe.local_closed and self.pipe.remote_closed
 
     def _local_error(self, exc: BaseException) -> None:
         if self._result.error is None:
@@ -336,7 +335,7 @@ class Accepted(asyncio.Protocol):
 
 
 async def relay(
-    stream_or_channel: Any,
+    stream_or_channel: Pipe,
     local: socket.socket | Accepted,
     *,
     read_size: int = DEFAULT_READ_SIZE,
@@ -379,7 +378,7 @@ async def relay(
 
 
 async def dial_relay(
-    stream_or_channel: Any,
+    stream_or_channel: Pipe,
     host: str,
     port: int,
     *,
@@ -421,7 +420,7 @@ def _adopt(proto: _Relay, accepted: Accepted) -> None:
         transport.resume_reading()
 
 
-async def _until_done(proto: _Relay, stream_or_channel: Any) -> RelayResult:
+async def _until_done(proto: _Relay, stream_or_channel: Pipe) -> RelayResult:
     try:
         await proto.done  # cancelling us cancels this future too; its setters check done()
     except asyncio.CancelledError:

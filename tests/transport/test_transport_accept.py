@@ -120,6 +120,8 @@ class _Pipe:
 
     header_room = 8
     max_payload = 1 << 20
+    local_closed = False
+    remote_closed = False
 
     def __init__(self, session: Any) -> None:
         self.session = session
@@ -131,7 +133,7 @@ class _Pipe:
     def send_inplace(self, buf: bytearray, start: int, n: int) -> None:
         self.sent.append(bytes(buf[start : start + n]))
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         self.sent.append(bytes(data))
 
     def write_eof(self) -> None:
