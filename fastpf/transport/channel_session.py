@@ -261,15 +261,8 @@ class ChannelSession:
             elif op in (F.WS_BINARY, F.WS_TEXT):
                 self._protocol_error(WebSocketError("unexpected message type", close_code=1003))
                 return
-            elif op == F.WS_PING:
-                if not self.ws.close_sent:
-                    self.ws.message(F.WS_PONG, bytes(frame.payload))
-            elif op == F.WS_PONG:
-                self.owner.ws_pong()
-            elif op == F.WS_CLOSE:
-                code, _reason = F.parse_close_payload(frame.payload)
-                self.ws.close(code if code is not None else 1000)
-                self._end(close_outcome(code))
+            elif self.ws.answer_control(op, frame.payload, self.owner.ws_pong):
+                self._end(close_outcome(self.ws.peer_close_code))
                 return
 
     def _on_text(self, frame: Any) -> bool:

@@ -417,7 +417,8 @@ class SpdySession:
 
     def _drain_ws(self) -> None:
         ws = self._wsdec
-        assert ws is not None
+        out = self._ws
+        assert ws is not None and out is not None  # tunnelled: both WS halves exist
         self._maybe_release()
         for _ in range(1 << 30):
             if self.ended:
@@ -442,16 +443,8 @@ class SpdySession:
                     WebSocketError("invalid message type received", close_code=1003)
                 )
                 return
-            elif op == F.WS_PING:
-                out = self._ws
-                if out is not None and not out.close_sent:
-                    out.message(F.WS_PONG, bytes(frame.payload))
-            elif op == F.WS_PONG:
-                self.owner.ws_pong()
-            elif op == F.WS_CLOSE:
-                code, _reason = F.parse_close_payload(frame.payload)
-                self._ws_close(code if code is not None else 1000)
-                self._end(close_outcome(code))
+            elif out.answer_control(op, frame.payload, self.owner.ws_pong):
+                self._end(close_outcome(out.peer_close_code))
                 return
 
     def _drain_spdy(self) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 from fastpf import _frames as F
 from fastpf.transport.contract import Buffer
 
-WS_HEADER_ROOM = 14  # 2 + 8 (64-bit length) + 4 (mask key)
+WS_HEADER_ROOM = F.WS_MAX_HEADER_LENGTH  # 2 + 8 (64-bit length) + 4 (mask key)
 
 Emit = Callable[[Buffer], None]
 EmitParts = Callable[[list[Any], int], None]
@@ -19,13 +19,14 @@ class WsOutput:
     """Frames payloads as WebSocket messages. `mask`: client role (RFC 6455: clients mask,
     servers must not). `close_sent` is set once a close frame went out."""
 
-    __slots__ = ("mask", "emit", "emit_parts", "close_sent")
+    __slots__ = ("mask", "emit", "emit_parts", "close_sent", "peer_close_code")
 
     def __init__(self, mask: bool, emit: Emit, emit_parts: EmitParts) -> None:
         self.mask = mask
         self.emit = emit
         self.emit_parts = emit_parts
         self.close_sent = False
+        self.peer_close_code: int | None = None  # the peer's close frame's code, once it came
 
     def message(self, opcode: int, payload: Buffer) -> None:
         """One unfragmented message (client: one copy, masked; server: gather write)."""
@@ -70,6 +71,22 @@ class WsOutput:
             return
         self.close_sent = True
         self.message(F.WS_CLOSE, F.ws_close_payload(code, reason))
+
+    def answer_control(self, opcode: int, payload: memoryview, on_pong: Callable[[], None]) -> bool:
+        """A control frame received (RFC 6455 5.5), the same in every session: a ping gets its
+        pong (not after our close), a pong goes to `on_pong`, a close is echoed. True when the
+        peer closed: the session then ends with close_outcome(self.peer_close_code)."""
+        if opcode == F.WS_PING:
+            if not self.close_sent:
+                self.message(F.WS_PONG, bytes(payload))
+        elif opcode == F.WS_PONG:
+            on_pong()
+        elif opcode == F.WS_CLOSE:
+            code, _reason = F.parse_close_payload(payload)
+            self.peer_close_code = code
+            self.close(code if code is not None else 1000)
+            return True
+        return False
 
 
 def close_outcome(code: int | None) -> BaseException | None:
