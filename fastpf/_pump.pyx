@@ -38,8 +38,8 @@ cdef extern from "<sys/socket.h>" nogil:
     int MSG_NOSIGNAL
 
 
-SPARE_BUFFERS = 3  # per relay: reusable read buffers besides the current one
-cdef int _SPARES = 3
+cdef int _SPARES = 3  # per relay: reusable read buffers besides the current one
+SPARE_BUFFERS = _SPARES
 cdef int _EINTR_RETRIES = 16
 
 
