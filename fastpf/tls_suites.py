@@ -48,7 +48,7 @@ def has_aes_hardware() -> bool:
     return True
 
 
-def _ssl_ctx_pointer(ctx: ssl.SSLContext) -> int | None:
+def ssl_ctx_pointer(ctx: ssl.SSLContext) -> int | None:
     """The SSL_CTX* of a CPython SSLContext: its first field after the object header."""
     if sys.implementation.name != "cpython" or sysconfig.get_config_var("Py_GIL_DISABLED"):
         return None
@@ -60,7 +60,7 @@ def set_tls13_suites(ctx: ssl.SSLContext, suites: bytes) -> bool:
     """SSL_CTX_set_ciphersuites on `ctx`; False where it cannot be done here."""
     import _ssl  # the extension linked against the very libssl that owns the SSL_CTX
 
-    pointer = _ssl_ctx_pointer(ctx)
+    pointer = ssl_ctx_pointer(ctx)
     if not pointer:
         return False
     try:

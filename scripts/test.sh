@@ -35,6 +35,6 @@ py="$root/.venv/bin/python"
 "$py" -m ruff check fastpf tests bench
 "$py" -m ruff format --check --quiet fastpf tests bench
 "$py" -m mypy
-"$py" -m mypy.stubtest fastpf._frames fastpf._pump --allowlist tests/codec/stubtest-allowlist.txt
+"$py" -m mypy.stubtest fastpf._frames fastpf._pump fastpf._tls --allowlist tests/codec/stubtest-allowlist.txt
 # The venv's bin first: tests run `fastpf`, `kubectl-fastpf` and the venv's kubectl 1.37.
 PATH="$root/.venv/bin:$PATH" "$py" -m pytest -q -p no:cacheprovider "$@"

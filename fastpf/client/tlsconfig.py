@@ -48,8 +48,8 @@ def _load_chain(ctx: ssl.SSLContext, cert: bytes, key: bytes) -> None:
 
 class ResumingContext(ssl.SSLContext):
     """A client context that offers the TLS session of its last successful connection
-    (`remember_session`) when the event loop wraps the next one (`wrap_bio`, which both
-    uvloop and asyncio call). A resumed TLS 1.3 handshake still does a fresh (EC)DHE, but
+    (`remember_session`) when the next one is wrapped (`wrap_bio`, which both uvloop and
+    asyncio call, or `offered_session` for fastpf.transport.tls). A resumed TLS 1.3 handshake still does a fresh (EC)DHE, but
     skips the certificate chain and its verification: ws-channel opens one connection per
     local connection, and a full handshake is the biggest part of its cost.
 
@@ -83,7 +83,7 @@ class ResumingContext(ssl.SSLContext):
                 self._session = None
         return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
 
-    def remember_session(self, sslobj: ssl.SSLObject | None) -> None:
+    def remember_session(self, sslobj: ssl.SSLObject | ssl.SSLSocket | None) -> None:
         """After a successful connection: offer its session (if the server made it resumable)
         on later connections."""
         if sslobj is None or self._misses >= _SESSION_MISSES:
@@ -104,7 +104,7 @@ class ResumingContext(ssl.SSLContext):
             self._misses += 1
 
     @property
-    def offered_session(self) -> ssl.SSLSession | None:  # read-only probe (tests)
+    def offered_session(self) -> ssl.SSLSession | None:  # wrap_socket users (transport.tls)
         return self._session
 
     def forget_session(self) -> None:

@@ -1,4 +1,4 @@
-"""fastpf/_frames.pyi and _pump.pyi match the built extensions (mypy.stubtest), as scripts/test.sh checks.
+"""fastpf/_frames.pyi, _pump.pyi and _tls.pyi match the built extensions (mypy.stubtest), as scripts/test.sh checks.
 
 Here too so that a pytest-only CI run notices a stub drifting from the .pyx parts: a renamed
 argument, a new public name missing from the stub, a default that changed."""
@@ -20,6 +20,7 @@ def test_stub_matches_the_extension() -> None:
             "mypy.stubtest",
             "fastpf._frames",
             "fastpf._pump",
+            "fastpf._tls",
             "--allowlist",
             str(ALLOWLIST),
         ],

@@ -1,0 +1,576 @@
+"""The client's TLS connection to the API server over OpenSSL's socket BIO.
+
+The event loops' TLS (uvloop and asyncio alike) runs OpenSSL on memory BIOs: every received
+byte is copied into the incoming BIO (which zero-fills its growth first), out again into the
+record buffer, decrypted, and copied to the reader; every sent byte takes the same way back,
+plus one Python call per TLS record. Here OpenSSL reads and writes the socket itself
+(`ssl.SSLSocket`), with read-ahead so that one recv(2) brings several records, and the
+compiled loops of fastpf._tls move a whole buffer of records per call. What remains per byte
+is the kernel's copy, the cipher and one copy out of the record buffer.
+
+`TlsTransport` is an asyncio transport over such a socket for one protocol (BufferedProtocol
+or Protocol) with asyncio's flow control on both sides; `open_tls` connects, shakes hands and
+builds one. `available()` says whether this interpreter allows it (CPython, whose `_ssl` object
+layout and libssl symbols fastpf can reach); elsewhere the caller uses the loop's TLS.
+
+Writes: after the handshake the SSL object writes its records into fastpf._tls's ciphertext
+buffer (one copy, no zero-fill), which is sent with as few send(2) calls as the kernel allows;
+a send per 16 KiB record would cost the kernel about twice as much per byte. The buffer is the
+transport's write queue: asyncio's high/low marks apply to it, so its size stays bounded by
+the protocol's pause_writing. Renegotiation (TLS 1.2 only) is refused, so a write never waits
+for a read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import socket
+import ssl
+import sys
+import sysconfig
+from collections.abc import Callable, Iterable
+from functools import lru_cache
+from typing import Any
+
+from fastpf import _tls
+from fastpf.tls_suites import ssl_ctx_pointer
+
+READ_AHEAD_BUFFER = 128 * 1024  # OpenSSL's record buffer: one recv(2) takes several records
+READ_ROUNDS = 64  # buffers read per readiness event before other connections get a turn
+FALLBACK_READ = 256 * 1024  # buffer for a plain Protocol (not a BufferedProtocol)
+WRITE_HIGH = 64 * 1024  # asyncio's default write-buffer limits
+_SSL_CTRL_SET_READ_AHEAD = 41
+_SSL_OP_NO_RENEGOTIATION = 0x40000000  # a TLS 1.2 server's HelloRequest gets a refusal
+
+
+class _Lib:
+    """The few OpenSSL entry points needed beyond Python's ssl module, from the libssl that
+    `_ssl` is linked to (the one that owns its SSL objects)."""
+
+    def __init__(self) -> None:
+        import _ssl
+
+        lib = ctypes.CDLL(_ssl.__file__)
+        self.get_fd = lib.SSL_get_fd
+        self.get_fd.argtypes = [ctypes.c_void_p]
+        self.get_fd.restype = ctypes.c_int
+        self.get_ctx = lib.SSL_get_SSL_CTX
+        self.get_ctx.argtypes = [ctypes.c_void_p]
+        self.get_ctx.restype = ctypes.c_void_p
+        self.ctrl = lib.SSL_ctrl
+        self.ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+        self.ctrl.restype = ctypes.c_long
+        self.set_read_len = lib.SSL_set_default_read_buffer_len
+        self.set_read_len.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        self.set_read_len.restype = None
+
+        self.set_options = lib.SSL_set_options
+        self.set_options.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
+        self.set_options.restype = ctypes.c_uint64
+        _tls.bind(
+            {
+                name: ctypes.cast(getattr(lib, name), ctypes.c_void_p).value or 0
+                for name in _tls.FUNCTIONS
+            }
+        )
+
+
+def _ssl_pointer(lib: _Lib, sslsock: ssl.SSLSocket) -> int | None:
+    """The SSL* of an SSLSocket: CPython's _ssl._SSLSocket holds it right after its header
+    and the weak reference to the socket. Trusted only if OpenSSL agrees: the SSL object there
+    must use this socket's descriptor and this socket's SSL_CTX."""
+    inner = getattr(sslsock, "_sslobj", None)
+    if inner is None:
+        return None
+    header = ctypes.sizeof(ctypes.c_ssize_t) + ctypes.sizeof(ctypes.c_void_p)
+    pointer = ctypes.c_void_p.from_address(id(inner) + header + ctypes.sizeof(ctypes.c_void_p))
+    ssl_ptr = pointer.value
+    if not ssl_ptr:
+        return None
+    if lib.get_fd(ssl_ptr) != sslsock.fileno():
+        return None
+    if lib.get_ctx(ssl_ptr) != ssl_ctx_pointer(sslsock.context):
+        return None
+    return ssl_ptr
+
+
+@lru_cache(maxsize=1)
+def _library() -> _Lib | None:
+    if sys.implementation.name != "cpython" or sysconfig.get_config_var("Py_GIL_DISABLED"):
+        return None
+    try:
+        lib = _Lib()
+    except (OSError, AttributeError, ImportError, ValueError):
+        return None
+    # Prove the layout on a socket of our own before trusting it on a real connection.
+    a, b = socket.socketpair()
+    try:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        probe = ctx.wrap_socket(a, do_handshake_on_connect=False)
+        try:
+            ok = _ssl_pointer(lib, probe) is not None
+        finally:
+            probe.close()
+    except (OSError, ssl.SSLError, ValueError):
+        ok = False
+    finally:
+        a.close()
+        b.close()
+    return lib if ok else None
+
+
+def available() -> bool:
+    """True when client TLS can run over the socket BIO here (else: the loop's TLS).
+    FASTPF_LOOP_TLS=1 chooses the event loop's TLS (memory BIO) instead."""
+    return os.environ.get("FASTPF_LOOP_TLS") != "1" and _library() is not None
+
+
+class TlsTransport(asyncio.Transport):
+    """An asyncio transport over a connected, handshaken, non-blocking ssl.SSLSocket."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sslsock: ssl.SSLSocket,
+        ssl_ptr: int,
+        protocol: asyncio.BaseProtocol,
+    ) -> None:
+        super().__init__()
+        self._loop = loop
+        self._sock = sslsock
+        self._ssl = ssl_ptr
+        self._fd = sslsock.fileno()
+        self._protocol: asyncio.BaseProtocol = protocol
+        self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
+        self._plain_buf: bytearray | None = None
+        self._closing = False  # close() called: no more reading, flush then close
+        self._lost = False  # the socket is closed; connection_lost is (being) called
+        self._read_paused = False
+        self._reader = False  # add_reader in force
+        self._writer = False  # add_writer in force
+        self._read_soon: asyncio.Handle | None = None
+        self._high = WRITE_HIGH
+        self._low = WRITE_HIGH // 4
+        self._write_paused = False  # the protocol was told pause_writing()
+        self._extra: dict[str, Any] = {
+            "socket": sslsock,
+            "ssl_object": sslsock,
+            "sslcontext": sslsock.context,
+            "peercert": sslsock.getpeercert(),
+            "cipher": sslsock.cipher(),
+            "compression": sslsock.compression(),
+        }
+        with contextlib.suppress(OSError):
+            self._extra["peername"] = sslsock.getpeername()
+        with contextlib.suppress(OSError):
+            self._extra["sockname"] = sslsock.getsockname()
+
+    def _start(self) -> None:
+        self._protocol.connection_made(self)
+        if not self._lost and not self._read_paused and not self._closing:
+            self._want_read()
+            # Read-ahead may already hold records that came with the handshake's last flight.
+            self._schedule_read()
+
+    # -- asyncio.BaseTransport ----------------------------------------------------------------
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._extra.get(name, default)
+
+    def is_closing(self) -> bool:
+        return self._closing or self._lost
+
+    def close(self) -> None:
+        """Stop reading, write what is queued, send close_notify, close the socket."""
+        if self._closing or self._lost:
+            return
+        self._closing = True
+        self._stop_reading()
+        if self.get_write_buffer_size():
+            self._want_write()  # _write_ready shuts down once all is sent
+        else:
+            self._loop.call_soon(self._shutdown, None)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+        self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol
+
+    # -- asyncio.ReadTransport ----------------------------------------------------------------
+    def is_reading(self) -> bool:
+        return not (self._read_paused or self._closing or self._lost)
+
+    def pause_reading(self) -> None:
+        if self._closing or self._lost or self._read_paused:
+            return
+        self._read_paused = True
+        self._stop_reading()
+
+    def resume_reading(self) -> None:
+        if self._closing or self._lost or not self._read_paused:
+            return
+        self._read_paused = False
+        self._want_read()
+        self._schedule_read()  # records may wait in OpenSSL's buffer: no readiness event
+
+    # -- asyncio.WriteTransport ---------------------------------------------------------------
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if high is None:
+            high = WRITE_HIGH if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high, self._low = high, low
+        self._check_high()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (self._low, self._high)
+
+    def get_write_buffer_size(self) -> int:
+        return _tls.pending(self._ssl) if self._ssl else 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing or self._lost or not len(data):  # after close(): dropped
+            return
+        self._encrypt(data)
+        self._after_write()
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Every part's records, then one flush: a gather write through TLS."""
+        if self._closing or self._lost:
+            return
+        for data in list_of_data:
+            if len(data) and not self._encrypt(data):
+                return
+        self._after_write()
+
+    def can_write_eof(self) -> bool:
+        return False  # TLS has no half-close (close_notify ends both directions)
+
+    def write_eof(self) -> None:
+        raise NotImplementedError("TLS transports cannot write EOF")
+
+    def abort(self) -> None:
+        self._force_close(None)
+
+    # -- reading ------------------------------------------------------------------------------
+    def _want_read(self) -> None:
+        if not self._reader and not self._lost:
+            self._loop.add_reader(self._fd, self._read_ready)
+            self._reader = True
+
+    def _stop_reading(self) -> None:
+        if self._reader:
+            self._loop.remove_reader(self._fd)
+            self._reader = False
+        if self._read_soon is not None:
+            self._read_soon.cancel()
+            self._read_soon = None
+
+    def _schedule_read(self) -> None:
+        if self._read_soon is None:
+            self._read_soon = self._loop.call_soon(self._read_ready)
+
+    def _read_ready(self) -> None:
+        self._read_soon = None
+        self._read_rounds()
+        if not self._lost and not self._writer and _tls.pending(self._ssl):
+            self._after_write()  # reading made records to send (a TLS 1.3 KeyUpdate answer)
+
+    def _read_rounds(self) -> None:
+        for _ in range(READ_ROUNDS):
+            if self._read_paused or self._closing or self._lost:
+                return
+            try:
+                if self._buffered:
+                    buf = self._protocol.get_buffer(-1)  # type: ignore[attr-defined]
+                    n, status = _tls.read_into(self._ssl, buf)
+                    del buf
+                    if n:
+                        self._protocol.buffer_updated(n)  # type: ignore[attr-defined]
+                else:
+                    if self._plain_buf is None:
+                        self._plain_buf = bytearray(FALLBACK_READ)
+                    n, status = _tls.read_into(self._ssl, self._plain_buf)
+                    if n:
+                        self._protocol.data_received(bytes(self._plain_buf[:n]))  # type: ignore[attr-defined]
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:  # the protocol failed: as asyncio does, end here
+                self._fatal(exc)
+                return
+            if status == _tls.SSL_ERROR_NONE:
+                continue  # the buffer is full; more may be waiting
+            if status == _tls.SSL_ERROR_WANT_READ:
+                return
+            self._read_failed()
+            return
+        self._schedule_read()  # a busy connection: let others run, then go on
+
+    def _read_failed(self) -> None:
+        """SSL_read_ex failed for good: let Python's ssl module say how (and raise it)."""
+        inner = self._sock._sslobj  # type: ignore[attr-defined]
+        try:
+            data = inner.read(1)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return  # it was transient after all
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            self._eof()  # close_notify, or the peer closed TCP without it (as Go may)
+            return
+        except (ssl.SSLError, OSError) as exc:
+            self._fatal(exc)
+            return
+        if data:  # not expected; deliver it rather than lose it
+            self._deliver_bytes(data)
+            self._schedule_read()
+        else:
+            self._eof()
+
+    def _deliver_bytes(self, data: bytes) -> None:
+        if self._buffered:
+            buf = self._protocol.get_buffer(len(data))  # type: ignore[attr-defined]
+            view = memoryview(buf)
+            view[: len(data)] = data
+            del view, buf
+            self._protocol.buffer_updated(len(data))  # type: ignore[attr-defined]
+        else:
+            self._protocol.data_received(data)  # type: ignore[attr-defined]
+
+    def _eof(self) -> None:
+        self._stop_reading()
+        try:
+            keep_open = self._protocol.eof_received()  # type: ignore[attr-defined]
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal(exc)
+            return
+        if not keep_open:
+            self.close()
+
+    # -- writing ------------------------------------------------------------------------------
+    def _encrypt(self, data: bytes | bytearray | memoryview) -> bool:
+        """`data` as records into the ciphertext buffer (it is copied: the caller may reuse
+        its buffer at once). False: the connection ended."""
+        try:
+            status = _tls.encrypt(self._ssl, data)
+        except (ValueError, RuntimeError, MemoryError) as exc:
+            self._fatal(exc)
+            return False
+        if status != _tls.SSL_ERROR_NONE:
+            self._write_failed(status)
+            return False
+        return True
+
+    def _after_write(self) -> None:
+        """Send what the records made, now if the socket takes it, else when writable."""
+        if self._lost:
+            return
+        if not self._writer:
+            self._flush()
+            if self._lost:
+                return
+            if _tls.pending(self._ssl):
+                self._want_write()
+        self._check_high()
+
+    def _flush(self) -> None:
+        try:
+            _tls.flush(self._ssl, self._fd)
+        except OSError as exc:
+            self._fatal(exc)
+
+    def _write_failed(self, status: int) -> None:
+        """SSL_write_ex failed for good (a fatal alert before, or a renegotiation refused)."""
+        inner = self._sock._sslobj  # type: ignore[attr-defined]
+        try:
+            inner.write(b"")
+        except (ssl.SSLError, OSError) as exc:
+            self._fatal(exc)
+            return
+        self._fatal(ssl.SSLError(status, "TLS write failed"))
+
+    def _want_write(self) -> None:
+        if not self._writer and not self._lost:
+            self._loop.add_writer(self._fd, self._write_ready)
+            self._writer = True
+
+    def _stop_writing(self) -> None:
+        if self._writer:
+            self._loop.remove_writer(self._fd)
+            self._writer = False
+
+    def _write_ready(self) -> None:
+        self._flush()
+        if self._lost:
+            return
+        if not _tls.pending(self._ssl):
+            self._stop_writing()
+            self._check_low()
+            if self._closing:
+                self._shutdown(None)
+            return
+        self._check_low()
+
+    def _check_high(self) -> None:
+        if not self._write_paused and self.get_write_buffer_size() > self._high:
+            self._write_paused = True
+            self._call_protocol("pause_writing")
+
+    def _check_low(self) -> None:
+        if self._write_paused and self.get_write_buffer_size() <= self._low:
+            self._write_paused = False
+            self._call_protocol("resume_writing")
+
+    def _call_protocol(self, name: str) -> None:
+        try:
+            getattr(self._protocol, name)()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler(
+                {"message": f"protocol.{name}() failed", "exception": exc, "transport": self}
+            )
+
+    # -- ending -------------------------------------------------------------------------------
+    def _shutdown(self, exc: BaseException | None) -> None:
+        """All written: send close_notify (best effort, never waiting for the peer's), close."""
+        if self._lost:
+            return
+        with contextlib.suppress(ssl.SSLError, OSError, ValueError):
+            self._sock._sslobj.shutdown()  # type: ignore[attr-defined]
+        with contextlib.suppress(OSError, ValueError):
+            _tls.flush(self._ssl, self._fd)  # the close_notify, if the socket takes it
+        self._force_close(exc)
+
+    def _fatal(self, exc: BaseException) -> None:
+        self._force_close(exc)
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        self._closing = True
+        self._stop_reading()
+        self._stop_writing()
+        self._ssl = 0  # the ciphertext not sent is freed with the SSL object
+        self._loop.call_soon(self._connection_lost, exc)
+
+    def _connection_lost(self, exc: BaseException | None) -> None:
+        try:
+            self._protocol.connection_lost(exc)  # type: ignore[arg-type]
+        finally:
+            self._sock.close()
+
+
+def _plain_error(exc: OSError) -> OSError:
+    """sock_connect's error as the loops' create_connection words it ("Connection refused")."""
+    if exc.errno:
+        return OSError(exc.errno, os.strerror(exc.errno))
+    return exc
+
+
+async def connect_tcp(host: str, port: int) -> socket.socket:
+    """A connected non-blocking TCP socket with TCP_NODELAY: each address in turn, failing as
+    the loops' create_connection fails (one error, or "Multiple exceptions: ...")."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not infos:
+        raise OSError("getaddrinfo() returned empty list")
+    errors: list[OSError] = []
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            errors.append(_plain_error(exc))
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    if len(errors) == 1 or all(str(e) == str(errors[0]) for e in errors):
+        raise errors[0]
+    raise OSError("Multiple exceptions: " + ", ".join(str(e) for e in errors))
+
+
+async def _ready(loop: asyncio.AbstractEventLoop, fd: int, writable: bool) -> None:
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    add: Callable[..., None] = loop.add_writer if writable else loop.add_reader
+    remove: Callable[[int], bool] = loop.remove_writer if writable else loop.remove_reader
+    add(fd, wake)
+    try:
+        await waiter
+    finally:
+        remove(fd)
+
+
+async def open_tls(
+    sock: socket.socket,
+    ctx: ssl.SSLContext,
+    server_hostname: str | None,
+    protocol: asyncio.BaseProtocol,
+) -> TlsTransport:
+    """Shake hands on the connected socket `sock` (taken over: closed on failure) and start a
+    TlsTransport for `protocol` (connection_made is called). Raises what the handshake raised
+    (ssl.SSLCertVerificationError, ssl.SSLError, OSError); a caller's timeout cancels it."""
+    lib = _library()
+    if lib is None:
+        sock.close()
+        raise RuntimeError("TLS over the socket BIO is not available here")
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+    try:
+        sslsock = ctx.wrap_socket(
+            sock, server_hostname=server_hostname, do_handshake_on_connect=False
+        )
+    except BaseException:
+        sock.close()
+        raise
+    session = getattr(ctx, "offered_session", None)  # fastpf.client.tlsconfig.ResumingContext
+    if session is not None:
+        try:
+            sslsock.session = session
+        except (ValueError, ssl.SSLError):  # a session OpenSSL will not take: go without
+            ctx.forget_session()  # type: ignore[attr-defined]
+    try:
+        ssl_ptr = _ssl_pointer(lib, sslsock)
+        if ssl_ptr is None:
+            raise RuntimeError("unexpected layout of Python's SSL socket")
+        lib.ctrl(ssl_ptr, _SSL_CTRL_SET_READ_AHEAD, 1, None)
+        lib.set_read_len(ssl_ptr, READ_AHEAD_BUFFER)
+        fd = sslsock.fileno()
+        for _ in range(1000):  # a handshake is a few round trips; bounded all the same
+            try:
+                sslsock.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                await _ready(loop, fd, writable=False)
+            except ssl.SSLWantWriteError:
+                await _ready(loop, fd, writable=True)
+        else:
+            raise ssl.SSLError("TLS handshake did not finish")
+        lib.set_options(ssl_ptr, _SSL_OP_NO_RENEGOTIATION)
+        _tls.attach_writer(ssl_ptr)
+    except BaseException:
+        sslsock.close()
+        raise
+    transport = TlsTransport(loop, sslsock, ssl_ptr, protocol)
+    transport._start()
+    return transport
