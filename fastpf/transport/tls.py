@@ -31,6 +31,7 @@ import socket
 import ssl
 import sys
 import sysconfig
+import threading
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import Any
@@ -40,7 +41,7 @@ from fastpf.tls_suites import ssl_ctx_pointer
 
 READ_AHEAD_BUFFER = 128 * 1024  # OpenSSL's record buffer: one recv(2) takes several records
 READ_ROUNDS = 64  # buffers read per readiness event before other connections get a turn
-FALLBACK_READ = 256 * 1024  # buffer for a plain Protocol (not a BufferedProtocol)
+PLAIN_READ = 64 * 1024  # scratch buffer for a plain Protocol (one per thread, see _scratch)
 WRITE_HIGH = 64 * 1024  # asyncio's default write-buffer limits
 _SSL_CTRL_SET_READ_AHEAD = 41
 _SSL_OP_NO_RENEGOTIATION = 0x40000000  # a TLS 1.2 server's HelloRequest gets a refusal
@@ -130,6 +131,19 @@ def available() -> bool:
     return os.environ.get("FASTPF_LOOP_TLS") != "1" and _library() is not None
 
 
+_local = threading.local()
+
+
+def _scratch() -> bytearray:
+    """The thread's read buffer for plain Protocols (the upgrade's handshake protocol), whose
+    data_received gets a copy: one per thread instead of one per connection (a ws-channel
+    client holds a connection per local connection)."""
+    buf: bytearray | None = getattr(_local, "buf", None)
+    if buf is None:
+        buf = _local.buf = bytearray(PLAIN_READ)
+    return buf
+
+
 class TlsTransport(asyncio.Transport):
     """An asyncio transport over a connected, handshaken, non-blocking ssl.SSLSocket."""
 
@@ -147,7 +161,6 @@ class TlsTransport(asyncio.Transport):
         self._fd = sslsock.fileno()
         self._protocol: asyncio.BaseProtocol = protocol
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
-        self._plain_buf: bytearray | None = None
         self._closing = False  # close() called: no more reading, flush then close
         self._lost = False  # the socket is closed; connection_lost is (being) called
         self._read_paused = False
@@ -296,17 +309,19 @@ class TlsTransport(asyncio.Transport):
                     if n:
                         self._protocol.buffer_updated(n)  # type: ignore[attr-defined]
                 else:
-                    if self._plain_buf is None:
-                        self._plain_buf = bytearray(FALLBACK_READ)
-                    n, status = _tls.read_into(self._ssl, self._plain_buf)
+                    scratch = _scratch()
+                    n, status = _tls.read_into(self._ssl, scratch)
                     if n:
-                        self._protocol.data_received(bytes(self._plain_buf[:n]))  # type: ignore[attr-defined]
+                        self._protocol.data_received(bytes(scratch[:n]))  # type: ignore[attr-defined]
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as exc:  # the protocol failed: as asyncio does, end here
                 self._fatal(exc)
                 return
             if status == _tls.SSL_ERROR_NONE:
+                if not n:
+                    self._fatal(RuntimeError("get_buffer() returned an empty buffer"))
+                    return
                 continue  # the buffer is full; more may be waiting
             if status == _tls.SSL_ERROR_WANT_READ:
                 return

@@ -202,16 +202,20 @@ def test_upload_throttled_by_a_slow_reader_arrives_whole() -> None:
     _run(main)
 
 
-def test_resume_reading_delivers_records_already_read_ahead() -> None:
+@pytest.mark.parametrize(
+    ("size", "buffer_size"), [(4 * MIB, 16 * 1024), (60 * 1024, 4 * 1024)], ids=["4MiB", "60KiB"]
+)
+def test_resume_reading_delivers_records_already_read_ahead(size: int, buffer_size: int) -> None:
     """The peer sends everything and then waits: after pause_reading the rest sits in the
-    kernel and in OpenSSL's read-ahead buffer, where no readiness event will announce it."""
+    kernel and in OpenSSL's read-ahead buffer, where no readiness event will announce it
+    (60 KiB: all of it is there, the kernel has nothing left)."""
     server_ctx, client_ctx, _ = _contexts()
-    data = _pattern(4 * MIB, seed=5)
+    data = _pattern(size, seed=5)
 
     async def main() -> None:
         server, port = await _serve(server_ctx, lambda: Peer(data, close_after=False))
         async with server:
-            proto = Collector(buffer_size=16 * 1024)
+            proto = Collector(buffer_size=buffer_size)
             proto.pause_after = 1
             transport = await _connect(client_ctx, port, proto)
             for _ in range(200):  # bounded: the first buffer arrives
@@ -452,5 +456,63 @@ def test_the_ciphertext_buffer_is_the_write_queue_and_is_given_back() -> None:
             assert peers[0].hash.digest() == hashlib.sha256(data).digest()
             await asyncio.wait_for(proto.lost, WAIT)
             assert transport.get_write_buffer_size() == 0
+
+    _run(main)
+
+
+class PlainCollector(asyncio.Protocol):
+    """A plain Protocol (as the upgrade's handshake protocol is): data_received copies."""
+
+    def __init__(self) -> None:
+        self.hash = hashlib.sha256()
+        self.count = 0
+        self.lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self.hash.update(data)
+        self.count += len(data)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads VmRSS from /proc")
+def test_plain_protocols_get_every_byte_without_a_buffer_per_connection() -> None:
+    """A ws-channel client holds one TLS connection per local connection, each read first by
+    the upgrade's plain Protocol: their reads share one scratch buffer per thread."""
+    server_ctx, client_ctx, _ = _contexts()
+    data = _pattern(32 * 1024, seed=19)
+    conns = 150
+
+    async def main() -> None:
+        server, port = await _serve(server_ctx, lambda: Peer(data, close_after=False))
+        async with server:
+            protos = [PlainCollector() for _ in range(conns)]
+            transports = []
+            await _connect(client_ctx, port, PlainCollector())  # warm: first allocations
+            before = _rss_kib()
+            for proto in protos:
+                transports.append(await _connect(client_ctx, port, proto))
+            deadline = time.monotonic() + WAIT
+            while any(p.count < len(data) for p in protos) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            per_conn_kib = (_rss_kib() - before) / conns
+            digest = hashlib.sha256(data).digest()
+            assert all(p.count == len(data) and p.hash.digest() == digest for p in protos)
+            # Both ends live in this process (~100 KiB per connection together); a 256 KiB
+            # read buffer per connection would be well above this bound.
+            assert per_conn_kib < 220, per_conn_kib
+            for t in transports:
+                t.abort()
+            await asyncio.wait_for(asyncio.gather(*(p.lost for p in protos)), WAIT)
 
     _run(main)
