@@ -103,32 +103,43 @@ def _library() -> _Lib | None:
     if sys.implementation.name != "cpython" or sysconfig.get_config_var("Py_GIL_DISABLED"):
         return None
     try:
-        lib = _Lib()
+        return _Lib()
     except (OSError, AttributeError, ImportError, ValueError):
         return None
-    # Prove the layout on a socket of our own before trusting it on a real connection.
+
+
+_layout_ok: bool | None = None  # proven once per process (see _probe_layout)
+
+
+def _probe_layout(lib: _Lib, ctx: ssl.SSLContext) -> bool:
+    """Prove the SSLSocket layout on a socket pair of our own, wrapped with the caller's
+    context (no handshake), before trusting it on a real connection."""
     a, b = socket.socketpair()
     try:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        probe = ctx.wrap_socket(a, do_handshake_on_connect=False)
+        probe = ctx.wrap_socket(a, do_handshake_on_connect=False, server_hostname="probe.invalid")
         try:
-            ok = _ssl_pointer(lib, probe) is not None
+            return _ssl_pointer(lib, probe) is not None
         finally:
             probe.close()
     except (OSError, ssl.SSLError, ValueError):
-        ok = False
+        return False
     finally:
         a.close()
         b.close()
-    return lib if ok else None
 
 
-def available() -> bool:
-    """True when client TLS can run over the socket BIO here (else: the loop's TLS).
-    FASTPF_LOOP_TLS=1 chooses the event loop's TLS (memory BIO) instead."""
-    return os.environ.get("FASTPF_LOOP_TLS") != "1" and _library() is not None
+def available(ctx: ssl.SSLContext) -> bool:
+    """True when client TLS with `ctx` can run over the socket BIO here (else: the loop's
+    TLS). FASTPF_LOOP_TLS=1 chooses the event loop's TLS (memory BIO) instead."""
+    global _layout_ok
+    if os.environ.get("FASTPF_LOOP_TLS") == "1":
+        return False
+    lib = _library()
+    if lib is None:
+        return False
+    if _layout_ok is None:
+        _layout_ok = _probe_layout(lib, ctx)
+    return _layout_ok
 
 
 _local = threading.local()
@@ -546,7 +557,7 @@ async def open_tls(
     TlsTransport for `protocol` (connection_made is called). Raises what the handshake raised
     (ssl.SSLCertVerificationError, ssl.SSLError, OSError); a caller's timeout cancels it."""
     lib = _library()
-    if lib is None:
+    if lib is None or not available(ctx):
         sock.close()
         raise RuntimeError("TLS over the socket BIO is not available here")
     loop = asyncio.get_running_loop()

@@ -147,7 +147,7 @@ async def _within(aw: Awaitable[_T], timeout: float) -> _T:
 
 async def _open(dialer: ApiDialer, proto: _Handshake, timeout: float) -> asyncio.BaseTransport:
     loop = asyncio.get_running_loop()
-    if dialer.ssl is not None and tls.available():
+    if dialer.ssl is not None and tls.available(dialer.ssl):
         return await _within(_open_tls(dialer, proto), timeout)
     ssl_kwargs: dict[str, Any] = {}
     if dialer.ssl is not None:

@@ -23,7 +23,9 @@ from fastpf.loop import new_event_loop
 from fastpf.serve import certs
 from fastpf.transport import tls
 
-pytestmark = pytest.mark.skipif(not tls.available(), reason="socket-BIO TLS needs CPython")
+pytestmark = pytest.mark.skipif(
+    not tls.available(ssl.create_default_context()), reason="socket-BIO TLS needs CPython"
+)
 
 WAIT = 20.0  # seconds: every wait below is bounded by this
 MIB = 1 << 20
