@@ -518,3 +518,43 @@ def test_plain_protocols_get_every_byte_without_a_buffer_per_connection() -> Non
             await asyncio.wait_for(asyncio.gather(*(p.lost for p in protos)), WAIT)
 
     _run(main)
+
+
+@pytest.mark.parametrize(
+    "garbage", [b"\x17\x03\x03\x00\x20" + bytes(range(32)), b"GET / HTTP/1.1\r\n\r\n"]
+)
+def test_a_corrupt_record_ends_the_connection_with_the_tls_error(garbage: bytes) -> None:
+    """After the handshake the peer writes bytes that are no valid record (a forged
+    application-data record, plain text): every byte before them arrives, then the connection
+    ends with ssl.SSLError; nothing hangs or is delivered from the garbage."""
+    server_ctx, client_ctx, _ = _contexts()
+    data = _pattern(100_000, seed=23)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.settimeout(WAIT)
+
+    def serve_once() -> None:
+        conn, _ = listener.accept()
+        conn.settimeout(WAIT)
+        with server_ctx.wrap_socket(conn, server_side=True) as tls_conn:
+            tls_conn.sendall(data)
+            with socket.socket(fileno=os.dup(tls_conn.fileno())) as raw:
+                raw.sendall(garbage)
+                time.sleep(0.5)  # the client reads it before this end closes
+
+    thread = threading.Thread(target=serve_once, daemon=True)
+    thread.start()
+
+    async def main() -> None:
+        proto = Collector()
+        await _connect(client_ctx, port, proto)
+        exc = await asyncio.wait_for(proto.lost, WAIT)
+        assert isinstance(exc, ssl.SSLError), repr(exc)
+        assert proto.count == len(data)
+        assert proto.hash.digest() == hashlib.sha256(data).digest()
+
+    try:
+        _run(main)
+    finally:
+        thread.join(WAIT)
+        listener.close()
