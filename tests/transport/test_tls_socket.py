@@ -13,7 +13,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -136,6 +136,42 @@ async def _serve(ctx: ssl.SSLContext, make: Callable[[], Peer]) -> tuple[asyncio
     return server, server.sockets[0].getsockname()[1]
 
 
+@contextlib.contextmanager
+def _blocking_tls_server(
+    ctx: ssl.SSLContext, after_handshake: Callable[[ssl.SSLSocket], None]
+) -> Iterator[int]:
+    """Python's blocking ssl server for one connection, in a thread: it shakes hands and calls
+    `after_handshake(tls_conn)`, then closes (without close_notify). Yields the port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(WAIT)
+
+    def serve_once() -> None:
+        conn, _ = listener.accept()
+        conn.settimeout(WAIT)
+        with ctx.wrap_socket(conn, server_side=True) as tls_conn:
+            after_handshake(tls_conn)
+
+    thread = threading.Thread(target=serve_once, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        thread.join(WAIT)
+        listener.close()
+
+
+async def _serve_recording(ctx: ssl.SSLContext) -> tuple[asyncio.Server, int, list[Peer]]:
+    """A server whose peers (one per accepted connection, in order) the test can reach."""
+    peers: list[Peer] = []
+
+    def make() -> Peer:
+        peers.append(Peer())
+        return peers[-1]
+
+    server, port = await _serve(ctx, make)
+    return server, port, peers
+
+
 async def _connect(ctx: ssl.SSLContext, port: int, proto: asyncio.BaseProtocol) -> Any:
     sock = await tls.connect_tcp("127.0.0.1", port)
     return await tls.open_tls(sock, ctx, "127.0.0.1", proto)
@@ -167,14 +203,9 @@ def test_download_to_eof_every_byte_in_order() -> None:
 def test_upload_throttled_by_a_slow_reader_arrives_whole() -> None:
     server_ctx, client_ctx, _ = _contexts()
     data = _pattern(48 * MIB, seed=3)
-    peers: list[Peer] = []
-
-    def make() -> Peer:
-        peers.append(Peer())
-        return peers[-1]
 
     async def main() -> None:
-        server, port = await _serve(server_ctx, make)
+        server, port, peers = await _serve_recording(server_ctx)
         async with server:
             proto = Collector()
             transport = await _connect(client_ctx, port, proto)
@@ -279,14 +310,9 @@ def test_a_new_protocol_gets_the_bytes_the_first_left_unread() -> None:
 def test_close_writes_the_queue_first_and_abort_does_not() -> None:
     server_ctx, client_ctx, _ = _contexts()
     data = _pattern(8 * MIB, seed=11)
-    peers: list[Peer] = []
-
-    def make() -> Peer:
-        peers.append(Peer())
-        return peers[-1]
 
     async def main() -> None:
-        server, port = await _serve(server_ctx, make)
+        server, port, peers = await _serve_recording(server_ctx)
         async with server:
             # close(): every queued byte, then close_notify (the peer sees a clean EOF)
             proto = Collector()
@@ -325,23 +351,14 @@ def test_peer_end_is_eof_with_or_without_close_notify(close_notify: bool) -> Non
     without it (as some servers do). Both are an EOF after every byte."""
     server_ctx, client_ctx, _ = _contexts()
     data = _pattern(3 * MIB, seed=13)
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    listener.settimeout(WAIT)
 
-    def serve_once() -> None:
-        conn, _ = listener.accept()
-        conn.settimeout(WAIT)
-        with server_ctx.wrap_socket(conn, server_side=True) as tls_conn:
-            tls_conn.sendall(data)
-            if close_notify:
-                with contextlib.suppress(ssl.SSLError, OSError):
-                    tls_conn.unwrap().close()
+    def send_and_end(tls_conn: ssl.SSLSocket) -> None:
+        tls_conn.sendall(data)
+        if close_notify:
+            with contextlib.suppress(ssl.SSLError, OSError):
+                tls_conn.unwrap().close()
 
-    thread = threading.Thread(target=serve_once, daemon=True)
-    thread.start()
-
-    async def main() -> None:
+    async def main(port: int) -> None:
         proto = Collector()
         await _connect(client_ctx, port, proto)
         assert await asyncio.wait_for(proto.lost, WAIT) is None
@@ -349,11 +366,8 @@ def test_peer_end_is_eof_with_or_without_close_notify(close_notify: bool) -> Non
         assert proto.hash.digest() == hashlib.sha256(data).digest()
         assert proto.events == ["eof", "lost"]
 
-    try:
-        _run(main)
-    finally:
-        thread.join(WAIT)
-        listener.close()
+    with _blocking_tls_server(server_ctx, send_and_end) as port:
+        _run(lambda: main(port))
 
 
 def _open_fds() -> int:
@@ -432,14 +446,9 @@ def test_the_ciphertext_buffer_is_the_write_queue_and_is_given_back() -> None:
     the buffer is freed once sent; after close the transport reports an empty queue."""
     server_ctx, client_ctx, _ = _contexts()
     data = _pattern(24 * MIB, seed=17)
-    peers: list[Peer] = []
-
-    def make() -> Peer:
-        peers.append(Peer())
-        return peers[-1]
 
     async def main() -> None:
-        server, port = await _serve(server_ctx, make)
+        server, port, peers = await _serve_recording(server_ctx)
         async with server:
             proto = Collector()
             transport = await _connect(client_ctx, port, proto)
@@ -529,23 +538,14 @@ def test_a_corrupt_record_ends_the_connection_with_the_tls_error(garbage: bytes)
     ends with ssl.SSLError; nothing hangs or is delivered from the garbage."""
     server_ctx, client_ctx, _ = _contexts()
     data = _pattern(100_000, seed=23)
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    listener.settimeout(WAIT)
 
-    def serve_once() -> None:
-        conn, _ = listener.accept()
-        conn.settimeout(WAIT)
-        with server_ctx.wrap_socket(conn, server_side=True) as tls_conn:
-            tls_conn.sendall(data)
-            with socket.socket(fileno=os.dup(tls_conn.fileno())) as raw:
-                raw.sendall(garbage)
-                time.sleep(0.5)  # the client reads it before this end closes
+    def send_then_garbage(tls_conn: ssl.SSLSocket) -> None:
+        tls_conn.sendall(data)
+        with socket.socket(fileno=os.dup(tls_conn.fileno())) as raw:
+            raw.sendall(garbage)
+            time.sleep(0.5)  # the client reads it before this end closes
 
-    thread = threading.Thread(target=serve_once, daemon=True)
-    thread.start()
-
-    async def main() -> None:
+    async def main(port: int) -> None:
         proto = Collector()
         await _connect(client_ctx, port, proto)
         exc = await asyncio.wait_for(proto.lost, WAIT)
@@ -553,8 +553,5 @@ def test_a_corrupt_record_ends_the_connection_with_the_tls_error(garbage: bytes)
         assert proto.count == len(data)
         assert proto.hash.digest() == hashlib.sha256(data).digest()
 
-    try:
-        _run(main)
-    finally:
-        thread.join(WAIT)
-        listener.close()
+    with _blocking_tls_server(server_ctx, send_then_garbage) as port:
+        _run(lambda: main(port))
