@@ -1,10 +1,6 @@
 # Python-level API of the compiled TLS record loops (fastpf/_tls.pyx).
 SSL_ERROR_NONE: int
-SSL_ERROR_SSL: int
 SSL_ERROR_WANT_READ: int
-SSL_ERROR_WANT_WRITE: int
-SSL_ERROR_SYSCALL: int
-SSL_ERROR_ZERO_RETURN: int
 FUNCTIONS: tuple[str, ...]
 
 def bind(addresses: dict[str, int]) -> None: ...

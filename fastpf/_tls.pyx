@@ -37,13 +37,10 @@ cdef extern from "<sys/socket.h>" nogil:
     int MSG_DONTWAIT
     int MSG_NOSIGNAL
 
-# SSL_get_error codes the caller acts on (OpenSSL's values, stable since 0.9)
+# The SSL_get_error codes the caller acts on (OpenSSL's values, stable since 0.9); any other
+# code goes to Python's ssl module to be raised.
 SSL_ERROR_NONE = 0
-SSL_ERROR_SSL = 1
 SSL_ERROR_WANT_READ = 2
-SSL_ERROR_WANT_WRITE = 3
-SSL_ERROR_SYSCALL = 5
-SSL_ERROR_ZERO_RETURN = 6
 
 # the functions bind() needs, by their OpenSSL names
 FUNCTIONS = (

@@ -142,6 +142,9 @@ def available(ctx: ssl.SSLContext) -> bool:
     return _layout_ok
 
 
+# get_extra_info names answered by the SSLSocket's method of that name
+_FROM_SSL = {"peercert": "getpeercert", "cipher": "cipher", "compression": "compression"}
+
 _local = threading.local()
 
 
@@ -185,9 +188,6 @@ class TlsTransport(asyncio.Transport):
             "socket": sslsock,
             "ssl_object": sslsock,
             "sslcontext": sslsock.context,
-            "peercert": sslsock.getpeercert(),
-            "cipher": sslsock.cipher(),
-            "compression": sslsock.compression(),
         }
         with contextlib.suppress(OSError):
             self._extra["peername"] = sslsock.getpeername()
@@ -203,6 +203,8 @@ class TlsTransport(asyncio.Transport):
 
     # -- asyncio.BaseTransport ----------------------------------------------------------------
     def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name in _FROM_SSL and not self._lost:  # asked for rarely: not made per connection
+            return getattr(self._sock, _FROM_SSL[name])()
         return self._extra.get(name, default)
 
     def is_closing(self) -> bool:
@@ -327,11 +329,11 @@ class TlsTransport(asyncio.Transport):
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as exc:  # the protocol failed: as asyncio does, end here
-                self._fatal(exc)
+                self._force_close(exc)
                 return
             if status == _tls.SSL_ERROR_NONE:
                 if not n:
-                    self._fatal(RuntimeError("get_buffer() returned an empty buffer"))
+                    self._force_close(RuntimeError("get_buffer() returned an empty buffer"))
                     return
                 continue  # the buffer is full; more may be waiting
             if status == _tls.SSL_ERROR_WANT_READ:
@@ -351,7 +353,7 @@ class TlsTransport(asyncio.Transport):
             self._eof()  # close_notify, or the peer closed TCP without it (as Go may)
             return
         except (ssl.SSLError, OSError) as exc:
-            self._fatal(exc)
+            self._force_close(exc)
             return
         if data:  # not expected; deliver it rather than lose it
             self._deliver_bytes(data)
@@ -376,7 +378,7 @@ class TlsTransport(asyncio.Transport):
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self._fatal(exc)
+            self._force_close(exc)
             return
         if not keep_open:
             self.close()
@@ -388,7 +390,7 @@ class TlsTransport(asyncio.Transport):
         try:
             status = _tls.encrypt(self._ssl, data)
         except (ValueError, RuntimeError, MemoryError) as exc:
-            self._fatal(exc)
+            self._force_close(exc)
             return False
         if status != _tls.SSL_ERROR_NONE:
             self._write_failed(status)
@@ -411,7 +413,7 @@ class TlsTransport(asyncio.Transport):
         try:
             _tls.flush(self._ssl, self._fd)
         except OSError as exc:
-            self._fatal(exc)
+            self._force_close(exc)
 
     def _write_failed(self, status: int) -> None:
         """SSL_write_ex failed for good (a fatal alert before, or a renegotiation refused)."""
@@ -419,9 +421,9 @@ class TlsTransport(asyncio.Transport):
         try:
             inner.write(b"")
         except (ssl.SSLError, OSError) as exc:
-            self._fatal(exc)
+            self._force_close(exc)
             return
-        self._fatal(ssl.SSLError(status, "TLS write failed"))
+        self._force_close(ssl.SSLError(status, "TLS write failed"))
 
     def _want_write(self) -> None:
         if not self._writer and not self._lost:
@@ -474,9 +476,6 @@ class TlsTransport(asyncio.Transport):
             self._sock._sslobj.shutdown()  # type: ignore[attr-defined]
         with contextlib.suppress(OSError, ValueError):
             _tls.flush(self._ssl, self._fd)  # the close_notify, if the socket takes it
-        self._force_close(exc)
-
-    def _fatal(self, exc: BaseException) -> None:
         self._force_close(exc)
 
     def _force_close(self, exc: BaseException | None) -> None:
@@ -557,7 +556,7 @@ async def open_tls(
     TlsTransport for `protocol` (connection_made is called). Raises what the handshake raised
     (ssl.SSLCertVerificationError, ssl.SSLError, OSError); a caller's timeout cancels it."""
     lib = _library()
-    if lib is None or not available(ctx):
+    if lib is None or not available(ctx):  # available(ctx) also proves the layout once
         sock.close()
         raise RuntimeError("TLS over the socket BIO is not available here")
     loop = asyncio.get_running_loop()

@@ -188,6 +188,9 @@ def test_download_to_eof_every_byte_in_order() -> None:
             t0 = time.monotonic()
             transport = await _connect(client_ctx, port, proto)
             assert transport.get_extra_info("ssl_object").version() in ("TLSv1.3", "TLSv1.2")
+            assert transport.get_extra_info("cipher")[0]  # asked of the SSL socket on demand
+            assert transport.get_extra_info("peercert")["subject"]
+            assert transport.get_extra_info("no such thing", 7) == 7
             exc = await asyncio.wait_for(proto.lost, WAIT)
             elapsed = time.monotonic() - t0
             assert exc is None
