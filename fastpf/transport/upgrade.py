@@ -147,8 +147,9 @@ async def _within(aw: Awaitable[_T], timeout: float) -> _T:
 
 async def _open(dialer: ApiDialer, proto: _Handshake, timeout: float) -> asyncio.BaseTransport:
     loop = asyncio.get_running_loop()
-    if dialer.ssl is not None and tls.available(dialer.ssl):
-        return await _within(_open_tls(dialer, proto), timeout)
+    # TLS over OpenSSL's socket BIO (fastpf.transport.tls) where it can run: the data path's
+    # CPU per byte; else the loop's TLS.
+    own_tls = dialer.ssl is not None and tls.available(dialer.ssl)
     ssl_kwargs: dict[str, Any] = {}
     if dialer.ssl is not None:
         ssl_kwargs = {"ssl": dialer.ssl, "server_hostname": dialer.server_hostname or dialer.host}
@@ -156,27 +157,21 @@ async def _open(dialer: ApiDialer, proto: _Handshake, timeout: float) -> asyncio
         sock = await _within(dialer.open_socket(), timeout)
         with contextlib.suppress(OSError):  # asyncio skips it for sockets made with proto 0
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport, _ = await _within(
-            loop.create_connection(lambda: proto, sock=sock, **ssl_kwargs), timeout
-        )
+    elif own_tls:
+        sock = await _within(tls.connect_tcp(dialer.host, dialer.port), timeout)
     else:
+        # Connections made from host and port get TCP_NODELAY from the loop (uvloop and asyncio).
         transport, _ = await _within(
             loop.create_connection(lambda: proto, dialer.host, dialer.port, **ssl_kwargs), timeout
         )
-    # Connections made from host and port get TCP_NODELAY from the loop (uvloop and asyncio).
+        return transport
+    if own_tls:
+        hostname = ssl_kwargs["server_hostname"]
+        return await _within(tls.open_tls(sock, ssl_kwargs["ssl"], hostname, proto), timeout)
+    transport, _ = await _within(
+        loop.create_connection(lambda: proto, sock=sock, **ssl_kwargs), timeout
+    )
     return transport
-
-
-async def _open_tls(dialer: ApiDialer, proto: _Handshake) -> asyncio.BaseTransport:
-    """TLS over OpenSSL's socket BIO (fastpf.transport.tls): the data path's CPU per byte."""
-    assert dialer.ssl is not None
-    if dialer.open_socket is not None:
-        sock = await dialer.open_socket()
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    else:
-        sock = await tls.connect_tcp(dialer.host, dialer.port)
-    return await tls.open_tls(sock, dialer.ssl, dialer.server_hostname or dialer.host, proto)
 
 
 def _full_path(dialer: ApiDialer, path: str, ports: list[int] | None) -> str:
