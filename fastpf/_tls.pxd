@@ -21,6 +21,12 @@ ctypedef void* (*bio_new_fn)(const void* meth) noexcept nogil
 ctypedef void (*bio_set_data_fn)(void* bio, void* data) noexcept nogil
 ctypedef void* (*bio_get_data_fn)(void* bio) noexcept nogil
 ctypedef void (*bio_set_init_fn)(void* bio, int init) noexcept nogil
+ctypedef int (*ssl_get_fd_fn)(const void* ssl) noexcept nogil
+ctypedef void* (*ssl_get_ctx_fn)(const void* ssl) noexcept nogil
+ctypedef long (*ssl_ctrl_fn)(void* ssl, int cmd, long larg, void* parg) noexcept nogil
+ctypedef void (*ssl_set_read_len_fn)(void* ssl, size_t len) noexcept nogil
+ctypedef unsigned long long (*ssl_set_options_fn)(void* ssl, unsigned long long op) noexcept nogil
+ctypedef int (*ctx_set_suites_fn)(void* ctx, const char* suites) noexcept nogil
 
 # the write BIO's state: ciphertext waiting for send(2), data[start:end] of cap bytes
 cdef struct OutBuf:

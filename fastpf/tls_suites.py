@@ -6,19 +6,19 @@ TLS 1.3 and 1.2 alike. OpenSSL's defaults start with AES-256-GCM, which costs bo
 per GiB, so a benchmark against serve would misstate what a client costs against a cluster.
 
 Python's ssl can order TLS 1.2 ciphers (set_ciphers) but has no call for TLS 1.3 suites; the
-one OpenSSL function for that is called on the context's SSL_CTX through ctypes. Where that is
-not possible (another Python implementation, a free-threaded build, an OpenSSL without the
-symbol), the context keeps OpenSSL's order and only the TLS 1.2 part applies.
+one OpenSSL function for that is called on the context's SSL_CTX by fastpf._tls. Where that is
+not possible (another Python implementation, an OpenSSL without the symbol), the context
+keeps OpenSSL's order and only the TLS 1.2 part applies.
 """
 
 from __future__ import annotations
 
-import ctypes
 import ssl
 import sys
-import sysconfig
 from functools import lru_cache
 from typing import Any
+
+from fastpf import _tls
 
 _AES_FIRST_13 = b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 _CHACHA_FIRST_13 = b"TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384"
@@ -48,28 +48,13 @@ def has_aes_hardware() -> bool:
     return True
 
 
-def ssl_ctx_pointer(ctx: ssl.SSLContext) -> int | None:
-    """The SSL_CTX* of a CPython SSLContext: its first field after the object header."""
-    if sys.implementation.name != "cpython" or sysconfig.get_config_var("Py_GIL_DISABLED"):
-        return None
-    header = ctypes.sizeof(ctypes.c_ssize_t) + ctypes.sizeof(ctypes.c_void_p)
-    return ctypes.c_void_p.from_address(id(ctx) + header).value
-
-
 def set_tls13_suites(ctx: ssl.SSLContext, suites: bytes) -> bool:
     """SSL_CTX_set_ciphersuites on `ctx`; False where it cannot be done here."""
-    import _ssl  # the extension linked against the very libssl that owns the SSL_CTX
-
-    pointer = ssl_ctx_pointer(ctx)
-    if not pointer:
-        return False
     try:
-        fn = ctypes.CDLL(_ssl.__file__).SSL_CTX_set_ciphersuites
-    except (OSError, AttributeError):
+        _tls.load()  # binds to the libssl that owns the SSL_CTX (idempotent)
+    except OSError:
         return False
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-    fn.restype = ctypes.c_int
-    return bool(fn(pointer, suites) == 1)
+    return _tls.set_tls13_suites(ctx, suites)
 
 
 def prefer_like_go(ctx: ssl.SSLContext) -> None:

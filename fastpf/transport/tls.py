@@ -25,100 +25,53 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import socket
 import ssl
-import sys
-import sysconfig
 import threading
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import Any
 
 from fastpf import _tls
-from fastpf.tls_suites import ssl_ctx_pointer
 
 READ_AHEAD_BUFFER = 128 * 1024  # OpenSSL's record buffer: one recv(2) takes several records
 READ_ROUNDS = 64  # buffers read per readiness event before other connections get a turn
 PLAIN_READ = 64 * 1024  # scratch buffer for a plain Protocol (one per thread, see _scratch)
 WRITE_HIGH = 64 * 1024  # asyncio's default write-buffer limits
-_SSL_CTRL_SET_READ_AHEAD = 41
-_SSL_OP_NO_RENEGOTIATION = 0x40000000  # a TLS 1.2 server's HelloRequest gets a refusal
-
-
-class _Lib:
-    """The few OpenSSL entry points needed beyond Python's ssl module, from the libssl that
-    `_ssl` is linked to (the one that owns its SSL objects)."""
-
-    def __init__(self) -> None:
-        import _ssl
-
-        lib = ctypes.CDLL(_ssl.__file__)
-        self.get_fd = lib.SSL_get_fd
-        self.get_fd.argtypes = [ctypes.c_void_p]
-        self.get_fd.restype = ctypes.c_int
-        self.get_ctx = lib.SSL_get_SSL_CTX
-        self.get_ctx.argtypes = [ctypes.c_void_p]
-        self.get_ctx.restype = ctypes.c_void_p
-        self.ctrl = lib.SSL_ctrl
-        self.ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
-        self.ctrl.restype = ctypes.c_long
-        self.set_read_len = lib.SSL_set_default_read_buffer_len
-        self.set_read_len.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-        self.set_read_len.restype = None
-
-        self.set_options = lib.SSL_set_options
-        self.set_options.argtypes = [ctypes.c_void_p, ctypes.c_uint64]
-        self.set_options.restype = ctypes.c_uint64
-        _tls.bind(
-            {
-                name: ctypes.cast(getattr(lib, name), ctypes.c_void_p).value or 0
-                for name in _tls.FUNCTIONS
-            }
-        )
-
-
-def _ssl_pointer(lib: _Lib, sslsock: ssl.SSLSocket) -> int | None:
-    """The SSL* of an SSLSocket: CPython's _ssl._SSLSocket holds it right after its header
-    and the weak reference to the socket. Trusted only if OpenSSL agrees: the SSL object there
-    must use this socket's descriptor and this socket's SSL_CTX."""
-    inner = getattr(sslsock, "_sslobj", None)
-    if inner is None:
-        return None
-    header = ctypes.sizeof(ctypes.c_ssize_t) + ctypes.sizeof(ctypes.c_void_p)
-    pointer = ctypes.c_void_p.from_address(id(inner) + header + ctypes.sizeof(ctypes.c_void_p))
-    ssl_ptr = pointer.value
-    if not ssl_ptr:
-        return None
-    if lib.get_fd(ssl_ptr) != sslsock.fileno():
-        return None
-    if lib.get_ctx(ssl_ptr) != ssl_ctx_pointer(sslsock.context):
-        return None
-    return ssl_ptr
 
 
 @lru_cache(maxsize=1)
-def _library() -> _Lib | None:
-    if sys.implementation.name != "cpython" or sysconfig.get_config_var("Py_GIL_DISABLED"):
-        return None
+def _loaded() -> bool:
+    """Bind fastpf._tls to the libssl that `_ssl` is linked to (the one that owns its SSL
+    objects); False where that cannot be done."""
     try:
-        return _Lib()
-    except (OSError, AttributeError, ImportError, ValueError):
-        return None
+        _tls.load()
+    except OSError:
+        return False
+    return True
+
+
+def _ssl_pointer(sslsock: ssl.SSLSocket) -> int:
+    """The SSL* of an SSLSocket, or 0 (see fastpf._tls.ssl_of: trusted only if OpenSSL agrees
+    that it uses this socket's descriptor and SSL_CTX)."""
+    inner = getattr(sslsock, "_sslobj", None)
+    if inner is None:
+        return 0
+    return _tls.ssl_of(inner, sslsock.fileno(), sslsock.context)
 
 
 _layout_ok: bool | None = None  # proven once per process (see _probe_layout)
 
 
-def _probe_layout(lib: _Lib, ctx: ssl.SSLContext) -> bool:
+def _probe_layout(ctx: ssl.SSLContext) -> bool:
     """Prove the SSLSocket layout on a socket pair of our own, wrapped with the caller's
     context (no handshake), before trusting it on a real connection."""
     a, b = socket.socketpair()
     try:
         probe = ctx.wrap_socket(a, do_handshake_on_connect=False, server_hostname="probe.invalid")
         try:
-            return _ssl_pointer(lib, probe) is not None
+            return _ssl_pointer(probe) != 0
         finally:
             probe.close()
     except (OSError, ssl.SSLError, ValueError):
@@ -134,11 +87,10 @@ def available(ctx: ssl.SSLContext) -> bool:
     global _layout_ok
     if os.environ.get("FASTPF_LOOP_TLS") == "1":
         return False
-    lib = _library()
-    if lib is None:
+    if not _loaded():
         return False
     if _layout_ok is None:
-        _layout_ok = _probe_layout(lib, ctx)
+        _layout_ok = _probe_layout(ctx)
     return _layout_ok
 
 
@@ -555,8 +507,7 @@ async def open_tls(
     """Shake hands on the connected socket `sock` (taken over: closed on failure) and start a
     TlsTransport for `protocol` (connection_made is called). Raises what the handshake raised
     (ssl.SSLCertVerificationError, ssl.SSLError, OSError); a caller's timeout cancels it."""
-    lib = _library()
-    if lib is None or not available(ctx):  # available(ctx) also proves the layout once
+    if not available(ctx):  # available(ctx) also proves the layout once
         sock.close()
         raise RuntimeError("TLS over the socket BIO is not available here")
     loop = asyncio.get_running_loop()
@@ -575,11 +526,10 @@ async def open_tls(
         except (ValueError, ssl.SSLError):  # a session OpenSSL will not take: go without
             ctx.forget_session()  # type: ignore[attr-defined]
     try:
-        ssl_ptr = _ssl_pointer(lib, sslsock)
-        if ssl_ptr is None:
+        ssl_ptr = _ssl_pointer(sslsock)
+        if not ssl_ptr:
             raise RuntimeError("unexpected layout of Python's SSL socket")
-        lib.ctrl(ssl_ptr, _SSL_CTRL_SET_READ_AHEAD, 1, None)
-        lib.set_read_len(ssl_ptr, READ_AHEAD_BUFFER)
+        _tls.prepare(ssl_ptr, READ_AHEAD_BUFFER)
         fd = sslsock.fileno()
         for _ in range(1000):  # a handshake is a few round trips; bounded all the same
             try:
@@ -591,7 +541,7 @@ async def open_tls(
                 await _ready(loop, fd, writable=True)
         else:
             raise ssl.SSLError("TLS handshake did not finish")
-        lib.set_options(ssl_ptr, _SSL_OP_NO_RENEGOTIATION)
+        _tls.refuse_renegotiation(ssl_ptr)
         _tls.attach_writer(ssl_ptr)
     except BaseException:
         sslsock.close()

@@ -436,12 +436,40 @@ def test_compiled_loops_check_their_arguments() -> None:
         _tls.pending(0)
     with pytest.raises(ValueError):
         _tls.flush(0, 1)
-    with pytest.raises(ValueError):
-        _tls.bind({"SSL_read_ex": 1})  # the others are missing
+    with pytest.raises(OSError):
+        _tls.load("/nonexistent/libssl.so")  # not a loaded object: nothing is opened
+    with pytest.raises(OSError):
+        _tls.load(os.__file__)  # not a shared object at all
+    _tls.load()  # idempotent once bound
     with pytest.raises((TypeError, ValueError, BufferError)):
         _tls.read_into(1, b"read-only")  # type: ignore[arg-type]
     assert _tls.read_into(1, bytearray()) == (0, 0)  # nothing asked: OpenSSL is not called
     assert _tls.encrypt(1, b"") == 0
+
+
+def test_the_ssl_pointer_is_trusted_only_when_openssl_agrees() -> None:
+    """ssl_of reads CPython's _ssl object layout; it answers 0 unless the SSL object there has
+    this descriptor and this context's SSL_CTX, and ctx_of answers 0 for anything that is not
+    an SSLContext."""
+    _, client_ctx, stranger_ctx = _contexts()
+    a, b = socket.socketpair()
+    try:
+        sslsock = client_ctx.wrap_socket(a, do_handshake_on_connect=False, server_hostname="x")
+        inner = sslsock._sslobj  # type: ignore[attr-defined]
+        fd = sslsock.fileno()
+        assert _tls.ctx_of(client_ctx) != 0
+        assert _tls.ctx_of(client_ctx) != _tls.ctx_of(stranger_ctx)
+        assert _tls.ssl_of(inner, fd, client_ctx) != 0
+        assert _tls.ssl_of(inner, b.fileno(), client_ctx) == 0  # another descriptor
+        assert _tls.ssl_of(inner, fd, stranger_ctx) == 0  # another SSL_CTX
+        assert _tls.ssl_of(sslsock, fd, client_ctx) == 0  # the Python wrapper, not _ssl's
+        assert _tls.ssl_of(bytearray(64), fd, client_ctx) == 0
+        assert _tls.ctx_of(bytearray(64)) == 0  # type: ignore[arg-type]
+        assert _tls.ctx_of(object()) == 0  # type: ignore[arg-type]
+        sslsock.close()
+    finally:
+        a.close()
+        b.close()
 
 
 def test_the_ciphertext_buffer_is_the_write_queue_and_is_given_back() -> None:
