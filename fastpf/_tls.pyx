@@ -91,6 +91,9 @@ cdef int _BIO_CTRL_PENDING = 10
 cdef int _BIO_CTRL_FLUSH = 11
 cdef int _BIO_CTRL_WPENDING = 13
 cdef size_t _KEEP = 1 << 20  # an emptied buffer larger than this is given back
+# First size: a connection that only ever writes small messages (a ws-channel client holds one
+# TLS connection per local connection) keeps one page, not 64 KiB of heap per connection.
+cdef size_t _FIRST = 4 * 1024
 cdef int _EINTR_RETRIES = 16
 cdef int _SSL_CTRL_SET_READ_AHEAD = 41
 cdef unsigned long long _SSL_OP_NO_RENEGOTIATION = 0x40000000
@@ -111,7 +114,7 @@ cdef int _out_write(void* bio, const char* data, size_t n, size_t* written) noex
             ob.start = 0
         need = ob.end + n
         if need > ob.cap:
-            cap = ob.cap * 2 if ob.cap else 64 * 1024
+            cap = ob.cap * 2 if ob.cap else _FIRST
             while cap < need:
                 cap *= 2
             grown = <char*>realloc(ob.data, cap)
@@ -366,6 +369,11 @@ def pending(uintptr_t ssl):
     """Ciphertext bytes waiting to be sent."""
     cdef OutBuf* ob = _out(_checked(ssl))
     return ob.end - ob.start
+
+
+def capacity(uintptr_t ssl):
+    """Bytes the ciphertext buffer has allocated (0 once given back)."""
+    return _out(_checked(ssl)).cap
 
 
 def flush(uintptr_t ssl, int fd):

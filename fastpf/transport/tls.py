@@ -214,6 +214,10 @@ class TlsTransport(asyncio.Transport):
     def get_write_buffer_size(self) -> int:
         return _tls.pending(self._ssl) if self._ssl else 0
 
+    def write_buffer_capacity(self) -> int:
+        """Bytes the ciphertext buffer holds allocated (memory accounting; 0: none)."""
+        return _tls.capacity(self._ssl) if self._ssl else 0
+
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closing or self._lost or not len(data):  # after close(): dropped
             return

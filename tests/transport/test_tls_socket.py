@@ -472,6 +472,31 @@ def test_the_ssl_pointer_is_trusted_only_when_openssl_agrees() -> None:
         b.close()
 
 
+def test_small_writes_keep_a_small_ciphertext_buffer() -> None:
+    """A connection that writes only small messages (a ws-channel client's upgrade request and
+    frames, one TLS connection per local connection) keeps a page of buffer, not 64 KiB; the
+    buffer grows for bulk writes."""
+    server_ctx, client_ctx, _ = _contexts()
+
+    async def main() -> None:
+        server, port, peers = await _serve_recording(server_ctx)
+        async with server:
+            transport = await _connect(client_ctx, port, Collector())
+            await asyncio.sleep(0.05)  # the session tickets arrive and are read
+            message = b"GET /api/v1/namespaces/default/pods/p/portforward?ports=5000 HTTP/1.1\r\n"
+            for _ in range(20):
+                transport.write(message)
+            assert 0 < transport.write_buffer_capacity() <= 4096
+            transport.write(_pattern(MIB))
+            assert transport.write_buffer_capacity() >= 64 * 1024 or (
+                transport.get_write_buffer_size() == 0
+            )
+            transport.close()
+            assert await asyncio.wait_for(peers[0].eof, WAIT) == 20 * len(message) + MIB
+
+    _run(main)
+
+
 def test_the_ciphertext_buffer_is_the_write_queue_and_is_given_back() -> None:
     """Records wait in the write BIO while the socket is full (flow control counts them) and
     the buffer is freed once sent; after close the transport reports an empty queue."""
@@ -493,6 +518,10 @@ def test_the_ciphertext_buffer_is_the_write_queue_and_is_given_back() -> None:
             peers[0].transport.resume_reading()
             await asyncio.wait_for(proto.writable.wait(), WAIT)
             assert transport.get_write_buffer_size() <= 256 * 1024  # the low-water mark
+            deadline = time.monotonic() + WAIT
+            while transport.get_write_buffer_size() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert transport.write_buffer_capacity() == 0  # all sent: the buffer is freed
             transport.close()
             assert await asyncio.wait_for(peers[0].eof, WAIT) == len(data)
             assert peers[0].hash.digest() == hashlib.sha256(data).digest()
