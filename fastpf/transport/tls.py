@@ -38,6 +38,8 @@ from fastpf import _tls
 READ_AHEAD_BUFFER = 128 * 1024  # OpenSSL's record buffer: one recv(2) takes several records
 READ_ROUNDS = 64  # buffers read per readiness event before other connections get a turn
 PLAIN_READ = 64 * 1024  # scratch buffer for a plain Protocol (one per thread, see _scratch)
+LINGER = 10.0  # seconds a closed connection reads on until the peer's FIN (see _linger)
+LINGER_BYTES = 16 * 1024 * 1024  # ... and bytes
 WRITE_HIGH = 64 * 1024  # asyncio's default write-buffer limits
 
 
@@ -432,9 +434,9 @@ class TlsTransport(asyncio.Transport):
             self._sock._sslobj.shutdown()  # type: ignore[attr-defined]
         with contextlib.suppress(OSError, ValueError):
             _tls.flush(self._ssl, self._fd)  # the close_notify, if the socket takes it
-        self._force_close(exc)
+        self._force_close(exc, linger=True)
 
-    def _force_close(self, exc: BaseException | None) -> None:
+    def _force_close(self, exc: BaseException | None, linger: bool = False) -> None:
         if self._lost:
             return
         self._lost = True
@@ -442,13 +444,56 @@ class TlsTransport(asyncio.Transport):
         self._stop_reading()
         self._stop_writing()
         self._ssl = 0  # the ciphertext not sent is freed with the SSL object
-        self._loop.call_soon(self._connection_lost, exc)
+        self._loop.call_soon(self._connection_lost, exc, linger)
 
-    def _connection_lost(self, exc: BaseException | None) -> None:
+    def _connection_lost(self, exc: BaseException | None, linger: bool) -> None:
         try:
             self._protocol.connection_lost(exc)  # type: ignore[arg-type]
         finally:
-            self._sock.close()
+            if linger:
+                _linger(self._loop, self._sock)
+            else:
+                self._sock.close()
+
+
+def _linger(loop: asyncio.AbstractEventLoop, sock: ssl.SSLSocket) -> None:
+    """Half-close `sock` and read (discarding) until the peer's FIN, then close it; at most
+    LINGER seconds and LINGER_BYTES. A socket closed with unread bytes in its receive queue (a
+    session ticket, a reply in flight) makes the kernel send RST instead of FIN, and an RST
+    makes the peer's kernel drop what it received but had not read yet: our last bytes."""
+    try:
+        fd = sock.fileno()
+        socket.socket.shutdown(sock, socket.SHUT_WR)  # not SSLSocket's: that drops the SSL
+    except OSError:
+        sock.close()
+        return
+    budget = LINGER_BYTES
+    timer: asyncio.TimerHandle | None = None
+
+    def finish() -> None:
+        loop.remove_reader(fd)
+        if timer is not None:
+            timer.cancel()
+        sock.close()
+
+    def readable() -> None:
+        nonlocal budget
+        buf = _scratch()
+        for _ in range(READ_ROUNDS):
+            try:
+                n = socket.socket.recv_into(sock, buf)  # ciphertext, not decrypted
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                finish()
+                return
+            budget -= n
+            if n == 0 or budget <= 0:
+                finish()
+                return
+
+    loop.add_reader(fd, readable)
+    timer = loop.call_later(LINGER, finish)
 
 
 def _plain_error(exc: OSError) -> OSError:

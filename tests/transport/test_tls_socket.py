@@ -472,6 +472,34 @@ def test_the_ssl_pointer_is_trusted_only_when_openssl_agrees() -> None:
         b.close()
 
 
+def test_close_with_replies_unread_loses_none_of_our_bytes() -> None:
+    """The peer's reply (and its session tickets) may still be unread when we close: closing
+    a socket with unread bytes would send RST, and an RST makes the peer's kernel drop the
+    bytes its application has not read yet. close() half-closes and reads on instead."""
+    server_ctx, client_ctx, _ = _contexts()
+    data = _pattern(8 * MIB, seed=23)
+
+    async def main() -> None:
+        replies: list[Peer] = []
+
+        def make() -> Peer:
+            replies.append(Peer(reply=_pattern(MIB, seed=29), close_after=False))
+            return replies[-1]
+
+        server, port = await _serve(server_ctx, make)
+        async with server:
+            proto = Collector()
+            proto.pause_after = 1  # our reader stops at once: the reply stays unread
+            transport = await _connect(client_ctx, port, proto)
+            transport.write(data)
+            transport.close()
+            assert await asyncio.wait_for(replies[0].eof, WAIT) == len(data)
+            assert replies[0].hash.digest() == hashlib.sha256(data).digest()
+            assert await asyncio.wait_for(proto.lost, WAIT) is None
+
+    _run(main)
+
+
 def test_small_writes_keep_a_small_ciphertext_buffer() -> None:
     """A connection that writes only small messages (a ws-channel client's upgrade request and
     frames, one TLS connection per local connection) keeps a page of buffer, not 64 KiB; the
@@ -482,7 +510,6 @@ def test_small_writes_keep_a_small_ciphertext_buffer() -> None:
         server, port, peers = await _serve_recording(server_ctx)
         async with server:
             transport = await _connect(client_ctx, port, Collector())
-            await asyncio.sleep(0.05)  # the session tickets arrive and are read
             message = b"GET /api/v1/namespaces/default/pods/p/portforward?ports=5000 HTTP/1.1\r\n"
             for _ in range(20):
                 transport.write(message)
