@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import socket
 import ssl
@@ -497,10 +498,22 @@ def _linger(loop: asyncio.AbstractEventLoop, sock: ssl.SSLSocket) -> None:
 
 
 def _plain_error(exc: OSError) -> OSError:
-    """sock_connect's error as the loops' create_connection words it ("Connection refused")."""
+    """A connect error as the loops' create_connection words it ("Connection refused")."""
     if exc.errno:
         return OSError(exc.errno, os.strerror(exc.errno))
     return exc
+
+
+async def _connect(loop: asyncio.AbstractEventLoop, sock: socket.socket, address: Any) -> None:
+    """Non-blocking connect of `sock` to a resolved `address`. The loops' sock_connect costs
+    twice as much CPU per connection (300 against 160 us here: it resolves the address again
+    and wraps the socket), which counts when ws-channel dials once per local connection."""
+    code = sock.connect_ex(address)
+    if code in (errno.EINPROGRESS, errno.EINTR):
+        await _ready(loop, sock.fileno(), writable=True)
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if code:
+        raise OSError(code, os.strerror(code))
 
 
 async def connect_tcp(host: str, port: int) -> socket.socket:
@@ -515,7 +528,7 @@ async def connect_tcp(host: str, port: int) -> socket.socket:
         sock = socket.socket(family, kind, proto)
         try:
             sock.setblocking(False)
-            await loop.sock_connect(sock, address)
+            await _connect(loop, sock, address)
         except OSError as exc:
             sock.close()
             errors.append(_plain_error(exc))

@@ -401,6 +401,7 @@ def test_handshake_failures_raise_and_close_the_socket() -> None:
             with pytest.raises(ConnectionRefusedError) as info:
                 await tls.connect_tcp("127.0.0.1", closed_port)
             assert info.value.strerror == os.strerror(info.value.errno or 0)
+            assert _open_fds() == before  # the refused socket is closed
 
     _run(main)
 
