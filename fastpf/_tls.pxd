@@ -26,6 +26,7 @@ ctypedef void* (*ssl_get_ctx_fn)(const void* ssl) noexcept nogil
 ctypedef long (*ssl_ctrl_fn)(void* ssl, int cmd, long larg, void* parg) noexcept nogil
 ctypedef void (*ssl_set_read_len_fn)(void* ssl, size_t len) noexcept nogil
 ctypedef unsigned long long (*ssl_set_options_fn)(void* ssl, unsigned long long op) noexcept nogil
+ctypedef int (*ssl_shutdown_fn)(void* ssl) noexcept nogil
 ctypedef int (*ctx_set_suites_fn)(void* ctx, const char* suites) noexcept nogil
 
 # the write BIO's state: ciphertext waiting for send(2), data[start:end] of cap bytes

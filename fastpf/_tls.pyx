@@ -62,7 +62,7 @@ FUNCTIONS = (
     "SSL_set0_wbio", "BIO_get_new_index", "BIO_meth_new", "BIO_meth_set_write_ex",
     "BIO_meth_set_ctrl", "BIO_meth_set_create", "BIO_meth_set_destroy", "BIO_new",
     "BIO_set_data", "BIO_get_data", "BIO_set_init", "SSL_get_fd", "SSL_get_SSL_CTX",
-    "SSL_ctrl", "SSL_set_default_read_buffer_len", "SSL_set_options",
+    "SSL_ctrl", "SSL_set_default_read_buffer_len", "SSL_set_options", "SSL_shutdown",
 )
 
 cdef ssl_read_ex_fn _read_ex = NULL
@@ -80,6 +80,7 @@ cdef ssl_get_ctx_fn _get_ctx = NULL
 cdef ssl_ctrl_fn _ctrl = NULL
 cdef ssl_set_read_len_fn _set_read_len = NULL
 cdef ssl_set_options_fn _set_options = NULL
+cdef ssl_shutdown_fn _shutdown = NULL
 cdef ctx_set_suites_fn _set_suites = NULL  # optional (OpenSSL 1.1.1+; absent in LibreSSL)
 cdef void* _method = NULL  # our BIO_METHOD, made once
 # the `_ssl` types whose objects ssl_of / ctx_of read (set by load)
@@ -171,7 +172,7 @@ def load(str path=None):
     is not CPython (whose `_ssl` object layout ssl_of / ctx_of read). Idempotent."""
     global _read_ex, _write_ex, _get_error, _clear_error, _get_wbio, _set0_wbio
     global _bio_new, _bio_set_data, _bio_get_data, _bio_set_init, _method
-    global _get_fd, _get_ctx, _ctrl, _set_read_len, _set_options, _set_suites
+    global _get_fd, _get_ctx, _ctrl, _set_read_len, _set_options, _set_suites, _shutdown
     global _SSLSocketType, _SSLContextType
     import _ssl
     import sys
@@ -211,6 +212,7 @@ def load(str path=None):
         _ctrl = <ssl_ctrl_fn>_symbol(lib, "SSL_ctrl")
         _set_read_len = <ssl_set_read_len_fn>_symbol(lib, "SSL_set_default_read_buffer_len")
         _set_options = <ssl_set_options_fn>_symbol(lib, "SSL_set_options")
+        _shutdown = <ssl_shutdown_fn>_symbol(lib, "SSL_shutdown")
         _set_suites = <ctx_set_suites_fn>dlsym(lib, b"SSL_CTX_set_ciphersuites")
         new_index = <bio_get_new_index_fn>_symbol(lib, "BIO_get_new_index")
         meth_new = <bio_meth_new_fn>_symbol(lib, "BIO_meth_new")
@@ -306,6 +308,16 @@ def refuse_renegotiation(uintptr_t ssl):
     """After the handshake: a TLS 1.2 server's HelloRequest gets a refusal, so a write never
     has to wait for a read."""
     _set_options(_checked(ssl), _SSL_OP_NO_RENEGOTIATION)
+
+
+def close_notify(uintptr_t ssl):
+    """Put our close_notify into the write BIO (flush() sends it). One SSL_shutdown call: it
+    never waits for, or reads, the peer's. Returns SSL_shutdown's result (errors cleared)."""
+    cdef void* s = _checked(ssl)
+    _clear_error()
+    cdef int ret = _shutdown(s)
+    _clear_error()
+    return ret
 
 
 def attach_writer(uintptr_t ssl):

@@ -122,7 +122,10 @@ class TlsTransport(asyncio.Transport):
         sslsock: ssl.SSLSocket,
         ssl_ptr: int,
         protocol: asyncio.BaseProtocol,
+        reader_registered: bool = False,
     ) -> None:
+        """`reader_registered`: the socket's descriptor has a reader (open_tls's) that this
+        transport takes over: one poll registration for the whole connection."""
         super().__init__()
         self._loop = loop
         self._sock = sslsock
@@ -133,7 +136,7 @@ class TlsTransport(asyncio.Transport):
         self._closing = False  # close() called: no more reading, flush then close
         self._lost = False  # the socket is closed; connection_lost is (being) called
         self._read_paused = False
-        self._reader = False  # add_reader in force
+        self._reader = reader_registered  # add_reader in force
         self._writer = False  # add_writer in force
         self._read_soon: asyncio.Handle | None = None
         self._high = WRITE_HIGH
@@ -150,6 +153,8 @@ class TlsTransport(asyncio.Transport):
             self._extra["sockname"] = sslsock.getsockname()
 
     def _start(self) -> None:
+        if self._reader:  # take over the registration (replaces its callback)
+            self._loop.add_reader(self._fd, self._read_ready)
         self._protocol.connection_made(self)
         if not self._lost and not self._read_paused and not self._closing:
             self._want_read()
@@ -170,11 +175,11 @@ class TlsTransport(asyncio.Transport):
         if self._closing or self._lost:
             return
         self._closing = True
-        self._stop_reading()
         if self.get_write_buffer_size():
+            self._stop_reading()
             self._want_write()  # _write_ready shuts down once all is sent
         else:
-            self._loop.call_soon(self._shutdown, None)
+            self._shutdown(None)  # connection_lost still comes from the loop (call_soon)
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol
@@ -431,9 +436,8 @@ class TlsTransport(asyncio.Transport):
         """All written: send close_notify (best effort, never waiting for the peer's), close."""
         if self._lost:
             return
-        with contextlib.suppress(ssl.SSLError, OSError, ValueError):
-            self._sock._sslobj.shutdown()  # type: ignore[attr-defined]
         with contextlib.suppress(OSError, ValueError):
+            _tls.close_notify(self._ssl)
             _tls.flush(self._ssl, self._fd)  # the close_notify, if the socket takes it
         self._force_close(exc, linger=True)
 
@@ -442,22 +446,27 @@ class TlsTransport(asyncio.Transport):
             return
         self._lost = True
         self._closing = True
-        self._stop_reading()
+        if self._read_soon is not None:
+            self._read_soon.cancel()
+            self._read_soon = None
         self._stop_writing()
         self._ssl = 0  # the ciphertext not sent is freed with the SSL object
+        if linger:
+            _linger(self._loop, self._sock, self._reader)  # takes the reader over
+            self._reader = False
+        else:
+            self._stop_reading()
         self._loop.call_soon(self._connection_lost, exc, linger)
 
     def _connection_lost(self, exc: BaseException | None, linger: bool) -> None:
         try:
             self._protocol.connection_lost(exc)  # type: ignore[arg-type]
         finally:
-            if linger:
-                _linger(self._loop, self._sock)
-            else:
+            if not linger:
                 self._sock.close()
 
 
-def _linger(loop: asyncio.AbstractEventLoop, sock: ssl.SSLSocket) -> None:
+def _linger(loop: asyncio.AbstractEventLoop, sock: ssl.SSLSocket, registered: bool) -> None:
     """Half-close `sock` and read (discarding) until the peer's FIN, then close it; at most
     LINGER seconds and LINGER_BYTES. A socket closed with unread bytes in its receive queue (a
     session ticket, a reply in flight) makes the kernel send RST instead of FIN, and an RST
@@ -466,6 +475,8 @@ def _linger(loop: asyncio.AbstractEventLoop, sock: ssl.SSLSocket) -> None:
         fd = sock.fileno()
         socket.socket.shutdown(sock, socket.SHUT_WR)  # not SSLSocket's: that drops the SSL
     except OSError:
+        if registered:
+            loop.remove_reader(sock.fileno())
         sock.close()
         return
     budget = LINGER_BYTES
@@ -493,7 +504,7 @@ def _linger(loop: asyncio.AbstractEventLoop, sock: ssl.SSLSocket) -> None:
                 finish()
                 return
 
-    loop.add_reader(fd, readable)
+    loop.add_reader(fd, readable)  # replaces the transport's callback when `registered`
     timer = loop.call_later(LINGER, finish)
 
 
@@ -560,6 +571,30 @@ async def _ready(loop: asyncio.AbstractEventLoop, fd: int, writable: bool) -> No
         remove(fd)
 
 
+async def _handshake(loop: asyncio.AbstractEventLoop, sslsock: ssl.SSLSocket) -> None:
+    """Shake hands without blocking. One reader registration for every round (it is left in
+    place for the transport: each add/remove pair costs uvloop a poll handle, an ioctl and
+    epoll_ctl calls, per connection, which a ws-channel client pays per local connection)."""
+    fd = sslsock.fileno()
+    waiter: asyncio.Future[None] | None = None
+
+    def wake() -> None:
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    loop.add_reader(fd, wake)
+    for _ in range(1000):  # a handshake is a few round trips; bounded all the same
+        try:
+            sslsock.do_handshake()
+            return
+        except ssl.SSLWantReadError:
+            waiter = loop.create_future()
+            await waiter
+        except ssl.SSLWantWriteError:
+            await _ready(loop, fd, writable=True)
+    raise ssl.SSLError("TLS handshake did not finish")
+
+
 async def open_tls(
     sock: socket.socket,
     ctx: ssl.SSLContext,
@@ -592,22 +627,14 @@ async def open_tls(
         if not ssl_ptr:
             raise RuntimeError("unexpected layout of Python's SSL socket")
         _tls.prepare(ssl_ptr, READ_AHEAD_BUFFER)
-        fd = sslsock.fileno()
-        for _ in range(1000):  # a handshake is a few round trips; bounded all the same
-            try:
-                sslsock.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                await _ready(loop, fd, writable=False)
-            except ssl.SSLWantWriteError:
-                await _ready(loop, fd, writable=True)
-        else:
-            raise ssl.SSLError("TLS handshake did not finish")
+        await _handshake(loop, sslsock)
         _tls.refuse_renegotiation(ssl_ptr)
         _tls.attach_writer(ssl_ptr)
     except BaseException:
+        with contextlib.suppress(ValueError, OSError):
+            loop.remove_reader(sslsock.fileno())
         sslsock.close()
         raise
-    transport = TlsTransport(loop, sslsock, ssl_ptr, protocol)
+    transport = TlsTransport(loop, sslsock, ssl_ptr, protocol, reader_registered=True)
     transport._start()
     return transport
