@@ -3,8 +3,8 @@
 The event loops' TLS (uvloop and asyncio alike) runs OpenSSL on memory BIOs: every received
 byte is copied into the incoming BIO (which zero-fills its growth first), out again into the
 record buffer, decrypted, and copied to the reader; every sent byte takes the same way back,
-plus one Python call per TLS record. Here OpenSSL reads and writes the socket itself
-(`ssl.SSLSocket`), with read-ahead so that one recv(2) brings several records, and the
+plus one Python call per TLS record. Here OpenSSL reads the socket itself (the C-level SSL
+socket that ssl.SSLSocket wraps), with read-ahead so that one recv(2) brings several records, and the
 compiled loops of fastpf._tls move a whole buffer of records per call. What remains per byte
 is the kernel's copy, the cipher and one copy out of the record buffer.
 
@@ -55,29 +55,34 @@ def _loaded() -> bool:
     return True
 
 
-def _ssl_pointer(sslsock: ssl.SSLSocket) -> int:
-    """The SSL* of an SSLSocket, or 0 (see fastpf._tls.ssl_of: trusted only if OpenSSL agrees
-    that it uses this socket's descriptor and SSL_CTX)."""
-    inner = getattr(sslsock, "_sslobj", None)
-    if inner is None:
-        return 0
-    return _tls.ssl_of(inner, sslsock.fileno(), sslsock.context)
+def _wrap(ctx: ssl.SSLContext, sock: socket.socket, server_hostname: str | None) -> Any:
+    """The C-level SSL socket (`_ssl._SSLSocket`) of a client connection on `sock`: what
+    ssl.SSLSocket wraps, without the wrapper (whose do_handshake asks getpeername and sets the
+    timeout twice per call, and whose creation converts enums: CPU a ws-channel client spends
+    per local connection). OpenSSL checks the certificate and the name as with wrap_socket."""
+    if ctx.check_hostname and not server_hostname:
+        raise ValueError("check_hostname requires server_hostname")
+    hostname = ctx._encode_hostname(server_hostname)  # type: ignore[attr-defined]
+    return ctx._wrap_socket(sock, False, hostname)  # type: ignore[attr-defined]
+
+
+def _ssl_pointer(sslobj: Any, sock: socket.socket, ctx: ssl.SSLContext) -> int:
+    """The SSL* of a C-level SSL socket, or 0 (see fastpf._tls.ssl_of: trusted only if OpenSSL
+    agrees that it uses this socket's descriptor and SSL_CTX)."""
+    return _tls.ssl_of(sslobj, sock.fileno(), ctx)
 
 
 _layout_ok: bool | None = None  # proven once per process (see _probe_layout)
 
 
 def _probe_layout(ctx: ssl.SSLContext) -> bool:
-    """Prove the SSLSocket layout on a socket pair of our own, wrapped with the caller's
+    """Prove the SSL socket layout on a socket pair of our own, wrapped with the caller's
     context (no handshake), before trusting it on a real connection."""
     a, b = socket.socketpair()
     try:
-        probe = ctx.wrap_socket(a, do_handshake_on_connect=False, server_hostname="probe.invalid")
-        try:
-            return _ssl_pointer(probe) != 0
-        finally:
-            probe.close()
-    except (OSError, ssl.SSLError, ValueError):
+        probe = _wrap(ctx, a, "probe.invalid")
+        return _ssl_pointer(probe, a, ctx) != 0
+    except (OSError, ssl.SSLError, ValueError, AttributeError, TypeError):
         return False
     finally:
         a.close()
@@ -97,7 +102,7 @@ def available(ctx: ssl.SSLContext) -> bool:
     return _layout_ok
 
 
-# get_extra_info names answered by the SSLSocket's method of that name
+# get_extra_info names answered by the SSL socket's method of that name
 _FROM_SSL = {"peercert": "getpeercert", "cipher": "cipher", "compression": "compression"}
 
 _local = threading.local()
@@ -114,12 +119,14 @@ def _scratch() -> bytearray:
 
 
 class TlsTransport(asyncio.Transport):
-    """An asyncio transport over a connected, handshaken, non-blocking ssl.SSLSocket."""
+    """An asyncio transport over a connected, non-blocking socket and its handshaken C-level
+    SSL socket (see _wrap)."""
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        sslsock: ssl.SSLSocket,
+        sock: socket.socket,
+        sslobj: Any,
         ssl_ptr: int,
         protocol: asyncio.BaseProtocol,
         reader_registered: bool = False,
@@ -128,9 +135,10 @@ class TlsTransport(asyncio.Transport):
         transport takes over: one poll registration for the whole connection."""
         super().__init__()
         self._loop = loop
-        self._sock = sslsock
+        self._sock = sock
+        self._sslobj: Any = sslobj  # dropped at connection_lost (frees the SSL object)
         self._ssl = ssl_ptr
-        self._fd = sslsock.fileno()
+        self._fd = sock.fileno()
         self._protocol: asyncio.BaseProtocol = protocol
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
         self._closing = False  # close() called: no more reading, flush then close
@@ -142,15 +150,11 @@ class TlsTransport(asyncio.Transport):
         self._high = WRITE_HIGH
         self._low = WRITE_HIGH // 4
         self._write_paused = False  # the protocol was told pause_writing()
-        self._extra: dict[str, Any] = {
-            "socket": sslsock,
-            "ssl_object": sslsock,
-            "sslcontext": sslsock.context,
-        }
+        self._extra: dict[str, Any] = {"socket": sock, "sslcontext": sslobj.context}
         with contextlib.suppress(OSError):
-            self._extra["peername"] = sslsock.getpeername()
+            self._extra["peername"] = sock.getpeername()
         with contextlib.suppress(OSError):
-            self._extra["sockname"] = sslsock.getsockname()
+            self._extra["sockname"] = sock.getsockname()
 
     def _start(self) -> None:
         if self._reader:  # take over the registration (replaces its callback)
@@ -163,8 +167,10 @@ class TlsTransport(asyncio.Transport):
 
     # -- asyncio.BaseTransport ----------------------------------------------------------------
     def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "ssl_object":
+            return self._sslobj if self._sslobj is not None else default
         if name in _FROM_SSL and not self._lost:  # asked for rarely: not made per connection
-            return getattr(self._sock, _FROM_SSL[name])()
+            return getattr(self._sslobj, _FROM_SSL[name])()
         return self._extra.get(name, default)
 
     def is_closing(self) -> bool:
@@ -308,9 +314,8 @@ class TlsTransport(asyncio.Transport):
 
     def _read_failed(self) -> None:
         """SSL_read_ex failed for good: let Python's ssl module say how (and raise it)."""
-        inner = self._sock._sslobj  # type: ignore[attr-defined]
         try:
-            data = inner.read(1)
+            data = self._sslobj.read(1)
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return  # it was transient after all
         except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
@@ -381,9 +386,8 @@ class TlsTransport(asyncio.Transport):
 
     def _write_failed(self, status: int) -> None:
         """SSL_write_ex failed for good (a fatal alert before, or a renegotiation refused)."""
-        inner = self._sock._sslobj  # type: ignore[attr-defined]
         try:
-            inner.write(b"")
+            self._sslobj.write(b"")
         except (ssl.SSLError, OSError) as exc:
             self._force_close(exc)
             return
@@ -462,18 +466,19 @@ class TlsTransport(asyncio.Transport):
         try:
             self._protocol.connection_lost(exc)  # type: ignore[arg-type]
         finally:
+            self._sslobj = None
             if not linger:
                 self._sock.close()
 
 
-def _linger(loop: asyncio.AbstractEventLoop, sock: ssl.SSLSocket, registered: bool) -> None:
+def _linger(loop: asyncio.AbstractEventLoop, sock: socket.socket, registered: bool) -> None:
     """Half-close `sock` and read (discarding) until the peer's FIN, then close it; at most
     LINGER seconds and LINGER_BYTES. A socket closed with unread bytes in its receive queue (a
     session ticket, a reply in flight) makes the kernel send RST instead of FIN, and an RST
     makes the peer's kernel drop what it received but had not read yet: our last bytes."""
     try:
         fd = sock.fileno()
-        socket.socket.shutdown(sock, socket.SHUT_WR)  # not SSLSocket's: that drops the SSL
+        sock.shutdown(socket.SHUT_WR)
     except OSError:
         if registered:
             loop.remove_reader(sock.fileno())
@@ -493,7 +498,7 @@ def _linger(loop: asyncio.AbstractEventLoop, sock: ssl.SSLSocket, registered: bo
         buf = _scratch()
         for _ in range(READ_ROUNDS):
             try:
-                n = socket.socket.recv_into(sock, buf)  # ciphertext, not decrypted
+                n = sock.recv_into(buf)  # ciphertext, not decrypted
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -571,11 +576,10 @@ async def _ready(loop: asyncio.AbstractEventLoop, fd: int, writable: bool) -> No
         remove(fd)
 
 
-async def _handshake(loop: asyncio.AbstractEventLoop, sslsock: ssl.SSLSocket) -> None:
+async def _handshake(loop: asyncio.AbstractEventLoop, sslobj: Any, fd: int) -> None:
     """Shake hands without blocking. One reader registration for every round (it is left in
     place for the transport: each add/remove pair costs uvloop a poll handle, an ioctl and
     epoll_ctl calls, per connection, which a ws-channel client pays per local connection)."""
-    fd = sslsock.fileno()
     waiter: asyncio.Future[None] | None = None
 
     def wake() -> None:
@@ -585,7 +589,7 @@ async def _handshake(loop: asyncio.AbstractEventLoop, sslsock: ssl.SSLSocket) ->
     loop.add_reader(fd, wake)
     for _ in range(1000):  # a handshake is a few round trips; bounded all the same
         try:
-            sslsock.do_handshake()
+            sslobj.do_handshake()
             return
         except ssl.SSLWantReadError:
             waiter = loop.create_future()
@@ -608,33 +612,30 @@ async def open_tls(
         sock.close()
         raise RuntimeError("TLS over the socket BIO is not available here")
     loop = asyncio.get_running_loop()
-    sock.setblocking(False)
+    fd = sock.fileno()
+    registered = False
     try:
-        sslsock = ctx.wrap_socket(
-            sock, server_hostname=server_hostname, do_handshake_on_connect=False
-        )
-    except BaseException:
-        sock.close()
-        raise
-    session = getattr(ctx, "offered_session", None)  # fastpf.client.tlsconfig.ResumingContext
-    if session is not None:
-        try:
-            sslsock.session = session
-        except (ValueError, ssl.SSLError):  # a session OpenSSL will not take: go without
-            ctx.forget_session()  # type: ignore[attr-defined]
-    try:
-        ssl_ptr = _ssl_pointer(sslsock)
+        sock.setblocking(False)
+        sslobj = _wrap(ctx, sock, server_hostname)
+        session = getattr(ctx, "offered_session", None)  # client.tlsconfig.ResumingContext
+        if session is not None:
+            try:
+                sslobj.session = session
+            except (ValueError, ssl.SSLError):  # a session OpenSSL will not take: go without
+                ctx.forget_session()  # type: ignore[attr-defined]
+        ssl_ptr = _ssl_pointer(sslobj, sock, ctx)
         if not ssl_ptr:
             raise RuntimeError("unexpected layout of Python's SSL socket")
         _tls.prepare(ssl_ptr, READ_AHEAD_BUFFER)
-        await _handshake(loop, sslsock)
+        registered = True
+        await _handshake(loop, sslobj, fd)
         _tls.refuse_renegotiation(ssl_ptr)
         _tls.attach_writer(ssl_ptr)
     except BaseException:
-        with contextlib.suppress(ValueError, OSError):
-            loop.remove_reader(sslsock.fileno())
-        sslsock.close()
+        if registered:
+            loop.remove_reader(fd)
+        sock.close()
         raise
-    transport = TlsTransport(loop, sslsock, ssl_ptr, protocol, reader_registered=True)
+    transport = TlsTransport(loop, sock, sslobj, ssl_ptr, protocol, reader_registered=True)
     transport._start()
     return transport
