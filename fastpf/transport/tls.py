@@ -409,9 +409,10 @@ class TlsTransport(asyncio.Transport):
             return
         if not _tls.pending(self._ssl):
             self._stop_writing()
-            self._check_low()
-            if self._closing:
+            if self._closing:  # before the protocol hears of it: it may write and close again
                 self._shutdown(None)
+                return
+            self._check_low()
             return
         self._check_low()
 

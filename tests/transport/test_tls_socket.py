@@ -501,6 +501,41 @@ def test_close_with_replies_unread_loses_none_of_our_bytes() -> None:
     _run(main)
 
 
+class TailOnResume(Collector):
+    """Writes `tail` and closes from inside resume_writing, as a sender with a backlog does."""
+
+    def __init__(self, tail: bytes) -> None:
+        super().__init__()
+        self.tail = tail
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.tail:
+            tail, self.tail = self.tail, b""
+            self.transport.write(tail)  # more than the socket takes: queued again
+            self.transport.close()
+
+
+def test_a_tail_written_and_closed_in_resume_writing_arrives_whole() -> None:
+    server_ctx, client_ctx, _ = _contexts()
+    head, tail = _pattern(32 * MIB, seed=31), _pattern(16 * MIB, seed=37)
+
+    async def main() -> None:
+        server, port, peers = await _serve_recording(server_ctx)
+        async with server:
+            proto = TailOnResume(tail)
+            transport = await _connect(client_ctx, port, proto)
+            await asyncio.sleep(0.05)  # the server's side of the handshake ends too
+            peers[0].transport.pause_reading()  # the socket fills: the queue stays high
+            transport.write(head)  # over the high-water mark: pause_writing, then resume
+            assert proto.paused_writing == 1
+            peers[0].transport.resume_reading()
+            assert await asyncio.wait_for(peers[0].eof, WAIT) == len(head) + len(tail)
+            assert peers[0].hash.digest() == hashlib.sha256(head + tail).digest()
+
+    _run(main)
+
+
 def test_small_writes_keep_a_small_ciphertext_buffer() -> None:
     """A connection that writes only small messages (a ws-channel client's upgrade request and
     frames, one TLS connection per local connection) keeps a page of buffer, not 64 KiB; the
