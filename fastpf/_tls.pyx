@@ -263,6 +263,10 @@ def ssl_of(object sslobj, int fd, object context):
     and the SSL_CTX of `context`."""
     if _method == NULL or type(sslobj) is not _SSLSocketType:
         return 0
+    # The field after the SSL* is the context object itself: checked before OpenSSL is handed
+    # a pointer from this layout (a reordered struct fails here instead of crashing there).
+    if _field(sslobj, sizeof(PyObject) + 2 * sizeof(void*)) != <void*>context:
+        return 0
     cdef void* s = _field(sslobj, sizeof(PyObject) + sizeof(void*))
     if s == NULL or _get_fd(s) != fd:
         return 0

@@ -41,6 +41,8 @@ READ_ROUNDS = 64  # buffers read per readiness event before other connections ge
 PLAIN_READ = 64 * 1024  # scratch buffer for a plain Protocol (one per thread, see _scratch)
 LINGER = 10.0  # seconds a closed connection reads on until the peer's FIN (see _linger)
 LINGER_BYTES = 16 * 1024 * 1024  # ... and bytes
+LINGER_MAX = 256  # sockets lingering at once (each holds a descriptor); beyond: closed at once
+_lingering = 0
 WRITE_HIGH = 64 * 1024  # asyncio's default write-buffer limits
 
 
@@ -477,18 +479,24 @@ def _linger(loop: asyncio.AbstractEventLoop, sock: socket.socket, registered: bo
     LINGER seconds and LINGER_BYTES. A socket closed with unread bytes in its receive queue (a
     session ticket, a reply in flight) makes the kernel send RST instead of FIN, and an RST
     makes the peer's kernel drop what it received but had not read yet: our last bytes."""
+    global _lingering
     try:
         fd = sock.fileno()
+        if _lingering >= LINGER_MAX:  # a peer slow to end many connections: no fd exhaustion
+            raise OSError("too many lingering sockets")
         sock.shutdown(socket.SHUT_WR)
     except OSError:
         if registered:
             loop.remove_reader(sock.fileno())
         sock.close()
         return
+    _lingering += 1
     budget = LINGER_BYTES
     timer: asyncio.TimerHandle | None = None
 
     def finish() -> None:
+        global _lingering
+        _lingering -= 1
         loop.remove_reader(fd)
         if timer is not None:
             timer.cancel()
@@ -638,5 +646,9 @@ async def open_tls(
         sock.close()
         raise
     transport = TlsTransport(loop, sock, sslobj, ssl_ptr, protocol, reader_registered=True)
-    transport._start()
+    try:
+        transport._start()
+    except BaseException:
+        transport.abort()  # the registration and the socket go with it
+        raise
     return transport

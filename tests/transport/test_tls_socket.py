@@ -536,6 +536,28 @@ def test_a_tail_written_and_closed_in_resume_writing_arrives_whole() -> None:
     _run(main)
 
 
+class FailsToStart(Collector):
+    def connection_made(self, transport: Any) -> None:
+        raise RuntimeError("protocol refused the connection")
+
+
+def test_a_protocol_failing_in_connection_made_leaves_nothing_registered() -> None:
+    server_ctx, client_ctx, _ = _contexts()
+
+    async def main() -> None:
+        server, port = await _serve(server_ctx, Peer)
+        async with server:
+            await asyncio.wait_for(_connect(client_ctx, port, Collector()), WAIT)  # warm
+            before = _open_fds()
+            for _ in range(3):
+                with pytest.raises(RuntimeError, match="refused the connection"):
+                    await _connect(client_ctx, port, FailsToStart())
+            await asyncio.sleep(0.05)
+            assert _open_fds() <= before  # no socket kept alive by a reader
+
+    _run(main)
+
+
 def test_small_writes_keep_a_small_ciphertext_buffer() -> None:
     """A connection that writes only small messages (a ws-channel client's upgrade request and
     frames, one TLS connection per local connection) keeps a page of buffer, not 64 KiB; the
