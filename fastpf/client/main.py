@@ -16,7 +16,9 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastpf.client.args import USAGE, Options, parse_args
 from fastpf.client.console import Console
@@ -62,8 +64,25 @@ class Run:
         job.tracker.error(line, fatal=True)
 
 
+def _quiet_network_errors(console: Console) -> Callable[[Any, dict[str, Any]], None]:
+    """The loop's handler for errors nobody awaited: a background task (a pod lookup, a
+    session's reader) that ended with a network error while being cancelled has been
+    reported, or made moot, by the path that cancelled it. One verbose line, not the
+    default handler's traceback. Anything else keeps the default handler (a bug's trace)."""
+
+    def handle(loop: Any, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError):
+            console.info(4, f"{context.get('message', 'background task')}: {exc}")
+            return
+        loop.default_exception_handler(context)
+
+    return handle
+
+
 async def _run(run_: Run) -> int:
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_quiet_network_errors(run_.console))
     stop = loop.create_future()
 
     def on_signal() -> None:
