@@ -28,6 +28,50 @@ ctypedef void (*ssl_set_read_len_fn)(void* ssl, size_t len) noexcept nogil
 ctypedef unsigned long long (*ssl_set_options_fn)(void* ssl, unsigned long long op) noexcept nogil
 ctypedef int (*ssl_shutdown_fn)(void* ssl) noexcept nogil
 ctypedef int (*ctx_set_suites_fn)(void* ctx, const char* suites) noexcept nogil
+# own record sealing (TLS 1.3 AES-GCM): secrets from the key log, cipher and HMAC from libcrypto
+ctypedef void (*keylog_cb)(const void* ssl, const char* line) noexcept nogil
+ctypedef void (*ctx_set_keylog_fn)(void* ctx, keylog_cb cb) noexcept nogil
+ctypedef keylog_cb (*ctx_get_keylog_fn)(const void* ctx) noexcept nogil
+ctypedef void (*ex_free_cb)(void* parent, void* ptr, void* ad, int idx, long argl,
+                            void* argp) noexcept nogil
+ctypedef int (*get_ex_new_index_fn)(int class_index, long argl, void* argp, void* new_func,
+                                    void* dup_func, ex_free_cb free_func) noexcept nogil
+ctypedef int (*ssl_set_ex_data_fn)(void* ssl, int idx, void* data) noexcept nogil
+ctypedef void* (*ssl_get_ex_data_fn)(const void* ssl, int idx) noexcept nogil
+ctypedef int (*ssl_int_fn)(const void* ssl) noexcept nogil
+ctypedef int (*ssl_key_update_fn)(void* ssl, int updatetype) noexcept nogil
+ctypedef const void* (*ssl_get_cipher_fn)(const void* ssl) noexcept nogil
+ctypedef unsigned int (*cipher_get_id_fn)(const void* cipher) noexcept nogil
+ctypedef void* (*evp_ctx_new_fn)() noexcept nogil
+ctypedef void (*evp_ctx_free_fn)(void* ctx) noexcept nogil
+ctypedef const void* (*evp_get_fn)() noexcept nogil
+ctypedef int (*evp_init_fn)(void* ctx, const void* cipher, void* engine, const unsigned char* key,
+                            const unsigned char* iv) noexcept nogil
+ctypedef int (*evp_update_fn)(void* ctx, unsigned char* out, int* outl, const unsigned char* inp,
+                              int inl) noexcept nogil
+ctypedef int (*evp_final_fn)(void* ctx, unsigned char* out, int* outl) noexcept nogil
+ctypedef int (*evp_ctrl_fn)(void* ctx, int type, int arg, void* ptr) noexcept nogil
+ctypedef unsigned char* (*hmac_fn)(const void* md, const void* key, int key_len,
+                                   const unsigned char* data, size_t n, unsigned char* out,
+                                   unsigned int* out_len) noexcept nogil
+ctypedef void (*cleanse_fn)(void* p, size_t n) noexcept nogil
+
+# a client application traffic secret caught by the key-log callback (SSL ex_data until used)
+cdef struct Secret:
+    unsigned char data[48]
+    size_t size
+
+# our own record sealing after the takeover (see encrypt): the write key and its sequence
+cdef struct Sealer:
+    void* cipher  # EVP_CIPHER_CTX*, keyed
+    const void* md  # the suite's hash (HKDF for KeyUpdate)
+    size_t key_size
+    unsigned char secret[48]  # the current traffic secret (hash-sized)
+    size_t secret_size
+    unsigned char iv[12]
+    unsigned long long seq  # records sealed with the current key
+    unsigned long long updates  # KeyUpdates we sent
+    int owed  # KeyUpdate answers owed (OpenSSL made one while reading; it was dropped)
 
 # the write BIO's state: ciphertext waiting for send(2), data[start:end] of cap bytes
 cdef struct OutBuf:
@@ -36,3 +80,13 @@ cdef struct OutBuf:
     size_t end
     size_t cap
     int failed
+    # the records OpenSSL wrote through this BIO since the handshake (see _count_records)
+    unsigned long long records
+    size_t rec_left  # body bytes of the current record still to come
+    unsigned char hdr[5]
+    int hdr_got
+    int app_write  # inside encrypt()'s SSL_write: the records are application data
+    int barred  # a record we cannot account for went through: never take over
+    int rogue  # after the takeover OpenSSL wrote a record that is no KeyUpdate or alert
+    int sealed_close  # our close_notify is sealed: nothing more is
+    Sealer* sealer  # not NULL: records are ours; OpenSSL's are dropped (see _out_write)

@@ -11,6 +11,9 @@ memory-BIO TLS. These are its per-byte parts:
   buffer (no zero-fill, unlike OpenSSL's memory BIO), and `flush` sends it with as few
   send(2) calls as the kernel allows. `encrypt` writes a whole buffer of plaintext, record
   by record, in one call. A send per record would cost the kernel twice as much per byte.
+  On TLS 1.3 with AES-GCM the first bulk write takes the record layer over: records are then
+  sealed here, from the caller's plaintext straight into the ciphertext buffer (see the
+  "own record sealing" section below for what makes that safe).
 
 No OpenSSL header or library is needed to build this: `load` binds the functions at run time
 from the libssl that the already loaded `_ssl` module is linked to (dlopen of that module
@@ -25,7 +28,7 @@ from cpython.object cimport PyObject, PyTypeObject
 from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport uintptr_t
 from libc.stdlib cimport calloc, free, realloc
-from libc.string cimport memcpy, memmove
+from libc.string cimport memcpy, memmove, strlen, strncmp
 
 import os as _os
 
@@ -63,6 +66,16 @@ FUNCTIONS = (
     "BIO_meth_set_ctrl", "BIO_meth_set_create", "BIO_meth_set_destroy", "BIO_new",
     "BIO_set_data", "BIO_get_data", "BIO_set_init", "SSL_get_fd", "SSL_get_SSL_CTX",
     "SSL_ctrl", "SSL_set_default_read_buffer_len", "SSL_set_options", "SSL_shutdown",
+    "BIO_method_type",
+)
+# the functions own record sealing needs (all or none: without them OpenSSL seals every record)
+SEAL_FUNCTIONS = (
+    "SSL_CTX_set_keylog_callback", "SSL_CTX_get_keylog_callback", "CRYPTO_get_ex_new_index",
+    "SSL_set_ex_data", "SSL_get_ex_data", "SSL_version", "SSL_get_key_update_type",
+    "SSL_get_current_cipher", "SSL_CIPHER_get_id", "EVP_CIPHER_CTX_new", "EVP_CIPHER_CTX_free",
+    "EVP_aes_128_gcm", "EVP_aes_256_gcm", "EVP_sha256", "EVP_sha384", "EVP_EncryptInit_ex",
+    "EVP_EncryptUpdate", "EVP_EncryptFinal_ex", "EVP_CIPHER_CTX_ctrl", "HMAC", "OPENSSL_cleanse",
+    "SSL_key_update", "SSL_do_handshake",
 )
 
 cdef ssl_read_ex_fn _read_ex = NULL
@@ -82,6 +95,35 @@ cdef ssl_set_read_len_fn _set_read_len = NULL
 cdef ssl_set_options_fn _set_options = NULL
 cdef ssl_shutdown_fn _shutdown = NULL
 cdef ctx_set_suites_fn _set_suites = NULL  # optional (OpenSSL 1.1.1+; absent in LibreSSL)
+ctypedef int (*bio_method_type_fn)(const void* bio) noexcept nogil
+cdef bio_method_type_fn _bio_method_type = NULL
+cdef int _bio_type = -1  # our BIO method's type
+# own record sealing (bound by load() when every SEAL_FUNCTIONS symbol is there)
+cdef ctx_set_keylog_fn _set_keylog = NULL
+cdef ctx_get_keylog_fn _get_keylog = NULL
+cdef ssl_set_ex_data_fn _set_ex = NULL
+cdef ssl_get_ex_data_fn _get_ex = NULL
+cdef ssl_int_fn _version = NULL
+cdef ssl_int_fn _key_update_type = NULL
+cdef ssl_key_update_fn _key_update_call = NULL
+cdef ssl_shutdown_fn _do_handshake = NULL  # same C type: int (SSL*)
+cdef ssl_get_cipher_fn _current_cipher = NULL
+cdef cipher_get_id_fn _cipher_id = NULL
+cdef evp_ctx_new_fn _evp_new = NULL
+cdef evp_ctx_free_fn _evp_free = NULL
+cdef evp_get_fn _aes128gcm = NULL
+cdef evp_get_fn _aes256gcm = NULL
+cdef evp_get_fn _sha256 = NULL
+cdef evp_get_fn _sha384 = NULL
+cdef evp_init_fn _evp_init = NULL
+cdef evp_update_fn _evp_update = NULL
+cdef evp_final_fn _evp_final = NULL
+cdef evp_ctrl_fn _evp_ctrl = NULL
+cdef hmac_fn _hmac = NULL
+cdef cleanse_fn _cleanse = NULL
+cdef int _ex_index = -1  # our SSL ex_data slot for the caught Secret
+cdef keylog_cb _prev_keylog = NULL  # a key-log callback we replaced (CPython's), still called
+cdef bint _seal_enabled = True
 cdef void* _method = NULL  # our BIO_METHOD, made once
 # the `_ssl` types whose objects ssl_of / ctx_of read (set by load)
 cdef object _SSLSocketType = None
@@ -98,32 +140,96 @@ cdef size_t _FIRST = 4 * 1024
 cdef int _EINTR_RETRIES = 16
 cdef int _SSL_CTRL_SET_READ_AHEAD = 41
 cdef unsigned long long _SSL_OP_NO_RENEGOTIATION = 0x40000000
+cdef int _TLS1_3_VERSION = 0x0304
+cdef unsigned int _TLS_AES_128_GCM_SHA256 = 0x03001301
+cdef unsigned int _TLS_AES_256_GCM_SHA384 = 0x03001302
+cdef int _SSL_KEY_UPDATE_NONE = -1
+cdef int _SSL_KEY_UPDATE_NOT_REQUESTED = 0
+cdef int _SSL_KEY_UPDATE_REQUESTED = 1
+cdef int _EVP_CTRL_AEAD_GET_TAG = 0x10
+cdef int _CRYPTO_EX_INDEX_SSL = 0
+cdef size_t _RECORD = 16384  # TLS 1.3 plaintext per record at most (RFC 8446 5.1)
+cdef size_t _TAG = 16
+cdef size_t _OVERHEAD = 5 + 1 + 16  # header, inner content type, tag
+# A write of at least this much takes the record layer over: connections that only ever send
+# small messages keep OpenSSL's (no cipher context of our own per connection).
+cdef size_t _SEAL_FROM = 16384
+# RFC 8446 5.5: at most 2^24.5 AES-GCM records per key; we update the key after 2^24.
+cdef unsigned long long _records_per_key = 1ULL << 24
+# What OpenSSL may still write after the takeover (only while reading), by record body size:
+# TLS 1.3 records are not padded unless asked for, which nobody here does.
+cdef size_t _KEY_UPDATE_BODY = 4 + 1 + 1 + 16  # KeyUpdate message, content type, tag
+cdef size_t _ALERT_BODY = 2 + 1 + 16
 
 
 # -- the write BIO (called by OpenSSL, without the GIL held or needed) -------------------------
-cdef int _out_write(void* bio, const char* data, size_t n, size_t* written) noexcept nogil:
-    cdef OutBuf* ob = <OutBuf*>_bio_get_data(bio)
+cdef int _reserve(OutBuf* ob, size_t n) noexcept nogil:
+    """Room for n more bytes at ob.end (the unsent tail moved to the front first if that is
+    enough). 0, or -1 if out of memory (ob.failed is set)."""
     cdef size_t need, cap
     cdef char* grown
+    if ob.cap - ob.end >= n:
+        return 0
+    if ob.start:
+        memmove(ob.data, ob.data + ob.start, ob.end - ob.start)
+        ob.end -= ob.start
+        ob.start = 0
+    need = ob.end + n
+    if need > ob.cap:
+        cap = ob.cap * 2 if ob.cap else _FIRST
+        while cap < need:
+            cap *= 2
+        grown = <char*>realloc(ob.data, cap)
+        if grown == NULL:
+            ob.failed = 1
+            return -1
+        ob.data = grown
+        ob.cap = cap
+    return 0
+
+
+cdef void _walk_records(OutBuf* ob, const unsigned char* data, size_t n) noexcept nogil:
+    """Follow the record headers in what OpenSSL writes (whole records, maybe split across
+    calls). Before the takeover every record counts towards the sequence number we start at;
+    after it, OpenSSL's records are dropped and must be a KeyUpdate answer or an alert."""
+    cdef size_t i = 0
+    cdef size_t take, body
+    while i < n:
+        if ob.rec_left:
+            take = ob.rec_left if ob.rec_left < n - i else n - i
+            ob.rec_left -= take
+            i += take
+            continue
+        ob.hdr[ob.hdr_got] = data[i]
+        ob.hdr_got += 1
+        i += 1
+        if ob.hdr_got < 5:
+            continue
+        ob.hdr_got = 0
+        body = (<size_t>ob.hdr[3] << 8) | ob.hdr[4]
+        ob.rec_left = body
+        if ob.sealer != NULL:
+            if ob.hdr[0] == 23 and body == _KEY_UPDATE_BODY:
+                ob.sealer.owed += 1  # OpenSSL answered the peer's KeyUpdate: we answer instead
+            elif not (ob.hdr[0] == 23 and body == _ALERT_BODY):
+                ob.rogue = 1
+        else:
+            ob.records += 1
+            if ob.hdr[0] != 23 or not ob.app_write:
+                ob.barred = 1  # not our application data (an alert, a KeyUpdate): keys unknown
+
+
+cdef int _out_write(void* bio, const char* data, size_t n, size_t* written) noexcept nogil:
+    cdef OutBuf* ob = <OutBuf*>_bio_get_data(bio)
     written[0] = 0
     if ob == NULL or ob.failed:
         return 0
-    if ob.cap - ob.end < n:
-        if ob.start:  # move the unsent tail to the front first
-            memmove(ob.data, ob.data + ob.start, ob.end - ob.start)
-            ob.end -= ob.start
-            ob.start = 0
-        need = ob.end + n
-        if need > ob.cap:
-            cap = ob.cap * 2 if ob.cap else _FIRST
-            while cap < need:
-                cap *= 2
-            grown = <char*>realloc(ob.data, cap)
-            if grown == NULL:
-                ob.failed = 1
-                return 0
-            ob.data = grown
-            ob.cap = cap
+    _walk_records(ob, <const unsigned char*>data, n)
+    if ob.sealer != NULL:
+        written[0] = n  # dropped: its nonce may be one we used (see _walk_records)
+        return 1
+    if _reserve(ob, n) < 0:
+        return 0
     memcpy(ob.data + ob.end, data, n)
     ob.end += n
     written[0] = n
@@ -151,10 +257,279 @@ cdef int _out_create(void* bio) noexcept nogil:
 cdef int _out_destroy(void* bio) noexcept nogil:
     cdef OutBuf* ob = <OutBuf*>_bio_get_data(bio)
     if ob != NULL:
+        _free_sealer(ob.sealer)
         free(ob.data)
         free(ob)
         _bio_set_data(bio, NULL)
     return 1
+
+
+# -- own record sealing (TLS 1.3, AES-GCM) ------------------------------------------------------
+# OpenSSL seals each record in its own buffer (a copy of the plaintext in) and hands it to the
+# write BIO (a copy out). After the takeover, records are sealed straight from the caller's
+# plaintext into the ciphertext buffer with the client application traffic key, which the
+# key-log callback gives us, and the sequence number OpenSSL's records reached (counted by
+# _walk_records). From then on OpenSSL writes nothing that reaches the wire: a record it makes
+# while reading would reuse a nonce, so it is dropped, and a KeyUpdate answer among them is
+# made again by us (RFC 8446 4.6.3).
+
+cdef void _free_secret(void* parent, void* ptr, void* ad, int idx, long argl,
+                       void* argp) noexcept nogil:
+    if ptr != NULL:
+        _cleanse(ptr, sizeof(Secret))
+        free(ptr)
+
+
+cdef int _hex(char c) noexcept nogil:
+    if c >= 48 and c <= 57:
+        return c - 48
+    if c >= 97 and c <= 102:
+        return c - 87
+    if c >= 65 and c <= 70:
+        return c - 55
+    return -1
+
+
+cdef void _keep_secret(const void* ssl, const char* text) noexcept nogil:
+    """`text`: "<64 hex client random> <hex secret>" of a CLIENT_TRAFFIC_SECRET_0 line."""
+    cdef size_t size = strlen(text)
+    cdef size_t i
+    cdef int hi, lo
+    cdef Secret* sec
+    if size < 65 or text[64] != 32:
+        return
+    text += 65
+    size -= 65
+    if size % 2 or size // 2 > 48 or size == 0:
+        return
+    sec = <Secret*>_get_ex(ssl, _ex_index)
+    if sec == NULL:
+        sec = <Secret*>calloc(1, sizeof(Secret))
+        if sec == NULL or _set_ex(<void*>ssl, _ex_index, sec) != 1:
+            free(sec)
+            return
+    sec.size = 0
+    for i in range(size // 2):
+        hi = _hex(text[2 * i])
+        lo = _hex(text[2 * i + 1])
+        if hi < 0 or lo < 0:
+            return
+        sec.data[i] = <unsigned char>(hi * 16 + lo)
+    sec.size = size // 2
+
+
+cdef void _keylog(const void* ssl, const char* line) noexcept nogil:
+    if strncmp(line, b"CLIENT_TRAFFIC_SECRET_0 ", 24) == 0:
+        _keep_secret(ssl, line + 24)
+
+
+cdef void _keylog_chained(const void* ssl, const char* line) noexcept nogil:
+    """For a context that had a callback (CPython's SSLKEYLOGFILE writer): it still gets every
+    line. Only such contexts: CPython's callback returns with the GIL held (a deadlock) when
+    its context has no key-log file."""
+    _keylog(ssl, line)
+    if _prev_keylog != NULL:
+        _prev_keylog(ssl, line)
+
+
+cdef int _expand_label(const void* md, const unsigned char* secret, size_t secret_size,
+                       const char* label, unsigned char* out, size_t size) noexcept nogil:
+    """HKDF-Expand-Label(secret, label, "", size) of RFC 8446 7.1, for size <= the hash's
+    length (one HMAC block). 0, or -1."""
+    cdef unsigned char info[64]
+    cdef unsigned char block[64]
+    cdef unsigned int got = 0
+    cdef size_t label_size = strlen(label)
+    cdef size_t n = 0
+    if label_size > 32 or size > 48:
+        return -1
+    info[0] = <unsigned char>(size >> 8)
+    info[1] = <unsigned char>(size & 0xFF)
+    info[2] = <unsigned char>(6 + label_size)
+    memcpy(info + 3, b"tls13 ", 6)
+    memcpy(info + 9, label, label_size)
+    n = 9 + label_size
+    info[n] = 0  # empty context
+    info[n + 1] = 1  # T(1)
+    if _hmac(md, secret, <int>secret_size, info, n + 2, block, &got) == NULL or got < size:
+        return -1
+    memcpy(out, block, size)
+    _cleanse(block, sizeof(block))
+    return 0
+
+
+cdef int _key_from_secret(Sealer* sl) noexcept nogil:
+    """Key and IV of the current secret into the cipher; the sequence starts again at 0."""
+    cdef unsigned char key[32]
+    cdef int ok
+    if (_expand_label(sl.md, sl.secret, sl.secret_size, b"key", key, sl.key_size) < 0
+            or _expand_label(sl.md, sl.secret, sl.secret_size, b"iv", sl.iv, 12) < 0):
+        return -1
+    ok = _evp_init(sl.cipher, NULL, NULL, key, NULL)
+    _cleanse(key, sizeof(key))
+    sl.seq = 0
+    return 0 if ok == 1 else -1
+
+
+cdef void _free_sealer(Sealer* sl) noexcept nogil:
+    if sl == NULL:
+        return
+    if sl.cipher != NULL:
+        _evp_free(sl.cipher)
+    _cleanse(sl, sizeof(Sealer))
+    free(sl)
+
+
+cdef int _seal_one(OutBuf* ob, unsigned char kind, const unsigned char* data,
+                   size_t n) noexcept nogil:
+    """One record of n <= 16384 plaintext bytes of content type `kind` into the buffer.
+    0, -1 out of memory, -2 the cipher failed."""
+    cdef Sealer* sl = ob.sealer
+    cdef size_t total = n + _OVERHEAD
+    cdef size_t body = n + 1 + _TAG
+    cdef unsigned char nonce[12]
+    cdef unsigned char* out
+    cdef int outl = 0
+    cdef int i
+    if _reserve(ob, total) < 0:
+        return -1
+    out = <unsigned char*>ob.data + ob.end
+    out[0] = 23  # application_data, TLS 1.2 on the wire (RFC 8446 5.2)
+    out[1] = 3
+    out[2] = 3
+    out[3] = <unsigned char>(body >> 8)
+    out[4] = <unsigned char>(body & 0xFF)
+    memcpy(nonce, sl.iv, 12)
+    for i in range(8):
+        nonce[4 + i] ^= <unsigned char>((sl.seq >> (56 - 8 * i)) & 0xFF)
+    if _evp_init(sl.cipher, NULL, NULL, NULL, nonce) != 1:
+        return -2
+    if _evp_update(sl.cipher, NULL, &outl, out, 5) != 1:  # the header is the AAD
+        return -2
+    if n and (_evp_update(sl.cipher, out + 5, &outl, data, <int>n) != 1 or outl != <int>n):
+        return -2
+    if _evp_update(sl.cipher, out + 5 + n, &outl, &kind, 1) != 1 or outl != 1:
+        return -2
+    if _evp_final(sl.cipher, out + 6 + n, &outl) != 1:
+        return -2
+    if _evp_ctrl(sl.cipher, _EVP_CTRL_AEAD_GET_TAG, <int>_TAG, out + 6 + n) != 1:
+        return -2
+    ob.end += total
+    sl.seq += 1
+    return 0
+
+
+cdef int _send_key_update(OutBuf* ob) noexcept nogil:
+    """KeyUpdate(update_not_requested) under the current key, then the next key
+    (RFC 8446 7.2: application_traffic_secret_N+1)."""
+    cdef Sealer* sl = ob.sealer
+    cdef unsigned char msg[5]
+    cdef unsigned char secret[48]
+    cdef int r
+    msg[0] = 24
+    msg[1] = 0
+    msg[2] = 0
+    msg[3] = 1
+    msg[4] = 0
+    r = _seal_one(ob, 22, msg, 5)
+    if r:
+        return r
+    if _expand_label(sl.md, sl.secret, sl.secret_size, b"traffic upd", secret,
+                     sl.secret_size) < 0:
+        return -2
+    memcpy(sl.secret, secret, sl.secret_size)
+    _cleanse(secret, sizeof(secret))
+    if _key_from_secret(sl) < 0:
+        return -2
+    sl.updates += 1
+    return 0
+
+
+cdef int _seal(OutBuf* ob, unsigned char kind, const unsigned char* data,
+               size_t size) noexcept nogil:
+    """`size` bytes as records of `kind`, a KeyUpdate first wherever the key is used up."""
+    cdef size_t done = 0
+    cdef size_t n
+    cdef int r
+    while True:
+        if ob.sealer.seq >= _records_per_key:
+            r = _send_key_update(ob)
+            if r:
+                return r
+        n = size - done if size - done < _RECORD else _RECORD
+        r = _seal_one(ob, kind, data + done, n)
+        if r:
+            return r
+        done += n
+        if done >= size:
+            return 0
+
+
+cdef int _answer_key_updates(void* s, OutBuf* ob) noexcept nogil:
+    """The KeyUpdate answers the peer asked for, under our key. OpenSSL keeps a requested
+    answer for its next write (OpenSSL 3.0) or makes it at once (dropped by _out_write, counted
+    in `owed`); a kept one is made now, into the void, which also clears OpenSSL's flag so
+    that the next request is seen. 0, or -1/-2 as _seal_one, -3 if OpenSSL keeps owing one."""
+    cdef int r
+    if _key_update_type(s) != _SSL_KEY_UPDATE_NONE:
+        _clear_error()
+        if _key_update_call(s, _SSL_KEY_UPDATE_NOT_REQUESTED) == 1:
+            _do_handshake(s)
+        _clear_error()
+        if _key_update_type(s) != _SSL_KEY_UPDATE_NONE or not ob.sealer.owed or ob.rogue:
+            return -3
+    while ob.sealer.owed:
+        ob.sealer.owed -= 1
+        r = _send_key_update(ob)
+        if r:
+            return r
+    return 0
+
+
+cdef void _take_over(void* s, OutBuf* ob) noexcept nogil:
+    """Seal from now on if this connection allows it, else bar it for good."""
+    cdef const void* cipher
+    cdef const void* md
+    cdef size_t key_size
+    cdef unsigned int suite
+    cdef Secret* sec
+    cdef Sealer* sl
+    ob.barred = 1  # unless everything below holds
+    if not _seal_enabled or _version(s) != _TLS1_3_VERSION or ob.hdr_got or ob.rec_left:
+        return
+    if _key_update_type(s) != _SSL_KEY_UPDATE_NONE:
+        return  # OpenSSL owes a KeyUpdate and would send it with the next write
+    suite = _cipher_id(_current_cipher(s))
+    if suite == _TLS_AES_128_GCM_SHA256:
+        cipher = _aes128gcm()
+        md = _sha256()
+        key_size = 16
+    elif suite == _TLS_AES_256_GCM_SHA384:
+        cipher = _aes256gcm()
+        md = _sha384()
+        key_size = 32
+    else:
+        return  # ChaCha20-Poly1305 (no AES instructions): OpenSSL keeps sealing
+    sec = <Secret*>_get_ex(s, _ex_index)
+    if sec == NULL or sec.size != (32 if key_size == 16 else 48):
+        return  # the key log was not ours (another callback replaced it)
+    sl = <Sealer*>calloc(1, sizeof(Sealer))
+    if sl == NULL:
+        return
+    sl.cipher = _evp_new()
+    sl.md = md
+    sl.key_size = key_size
+    sl.secret_size = sec.size
+    memcpy(sl.secret, sec.data, sec.size)
+    if (sl.cipher == NULL or _evp_init(sl.cipher, cipher, NULL, NULL, NULL) != 1
+            or _key_from_secret(sl) < 0):
+        _free_sealer(sl)
+        return
+    sl.seq = ob.records  # OpenSSL sealed records 0 .. records-1 with this key
+    _set_ex(s, _ex_index, NULL)
+    _free_secret(NULL, sec, NULL, 0, 0, NULL)
+    ob.sealer = sl
+    ob.barred = 0
 
 
 cdef void* _symbol(void* lib, str name) except NULL:
@@ -173,7 +548,7 @@ def load(str path=None):
     global _read_ex, _write_ex, _get_error, _clear_error, _get_wbio, _set0_wbio
     global _bio_new, _bio_set_data, _bio_get_data, _bio_set_init, _method
     global _get_fd, _get_ctx, _ctrl, _set_read_len, _set_options, _set_suites, _shutdown
-    global _SSLSocketType, _SSLContextType
+    global _SSLSocketType, _SSLContextType, _bio_method_type, _bio_type
     import _ssl
     import sys
 
@@ -220,6 +595,8 @@ def load(str path=None):
         set_ctrl = <bio_meth_set_ctrl_fn>_symbol(lib, "BIO_meth_set_ctrl")
         set_create = <bio_meth_set_life_fn>_symbol(lib, "BIO_meth_set_create")
         set_destroy = <bio_meth_set_life_fn>_symbol(lib, "BIO_meth_set_destroy")
+        _bio_method_type = <bio_method_type_fn>_symbol(lib, "BIO_method_type")
+        _bind_sealing(lib)
     finally:
         dlclose(lib)  # drops only our reference: `_ssl` keeps the object loaded
     cdef int index = new_index()
@@ -233,7 +610,127 @@ def load(str path=None):
         raise OSError("BIO_meth_set_* failed")
     _SSLSocketType = _ssl._SSLSocket
     _SSLContextType = _ssl._SSLContext
+    _bio_type = index | _BIO_TYPE_SOURCE_SINK
     _method = method
+
+
+cdef void _bind_sealing(void* lib):
+    """Bind SEAL_FUNCTIONS if every one is there, and take an SSL ex_data slot for secrets;
+    else leave sealing off (sealing_bound() is False)."""
+    global _set_keylog, _get_keylog, _set_ex, _get_ex, _version, _key_update_type
+    global _key_update_call, _current_cipher, _cipher_id, _evp_new, _evp_free, _aes128gcm
+    global _aes256gcm, _sha256, _sha384, _evp_init, _evp_update, _evp_final, _evp_ctrl, _hmac
+    global _cleanse, _ex_index, _do_handshake
+    cdef get_ex_new_index_fn new_index
+    for name in SEAL_FUNCTIONS:
+        if dlsym(lib, name.encode("ascii")) == NULL:
+            return
+    _set_keylog = <ctx_set_keylog_fn>dlsym(lib, b"SSL_CTX_set_keylog_callback")
+    _get_keylog = <ctx_get_keylog_fn>dlsym(lib, b"SSL_CTX_get_keylog_callback")
+    _set_ex = <ssl_set_ex_data_fn>dlsym(lib, b"SSL_set_ex_data")
+    _get_ex = <ssl_get_ex_data_fn>dlsym(lib, b"SSL_get_ex_data")
+    _version = <ssl_int_fn>dlsym(lib, b"SSL_version")
+    _key_update_type = <ssl_int_fn>dlsym(lib, b"SSL_get_key_update_type")
+    _key_update_call = <ssl_key_update_fn>dlsym(lib, b"SSL_key_update")
+    _do_handshake = <ssl_shutdown_fn>dlsym(lib, b"SSL_do_handshake")
+    _current_cipher = <ssl_get_cipher_fn>dlsym(lib, b"SSL_get_current_cipher")
+    _cipher_id = <cipher_get_id_fn>dlsym(lib, b"SSL_CIPHER_get_id")
+    _evp_new = <evp_ctx_new_fn>dlsym(lib, b"EVP_CIPHER_CTX_new")
+    _evp_free = <evp_ctx_free_fn>dlsym(lib, b"EVP_CIPHER_CTX_free")
+    _aes128gcm = <evp_get_fn>dlsym(lib, b"EVP_aes_128_gcm")
+    _aes256gcm = <evp_get_fn>dlsym(lib, b"EVP_aes_256_gcm")
+    _sha256 = <evp_get_fn>dlsym(lib, b"EVP_sha256")
+    _sha384 = <evp_get_fn>dlsym(lib, b"EVP_sha384")
+    _evp_init = <evp_init_fn>dlsym(lib, b"EVP_EncryptInit_ex")
+    _evp_update = <evp_update_fn>dlsym(lib, b"EVP_EncryptUpdate")
+    _evp_final = <evp_final_fn>dlsym(lib, b"EVP_EncryptFinal_ex")
+    _evp_ctrl = <evp_ctrl_fn>dlsym(lib, b"EVP_CIPHER_CTX_ctrl")
+    _hmac = <hmac_fn>dlsym(lib, b"HMAC")
+    _cleanse = <cleanse_fn>dlsym(lib, b"OPENSSL_cleanse")
+    new_index = <get_ex_new_index_fn>dlsym(lib, b"CRYPTO_get_ex_new_index")
+    _ex_index = new_index(_CRYPTO_EX_INDEX_SSL, 0, NULL, NULL, NULL, _free_secret)
+
+
+def sealing_bound():
+    """True when own record sealing can run here (load() bound every SEAL_FUNCTIONS symbol)."""
+    return _ex_index >= 0
+
+
+def set_sealing(bint enabled):
+    """Let (or stop) connections taking the record layer over from now on; returns the old
+    setting. Off: OpenSSL seals every record (FASTPF_OPENSSL_RECORDS=1, for comparison)."""
+    global _seal_enabled
+    old = _seal_enabled
+    _seal_enabled = enabled
+    return old
+
+
+def set_records_per_key(unsigned long long n):
+    """Records sealed under one key before our KeyUpdate (default 2^24); returns the old
+    value. Tests lower it to watch key updates happen."""
+    global _records_per_key
+    if n < 1:
+        raise ValueError("at least one record per key")
+    old = _records_per_key
+    _records_per_key = n
+    return old
+
+
+def capture_secrets(object context):
+    """Have `context`'s connections hand their client application traffic secret to us (the
+    key-log callback; one set before, CPython's SSLKEYLOGFILE writer, is still called). False
+    where this cannot be done: those connections leave every record to OpenSSL."""
+    global _prev_keylog
+    cdef uintptr_t ctx = ctx_of(context)
+    if ctx == 0 or _ex_index < 0:
+        return False
+    cdef keylog_cb current = _get_keylog(<void*>ctx)
+    if current == _keylog or current == _keylog_chained:
+        return True
+    if current == NULL:
+        _set_keylog(<void*>ctx, _keylog)
+        return True
+    if _prev_keylog != NULL and _prev_keylog != current:
+        return False  # one callback to chain to, not two
+    _prev_keylog = current
+    _set_keylog(<void*>ctx, _keylog_chained)
+    return True
+
+
+def expand_label(bytes secret not None, bytes label not None, size_t size):
+    """HKDF-Expand-Label(secret, label, "", size) (RFC 8446 7.1) with SHA-256 for a 32-byte
+    secret, SHA-384 for a 48-byte one: the derivation the sealing uses, for test vectors."""
+    if _ex_index < 0:
+        raise RuntimeError("own record sealing is not bound (load)")
+    cdef const void* md
+    if len(secret) == 32:
+        md = _sha256()
+    elif len(secret) == 48:
+        md = _sha384()
+    else:
+        raise ValueError("a 32- or 48-byte secret")
+    if size > <size_t>len(secret) or len(label) > 32:
+        raise ValueError("one HMAC block, a label of at most 32 bytes")
+    cdef unsigned char out[48]
+    if _expand_label(md, secret, len(secret), label, out, size) < 0:
+        raise RuntimeError("HMAC failed")
+    return out[:size]
+
+
+def request_key_update(uintptr_t ssl):
+    """SSL_key_update(ssl, update_requested): the next record OpenSSL writes on `ssl` is a
+    KeyUpdate asking the peer to update too (tests play a peer that asks)."""
+    cdef void* s = _checked(ssl)
+    if _key_update_call == NULL or _key_update_call(s, _SSL_KEY_UPDATE_REQUESTED) != 1:
+        raise RuntimeError("SSL_key_update failed")
+
+
+def sealing(uintptr_t ssl):
+    """(taken over, records sealed under the current key, KeyUpdates we sent)."""
+    cdef OutBuf* ob = _out(_checked(ssl))
+    if ob.sealer == NULL:
+        return False, 0, 0
+    return True, ob.sealer.seq, ob.sealer.updates
 
 
 def bound():
@@ -292,12 +789,27 @@ cdef inline void* _checked(uintptr_t ssl) except NULL:
     return <void*>ssl
 
 
-cdef OutBuf* _out(void* s) except NULL:
+cdef OutBuf* _out_of(void* s) noexcept nogil:
+    """The write BIO's state if it is ours (attach_writer), else NULL."""
     cdef void* bio = _get_wbio(s)
-    cdef OutBuf* ob = <OutBuf*>_bio_get_data(bio) if bio != NULL else NULL
+    if bio == NULL or _bio_method_type(bio) != _bio_type:
+        return NULL
+    return <OutBuf*>_bio_get_data(bio)
+
+
+cdef OutBuf* _out(void* s) except NULL:
+    cdef OutBuf* ob = _out_of(s)
     if ob == NULL:
         raise ValueError("the SSL object has no fastpf write BIO (attach_writer)")
     return ob
+
+
+cdef int _raise_seal_failure(int code) except -1:
+    if code == -1:
+        raise MemoryError("TLS output buffer")
+    if code == -3:
+        raise RuntimeError("TLS: cannot answer the peer's KeyUpdate")
+    raise RuntimeError("TLS record sealing failed")
 
 
 def prepare(uintptr_t ssl, size_t read_buffer):
@@ -316,8 +828,21 @@ def refuse_renegotiation(uintptr_t ssl):
 
 def close_notify(uintptr_t ssl):
     """Put our close_notify into the write BIO (flush() sends it). One SSL_shutdown call: it
-    never waits for, or reads, the peer's. Returns SSL_shutdown's result (errors cleared)."""
+    never waits for, or reads, the peer's (after the takeover: our own sealed alert). Returns
+    SSL_shutdown's result (errors cleared), 1 for our alert."""
     cdef void* s = _checked(ssl)
+    cdef OutBuf* ob = _out_of(s)
+    cdef unsigned char alert[2]
+    cdef int r
+    if ob != NULL and ob.sealer != NULL:
+        if not ob.sealed_close:
+            alert[0] = 1  # warning
+            alert[1] = 0  # close_notify
+            r = _seal(ob, 21, alert, 2)
+            if r:
+                _raise_seal_failure(r)
+            ob.sealed_close = 1
+        return 1
     _clear_error()
     cdef int ret = _shutdown(s)
     _clear_error()
@@ -354,30 +879,56 @@ def read_into(uintptr_t ssl, unsigned char[::1] buf not None):
             status = _get_error(s, ret)
             break
         got += n
+    cdef OutBuf* ob = _out_of(s)
+    cdef int r
+    if ob != NULL and ob.sealer != NULL:
+        if ob.rogue:
+            raise RuntimeError("OpenSSL wrote a record after the record layer was taken over")
+        r = _answer_key_updates(s, ob)  # before any record of ours that follows (RFC 8446 4.6.3)
+        if r:
+            _raise_seal_failure(r)
     return got, status
 
 
 def encrypt(uintptr_t ssl, const unsigned char[::1] data not None):
     """Encrypt all of `data` into the write BIO (flush() sends it). Returns 0, or the
-    SSL_get_error code of a failure (the caller ends the connection)."""
+    SSL_get_error code of a failure (the caller ends the connection). The first write of 16 KiB
+    or more on a TLS 1.3 AES-GCM connection takes the record layer over (see _take_over)."""
     cdef void* s = _checked(ssl)
     cdef size_t size = <size_t>data.shape[0]
     cdef size_t done = 0
     cdef size_t n = 0
-    cdef int ret
+    cdef int ret, r
     if size == 0:
         return 0
     cdef OutBuf* ob = _out(s)
     cdef const unsigned char* p = &data[0]
+    if ob.sealer == NULL and not ob.barred and size >= _SEAL_FROM and _ex_index >= 0:
+        _take_over(s, ob)
+    if ob.sealer != NULL:
+        if ob.rogue or ob.sealed_close:
+            raise RuntimeError("TLS write after the end of the record stream")
+        with nogil:
+            r = _answer_key_updates(s, ob)
+            if not r:
+                r = _seal(ob, 23, p, size)
+        if r:
+            _raise_seal_failure(r)
+        return 0
+    if _ex_index >= 0 and _key_update_type(s) != _SSL_KEY_UPDATE_NONE:
+        ob.barred = 1  # this write sends OpenSSL's KeyUpdate: the key we know is gone
     _clear_error()
+    ob.app_write = 1
     while done < size:
         n = 0
         ret = _write_ex(s, p + done, size - done, &n)
         if ret != 1:
+            ob.app_write = 0
             if ob.failed:
                 raise MemoryError("TLS output buffer")
             return _get_error(s, ret)
         done += n
+    ob.app_write = 0
     return 0
 
 

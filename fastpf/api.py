@@ -204,6 +204,9 @@ class PortForward:
         async with self:
             started.set_result(None)
             await self._stop.wait()
+        from fastpf.transport.tls import lingering_done
+
+        await lingering_done()  # before the loop ends: see lingering_done
 
     # ---- helpers -------------------------------------------------------------------------------
     def _running(self) -> Any:

@@ -34,6 +34,7 @@ from fastpf.errors import ClientError, FastpfError, UsageError
 from fastpf.goparity import errno_text, format_rfc3339_micro
 from fastpf.limits import raise_nofile_limit
 from fastpf.loop import run
+from fastpf.transport.tls import lingering_done
 
 
 @dataclass
@@ -200,6 +201,7 @@ async def _stop_all(run_: Run) -> None:
     for job in run_.jobs:
         if job.fwd is not None:
             await job.fwd.stop()
+    await lingering_done()  # the last bytes of closed connections reach the API server
 
 
 def _ready(run_: Run) -> None:

@@ -18,7 +18,8 @@ buffer (one copy, no zero-fill), which is sent with as few send(2) calls as the 
 a send per 16 KiB record would cost the kernel about twice as much per byte. The buffer is the
 transport's write queue: asyncio's high/low marks apply to it, so its size stays bounded by
 the protocol's pause_writing. Renegotiation (TLS 1.2 only) is refused, so a write never waits
-for a read.
+for a read. On TLS 1.3 with AES-GCM, bulk writes are sealed by fastpf._tls itself, straight
+from the caller's buffer (no copy through OpenSSL's record buffer): see `_tls.encrypt`.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ PLAIN_READ = 64 * 1024  # scratch buffer for a plain Protocol (one per thread, s
 LINGER = 10.0  # seconds a closed connection reads on until the peer's FIN (see _linger)
 LINGER_BYTES = 16 * 1024 * 1024  # ... and bytes
 LINGER_MAX = 256  # sockets lingering at once (each holds a descriptor); beyond: closed at once
-_lingering = 0
+LINGER_AT_EXIT = 2.0  # seconds a stopping client waits for its lingering sockets
+# the sockets lingering now (descriptor -> its loop and socket), see _linger
+_lingering: dict[int, tuple[asyncio.AbstractEventLoop, socket.socket]] = {}
 WRITE_HIGH = 64 * 1024  # asyncio's default write-buffer limits
 
 
@@ -54,6 +57,8 @@ def _loaded() -> bool:
         _tls.load()
     except OSError:
         return False
+    if os.environ.get("FASTPF_OPENSSL_RECORDS") == "1":
+        _tls.set_sealing(False)
     return True
 
 
@@ -144,6 +149,7 @@ class TlsTransport(asyncio.Transport):
         self._protocol: asyncio.BaseProtocol = protocol
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
         self._closing = False  # close() called: no more reading, flush then close
+        self._notified = False  # our close_notify is queued
         self._lost = False  # the socket is closed; connection_lost is (being) called
         self._read_paused = False
         self._reader = reader_registered  # add_reader in force
@@ -440,12 +446,19 @@ class TlsTransport(asyncio.Transport):
 
     # -- ending -------------------------------------------------------------------------------
     def _shutdown(self, exc: BaseException | None) -> None:
-        """All written: send close_notify (best effort, never waiting for the peer's), close."""
+        """All written: send close_notify (never waiting for the peer's), then close. A send
+        buffer still full from the last data cannot take the alert at once: it waits for
+        writability (_write_ready comes back here), else the peer would see a truncation."""
         if self._lost:
             return
-        with contextlib.suppress(OSError, ValueError):
-            _tls.close_notify(self._ssl)
-            _tls.flush(self._ssl, self._fd)  # the close_notify, if the socket takes it
+        if not self._notified:
+            self._notified = True
+            with contextlib.suppress(OSError, ValueError):
+                _tls.close_notify(self._ssl)
+                _tls.flush(self._ssl, self._fd)
+            if not self._lost and self.get_write_buffer_size():
+                self._want_write()
+                return
         self._force_close(exc, linger=True)
 
     def _force_close(self, exc: BaseException | None, linger: bool = False) -> None:
@@ -479,10 +492,10 @@ def _linger(loop: asyncio.AbstractEventLoop, sock: socket.socket, registered: bo
     LINGER seconds and LINGER_BYTES. A socket closed with unread bytes in its receive queue (a
     session ticket, a reply in flight) makes the kernel send RST instead of FIN, and an RST
     makes the peer's kernel drop what it received but had not read yet: our last bytes."""
-    global _lingering
     fd = sock.fileno()
+    _forget_ended_loops()
     try:
-        if _lingering >= LINGER_MAX:  # a peer slow to end many connections: no fd exhaustion
+        if len(_lingering) >= LINGER_MAX:  # a peer slow to end many connections: no fd exhaustion
             raise OSError("too many lingering sockets")
         sock.shutdown(socket.SHUT_WR)
     except OSError:
@@ -490,13 +503,12 @@ def _linger(loop: asyncio.AbstractEventLoop, sock: socket.socket, registered: bo
             loop.remove_reader(fd)
         sock.close()
         return
-    _lingering += 1
+    _lingering[fd] = (loop, sock)
     budget = LINGER_BYTES
     timer: asyncio.TimerHandle | None = None
 
     def finish() -> None:
-        global _lingering
-        _lingering -= 1
+        _lingering.pop(fd, None)
         loop.remove_reader(fd)
         if timer is not None:
             timer.cancel()
@@ -520,6 +532,25 @@ def _linger(loop: asyncio.AbstractEventLoop, sock: socket.socket, registered: bo
 
     loop.add_reader(fd, readable)  # replaces the transport's callback when `registered`
     timer = loop.call_later(LINGER, finish)
+
+
+def _forget_ended_loops() -> None:
+    """Sockets whose loop ended while they lingered: closed now (their callbacks never run)."""
+    for fd, (loop, sock) in list(_lingering.items()):
+        if loop.is_closed():
+            del _lingering[fd]
+            sock.close()
+
+
+async def lingering_done(timeout: float = LINGER_AT_EXIT) -> None:
+    """Wait, at most `timeout` seconds, for this loop's closed connections still reading until
+    their peer's FIN (see _linger). A loop that ends first closes them with unread bytes (a
+    session ticket): that sends RST, and the peer may drop the last bytes we sent."""
+    _forget_ended_loops()
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end and any(owner is loop for owner, _ in list(_lingering.values())):
+        await asyncio.sleep(0.01)
 
 
 async def _connect(loop: asyncio.AbstractEventLoop, sock: socket.socket, address: Any) -> None:
@@ -619,6 +650,7 @@ async def open_tls(
     registered = False
     try:
         sock.setblocking(False)
+        _tls.capture_secrets(ctx)  # bulk writes seal their own records (fastpf._tls.encrypt)
         sslobj = _wrap(ctx, sock, server_hostname)
         session = getattr(ctx, "offered_session", None)  # client.tlsconfig.ResumingContext
         if session is not None:

@@ -501,6 +501,37 @@ def test_close_with_replies_unread_loses_none_of_our_bytes() -> None:
     _run(main)
 
 
+def test_lingering_done_waits_for_its_own_loops_sockets_only() -> None:
+    """lingering_done() holds a stopping loop until its closed sockets saw the peer's FIN; a
+    socket left lingering by a loop that ended without waiting is closed, and never holds
+    another loop (a per-process count once made every later wait run to its timeout)."""
+    server_ctx, client_ctx, _ = _contexts()
+    release = threading.Event()
+
+    def hold(conn: ssl.SSLSocket) -> None:  # never answers our FIN until released
+        release.wait(WAIT)
+
+    with _blocking_tls_server(server_ctx, hold) as port:
+
+        async def close_without_waiting() -> int:
+            proto = Collector()
+            transport = await _connect(client_ctx, port, proto)
+            transport.close()
+            await asyncio.wait_for(proto.lost, WAIT)
+            return transport.get_extra_info("socket").fileno()
+
+        left_fd = _run(close_without_waiting)  # the loop ends with the socket lingering
+
+        async def another_loop() -> float:
+            start = time.monotonic()
+            await tls.lingering_done(WAIT)
+            return time.monotonic() - start
+
+        assert _run(another_loop) < 1.0
+        release.set()
+    assert left_fd not in tls._lingering
+
+
 class TailOnResume(Collector):
     """Writes `tail` and closes from inside resume_writing, as a sender with a backlog does."""
 
