@@ -453,7 +453,8 @@ class TlsTransport(asyncio.Transport):
             return
         if not self._notified:
             self._notified = True
-            with contextlib.suppress(OSError, ValueError):
+            # best effort: a failing close_notify (a sealing error) still closes
+            with contextlib.suppress(OSError, ValueError, RuntimeError, MemoryError):
                 _tls.close_notify(self._ssl)
                 _tls.flush(self._ssl, self._fd)
             if not self._lost and self.get_write_buffer_size():
