@@ -471,6 +471,8 @@ cdef int _answer_key_updates(void* s, OutBuf* ob) noexcept nogil:
     in `owed`); a kept one is made now, into the void, which also clears OpenSSL's flag so
     that the next request is seen. 0, or -1/-2 as _seal_one, -3 if OpenSSL keeps owing one."""
     cdef int r
+    if ob.sealed_close:
+        return 0  # nothing is sealed after our close_notify
     if _key_update_type(s) != _SSL_KEY_UPDATE_NONE:
         _clear_error()
         if _key_update_call(s, _SSL_KEY_UPDATE_NOT_REQUESTED) == 1:
@@ -486,8 +488,21 @@ cdef int _answer_key_updates(void* s, OutBuf* ob) noexcept nogil:
     return 0
 
 
+cdef void _drop_secret(void* s) noexcept nogil:
+    """The caught secret is not needed (any more): wiped and freed now, not at SSL_free."""
+    cdef Secret* sec = <Secret*>_get_ex(s, _ex_index)
+    if sec != NULL:
+        _set_ex(s, _ex_index, NULL)
+        _free_secret(NULL, sec, NULL, 0, 0, NULL)
+
+
 cdef void _take_over(void* s, OutBuf* ob) noexcept nogil:
     """Seal from now on if this connection allows it, else bar it for good."""
+    _try_take_over(s, ob)
+    _drop_secret(s)  # taken over (the sealer has its copy) or barred: not needed
+
+
+cdef void _try_take_over(void* s, OutBuf* ob) noexcept nogil:
     cdef const void* cipher
     cdef const void* md
     cdef size_t key_size
@@ -526,8 +541,6 @@ cdef void _take_over(void* s, OutBuf* ob) noexcept nogil:
         _free_sealer(sl)
         return
     sl.seq = ob.records  # OpenSSL sealed records 0 .. records-1 with this key
-    _set_ex(s, _ex_index, NULL)
-    _free_secret(NULL, sec, NULL, 0, 0, NULL)
     ob.sealer = sl
     ob.barred = 0
 
@@ -915,8 +928,9 @@ def encrypt(uintptr_t ssl, const unsigned char[::1] data not None):
         if r:
             _raise_seal_failure(r)
         return 0
-    if _ex_index >= 0 and _key_update_type(s) != _SSL_KEY_UPDATE_NONE:
+    if _ex_index >= 0 and not ob.barred and _key_update_type(s) != _SSL_KEY_UPDATE_NONE:
         ob.barred = 1  # this write sends OpenSSL's KeyUpdate: the key we know is gone
+        _drop_secret(s)
     _clear_error()
     ob.app_write = 1
     while done < size:

@@ -46,6 +46,8 @@ LINGER_MAX = 256  # sockets lingering at once (each holds a descriptor); beyond:
 LINGER_AT_EXIT = 2.0  # seconds a stopping client waits for its lingering sockets
 # the sockets lingering now (descriptor -> its loop and socket), see _linger
 _lingering: dict[int, tuple[asyncio.AbstractEventLoop, socket.socket]] = {}
+# transports closed while their queue (or close_notify) still waits for the socket
+_closing_now: dict[int, tuple[asyncio.AbstractEventLoop, TlsTransport]] = {}
 WRITE_HIGH = 64 * 1024  # asyncio's default write-buffer limits
 
 
@@ -192,6 +194,7 @@ class TlsTransport(asyncio.Transport):
         if self.get_write_buffer_size():
             self._stop_reading()
             self._want_write()  # _write_ready shuts down once all is sent
+            _closing_now[id(self)] = (self._loop, self)  # see lingering_done
         else:
             self._shutdown(None)  # connection_lost still comes from the loop (call_soon)
 
@@ -458,7 +461,9 @@ class TlsTransport(asyncio.Transport):
                 _tls.close_notify(self._ssl)
                 _tls.flush(self._ssl, self._fd)
             if not self._lost and self.get_write_buffer_size():
+                self._stop_reading()  # level-triggered: unread bytes would spin the loop
                 self._want_write()
+                _closing_now[id(self)] = (self._loop, self)
                 return
         self._force_close(exc, linger=True)
 
@@ -467,6 +472,7 @@ class TlsTransport(asyncio.Transport):
             return
         self._lost = True
         self._closing = True
+        _closing_now.pop(id(self), None)
         if self._read_soon is not None:
             self._read_soon.cancel()
             self._read_soon = None
@@ -538,20 +544,36 @@ def _linger(loop: asyncio.AbstractEventLoop, sock: socket.socket, registered: bo
 def _forget_ended_loops() -> None:
     """Sockets whose loop ended while they lingered: closed now (their callbacks never run)."""
     for fd, (loop, sock) in list(_lingering.items()):
-        if loop.is_closed():
-            del _lingering[fd]
+        if loop.is_closed() and _lingering.get(fd, (None, None))[1] is sock:
+            _lingering.pop(fd, None)
             sock.close()
+    for key, (loop, _transport) in list(_closing_now.items()):
+        if loop.is_closed():
+            _closing_now.pop(key, None)
+
+
+def _busy(loop: asyncio.AbstractEventLoop) -> bool:
+    return any(owner is loop for owner, _ in list(_lingering.values())) or any(
+        owner is loop for owner, _ in list(_closing_now.values())
+    )
 
 
 async def lingering_done(timeout: float = LINGER_AT_EXIT) -> None:
-    """Wait, at most `timeout` seconds, for this loop's closed connections still reading until
-    their peer's FIN (see _linger). A loop that ends first closes them with unread bytes (a
-    session ticket): that sends RST, and the peer may drop the last bytes we sent."""
+    """Wait, at most `timeout` seconds, for this loop's closed connections that still send
+    their queue and close_notify, or still read until their peer's FIN (see _linger). A loop
+    that ends first drops the queue, and closes with unread bytes (a session ticket): that
+    sends RST, and the peer may drop the last bytes we sent. At the timeout this loop's
+    lingering sockets are closed (nothing would close them once the loop is gone)."""
     _forget_ended_loops()
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
-    while loop.time() < end and any(owner is loop for owner, _ in list(_lingering.values())):
+    while loop.time() < end and _busy(loop):
         await asyncio.sleep(0.01)
+    for fd, (owner, sock) in list(_lingering.items()):
+        if owner is loop and _lingering.get(fd, (None, None))[1] is sock:
+            _lingering.pop(fd, None)
+            loop.remove_reader(fd)
+            sock.close()
 
 
 async def _connect(loop: asyncio.AbstractEventLoop, sock: socket.socket, address: Any) -> None:

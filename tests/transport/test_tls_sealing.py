@@ -427,3 +427,26 @@ def test_a_loop_ending_right_after_close_loses_none_of_our_bytes(
             _run(main)
             _wait(got)
         assert (got.count, got.end) == (len(data), "close_notify")
+
+
+def test_lingering_done_also_waits_for_a_queue_still_being_sent(
+    material: certs.TlsMaterial,
+) -> None:
+    """close() with megabytes still queued for a slow peer: the transport is closing, not yet
+    lingering. A loop stopped after lingering_done() still delivers every byte."""
+    data = _pattern(8 * MIB)
+
+    def slow_start(conn: ssl.SSLSocket, got: Received) -> None:
+        threading.Event().wait(0.3)  # our queue fills the socket meanwhile
+
+    async def main() -> None:
+        transport, proto = await _open(_client_ctx(material), port)
+        transport.write(data)  # one call: most of it waits in our queue
+        transport.close()
+        await tls.lingering_done(WAIT)
+
+    with _server(_server_ctx(material), slow_start) as (port, got):
+        _run(main)
+        _wait(got)
+    assert (got.count, got.end) == (len(data), "close_notify")
+    assert got.hash.hexdigest() == hashlib.sha256(data).hexdigest()

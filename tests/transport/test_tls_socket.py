@@ -518,7 +518,8 @@ def test_lingering_done_waits_for_its_own_loops_sockets_only() -> None:
             transport = await _connect(client_ctx, port, proto)
             transport.close()
             await asyncio.wait_for(proto.lost, WAIT)
-            return transport.get_extra_info("socket").fileno()
+            sock: socket.socket = transport.get_extra_info("socket")
+            return sock.fileno()
 
         left_fd = _run(close_without_waiting)  # the loop ends with the socket lingering
 
