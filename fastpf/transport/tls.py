@@ -541,21 +541,28 @@ def _linger(loop: asyncio.AbstractEventLoop, sock: socket.socket, registered: bo
     timer = loop.call_later(LINGER, finish)
 
 
-def _forget_ended_loops() -> None:
-    """Sockets whose loop ended while they lingered: closed now (their callbacks never run)."""
+def _close_lingering(owned: Callable[[asyncio.AbstractEventLoop], bool]) -> None:
+    """Close the lingering sockets whose loop `owned` picks (an entry another thread took
+    meanwhile is left to it)."""
     for fd, (loop, sock) in list(_lingering.items()):
-        if loop.is_closed() and _lingering.get(fd, (None, None))[1] is sock:
+        if owned(loop) and _lingering.get(fd, (None, None))[1] is sock:
             _lingering.pop(fd, None)
+            if not loop.is_closed():
+                loop.remove_reader(fd)
             sock.close()
+
+
+def _forget_ended_loops() -> None:
+    """Entries of loops that ended meanwhile: their callbacks never run."""
+    _close_lingering(lambda loop: loop.is_closed())
     for key, (loop, _transport) in list(_closing_now.items()):
         if loop.is_closed():
             _closing_now.pop(key, None)
 
 
 def _busy(loop: asyncio.AbstractEventLoop) -> bool:
-    return any(owner is loop for owner, _ in list(_lingering.values())) or any(
-        owner is loop for owner, _ in list(_closing_now.values())
-    )
+    entries = [*_lingering.values(), *_closing_now.values()]
+    return any(owner is loop for owner, _ in entries)
 
 
 async def lingering_done(timeout: float = LINGER_AT_EXIT) -> None:
@@ -569,11 +576,7 @@ async def lingering_done(timeout: float = LINGER_AT_EXIT) -> None:
     end = loop.time() + timeout
     while loop.time() < end and _busy(loop):
         await asyncio.sleep(0.01)
-    for fd, (owner, sock) in list(_lingering.items()):
-        if owner is loop and _lingering.get(fd, (None, None))[1] is sock:
-            _lingering.pop(fd, None)
-            loop.remove_reader(fd)
-            sock.close()
+    _close_lingering(lambda owner: owner is loop)
 
 
 async def _connect(loop: asyncio.AbstractEventLoop, sock: socket.socket, address: Any) -> None:
