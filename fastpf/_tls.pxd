@@ -56,22 +56,56 @@ ctypedef unsigned char* (*hmac_fn)(const void* md, const void* key, int key_len,
                                    unsigned int* out_len) noexcept nogil
 ctypedef void (*cleanse_fn)(void* p, size_t n) noexcept nogil
 
-# a client application traffic secret caught by the key-log callback (SSL ex_data until used)
-cdef struct Secret:
-    unsigned char data[48]
-    size_t size
+# own record opening (TLS 1.3 AES-GCM reads): OpenSSL's record count, its decrypt functions
+ctypedef void (*msg_cb)(int write_p, int version, int content_type, const void* buf, size_t n,
+                        void* ssl, void* arg) noexcept nogil
+ctypedef void (*ssl_set_msg_cb_fn)(void* ssl, msg_cb cb) noexcept nogil
 
-# our own record sealing after the takeover (see encrypt): the write key and its sequence
-cdef struct Sealer:
+# the application traffic secrets the key-log callback caught, and the records OpenSSL opened
+# under the server's (SSL ex_data until both directions have used or refused them)
+cdef struct Secret:
+    unsigned char client[48]
+    size_t client_size
+    unsigned char server[48]
+    size_t server_size
+    unsigned long long server_records  # records OpenSSL read since the server's Finished
+    int counting  # the server's Finished was read: server_records counts
+    int server_moved  # OpenSSL read a KeyUpdate: the server key we know is gone
+    int client_done  # the write side took its secret or refused it (wiped)
+    int server_done  # the read side took its secret or refused it (wiped)
+
+# one direction's AES-GCM record key after a takeover: ours (sealing) or the server's (opening)
+cdef struct TrafficKey:
     void* cipher  # EVP_CIPHER_CTX*, keyed
     const void* md  # the suite's hash (HKDF for KeyUpdate)
     size_t key_size
     unsigned char secret[48]  # the current traffic secret (hash-sized)
     size_t secret_size
     unsigned char iv[12]
-    unsigned long long seq  # records sealed with the current key
-    unsigned long long updates  # KeyUpdates we sent
-    int owed  # KeyUpdate answers owed (OpenSSL made one while reading; it was dropped)
+    unsigned long long seq  # records sealed or opened with the current key
+    unsigned long long updates  # KeyUpdates sent (sealing) or received (opening)
+    int owed  # KeyUpdate answers we owe the peer (sealing side)
+    int decrypt  # this key opens records
+
+# own record opening after the read takeover: ciphertext received, plaintext that did not fit
+# the caller's buffer, and a handshake message split across records
+cdef struct Inbound:
+    TrafficKey* key
+    unsigned char* data  # ciphertext, data[start:end] of cap bytes
+    size_t start
+    size_t end
+    size_t cap
+    unsigned char* plain  # one record's plaintext, plain[pstart:pend]
+    size_t pstart
+    size_t pend
+    unsigned char* hs  # the start of a handshake message, hs_len bytes
+    size_t hs_len
+    unsigned long long records  # records opened (probe)
+    int eof  # the peer's FIN: no more ciphertext
+    int closed  # the peer's close_notify: nothing after it counts
+    int error  # an _OPEN_* failure, reported once the data before it is delivered
+    int alert  # the peer's alert description (error == _OPEN_ALERT)
+    int sys_errno  # recv's errno (error == _OPEN_OS)
 
 # the write BIO's state: ciphertext waiting for send(2), data[start:end] of cap bytes
 cdef struct OutBuf:
@@ -89,4 +123,8 @@ cdef struct OutBuf:
     int barred  # a record we cannot account for went through: never take over
     int rogue  # after the takeover OpenSSL wrote a record that is no KeyUpdate or alert
     int sealed_close  # our close_notify is sealed: nothing more is
-    Sealer* sealer  # not NULL: records are ours; OpenSSL's are dropped (see _out_write)
+    TrafficKey* sealer  # not NULL: records are ours; OpenSSL's are dropped (see _out_write)
+    # reading: the plaintext OpenSSL delivered, and our own opening once it is taken over
+    unsigned long long plain_read
+    int read_barred  # the server's records stay with OpenSSL for good
+    Inbound* inbound  # not NULL: OpenSSL reads nothing more (see read_into)

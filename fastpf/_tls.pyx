@@ -14,6 +14,9 @@ memory-BIO TLS. These are its per-byte parts:
   On TLS 1.3 with AES-GCM the first bulk write takes the record layer over: records are then
   sealed here, from the caller's plaintext straight into the ciphertext buffer (see the
   "own record sealing" section below for what makes that safe).
+* Once a TLS 1.3 AES-GCM connection has read a bulk of data, its reads are taken over too:
+  records are received into our own buffer and opened straight into the session's buffer,
+  without OpenSSL's copy out of its record buffer (see "own record opening").
 
 No OpenSSL header or library is needed to build this: `load` binds the functions at run time
 from the libssl that the already loaded `_ssl` module is linked to (dlopen of that module
@@ -27,7 +30,7 @@ than "would block" are not interpreted here: the caller asks Python's ssl module
 from cpython.object cimport PyObject, PyTypeObject
 from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport uintptr_t
-from libc.stdlib cimport calloc, free, realloc
+from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy, memmove, strlen, strncmp
 
 import os as _os
@@ -51,6 +54,7 @@ cdef extern from "<errno.h>" nogil:
 
 cdef extern from "<sys/socket.h>" nogil:
     ssize_t c_send "send" (int fd, const void* buf, size_t n, int flags)
+    ssize_t recv(int fd, void* buf, size_t n, int flags)
     int MSG_DONTWAIT
     int MSG_NOSIGNAL
 
@@ -77,6 +81,17 @@ SEAL_FUNCTIONS = (
     "EVP_EncryptUpdate", "EVP_EncryptFinal_ex", "EVP_CIPHER_CTX_ctrl", "HMAC", "OPENSSL_cleanse",
     "SSL_key_update", "SSL_do_handshake",
 )
+# what own record opening needs besides SEAL_FUNCTIONS (all or none: else OpenSSL reads)
+OPEN_FUNCTIONS = (
+    "SSL_set_msg_callback", "SSL_has_pending", "SSL_in_init", "SSL_get_shutdown",
+    "EVP_DecryptInit_ex", "EVP_DecryptUpdate", "EVP_DecryptFinal_ex",
+)
+# read_into's own statuses after the read takeover (SSL_get_error's codes are not negative)
+PEER_CLOSED = -1  # close_notify, or the peer's FIN: nothing more comes
+RECORD_ERROR = -2  # the records cannot go on: read_error() says why
+cdef int _WANT_READ = 2
+cdef int _PEER_CLOSED = -1
+cdef int _RECORD_ERROR = -2
 
 cdef ssl_read_ex_fn _read_ex = NULL
 cdef ssl_write_ex_fn _write_ex = NULL
@@ -121,6 +136,15 @@ cdef evp_final_fn _evp_final = NULL
 cdef evp_ctrl_fn _evp_ctrl = NULL
 cdef hmac_fn _hmac = NULL
 cdef cleanse_fn _cleanse = NULL
+cdef ssl_set_msg_cb_fn _set_msg_cb = NULL
+cdef ssl_int_fn _has_pending = NULL
+cdef ssl_int_fn _in_init = NULL
+cdef ssl_int_fn _get_shutdown = NULL
+cdef evp_init_fn _dec_init = NULL
+cdef evp_update_fn _dec_update = NULL
+cdef evp_final_fn _dec_final = NULL
+cdef bint _open_bound = False
+cdef bint _open_enabled = True
 cdef int _ex_index = -1  # our SSL ex_data slot for the caught Secret
 cdef keylog_cb _prev_keylog = NULL  # a key-log callback we replaced (CPython's), still called
 cdef bint _seal_enabled = True
@@ -147,6 +171,10 @@ cdef int _SSL_KEY_UPDATE_NONE = -1
 cdef int _SSL_KEY_UPDATE_NOT_REQUESTED = 0
 cdef int _SSL_KEY_UPDATE_REQUESTED = 1
 cdef int _EVP_CTRL_AEAD_GET_TAG = 0x10
+cdef int _EVP_CTRL_AEAD_SET_TAG = 0x11
+cdef int _SSL3_RT_HANDSHAKE = 22
+cdef int _SSL3_RT_INNER_CONTENT_TYPE = 257
+cdef int _SSL_RECEIVED_SHUTDOWN = 2
 cdef int _CRYPTO_EX_INDEX_SSL = 0
 cdef size_t _RECORD = 16384  # TLS 1.3 plaintext per record at most (RFC 8446 5.1)
 cdef size_t _TAG = 16
@@ -160,6 +188,21 @@ cdef unsigned long long _records_per_key = 1ULL << 24
 # TLS 1.3 records are not padded unless asked for, which nobody here does.
 cdef size_t _KEY_UPDATE_BODY = 4 + 1 + 1 + 16  # KeyUpdate message, content type, tag
 cdef size_t _ALERT_BODY = 2 + 1 + 16
+# reading: OpenSSL reads the first bytes (the handshake's tail, small messages); a connection
+# that has read this much plaintext is a bulk one, worth our own buffer
+cdef unsigned long long _OPEN_FROM = 256 * 1024
+cdef size_t _IN_CAP = 256 * 1024  # our ciphertext buffer: one recv(2) brings ~15 records
+cdef size_t _MAX_BODY = 16384 + 256  # a TLS 1.3 record's body at most (RFC 8446 5.2)
+cdef size_t _HS_MAX = 64 * 1024  # a post-handshake message split across records, at most
+# why own record opening stopped (read_error)
+cdef int _OPEN_BAD_MAC = 1
+cdef int _OPEN_DECODE = 2
+cdef int _OPEN_UNEXPECTED = 3
+cdef int _OPEN_ALERT = 4
+cdef int _OPEN_OS = 5
+cdef int _OPEN_MEMORY = 6
+cdef int _OPEN_OVERFLOW = 7
+cdef int _OPEN_ANSWER = 8
 
 
 # -- the write BIO (called by OpenSSL, without the GIL held or needed) -------------------------
@@ -257,7 +300,8 @@ cdef int _out_create(void* bio) noexcept nogil:
 cdef int _out_destroy(void* bio) noexcept nogil:
     cdef OutBuf* ob = <OutBuf*>_bio_get_data(bio)
     if ob != NULL:
-        _free_sealer(ob.sealer)
+        _free_key(ob.sealer)
+        _free_inbound(ob.inbound)
         free(ob.data)
         free(ob)
         _bio_set_data(bio, NULL)
@@ -290,37 +334,56 @@ cdef int _hex(char c) noexcept nogil:
     return -1
 
 
-cdef void _keep_secret(const void* ssl, const char* text) noexcept nogil:
-    """`text`: "<64 hex client random> <hex secret>" of a CLIENT_TRAFFIC_SECRET_0 line."""
+cdef Secret* _secret_of(const void* ssl) noexcept nogil:
+    """The connection's Secret, made on first use (NULL if out of memory)."""
+    cdef Secret* sec = <Secret*>_get_ex(ssl, _ex_index)
+    if sec == NULL:
+        sec = <Secret*>calloc(1, sizeof(Secret))
+        if sec == NULL or _set_ex(<void*>ssl, _ex_index, sec) != 1:
+            free(sec)
+            return NULL
+    return sec
+
+
+cdef void _keep_secret(const void* ssl, const char* text, bint server) noexcept nogil:
+    """`text`: "<64 hex client random> <hex secret>" of a {CLIENT,SERVER}_TRAFFIC_SECRET_0
+    line."""
     cdef size_t size = strlen(text)
     cdef size_t i
     cdef int hi, lo
     cdef Secret* sec
+    cdef unsigned char* out
+    cdef size_t* out_size
     if size < 65 or text[64] != 32:
         return
     text += 65
     size -= 65
     if size % 2 or size // 2 > 48 or size == 0:
         return
-    sec = <Secret*>_get_ex(ssl, _ex_index)
+    sec = _secret_of(ssl)
     if sec == NULL:
-        sec = <Secret*>calloc(1, sizeof(Secret))
-        if sec == NULL or _set_ex(<void*>ssl, _ex_index, sec) != 1:
-            free(sec)
-            return
-    sec.size = 0
+        return
+    if server:
+        out = &sec.server[0]
+        out_size = &sec.server_size
+    else:
+        out = &sec.client[0]
+        out_size = &sec.client_size
+    out_size[0] = 0
     for i in range(size // 2):
         hi = _hex(text[2 * i])
         lo = _hex(text[2 * i + 1])
         if hi < 0 or lo < 0:
             return
-        sec.data[i] = <unsigned char>(hi * 16 + lo)
-    sec.size = size // 2
+        out[i] = <unsigned char>(hi * 16 + lo)
+    out_size[0] = size // 2
 
 
 cdef void _keylog(const void* ssl, const char* line) noexcept nogil:
     if strncmp(line, b"CLIENT_TRAFFIC_SECRET_0 ", 24) == 0:
-        _keep_secret(ssl, line + 24)
+        _keep_secret(ssl, line + 24, False)
+    elif strncmp(line, b"SERVER_TRAFFIC_SECRET_0 ", 24) == 0:
+        _keep_secret(ssl, line + 24, True)
 
 
 cdef void _keylog_chained(const void* ssl, const char* line) noexcept nogil:
@@ -358,25 +421,28 @@ cdef int _expand_label(const void* md, const unsigned char* secret, size_t secre
     return 0
 
 
-cdef int _key_from_secret(Sealer* sl) noexcept nogil:
+cdef int _key_from_secret(TrafficKey* sl) noexcept nogil:
     """Key and IV of the current secret into the cipher; the sequence starts again at 0."""
     cdef unsigned char key[32]
     cdef int ok
     if (_expand_label(sl.md, sl.secret, sl.secret_size, b"key", key, sl.key_size) < 0
             or _expand_label(sl.md, sl.secret, sl.secret_size, b"iv", sl.iv, 12) < 0):
         return -1
-    ok = _evp_init(sl.cipher, NULL, NULL, key, NULL)
+    if sl.decrypt:
+        ok = _dec_init(sl.cipher, NULL, NULL, key, NULL)
+    else:
+        ok = _evp_init(sl.cipher, NULL, NULL, key, NULL)
     _cleanse(key, sizeof(key))
     sl.seq = 0
     return 0 if ok == 1 else -1
 
 
-cdef void _free_sealer(Sealer* sl) noexcept nogil:
+cdef void _free_key(TrafficKey* sl) noexcept nogil:
     if sl == NULL:
         return
     if sl.cipher != NULL:
         _evp_free(sl.cipher)
-    _cleanse(sl, sizeof(Sealer))
+    _cleanse(sl, sizeof(TrafficKey))
     free(sl)
 
 
@@ -384,7 +450,7 @@ cdef int _seal_one(OutBuf* ob, unsigned char kind, const unsigned char* data,
                    size_t n) noexcept nogil:
     """One record of n <= 16384 plaintext bytes of content type `kind` into the buffer.
     0, -1 out of memory, -2 the cipher failed."""
-    cdef Sealer* sl = ob.sealer
+    cdef TrafficKey* sl = ob.sealer
     cdef size_t total = n + _OVERHEAD
     cdef size_t body = n + 1 + _TAG
     cdef unsigned char nonce[12]
@@ -419,21 +485,9 @@ cdef int _seal_one(OutBuf* ob, unsigned char kind, const unsigned char* data,
     return 0
 
 
-cdef int _send_key_update(OutBuf* ob) noexcept nogil:
-    """KeyUpdate(update_not_requested) under the current key, then the next key
-    (RFC 8446 7.2: application_traffic_secret_N+1)."""
-    cdef Sealer* sl = ob.sealer
-    cdef unsigned char msg[5]
+cdef int _next_key(TrafficKey* sl) noexcept nogil:
+    """application_traffic_secret_N+1 (RFC 8446 7.2) and its key. 0, or -2."""
     cdef unsigned char secret[48]
-    cdef int r
-    msg[0] = 24
-    msg[1] = 0
-    msg[2] = 0
-    msg[3] = 1
-    msg[4] = 0
-    r = _seal_one(ob, 22, msg, 5)
-    if r:
-        return r
     if _expand_label(sl.md, sl.secret, sl.secret_size, b"traffic upd", secret,
                      sl.secret_size) < 0:
         return -2
@@ -443,6 +497,21 @@ cdef int _send_key_update(OutBuf* ob) noexcept nogil:
         return -2
     sl.updates += 1
     return 0
+
+
+cdef int _send_key_update(OutBuf* ob) noexcept nogil:
+    """KeyUpdate(update_not_requested) under the current key, then the next key."""
+    cdef unsigned char msg[5]
+    cdef int r
+    msg[0] = 24
+    msg[1] = 0
+    msg[2] = 0
+    msg[3] = 1
+    msg[4] = 0
+    r = _seal_one(ob, 22, msg, 5)
+    if r:
+        return r
+    return _next_key(ob.sealer)
 
 
 cdef int _seal(OutBuf* ob, unsigned char kind, const unsigned char* data,
@@ -488,10 +557,21 @@ cdef int _answer_key_updates(void* s, OutBuf* ob) noexcept nogil:
     return 0
 
 
-cdef void _drop_secret(void* s) noexcept nogil:
-    """The caught secret is not needed (any more): wiped and freed now, not at SSL_free."""
+cdef void _drop_secret(void* s, bint server) noexcept nogil:
+    """One direction's caught secret is not needed (any more): wiped now; the Secret is freed
+    once neither direction needs it (not at SSL_free)."""
     cdef Secret* sec = <Secret*>_get_ex(s, _ex_index)
-    if sec != NULL:
+    if sec == NULL:
+        return
+    if server:
+        _cleanse(sec.server, sizeof(sec.server))
+        sec.server_size = 0
+        sec.server_done = 1
+    else:
+        _cleanse(sec.client, sizeof(sec.client))
+        sec.client_size = 0
+        sec.client_done = 1
+    if sec.client_done and (sec.server_done or not _open_bound):
         _set_ex(s, _ex_index, NULL)
         _free_secret(NULL, sec, NULL, 0, 0, NULL)
 
@@ -499,22 +579,19 @@ cdef void _drop_secret(void* s) noexcept nogil:
 cdef void _take_over(void* s, OutBuf* ob) noexcept nogil:
     """Seal from now on if this connection allows it, else bar it for good."""
     _try_take_over(s, ob)
-    _drop_secret(s)  # taken over (the sealer has its copy) or barred: not needed
+    _drop_secret(s, False)  # taken over (the sealer has its copy) or barred: not needed
 
 
-cdef void _try_take_over(void* s, OutBuf* ob) noexcept nogil:
+cdef TrafficKey* _new_key(void* s, const unsigned char* secret, size_t secret_size,
+                         bint decrypt) noexcept nogil:
+    """A keyed TrafficKey for this connection's suite (TLS 1.3 AES-GCM, else NULL) from a
+    caught traffic secret (of the suite's hash size, else NULL: the key log was not ours)."""
     cdef const void* cipher
     cdef const void* md
     cdef size_t key_size
-    cdef unsigned int suite
-    cdef Secret* sec
-    cdef Sealer* sl
-    ob.barred = 1  # unless everything below holds
-    if not _seal_enabled or _version(s) != _TLS1_3_VERSION or ob.hdr_got or ob.rec_left:
-        return
-    if _key_update_type(s) != _SSL_KEY_UPDATE_NONE:
-        return  # OpenSSL owes a KeyUpdate and would send it with the next write
-    suite = _cipher_id(_current_cipher(s))
+    cdef TrafficKey* sl
+    cdef unsigned int suite = _cipher_id(_current_cipher(s))
+    cdef int ok
     if suite == _TLS_AES_128_GCM_SHA256:
         cipher = _aes128gcm()
         md = _sha256()
@@ -524,25 +601,338 @@ cdef void _try_take_over(void* s, OutBuf* ob) noexcept nogil:
         md = _sha384()
         key_size = 32
     else:
-        return  # ChaCha20-Poly1305 (no AES instructions): OpenSSL keeps sealing
-    sec = <Secret*>_get_ex(s, _ex_index)
-    if sec == NULL or sec.size != (32 if key_size == 16 else 48):
-        return  # the key log was not ours (another callback replaced it)
-    sl = <Sealer*>calloc(1, sizeof(Sealer))
+        return NULL  # ChaCha20-Poly1305 (no AES instructions): OpenSSL keeps the records
+    if secret_size != (32 if key_size == 16 else 48):
+        return NULL
+    sl = <TrafficKey*>calloc(1, sizeof(TrafficKey))
     if sl == NULL:
-        return
+        return NULL
     sl.cipher = _evp_new()
     sl.md = md
     sl.key_size = key_size
-    sl.secret_size = sec.size
-    memcpy(sl.secret, sec.data, sec.size)
-    if (sl.cipher == NULL or _evp_init(sl.cipher, cipher, NULL, NULL, NULL) != 1
-            or _key_from_secret(sl) < 0):
-        _free_sealer(sl)
+    sl.decrypt = decrypt
+    sl.secret_size = secret_size
+    memcpy(sl.secret, secret, secret_size)
+    if sl.cipher == NULL:
+        _free_key(sl)
+        return NULL
+    if decrypt:
+        ok = _dec_init(sl.cipher, cipher, NULL, NULL, NULL)
+    else:
+        ok = _evp_init(sl.cipher, cipher, NULL, NULL, NULL)
+    if ok != 1 or _key_from_secret(sl) < 0:
+        _free_key(sl)
+        return NULL
+    return sl
+
+
+cdef void _try_take_over(void* s, OutBuf* ob) noexcept nogil:
+    cdef Secret* sec
+    cdef TrafficKey* sl
+    ob.barred = 1  # unless everything below holds
+    if not _seal_enabled or _version(s) != _TLS1_3_VERSION or ob.hdr_got or ob.rec_left:
+        return
+    if _key_update_type(s) != _SSL_KEY_UPDATE_NONE:
+        return  # OpenSSL owes a KeyUpdate and would send it with the next write
+    sec = <Secret*>_get_ex(s, _ex_index)
+    if sec == NULL:
+        return  # the key log was not ours (another callback replaced it)
+    sl = _new_key(s, sec.client, sec.client_size, False)
+    if sl == NULL:
         return
     sl.seq = ob.records  # OpenSSL sealed records 0 .. records-1 with this key
     ob.sealer = sl
     ob.barred = 0
+
+
+# -- own record opening (TLS 1.3, AES-GCM) ------------------------------------------------------
+# OpenSSL reads records into its record buffer, decrypts them there and copies the plaintext
+# out to the caller. After the read takeover, records are received into our own buffer and
+# opened straight into the caller's buffer with the server application traffic key (from the
+# key log) at the sequence number OpenSSL's reading reached. That count comes from OpenSSL
+# itself: its message callback reports each record it opens and each handshake message it
+# reads, so it counts from the server's Finished, and a KeyUpdate it read bars the takeover.
+# The takeover waits for a moment when OpenSSL holds no byte it has not processed (no partial
+# record, no partial handshake message); from then on OpenSSL reads nothing. Post-handshake
+# messages are ours too: a KeyUpdate moves our key on (and is answered if asked for), a
+# NewSessionTicket is dropped (the session stays resumable with the tickets read before).
+
+cdef void _watch(int write_p, int version, int content_type, const void* buf, size_t n,
+                 void* ssl, void* arg) noexcept nogil:
+    """OpenSSL's message callback: count the records it opens under the server's key."""
+    cdef Secret* sec
+    cdef const unsigned char* p = <const unsigned char*>buf
+    if write_p:
+        return
+    if content_type == _SSL3_RT_HANDSHAKE and n >= 1 and p[0] == 20:
+        sec = _secret_of(ssl)  # the server's Finished (read before its key is logged)
+        if sec != NULL and not sec.counting:  # the server's traffic key is next
+            sec.counting = 1
+            sec.server_records = 0
+        return
+    sec = <Secret*>_get_ex(ssl, _ex_index)
+    if sec == NULL or sec.server_done:
+        return
+    if content_type == _SSL3_RT_INNER_CONTENT_TYPE:
+        if sec.counting:
+            sec.server_records += 1
+    elif content_type == _SSL3_RT_HANDSHAKE and n >= 1 and p[0] == 24:
+        sec.server_moved = 1  # a KeyUpdate: the server's key moved on without us
+
+
+cdef void _free_inbound(Inbound* ib) noexcept nogil:
+    if ib == NULL:
+        return
+    _free_key(ib.key)
+    free(ib.data)
+    if ib.plain != NULL:
+        _cleanse(ib.plain, _MAX_BODY)
+        free(ib.plain)
+    free(ib.hs)
+    free(ib)
+
+
+cdef void _try_open(void* s, OutBuf* ob) noexcept nogil:
+    """Open the server's records from now on if OpenSSL holds nothing unprocessed; bar it for
+    good where this connection cannot allow it; else try again after a later read."""
+    cdef Secret* sec = <Secret*>_get_ex(s, _ex_index)
+    cdef TrafficKey* key
+    cdef Inbound* ib
+    if (not _open_enabled or _version(s) != _TLS1_3_VERSION or sec == NULL
+            or sec.server_done or sec.server_moved or not sec.counting):
+        ob.read_barred = 1
+    elif (_has_pending(s) or _in_init(s)
+            or _get_shutdown(s) & _SSL_RECEIVED_SHUTDOWN):
+        return  # a partial record or message in OpenSSL's buffers, or the end: not now
+    else:
+        key = _new_key(s, sec.server, sec.server_size, True)
+        ib = <Inbound*>calloc(1, sizeof(Inbound)) if key != NULL else NULL
+        if ib == NULL:
+            _free_key(key)
+            ob.read_barred = 1
+        else:
+            key.seq = sec.server_records  # OpenSSL opened records 0 .. server_records-1
+            ib.key = key
+            ob.inbound = ib
+    _set_msg_cb(s, NULL)  # OpenSSL reads no more records (or we stopped counting them)
+    _drop_secret(s, True)
+
+
+cdef int _open_one(TrafficKey* k, const unsigned char* rec, size_t body,
+                   unsigned char* out) noexcept nogil:
+    """Decrypt the record at `rec` (header and `body` bytes) into out[0:body - 16] and check
+    its tag. 0, or -1 (bad_record_mac: out holds nothing to use)."""
+    cdef unsigned char nonce[12]
+    cdef int outl = 0
+    cdef int n = <int>(body - _TAG)
+    cdef int i
+    memcpy(nonce, k.iv, 12)
+    for i in range(8):
+        nonce[4 + i] ^= <unsigned char>((k.seq >> (56 - 8 * i)) & 0xFF)
+    if _dec_init(k.cipher, NULL, NULL, NULL, nonce) != 1:
+        return -1
+    if _dec_update(k.cipher, NULL, &outl, rec, 5) != 1:  # the header is the AAD
+        return -1
+    if _dec_update(k.cipher, out, &outl, rec + 5, n) != 1 or outl != n:
+        return -1
+    if _evp_ctrl(k.cipher, _EVP_CTRL_AEAD_SET_TAG, <int>_TAG, <void*>(rec + 5 + n)) != 1:
+        return -1
+    if _dec_final(k.cipher, out + n, &outl) != 1:
+        return -1
+    k.seq += 1
+    return 0
+
+
+cdef int _key_update_received(void* s, OutBuf* ob, Inbound* ib, int requested) noexcept nogil:
+    """The server's next key for the records after this one; our answer if it asked for one
+    (sealed by us before our next record, or written by OpenSSL now). 0, or an _OPEN_* code."""
+    if _next_key(ib.key) < 0:
+        return _OPEN_ANSWER
+    if requested:
+        if ob.sealer != NULL:
+            ob.sealer.owed += 1  # read_into seals it before anything else of ours
+        else:  # OpenSSL writes it now (our caller flushes), not with its next data: until
+            # then it would refuse to write close_notify (SSL_shutdown while in init)
+            _clear_error()
+            if (_key_update_call(s, _SSL_KEY_UPDATE_NOT_REQUESTED) != 1
+                    or _do_handshake(s) != 1):
+                _clear_error()
+                return _OPEN_ANSWER
+            _clear_error()
+    return 0
+
+
+cdef int _handshake_bytes(void* s, OutBuf* ob, Inbound* ib, const unsigned char* p,
+                          size_t n, bint record_ends) noexcept nogil:
+    """Post-handshake messages (RFC 8446 4.6), which may span records. 0, or an _OPEN_* code."""
+    cdef const unsigned char* m
+    cdef size_t left, size
+    cdef unsigned char* grown
+    if ib.hs_len:  # the start of a message came in an earlier record
+        if ib.hs_len + n > _HS_MAX:
+            return _OPEN_OVERFLOW
+        memcpy(ib.hs + ib.hs_len, p, n)
+        ib.hs_len += n
+        m = ib.hs
+        left = ib.hs_len
+    else:
+        m = p
+        left = n
+    while left >= 4:
+        size = (<size_t>m[1] << 16) | (<size_t>m[2] << 8) | m[3]
+        if size > _HS_MAX - 4:
+            return _OPEN_OVERFLOW
+        if left < 4 + size:
+            break
+        if m[0] == 24:  # KeyUpdate: its record must end with it (RFC 8446 5.1)
+            if size != 1 or m[4] > 1 or left != 5 or not record_ends:
+                return _OPEN_UNEXPECTED
+            ib.hs_len = 0
+            return _key_update_received(s, ob, ib, m[4])
+        if m[0] != 4:  # not a NewSessionTicket: nothing else may come now
+            return _OPEN_UNEXPECTED
+        m += 4 + size
+        left -= 4 + size
+    if left:  # an incomplete message: kept for the next record
+        if ib.hs == NULL:
+            grown = <unsigned char*>malloc(_HS_MAX)
+            if grown == NULL:
+                return _OPEN_MEMORY
+            ib.hs = grown
+        memmove(ib.hs, m, left)
+    ib.hs_len = left
+    return 0
+
+
+cdef int _next_record(void* s, OutBuf* ob, Inbound* ib, unsigned char* buf, size_t room,
+                      size_t* delivered) noexcept nogil:
+    """Open the first whole record in ib.data: its application data into buf (if `room`
+    holds the record, else into ib.plain), counted in `delivered`. 1: one was opened,
+    0: no whole record is there, -1: ib.error is set."""
+    cdef unsigned char* rec = ib.data + ib.start
+    cdef size_t avail = ib.end - ib.start
+    cdef size_t body, n, k
+    cdef unsigned char* out
+    cdef unsigned char kind
+    cdef int r
+    if avail < 5:
+        return 0
+    body = (<size_t>rec[3] << 8) | rec[4]
+    if rec[0] != 23 or rec[1] != 3 or body < _TAG + 1 or body > _MAX_BODY:
+        ib.error = _OPEN_DECODE  # TLS 1.3 sends every record as application_data
+        return -1
+    if avail < 5 + body:
+        return 0
+    n = body - _TAG
+    if room >= n:
+        out = buf
+    else:
+        if ib.plain == NULL:
+            ib.plain = <unsigned char*>malloc(_MAX_BODY)
+            if ib.plain == NULL:
+                ib.error = _OPEN_MEMORY
+                return -1
+        out = ib.plain
+    if _open_one(ib.key, rec, body, out) < 0:
+        ib.error = _OPEN_BAD_MAC
+        return -1
+    ib.start += 5 + body
+    ib.records += 1
+    k = n  # the content type is the last byte that is not zero padding (RFC 8446 5.4)
+    while k and out[k - 1] == 0:
+        k -= 1
+    if k == 0:
+        ib.error = _OPEN_UNEXPECTED
+        return -1
+    kind = out[k - 1]
+    k -= 1
+    if k > _RECORD:
+        ib.error = _OPEN_OVERFLOW
+        return -1
+    if kind == 23:
+        if out == buf:
+            delivered[0] += k
+        else:
+            ib.pstart = 0
+            ib.pend = k
+        return 1
+    if kind == 22:
+        r = _handshake_bytes(s, ob, ib, out, k, True) if k else _OPEN_UNEXPECTED
+    elif kind == 21:
+        if k != 2:
+            r = _OPEN_DECODE
+        elif out[1] == 0:  # close_notify
+            ib.closed = 1
+            r = 0
+        else:
+            ib.alert = out[1]
+            r = _OPEN_ALERT
+    else:
+        r = _OPEN_UNEXPECTED
+    if r:
+        ib.error = r
+        return -1
+    return 1
+
+
+cdef int _open_into(void* s, OutBuf* ob, unsigned char* buf, size_t size,
+                    size_t* got) noexcept nogil:
+    """read_into after the takeover: records opened into buf until it is full or the socket
+    has nothing more. Returns read_into's status."""
+    cdef Inbound* ib = ob.inbound
+    cdef int fd = _get_fd(s)
+    cdef size_t take
+    cdef ssize_t r
+    cdef int tries = 0
+    cdef int code
+    cdef unsigned char* grown
+    while True:
+        if ib.pend > ib.pstart:  # a record's plaintext that did not fit last time
+            take = ib.pend - ib.pstart
+            if take > size - got[0]:
+                take = size - got[0]
+            memcpy(buf + got[0], ib.plain + ib.pstart, take)
+            ib.pstart += take
+            got[0] += take
+        if got[0] == size:
+            return 0  # full; more may be waiting
+        if ib.error:
+            return _RECORD_ERROR
+        if ib.closed:
+            return _PEER_CLOSED
+        code = _next_record(s, ob, ib, buf + got[0], size - got[0], got)
+        if code:
+            continue  # opened one (or failed: reported above, after what it delivered)
+        if ib.eof:
+            return _PEER_CLOSED  # FIN, without close_notify (as Go may close)
+        if ib.data == NULL:
+            ib.data = <unsigned char*>malloc(_IN_CAP)
+            if ib.data == NULL:
+                ib.error = _OPEN_MEMORY
+                continue
+            ib.cap = _IN_CAP
+        if ib.cap - ib.end < 5 + _MAX_BODY and ib.start:  # room for a whole record
+            memmove(ib.data, ib.data + ib.start, ib.end - ib.start)
+            ib.end -= ib.start
+            ib.start = 0
+        r = recv(fd, ib.data + ib.end, ib.cap - ib.end, MSG_DONTWAIT)
+        if r > 0:
+            ib.end += <size_t>r
+        elif r == 0:
+            ib.eof = 1
+        else:
+            code = errno
+            if code == EINTR and tries < _EINTR_RETRIES:
+                tries += 1
+            elif code == EAGAIN or code == EWOULDBLOCK:
+                if ib.start == ib.end:  # an idle connection keeps no buffer
+                    free(ib.data)
+                    ib.data = NULL
+                    ib.start = ib.end = ib.cap = 0
+                return _WANT_READ
+            else:
+                ib.sys_errno = code
+                ib.error = _OPEN_OS
 
 
 cdef void* _symbol(void* lib, str name) except NULL:
@@ -662,6 +1052,27 @@ cdef void _bind_sealing(void* lib):
     _cleanse = <cleanse_fn>dlsym(lib, b"OPENSSL_cleanse")
     new_index = <get_ex_new_index_fn>dlsym(lib, b"CRYPTO_get_ex_new_index")
     _ex_index = new_index(_CRYPTO_EX_INDEX_SSL, 0, NULL, NULL, NULL, _free_secret)
+    _bind_opening(lib)
+
+
+cdef void _bind_opening(void* lib):
+    """Bind OPEN_FUNCTIONS if every one is there (after the sealing ones); else OpenSSL keeps
+    reading every record (opening_bound() is False)."""
+    global _set_msg_cb, _has_pending, _in_init, _get_shutdown, _dec_init, _dec_update
+    global _dec_final, _open_bound
+    if _ex_index < 0:
+        return
+    for name in OPEN_FUNCTIONS:
+        if dlsym(lib, name.encode("ascii")) == NULL:
+            return
+    _set_msg_cb = <ssl_set_msg_cb_fn>dlsym(lib, b"SSL_set_msg_callback")
+    _has_pending = <ssl_int_fn>dlsym(lib, b"SSL_has_pending")
+    _in_init = <ssl_int_fn>dlsym(lib, b"SSL_in_init")
+    _get_shutdown = <ssl_int_fn>dlsym(lib, b"SSL_get_shutdown")
+    _dec_init = <evp_init_fn>dlsym(lib, b"EVP_DecryptInit_ex")
+    _dec_update = <evp_update_fn>dlsym(lib, b"EVP_DecryptUpdate")
+    _dec_final = <evp_final_fn>dlsym(lib, b"EVP_DecryptFinal_ex")
+    _open_bound = True
 
 
 def sealing_bound():
@@ -676,6 +1087,31 @@ def set_sealing(bint enabled):
     old = _seal_enabled
     _seal_enabled = enabled
     return old
+
+
+def opening_bound():
+    """True when own record opening can run here (every OPEN_FUNCTIONS symbol is bound)."""
+    return _open_bound
+
+
+def set_opening(bint enabled):
+    """Let (or stop) connections taking their reads over from now on; returns the old
+    setting. Off: OpenSSL opens every record (FASTPF_OPENSSL_RECORDS=1, for comparison)."""
+    global _open_enabled
+    old = _open_enabled
+    _open_enabled = enabled
+    return old
+
+
+def watch_reads(uintptr_t ssl):
+    """Before the handshake: count the records OpenSSL opens under the server's application
+    key (its message callback), so that reads can be taken over later. False where this
+    cannot be done here (the connection's records stay with OpenSSL)."""
+    cdef void* s = _checked(ssl)
+    if not _open_bound:
+        return False
+    _set_msg_cb(s, _watch)
+    return True
 
 
 def set_records_per_key(unsigned long long n):
@@ -730,11 +1166,12 @@ def expand_label(bytes secret not None, bytes label not None, size_t size):
     return out[:size]
 
 
-def request_key_update(uintptr_t ssl):
-    """SSL_key_update(ssl, update_requested): the next record OpenSSL writes on `ssl` is a
-    KeyUpdate asking the peer to update too (tests play a peer that asks)."""
+def request_key_update(uintptr_t ssl, bint peer_too=True):
+    """SSL_key_update(ssl, ...): the next record OpenSSL writes on `ssl` is a KeyUpdate,
+    asking the peer to update too unless `peer_too` is False (tests play such a peer)."""
     cdef void* s = _checked(ssl)
-    if _key_update_call == NULL or _key_update_call(s, _SSL_KEY_UPDATE_REQUESTED) != 1:
+    cdef int kind = _SSL_KEY_UPDATE_REQUESTED if peer_too else _SSL_KEY_UPDATE_NOT_REQUESTED
+    if _key_update_call == NULL or _key_update_call(s, kind) != 1:
         raise RuntimeError("SSL_key_update failed")
 
 
@@ -744,6 +1181,37 @@ def sealing(uintptr_t ssl):
     if ob.sealer == NULL:
         return False, 0, 0
     return True, ob.sealer.seq, ob.sealer.updates
+
+
+def opening(uintptr_t ssl):
+    """(taken over, records we opened, the server's KeyUpdates we followed)."""
+    cdef OutBuf* ob = _out(_checked(ssl))
+    if ob.inbound == NULL:
+        return False, 0, 0
+    return True, ob.inbound.records, ob.inbound.key.updates
+
+
+_OPEN_ERRORS = {
+    _OPEN_BAD_MAC: "a TLS record from the server failed authentication (bad_record_mac)",
+    _OPEN_DECODE: "a malformed TLS record from the server",
+    _OPEN_UNEXPECTED: "an unexpected TLS message from the server",
+    _OPEN_MEMORY: "out of memory for TLS records",
+    _OPEN_OVERFLOW: "an oversized TLS record or message from the server",
+    _OPEN_ANSWER: "cannot follow or answer the server's TLS KeyUpdate",
+}
+
+
+def read_error(uintptr_t ssl):
+    """Why read_into returned RECORD_ERROR, as the exception to raise (None if it did not)."""
+    cdef OutBuf* ob = _out(_checked(ssl))
+    cdef Inbound* ib = ob.inbound
+    if ib == NULL or not ib.error:
+        return None
+    if ib.error == _OPEN_OS:
+        return OSError(ib.sys_errno, _os.strerror(ib.sys_errno))
+    if ib.error == _OPEN_ALERT:
+        return ConnectionError(f"the server ended TLS with alert {ib.alert}")
+    return ConnectionError(_OPEN_ERRORS.get(ib.error, "TLS record error"))
 
 
 def bound():
@@ -872,9 +1340,11 @@ def attach_writer(uintptr_t ssl):
 
 
 def read_into(uintptr_t ssl, unsigned char[::1] buf not None):
-    """Decrypt into `buf` until it is full or SSL_read_ex fails. Returns (bytes read, status):
-    status 0 when `buf` is full (more may be waiting), else the SSL_get_error code of the call
-    that stopped the loop (SSL_ERROR_WANT_READ: the socket has nothing more now)."""
+    """Decrypt into `buf` until it is full or the socket has nothing more. Returns (bytes
+    read, status): status 0 when `buf` is full (more may be waiting), SSL_ERROR_WANT_READ when
+    the socket has nothing more now; else, while OpenSSL reads, the SSL_get_error code of the
+    call that stopped the loop, and after the read takeover PEER_CLOSED or RECORD_ERROR
+    (read_error), once the bytes before are delivered."""
     cdef void* s = _checked(ssl)
     cdef size_t size = <size_t>buf.shape[0]
     cdef size_t got = 0
@@ -884,15 +1354,23 @@ def read_into(uintptr_t ssl, unsigned char[::1] buf not None):
     if size == 0:
         return 0, 0
     cdef unsigned char* p = &buf[0]
-    _clear_error()
-    while got < size:
-        n = 0
-        ret = _read_ex(s, p + got, size - got, &n)
-        if ret != 1:
-            status = _get_error(s, ret)
-            break
-        got += n
     cdef OutBuf* ob = _out_of(s)
+    if ob != NULL and ob.inbound != NULL:
+        with nogil:
+            status = _open_into(s, ob, p, size, &got)
+    else:
+        _clear_error()
+        while got < size:
+            n = 0
+            ret = _read_ex(s, p + got, size - got, &n)
+            if ret != 1:
+                status = _get_error(s, ret)
+                break
+            got += n
+        if ob != NULL and not ob.read_barred and _open_bound:
+            ob.plain_read += got
+            if status == _WANT_READ and ob.plain_read >= _OPEN_FROM:
+                _try_open(s, ob)
     cdef int r
     if ob != NULL and ob.sealer != NULL:
         if ob.rogue:
@@ -930,7 +1408,7 @@ def encrypt(uintptr_t ssl, const unsigned char[::1] data not None):
         return 0
     if _ex_index >= 0 and not ob.barred and _key_update_type(s) != _SSL_KEY_UPDATE_NONE:
         ob.barred = 1  # this write sends OpenSSL's KeyUpdate: the key we know is gone
-        _drop_secret(s)
+        _drop_secret(s, False)
     _clear_error()
     ob.app_write = 1
     while done < size:

@@ -20,6 +20,9 @@ transport's write queue: asyncio's high/low marks apply to it, so its size stays
 the protocol's pause_writing. Renegotiation (TLS 1.2 only) is refused, so a write never waits
 for a read. On TLS 1.3 with AES-GCM, bulk writes are sealed by fastpf._tls itself, straight
 from the caller's buffer (no copy through OpenSSL's record buffer): see `_tls.encrypt`.
+Likewise, once such a connection has read a bulk of data, its records are received and opened
+by fastpf._tls straight into the protocol's buffer (see `_tls.read_into`); OpenSSL then reads
+nothing more, so its reading errors are never asked for (`_read_failed`).
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ def _loaded() -> bool:
         return False
     if os.environ.get("FASTPF_OPENSSL_RECORDS") == "1":
         _tls.set_sealing(False)
+        _tls.set_opening(False)
     return True
 
 
@@ -319,7 +323,12 @@ class TlsTransport(asyncio.Transport):
                 continue  # the buffer is full; more may be waiting
             if status == _tls.SSL_ERROR_WANT_READ:
                 return
-            self._read_failed()
+            if status == _tls.PEER_CLOSED:  # our own record opening saw the end
+                self._eof()
+            elif status == _tls.RECORD_ERROR:
+                self._force_close(_tls.read_error(self._ssl))
+            else:
+                self._read_failed()  # OpenSSL's reading failed
             return
         self._schedule_read()  # a busy connection: let others run, then go on
 
@@ -688,6 +697,8 @@ async def open_tls(
         if not ssl_ptr:
             raise RuntimeError("unexpected layout of Python's SSL socket")
         _tls.prepare(ssl_ptr, READ_AHEAD_BUFFER)
+        if getattr(ctx, "_msg_callback", None) is None:  # one message callback per connection
+            _tls.watch_reads(ssl_ptr)  # bulk reads open their own records (_tls.read_into)
         registered = True
         await _handshake(loop, sslobj, fd)
         _tls.refuse_renegotiation(ssl_ptr)

@@ -22,8 +22,10 @@ import pytest
 from fastpf import _tls
 from fastpf.loop import new_event_loop
 from fastpf.serve import certs
-from fastpf.tls_suites import set_tls13_suites
 from fastpf.transport import tls
+from tests.support.tls_records import client_context as _client_ctx
+from tests.support.tls_records import pattern
+from tests.support.tls_records import server_context as _server_ctx
 
 pytestmark = pytest.mark.skipif(
     not tls.available(ssl.create_default_context()) or not _tls.sealing_bound(),
@@ -35,29 +37,9 @@ MIB = 1 << 20
 CHUNK = 256 * 1024  # what the relay hands the transport per local read
 
 
-def _pattern(n: int, seed: int = 3) -> bytes:
-    block = hashlib.sha256(seed.to_bytes(4, "big")).digest() * 2048  # 64 KiB
-    return (block * (n // len(block) + 1))[:n]
-
-
 @pytest.fixture(scope="module")
 def material() -> certs.TlsMaterial:
     return certs.generate(["127.0.0.1"])
-
-
-def _server_ctx(
-    material: certs.TlsMaterial, suite: bytes | None = None, tls12: bool = False
-) -> ssl.SSLContext:
-    ctx = certs.server_context(material)
-    if suite is not None:
-        assert set_tls13_suites(ctx, suite)
-    if tls12:
-        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
-    return ctx
-
-
-def _client_ctx(material: certs.TlsMaterial) -> ssl.SSLContext:
-    return ssl.create_default_context(cadata=material.ca_pem.decode())
 
 
 class Received:
@@ -231,7 +213,7 @@ def test_bulk_records_sealed_by_us_continue_openssls_sequence(
     """Small writes go through OpenSSL (its sequence numbers), the first bulk write takes over
     at the next number; the peer checks every tag, and our close_notify is a valid alert."""
     small = [b"s" * n for n in (1, 100, 5000, 16383)]
-    bulk = _pattern(6 * MIB + 12345)
+    bulk = pattern(6 * MIB + 12345, 3)
 
     async def main() -> tuple[bool, bool, int]:
         transport, proto = await _open(_client_ctx(material), port)
@@ -260,7 +242,7 @@ def test_bulk_records_sealed_by_us_continue_openssls_sequence(
 def test_our_key_updates_at_the_record_limit_keep_the_stream_whole(
     material: certs.TlsMaterial, suite: bytes
 ) -> None:
-    data = _pattern(3 * MIB)
+    data = pattern(3 * MIB, 3)
     old = _tls.set_records_per_key(7)
 
     async def main() -> int:
@@ -286,7 +268,7 @@ def test_a_peer_asking_for_a_key_update_gets_ours_every_time(material: certs.Tls
     that answer would reuse a nonce, so it goes into the void and ours, under our key, takes its
     place. The peer switches its read key on our answer: what follows decrypts only if it was
     right. Asked twice, answered twice (OpenSSL's flag is cleared each time)."""
-    parts = [_pattern(MIB, 1), _pattern(2 * MIB, 2), _pattern(MIB + 7, 3)]
+    parts = [pattern(MIB, 1), pattern(2 * MIB, 2), pattern(MIB + 7, 3)]
     server_ctx = _server_ctx(material)
 
     def ask(conn: ssl.SSLSocket, got: Received) -> None:
@@ -325,7 +307,7 @@ def test_a_key_update_openssl_answered_first_leaves_the_records_to_openssl(
 ) -> None:
     """Before any bulk write OpenSSL answers the peer's request itself and moves to a key we
     do not know: this connection must never take over."""
-    data = _pattern(2 * MIB)
+    data = pattern(2 * MIB, 3)
     server_ctx = _server_ctx(material)
 
     def ask(conn: ssl.SSLSocket, got: Received) -> None:
@@ -353,7 +335,7 @@ def test_a_key_update_openssl_answered_first_leaves_the_records_to_openssl(
 def test_openssl_keeps_the_records_where_we_do_not_seal(
     material: certs.TlsMaterial, case: str
 ) -> None:
-    data = _pattern(MIB) if case != "small-writes" else b"m" * (16384 - 1)
+    data = pattern(MIB, 3) if case != "small-writes" else b"m" * (16384 - 1)
     server_ctx = _server_ctx(
         material,
         suite=b"TLS_CHACHA20_POLY1305_SHA256" if case == "chacha20" else None,
@@ -385,7 +367,7 @@ def test_a_key_log_file_is_still_written(material: certs.TlsMaterial, tmp_path: 
     """SSLKEYLOGFILE (CPython's key-log callback) keeps working: ours calls it on."""
     client_ctx = _client_ctx(material)
     client_ctx.keylog_filename = str(tmp_path / "keys.log")
-    data = _pattern(MIB)
+    data = pattern(MIB, 3)
 
     async def main() -> bool:
         transport, proto = await _open(client_ctx, port)
@@ -415,7 +397,7 @@ def test_a_loop_ending_right_after_close_loses_none_of_our_bytes(
     until the peer's FIN (the close linger) would then be closed by the collector with the
     peer's session tickets unread: RST, and the peer's kernel drops what it had not read yet
     (seen: 114,688 of 1 MiB). lingering_done() waits for those sockets first."""
-    data = _pattern(MIB)
+    data = pattern(MIB, 3)
     for suite in [b"TLS_CHACHA20_POLY1305_SHA256", b"TLS_AES_128_GCM_SHA256"] * 10:
 
         async def main() -> None:
@@ -434,7 +416,7 @@ def test_lingering_done_also_waits_for_a_queue_still_being_sent(
 ) -> None:
     """close() with megabytes still queued for a slow peer: the transport is closing, not yet
     lingering. A loop stopped after lingering_done() still delivers every byte."""
-    data = _pattern(8 * MIB)
+    data = pattern(8 * MIB, 3)
 
     def slow_start(conn: ssl.SSLSocket, got: Received) -> None:
         threading.Event().wait(0.3)  # our queue fills the socket meanwhile
