@@ -73,6 +73,8 @@ cdef struct Secret:
     int server_moved  # OpenSSL read a KeyUpdate: the server key we know is gone
     int client_done  # the write side took its secret or refused it (wiped)
     int server_done  # the read side took its secret or refused it (wiped)
+    int watching  # our message callback is on the connection (watch_reads)
+    int last_inner  # the content type of the last record OpenSSL opened
 
 # one direction's AES-GCM record key after a takeover: ours (sealing) or the server's (opening)
 cdef struct TrafficKey:
@@ -106,6 +108,7 @@ cdef struct Inbound:
     int error  # an _OPEN_* failure, reported once the data before it is delivered
     int alert  # the peer's alert description (error == _OPEN_ALERT)
     int sys_errno  # recv's errno (error == _OPEN_OS)
+    int idle_records  # records in a row that brought no data (bounded: _IDLE_RECORDS)
 
 # the write BIO's state: ciphertext waiting for send(2), data[start:end] of cap bytes
 cdef struct OutBuf:

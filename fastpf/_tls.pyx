@@ -194,6 +194,7 @@ cdef unsigned long long _OPEN_FROM = 256 * 1024
 cdef size_t _IN_CAP = 256 * 1024  # our ciphertext buffer: one recv(2) brings ~15 records
 cdef size_t _MAX_BODY = 16384 + 256  # a TLS 1.3 record's body at most (RFC 8446 5.2)
 cdef size_t _HS_MAX = 64 * 1024  # a post-handshake message split across records, at most
+cdef int _IDLE_RECORDS = 64  # records in a row without data (empty, tickets, ...) at most
 # why own record opening stopped (read_error)
 cdef int _OPEN_BAD_MAC = 1
 cdef int _OPEN_DECODE = 2
@@ -676,6 +677,7 @@ cdef void _watch(int write_p, int version, int content_type, const void* buf, si
     if content_type == _SSL3_RT_INNER_CONTENT_TYPE:
         if sec.counting:
             sec.server_records += 1
+            sec.last_inner = p[0] if n >= 1 else 0
     elif content_type == _SSL3_RT_HANDSHAKE and n >= 1 and p[0] == 24:
         sec.server_moved = 1  # a KeyUpdate: the server's key moved on without us
 
@@ -688,7 +690,9 @@ cdef void _free_inbound(Inbound* ib) noexcept nogil:
     if ib.plain != NULL:
         _cleanse(ib.plain, _MAX_BODY)
         free(ib.plain)
-    free(ib.hs)
+    if ib.hs != NULL:
+        _cleanse(ib.hs, _HS_MAX)
+        free(ib.hs)
     free(ib)
 
 
@@ -701,9 +705,12 @@ cdef void _try_open(void* s, OutBuf* ob) noexcept nogil:
     if (not _open_enabled or _version(s) != _TLS1_3_VERSION or sec == NULL
             or sec.server_done or sec.server_moved or not sec.counting):
         ob.read_barred = 1
-    elif (_has_pending(s) or _in_init(s)
+    elif (_has_pending(s) or _in_init(s) or sec.last_inner != 23
             or _get_shutdown(s) & _SSL_RECEIVED_SHUTDOWN):
-        return  # a partial record or message in OpenSSL's buffers, or the end: not now
+        # A partial record or message in OpenSSL's buffers, or the end: not now. After a
+        # handshake record OpenSSL may keep a message's first bytes (fewer than its 4-byte
+        # header) where neither probe sees them: only a data record proves there are none.
+        return
     else:
         key = _new_key(s, sec.server, sec.server_size, True)
         ib = <Inbound*>calloc(1, sizeof(Inbound)) if key != NULL else NULL
@@ -714,7 +721,9 @@ cdef void _try_open(void* s, OutBuf* ob) noexcept nogil:
             key.seq = sec.server_records  # OpenSSL opened records 0 .. server_records-1
             ib.key = key
             ob.inbound = ib
-    _set_msg_cb(s, NULL)  # OpenSSL reads no more records (or we stopped counting them)
+    if sec != NULL and sec.watching:  # OpenSSL reads no more records, or we stop counting
+        _set_msg_cb(s, NULL)  # (only ours: a context's own callback stays)
+        sec.watching = 0
     _drop_secret(s, True)
 
 
@@ -759,6 +768,7 @@ cdef int _key_update_received(void* s, OutBuf* ob, Inbound* ib, int requested) n
                 _clear_error()
                 return _OPEN_ANSWER
             _clear_error()
+            _drop_secret(s, False)  # that record bars our sealing (_walk_records)
     return 0
 
 
@@ -849,20 +859,32 @@ cdef int _next_record(void* s, OutBuf* ob, Inbound* ib, unsigned char* buf, size
     if k > _RECORD:
         ib.error = _OPEN_OVERFLOW
         return -1
-    if kind == 23:
+    if ib.hs_len and kind != 22:  # nothing between a handshake message's parts (RFC 8446 5.1)
+        ib.error = _OPEN_UNEXPECTED
+        return -1
+    if kind == 23 and k:
+        ib.idle_records = 0
         if out == buf:
             delivered[0] += k
         else:
             ib.pstart = 0
             ib.pend = k
         return 1
-    if kind == 22:
+    ib.idle_records += 1
+    if ib.idle_records > _IDLE_RECORDS:  # one call must not spin on records without data
+        ib.error = _OPEN_UNEXPECTED
+        return -1
+    if kind == 23:
+        r = 0  # an empty record
+    elif kind == 22:
         r = _handshake_bytes(s, ob, ib, out, k, True) if k else _OPEN_UNEXPECTED
     elif kind == 21:
         if k != 2:
             r = _OPEN_DECODE
         elif out[1] == 0:  # close_notify
             ib.closed = 1
+            r = 0
+        elif out[1] == 90:  # user_canceled: OpenSSL ignores it in TLS 1.3 too
             r = 0
         else:
             ib.alert = out[1]
@@ -1110,8 +1132,21 @@ def watch_reads(uintptr_t ssl):
     cdef void* s = _checked(ssl)
     if not _open_bound:
         return False
+    cdef Secret* sec = _secret_of(s)
+    if sec == NULL:
+        return False
+    sec.watching = 1
     _set_msg_cb(s, _watch)
     return True
+
+
+def set_open_from(unsigned long long n):
+    """Plaintext read through OpenSSL before a connection may take its reads over (default
+    256 KiB); returns the old value. Tests lower it to choose the takeover's moment."""
+    global _OPEN_FROM
+    old = _OPEN_FROM
+    _OPEN_FROM = n
+    return old
 
 
 def set_records_per_key(unsigned long long n):

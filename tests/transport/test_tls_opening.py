@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,8 +29,8 @@ from fastpf import _tls
 from fastpf.loop import new_event_loop
 from fastpf.serve import certs
 from fastpf.transport import tls
+from tests.support.tls_records import RecordForge, count_records, pattern, server_secret
 from tests.support.tls_records import client_context as _client_ctx
-from tests.support.tls_records import pattern
 from tests.support.tls_records import server_context as _server_ctx
 
 pytestmark = pytest.mark.skipif(
@@ -54,6 +55,7 @@ class Peer:
     def __init__(self, ctx: ssl.SSLContext, raw: socket.socket) -> None:
         self.ctx = ctx
         self.raw = raw
+        self.records_sent = 0  # under the server's application key (RecordForge goes on)
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
         self.obj = ctx.wrap_bio(self.incoming, self.outgoing, server_side=True)
@@ -68,7 +70,9 @@ class Peer:
         for _ in range(100):
             try:
                 self.obj.do_handshake()
-                self.raw.sendall(self.outgoing.read())
+                tickets = self.outgoing.read()  # written after the client's Finished
+                self.records_sent += count_records(tickets)
+                self.raw.sendall(tickets)
                 return
             except ssl.SSLWantReadError:
                 self.raw.sendall(self.outgoing.read())
@@ -78,7 +82,15 @@ class Peer:
     def records(self, data: bytes) -> bytes:
         """`data` sealed into records (not sent)."""
         self.obj.write(data)
-        return self.outgoing.read()
+        wire = self.outgoing.read()
+        self.records_sent += count_records(wire)
+        return wire
+
+    def forge(self) -> RecordForge:
+        """Records of our own from here on (OpenSSL's would reuse sequence numbers)."""
+        keylog = self.ctx.keylog_filename
+        assert keylog, "the server context needs keylog_filename"
+        return RecordForge(server_secret(Path(keylog)), self.records_sent)
 
     def send(self, data: bytes) -> None:
         self.raw.sendall(self.records(data))
@@ -120,9 +132,11 @@ class Client(asyncio.BufferedProtocol):
     is the transport's probe (taken over, records opened, KeyUpdates followed) as of the last
     delivery or the end of the stream."""
 
-    def __init__(self, buffer_size: int) -> None:
+    def __init__(self, buffer_size: int, pausing: bool = False) -> None:
         self.transport: Any = None
+        self.pausing = pausing  # pause reading after every delivery, resume on the next turn
         self.opening: tuple[bool, int, int] = (False, 0, 0)
+        self.sealing: tuple[bool, int, int] = (False, 0, 0)
         self.buf = bytearray(buffer_size)
         self.hash = hashlib.sha256()
         self.count = 0
@@ -139,6 +153,7 @@ class Client(asyncio.BufferedProtocol):
     def _probe(self) -> None:
         if self.transport._ssl:
             self.opening = _tls.opening(self.transport._ssl)
+            self.sealing = _tls.sealing(self.transport._ssl)
 
     def buffer_updated(self, nbytes: int) -> None:
         self.hash.update(memoryview(self.buf)[:nbytes])
@@ -146,6 +161,9 @@ class Client(asyncio.BufferedProtocol):
         if self.count >= WARM_UP:
             self.warm.set()
         self._probe()
+        if self.pausing:
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_soon(self.transport.resume_reading)
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -198,6 +216,7 @@ class Outcome:
         self.eof = proto.eof
         self.error = proto.lost.result()
         self.opening = proto.opening
+        self.sealing = proto.sealing
 
 
 def _download(
@@ -206,6 +225,8 @@ def _download(
     server_ctx: ssl.SSLContext | None = None,
     buffer_size: int = 256 * KIB,
     then: Callable[[Any, Client], Any] | None = None,
+    pausing: bool = False,
+    client_ctx: ssl.SSLContext | None = None,
 ) -> Outcome:
     """Connect, let the server run `script(peer, client)` and read until the connection
     ends; `then(transport, client)` runs in the client's loop once it is connected."""
@@ -219,9 +240,10 @@ def _download(
 
     async def main(port: int) -> Outcome:
         sock = await tls.connect_tcp("127.0.0.1", port)
-        proto = Client(buffer_size)
+        proto = Client(buffer_size, pausing)
         holder["client"] = proto
-        transport = await tls.open_tls(sock, _client_ctx(material), "127.0.0.1", proto)
+        ctx_of_client = client_ctx or _client_ctx(material)
+        transport = await tls.open_tls(sock, ctx_of_client, "127.0.0.1", proto)
         ready.set()
         if then is not None:
             await then(transport, proto)
@@ -245,6 +267,15 @@ def _warm_up(peer: Peer, client: Client) -> None:
     peer.send(pattern(WARM_UP, 1))
     assert client.warm.wait(WAIT)
     time.sleep(0.05)
+
+
+def _wait_count(client: Client, n: int) -> None:
+    """Until the client has n bytes (polled from the server's thread, bounded)."""
+    for _ in range(int(WAIT / 0.005)):
+        if client.count >= n:
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"the client got {client.count} of {n} bytes")
 
 
 def _close_notify(peer: Peer) -> None:
@@ -278,10 +309,14 @@ def test_bulk_reads_are_opened_by_us_and_arrive_whole(
     assert opened and records >= len(bulk) // 16384 and updates == 0
 
 
-def test_records_cut_anywhere_reach_a_small_buffer_whole(material: certs.TlsMaterial) -> None:
+@pytest.mark.parametrize("pausing", [False, True], ids=["reading", "paused-per-delivery"])
+def test_records_cut_anywhere_reach_a_small_buffer_whole(
+    material: certs.TlsMaterial, pausing: bool
+) -> None:
     """Ciphertext cut at random points (headers and tags split across reads) into a protocol
-    buffer smaller than a record (the rest of a record waits for the next call); the server's
-    FIN without close_notify (as Go may close) ends the stream after the last byte."""
+    buffer smaller than a record (the rest of a record waits for the next call, also across a
+    pause: no readiness event announces it); the server's FIN without close_notify (as Go may
+    close) ends the stream after the last byte."""
     bulk = pattern(2 * MIB + 1, 3)
     cuts = random.Random(7)
 
@@ -299,7 +334,7 @@ def test_records_cut_anywhere_reach_a_small_buffer_whole(material: certs.TlsMate
                 time.sleep(0.001)  # let the client read what came so far
         peer.raw.shutdown(socket.SHUT_WR)
 
-    out = _download(material, script, buffer_size=1000)
+    out = _download(material, script, buffer_size=1000, pausing=pausing)
     assert out.error is None and out.eof
     assert (out.count, out.hash) == (WARM_UP + len(bulk), _expected(bulk))
     assert out.opening[0] and out.opening[1] >= len(bulk) // 16384
@@ -357,6 +392,7 @@ def test_the_servers_key_updates_are_followed_and_answered(
     assert out.error is None and out.eof
     assert (out.count, out.hash) == (WARM_UP + sum(map(len, parts)), _expected(*parts))
     assert out.opening[0] and out.opening[2] == 3
+    assert out.sealing[0] == client_seals
     assert got_last == [last]
     assert seen.count == (3 if requested else 0)
 
@@ -503,3 +539,165 @@ def test_openssl_keeps_the_records_where_we_do_not_open_them(
     assert out.error is None and out.eof
     assert (out.count, out.hash) == (WARM_UP + len(bulk), _expected(bulk))
     assert out.opening == (False, 0, 0)
+
+
+@pytest.fixture
+def forging_ctx(material: certs.TlsMaterial, tmp_path: Path) -> ssl.SSLContext:
+    """A server context whose key log lets the test seal records as the server."""
+    ctx = _server_ctx(material)
+    ctx.keylog_filename = str(tmp_path / "server-keys")
+    return ctx
+
+
+def _ticket(size: int) -> bytes:
+    """A well-formed NewSessionTicket message (RFC 8446 4.6.1) carrying a `size`-byte ticket:
+    OpenSSL parses it before the takeover; after it, it is dropped."""
+    nonce = bytes(8)
+    body = (7200).to_bytes(4, "big") + b"\x01\x02\x03\x04" + bytes([len(nonce)]) + nonce
+    body += size.to_bytes(2, "big") + bytes(i % 251 for i in range(size)) + b"\x00\x00"
+    return b"\x04" + len(body).to_bytes(3, "big") + body
+
+
+def _key_update(requested: bool) -> bytes:
+    return b"\x18\x00\x00\x01" + bytes([requested])
+
+
+def test_handshake_messages_across_records_padding_and_user_canceled(
+    material: certs.TlsMaterial, forging_ctx: ssl.SSLContext
+) -> None:
+    """What OpenSSL servers do not write but others may: a ticket split inside its header and
+    across three records, a KeyUpdate split across two, zero padding, empty records and a
+    user_canceled warning. The data around them arrives whole; the key moves on once."""
+    data = [pattern(40 * KIB + i, 80 + i) for i in range(4)]
+
+    def script(peer: Peer, client: Client) -> None:
+        _warm_up(peer, client)
+        forge = peer.forge()
+        ticket = _ticket(700)
+        update = _key_update(False)
+        wire = [
+            forge.record(data[0][:16384]),
+            forge.record(ticket[:2], kind=22),
+            forge.record(ticket[2:300], kind=22, padding=5),
+            forge.record(ticket[300:], kind=22),
+            forge.record(b""),
+            forge.data(data[0][16384:], padding=100),
+            forge.record(b"\x01\x5a", kind=21),  # user_canceled
+            forge.record(data[1][:9000]),
+            forge.record(update[:3], kind=22),
+            forge.record(update[3:], kind=22),
+        ]
+        forge.update()
+        wire += [forge.data(data[1][9000:]), forge.record(data[2][:1]), forge.data(data[2][1:])]
+        wire += [forge.data(data[3]), forge.record(b"\x01\x00", kind=21)]  # close_notify
+        peer.raw.sendall(b"".join(wire))
+
+    out = _download(material, script, forging_ctx)
+    assert out.error is None and out.eof
+    assert (out.count, out.hash) == (WARM_UP + sum(map(len, data)), _expected(*data))
+    assert out.opening[0] and out.opening[2] == 1
+
+
+def test_a_handshake_header_split_at_the_takeover_point_leaves_reading_to_openssl(
+    material: certs.TlsMaterial, forging_ctx: ssl.SSLContext
+) -> None:
+    """Some data, then a record holding only a ticket's first two bytes, then a pause: the
+    client has read enough to take over, but OpenSSL keeps those two bytes where no probe sees
+    them, so the takeover waits for a data record. Taking over there would lose them (the
+    ticket's rest would start mid-header)."""
+    data = [pattern(300 * KIB + i, 90 + i) for i in range(2)]
+    ticket = _ticket(300)
+    old = _tls.set_open_from(1)  # any data read: the pause below is the first chance
+
+    def script(peer: Peer, client: Client) -> None:
+        forge = peer.forge()
+        peer.raw.sendall(forge.data(data[0][:100]) + forge.record(ticket[:2], kind=22))
+        time.sleep(0.1)  # the client reads both (one segment) and drains its socket
+        peer.raw.sendall(forge.record(ticket[2:], kind=22) + forge.data(data[0][100:]))
+        _wait_count(client, len(data[0]))
+        time.sleep(0.05)
+        peer.raw.sendall(forge.data(data[1]) + forge.record(b"\x01\x00", kind=21))
+
+    try:
+        out = _download(material, script, forging_ctx)
+    finally:
+        _tls.set_open_from(old)
+    assert out.error is None and out.eof
+    assert out.count == sum(map(len, data))
+    assert out.hash == hashlib.sha256(b"".join(data)).hexdigest()
+    assert out.opening[0]
+
+
+@pytest.mark.parametrize(
+    ("wire", "reason"),
+    [
+        ([("alert", b"\x02\x28")], "alert 40"),
+        ([("hs", _ticket(50)[:10]), ("data", b"between")], "unexpected"),
+        ([("data", b"")] * 70, "unexpected"),
+        ([("hs", b"\x0d\x00\x00\x01\x00")], "unexpected"),  # a CertificateRequest
+        ([("hs", _key_update(False) + _ticket(20))], "unexpected"),  # not at a record's end
+        ([("hs", b"\x18\x00\x00\x01\x02")], "unexpected"),  # a KeyUpdate of value 2
+        ([("kind 24", b"x")], "unexpected"),
+        ([("alert", b"\x01")], "malformed"),
+        ([("hs", b"\x04\x01\x00\x00")], "oversized"),  # a 64 KiB ticket
+    ],
+    ids=[
+        "fatal alert",
+        "data inside a handshake message",
+        "70 empty records",
+        "certificate request",
+        "key update not last",
+        "key update value",
+        "unknown content type",
+        "short alert",
+        "huge ticket",
+    ],
+)
+def test_what_the_server_may_not_send_ends_the_connection_with_its_reason(
+    material: certs.TlsMaterial,
+    forging_ctx: ssl.SSLContext,
+    wire: list[tuple[str, bytes]],
+    reason: str,
+) -> None:
+    good = pattern(20 * KIB + 3, 99)
+    kinds = {"alert": 21, "hs": 22, "data": 23, "kind 24": 24}
+
+    def script(peer: Peer, client: Client) -> None:
+        _warm_up(peer, client)
+        forge = peer.forge()
+        records = [forge.record(good[:16384]), forge.record(good[16384:])]
+        records += [forge.record(content, kind=kinds[kind]) for kind, content in wire]
+        peer.raw.sendall(b"".join(records) + forge.record(b"never"))
+        time.sleep(0.2)
+
+    out = _download(material, script, forging_ctx)
+    assert isinstance(out.error, ConnectionError) and reason in str(out.error), out.error
+    assert (out.count, out.hash) == (WARM_UP + len(good), _expected(good))
+
+
+def test_a_contexts_own_message_callback_keeps_the_records_with_openssl(
+    material: certs.TlsMaterial,
+) -> None:
+    """A client context with its own message callback (ssl's debugging hook): the connection
+    is not watched, so its reads stay with OpenSSL, and that callback still sees every record
+    to the end (the server's close_notify)."""
+    client_ctx = _client_ctx(material)
+    alerts: list[str] = []
+
+    def trace(conn: Any, direction: str, version: Any, kind: Any, msg: Any, data: Any) -> None:
+        if kind == ssl._TLSContentType.ALERT:  # type: ignore[attr-defined]
+            alerts.append(direction)
+
+    client_ctx._msg_callback = trace  # type: ignore[attr-defined]
+    bulk = pattern(MIB, 75)
+
+    def script(peer: Peer, client: Client) -> None:
+        _warm_up(peer, client)
+        peer.send(bulk)
+        _close_notify(peer)
+
+    out = _download(material, script, client_ctx=client_ctx)
+    assert out.error is None and out.eof
+    assert (out.count, out.hash) == (WARM_UP + len(bulk), _expected(bulk))
+    assert out.opening == (False, 0, 0)
+    assert "read" in alerts

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import socket
 import ssl
 import threading
@@ -24,7 +23,7 @@ from fastpf.loop import new_event_loop
 from fastpf.serve import certs
 from fastpf.transport import tls
 from tests.support.tls_records import client_context as _client_ctx
-from tests.support.tls_records import pattern
+from tests.support.tls_records import expand_label, pattern
 from tests.support.tls_records import server_context as _server_ctx
 
 pytestmark = pytest.mark.skipif(
@@ -156,19 +155,6 @@ def _wait(got: Received) -> None:
 
 
 # -- the key schedule, against published vectors and an independent HKDF --------------------------
-def _hkdf_expand_label(secret: bytes, label: bytes, size: int) -> bytes:
-    """RFC 8446 7.1 / RFC 5869 with Python's hmac: the reference the C code is checked against."""
-    digest = hashlib.sha256 if len(secret) == 32 else hashlib.sha384
-    full = b"tls13 " + label
-    info = size.to_bytes(2, "big") + bytes([len(full)]) + full + b"\x00"
-    out, block, i = b"", b"", 1
-    while len(out) < size:
-        block = hmac.new(secret, block + info + bytes([i]), digest).digest()
-        out += block
-        i += 1
-    return out[:size]
-
-
 @pytest.mark.parametrize(
     ("secret", "key", "iv"),
     [  # RFC 8448 section 3: client and server application_traffic_secret_0, TLS_AES_128_GCM_SHA256
@@ -194,9 +180,7 @@ def test_key_schedule_matches_an_independent_hkdf(size: int) -> None:
     for seed in range(20):
         secret = hashlib.sha512(bytes([seed, size])).digest()[:size]
         for label, length in ((b"key", 16), (b"key", 32), (b"iv", 12), (b"traffic upd", size)):
-            assert _tls.expand_label(secret, label, length) == _hkdf_expand_label(
-                secret, label, length
-            )
+            assert _tls.expand_label(secret, label, length) == expand_label(secret, label, length)
     with pytest.raises(ValueError):
         _tls.expand_label(b"x" * 31, b"key", 16)
     with pytest.raises(ValueError):
