@@ -541,9 +541,17 @@ class Harness:
         self.measure(st, "warm-up", {"op": "bulk", "dir": "down", "conns": 1, "duration": 0.1}, 60)
 
     def measure(
-        self, st: RowState, tag: str, cmd: dict[str, Any], timeout: float, direction: str = ""
+        self,
+        st: RowState,
+        tag: str,
+        cmd: dict[str, Any],
+        timeout: float,
+        direction: str = "",
+        also: str = "",
     ) -> dict[str, Any]:
-        """One load-generator command against the row; CPU of every party charged to `direction`."""
+        """One load-generator command against the row; CPU of every party (and the units moved)
+        charged to `direction`, and to `also` too when given (a bulk run's direction and
+        connection count: "up1", the CPU targets' measure)."""
         if st.fwd is not None and not st.fwd.alive():  # a dead forwarder is an error; restart it
             st.error(f"{tag}: forwarder had exited: {st.fwd.tail(1)[-200:]}")
             st.log_errors += st.fwd.count_lines(r"(?i)error|traceback")
@@ -568,13 +576,18 @@ class Harness:
             st.error(f"{tag}: {r.get('exception') or r.get('error_samples')}", n)
         units = r.get("conns") if direction == "churn" else r.get("bytes")
         if direction and units:
-            st.moved[direction] += units  # bytes (bulk) or connections (churn)
+            keys = (direction, also) if also else (direction,)
+            for key in keys:
+                st.moved[key] += units  # bytes (bulk) or connections (churn)
             for k, (pid, c0) in before.items():
                 p = parties[k]
-                if p is not None and p.pid == pid and p.alive():
-                    st.cpu[(k, direction)] += cpu_seconds(pid) - c0
-                else:
-                    st.cpu_incomplete.add((k, direction))
+                alive = p is not None and p.pid == pid and p.alive()
+                used = cpu_seconds(pid) - c0 if alive else 0.0
+                for key in keys:
+                    if alive:
+                        st.cpu[(k, key)] += used
+                    else:
+                        st.cpu_incomplete.add((k, key))
         return r
 
     def download_to_eof(self, live: list[RowState], rep: int) -> None:
@@ -625,6 +638,7 @@ class Harness:
                                 {"op": "bulk", "dir": direction, "conns": conns, "duration": secs},
                                 secs + 90,
                                 direction,
+                                also=f"{direction}{conns}",
                             )
                             if "MBps" in r:
                                 st.rates[f"{direction}{conns}"].append(r["MBps"])

@@ -282,6 +282,39 @@ def test_eof_metrics_and_report_table() -> None:
     assert "| fastpf spdy | 400 | 4.00× |" in report.markdown(result)
 
 
+def test_cpu_per_gib_by_connection_count_and_the_cpu_targets() -> None:
+    """A bulk run's CPU counts towards its direction and towards its connection count; the CPU
+    targets compare the one-connection figures, against kubectl 1.33 in both of its modes."""
+    rows: dict[str, Any] = {}
+    for key, one, eight in (
+        ("fastpf-spdy", 1.0, 3.0),
+        ("kubectl-1.33", 2.5, 2.0),
+        ("kubectl-1.33-spdy", 1.9, 1.0),
+    ):
+        st = run.RowState(
+            run.RowSpec(key, key, "fastpf"), {"label": key, "status": "ok", "metrics": {}}
+        )
+        for direction in ("down", "up"):
+            for conns, seconds in ((1, one), (8, eight)):
+                for k in (direction, f"{direction}{conns}"):
+                    st.moved[k] += 1 << 30
+                    st.cpu[("client", k)] += seconds
+        st.finish()
+        rows[key] = dict(st.res, errors=0)
+    m = rows["fastpf-spdy"]["metrics"]
+    assert m["cpu_client_down_s_per_GiB"] == 2.0  # both runs: (1 + 3) s over 2 GiB
+    assert (m["cpu_client_down1_s_per_GiB"], m["cpu_client_up8_s_per_GiB"]) == (1.0, 3.0)
+    result: dict[str, Any] = {"meta": {}, "rows": rows}
+    t = {e["target"]: e["by_row"]["fastpf-spdy"] for e in report.targets(result)}
+    assert t["client CPU s/GiB download vs kubectl 1.33"]["ratio"] == 0.4
+    assert t["client CPU s/GiB upload vs kubectl 1.33"]["pass"] is True
+    assert t["client CPU s/GiB upload vs kubectl 1.33 SPDY"]["ratio"] == 1.0 / 1.9
+    assert t["client CPU s/GiB upload vs kubectl 1.33 SPDY"]["pass"] is False
+    md = report.markdown(result)
+    table = md.split("## Client CPU per GiB by connection count")[1]
+    assert "| fastpf-spdy | 1.00 / 1.00 | 3.00 / 3.00 |" in table
+
+
 def test_proc_measurements_and_registry(tmp_path: Path) -> None:
     reg = procs.Registry(tmp_path)
     p = reg.start(
