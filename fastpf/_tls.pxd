@@ -60,6 +60,7 @@ ctypedef void (*cleanse_fn)(void* p, size_t n) noexcept nogil
 ctypedef void (*msg_cb)(int write_p, int version, int content_type, const void* buf, size_t n,
                         void* ssl, void* arg) noexcept nogil
 ctypedef void (*ssl_set_msg_cb_fn)(void* ssl, msg_cb cb) noexcept nogil
+ctypedef const char* (*ssl_str_fn)(const void* ssl) noexcept nogil
 
 # the application traffic secrets the key-log callback caught, and the records OpenSSL opened
 # under the server's (SSL ex_data until both directions have used or refused them)

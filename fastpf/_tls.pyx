@@ -83,7 +83,7 @@ SEAL_FUNCTIONS = (
 )
 # what own record opening needs besides SEAL_FUNCTIONS (all or none: else OpenSSL reads)
 OPEN_FUNCTIONS = (
-    "SSL_set_msg_callback", "SSL_has_pending", "SSL_in_init", "SSL_get_shutdown",
+    "SSL_set_msg_callback", "SSL_has_pending", "SSL_in_init", "SSL_get_shutdown", "SSL_rstate_string",
     "EVP_DecryptInit_ex", "EVP_DecryptUpdate", "EVP_DecryptFinal_ex",
 )
 # read_into's own statuses after the read takeover (SSL_get_error's codes are not negative)
@@ -140,6 +140,7 @@ cdef ssl_set_msg_cb_fn _set_msg_cb = NULL
 cdef ssl_int_fn _has_pending = NULL
 cdef ssl_int_fn _in_init = NULL
 cdef ssl_int_fn _get_shutdown = NULL
+cdef ssl_str_fn _rstate = NULL
 cdef evp_init_fn _dec_init = NULL
 cdef evp_update_fn _dec_update = NULL
 cdef evp_final_fn _dec_final = NULL
@@ -696,6 +697,13 @@ cdef void _free_inbound(Inbound* ib) noexcept nogil:
     free(ib)
 
 
+cdef bint _between_records(void* s) noexcept nogil:
+    """OpenSSL's record layer waits for a record's header ("RH"), not for the body of one
+    whose header it has taken ("RB") or in between ("RD")."""
+    cdef const char* state = _rstate(s)
+    return state != NULL and state[0] == 82 and state[1] == 72 and state[2] == 0  # "RH"
+
+
 cdef void _try_open(void* s, OutBuf* ob) noexcept nogil:
     """Open the server's records from now on if OpenSSL holds nothing unprocessed; bar it for
     good where this connection cannot allow it; else try again after a later read."""
@@ -705,11 +713,13 @@ cdef void _try_open(void* s, OutBuf* ob) noexcept nogil:
     if (not _open_enabled or _version(s) != _TLS1_3_VERSION or sec == NULL
             or sec.server_done or sec.server_moved or not sec.counting):
         ob.read_barred = 1
-    elif (_has_pending(s) or _in_init(s) or sec.last_inner != 23
+    elif (_has_pending(s) or not _between_records(s) or _in_init(s) or sec.last_inner != 23
             or _get_shutdown(s) & _SSL_RECEIVED_SHUTDOWN):
-        # A partial record or message in OpenSSL's buffers, or the end: not now. After a
-        # handshake record OpenSSL may keep a message's first bytes (fewer than its 4-byte
-        # header) where neither probe sees them: only a data record proves there are none.
+        # A partial record or message in OpenSSL's buffers, or the end: not now. A header
+        # OpenSSL has read whole waits for its body outside the buffer SSL_has_pending looks
+        # at; after a handshake record OpenSSL may keep a message's first bytes (fewer than
+        # its 4-byte header) where neither probe sees them: only a data record proves there
+        # are none.
         return
     else:
         key = _new_key(s, sec.server, sec.server_size, True)
@@ -1081,7 +1091,7 @@ cdef void _bind_opening(void* lib):
     """Bind OPEN_FUNCTIONS if every one is there (after the sealing ones); else OpenSSL keeps
     reading every record (opening_bound() is False)."""
     global _set_msg_cb, _has_pending, _in_init, _get_shutdown, _dec_init, _dec_update
-    global _dec_final, _open_bound
+    global _dec_final, _open_bound, _rstate
     if _ex_index < 0:
         return
     for name in OPEN_FUNCTIONS:
@@ -1091,6 +1101,7 @@ cdef void _bind_opening(void* lib):
     _has_pending = <ssl_int_fn>dlsym(lib, b"SSL_has_pending")
     _in_init = <ssl_int_fn>dlsym(lib, b"SSL_in_init")
     _get_shutdown = <ssl_int_fn>dlsym(lib, b"SSL_get_shutdown")
+    _rstate = <ssl_str_fn>dlsym(lib, b"SSL_rstate_string")
     _dec_init = <evp_init_fn>dlsym(lib, b"EVP_DecryptInit_ex")
     _dec_update = <evp_update_fn>dlsym(lib, b"EVP_DecryptUpdate")
     _dec_final = <evp_final_fn>dlsym(lib, b"EVP_DecryptFinal_ex")

@@ -340,6 +340,56 @@ def test_records_cut_anywhere_reach_a_small_buffer_whole(
     assert out.opening[0] and out.opening[1] >= len(bulk) // 16384
 
 
+def _record_starts(wire: bytes) -> list[int]:
+    starts, at = [], 0
+    while at < len(wire):
+        starts.append(at)
+        at += 5 + int.from_bytes(wire[at + 3 : at + 5], "big")
+    return starts
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_takeover_amid_pieces_cut_as_a_proxy_cuts_them_loses_nothing(
+    material: certs.TlsMaterial, seed: int
+) -> None:
+    """Through a proxy, the client's reads end anywhere: at a record's end, just after a
+    header, inside a body. The takeover may come after any of those reads (here: as soon as
+    64 KiB are in), and only the first kind is a moment when OpenSSL holds nothing."""
+    data = pattern(3 * MIB, 40 + seed)
+    rng = random.Random(seed)
+    old = _tls.set_open_from(64 * KIB)
+
+    def script(peer: Peer, client: Client) -> None:
+        wire = peer.records(data)
+        starts = _record_starts(wire)
+        at = 0
+        ends = starts[1:] + [len(wire)]
+        for i, (prev, start) in enumerate(zip(starts, ends, strict=True)):
+            # record end, header end, or in a body; the first chance past 64 KiB: a header end
+            end = (
+                prev + 8000
+                if i < 5
+                else prev + 5
+                if i == 5
+                else rng.choice((start, prev + 5, prev + 8000))
+            )
+            if end <= at:
+                continue
+            peer.raw.sendall(wire[at:end])
+            at = end
+            time.sleep(0.002)  # the client drains its socket: a chance to take over
+        peer.raw.sendall(wire[at:])
+        _close_notify(peer)
+
+    try:
+        out = _download(material, script)
+    finally:
+        _tls.set_open_from(old)
+    assert out.error is None and out.eof
+    assert (out.count, out.hash) == (len(data), hashlib.sha256(data).hexdigest())
+    assert out.opening[0]
+
+
 class KeyUpdatesSeen:
     """The server's message callback: the client's KeyUpdates it reads."""
 
@@ -617,6 +667,37 @@ def test_a_handshake_header_split_at_the_takeover_point_leaves_reading_to_openss
         _wait_count(client, len(data[0]))
         time.sleep(0.05)
         peer.raw.sendall(forge.data(data[1]) + forge.record(b"\x01\x00", kind=21))
+
+    try:
+        out = _download(material, script, forging_ctx)
+    finally:
+        _tls.set_open_from(old)
+    assert out.error is None and out.eof
+    assert out.count == sum(map(len, data))
+    assert out.hash == hashlib.sha256(b"".join(data)).hexdigest()
+    assert out.opening[0]
+
+
+def test_a_record_header_read_alone_at_the_takeover_point_leaves_reading_to_openssl(
+    material: certs.TlsMaterial, forging_ctx: ssl.SSLContext
+) -> None:
+    """Data records and then the next record's 5-byte header alone, then a pause: OpenSSL has
+    taken the header out of its buffer (nothing is pending there) and waits for the body.
+    Taking over there would lose the header; the takeover waits for a whole record."""
+    data = [pattern(300 * KIB + i, 95 + i) for i in range(3)]
+    old = _tls.set_open_from(1)
+
+    def script(peer: Peer, client: Client) -> None:
+        forge = peer.forge()
+        first = forge.data(data[0])
+        second = forge.data(data[1])
+        peer.raw.sendall(first + second[:5])
+        _wait_count(client, len(data[0]))
+        time.sleep(0.1)  # the client reads the header and drains its socket
+        peer.raw.sendall(second[5:])
+        _wait_count(client, len(data[0]) + len(data[1]))
+        time.sleep(0.05)
+        peer.raw.sendall(forge.data(data[2]) + forge.record(b"\x01\x00", kind=21))
 
     try:
         out = _download(material, script, forging_ctx)
