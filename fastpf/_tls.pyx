@@ -448,6 +448,14 @@ cdef void _free_key(TrafficKey* sl) noexcept nogil:
     free(sl)
 
 
+cdef inline void _nonce(TrafficKey* k, unsigned char* nonce) noexcept nogil:
+    """The per-record nonce: the IV XOR the 64-bit sequence number (RFC 8446 5.3)."""
+    cdef int i
+    memcpy(nonce, k.iv, 12)
+    for i in range(8):
+        nonce[4 + i] ^= <unsigned char>((k.seq >> (56 - 8 * i)) & 0xFF)
+
+
 cdef int _seal_one(OutBuf* ob, unsigned char kind, const unsigned char* data,
                    size_t n) noexcept nogil:
     """One record of n <= 16384 plaintext bytes of content type `kind` into the buffer.
@@ -458,7 +466,6 @@ cdef int _seal_one(OutBuf* ob, unsigned char kind, const unsigned char* data,
     cdef unsigned char nonce[12]
     cdef unsigned char* out
     cdef int outl = 0
-    cdef int i
     if _reserve(ob, total) < 0:
         return -1
     out = <unsigned char*>ob.data + ob.end
@@ -467,9 +474,7 @@ cdef int _seal_one(OutBuf* ob, unsigned char kind, const unsigned char* data,
     out[2] = 3
     out[3] = <unsigned char>(body >> 8)
     out[4] = <unsigned char>(body & 0xFF)
-    memcpy(nonce, sl.iv, 12)
-    for i in range(8):
-        nonce[4 + i] ^= <unsigned char>((sl.seq >> (56 - 8 * i)) & 0xFF)
+    _nonce(sl, nonce)
     if _evp_init(sl.cipher, NULL, NULL, NULL, nonce) != 1:
         return -2
     if _evp_update(sl.cipher, NULL, &outl, out, 5) != 1:  # the header is the AAD
@@ -744,10 +749,7 @@ cdef int _open_one(TrafficKey* k, const unsigned char* rec, size_t body,
     cdef unsigned char nonce[12]
     cdef int outl = 0
     cdef int n = <int>(body - _TAG)
-    cdef int i
-    memcpy(nonce, k.iv, 12)
-    for i in range(8):
-        nonce[4 + i] ^= <unsigned char>((k.seq >> (56 - 8 * i)) & 0xFF)
+    _nonce(k, nonce)
     if _dec_init(k.cipher, NULL, NULL, NULL, nonce) != 1:
         return -1
     if _dec_update(k.cipher, NULL, &outl, rec, 5) != 1:  # the header is the AAD

@@ -227,6 +227,7 @@ def _download(
     then: Callable[[Any, Client], Any] | None = None,
     pausing: bool = False,
     client_ctx: ssl.SSLContext | None = None,
+    open_from: int | None = None,
 ) -> Outcome:
     """Connect, let the server run `script(peer, client)` and read until the connection
     ends; `then(transport, client)` runs in the client's loop once it is connected."""
@@ -251,12 +252,17 @@ def _download(
         await tls.lingering_done(WAIT)
         return Outcome(proto)
 
-    with _server(ctx, run) as (port, errors):
-        loop = new_event_loop()
-        try:
-            outcome = loop.run_until_complete(asyncio.wait_for(main(port), WAIT * 2))
-        finally:
-            loop.close()
+    old = _tls.set_open_from(open_from) if open_from is not None else None
+    try:
+        with _server(ctx, run) as (port, errors):
+            loop = new_event_loop()
+            try:
+                outcome = loop.run_until_complete(asyncio.wait_for(main(port), WAIT * 2))
+            finally:
+                loop.close()
+    finally:
+        if old is not None:
+            _tls.set_open_from(old)
     assert not errors, repr(errors)
     return outcome
 
@@ -282,6 +288,14 @@ def _close_notify(peer: Peer) -> None:
     with pytest.raises(ssl.SSLWantReadError):
         peer.obj.unwrap()  # writes close_notify, then would wait for the client's
     peer.raw.sendall(peer.outgoing.read())
+
+
+def _assert_whole(out: Outcome, data: list[bytes]) -> None:
+    """Every byte arrived, in order, the stream ended cleanly, and we opened records."""
+    assert out.error is None and out.eof
+    assert out.count == sum(map(len, data))
+    assert out.hash == hashlib.sha256(b"".join(data)).hexdigest()
+    assert out.opening[0]
 
 
 def _expected(*parts: bytes) -> str:
@@ -357,7 +371,6 @@ def test_a_takeover_amid_pieces_cut_as_a_proxy_cuts_them_loses_nothing(
     64 KiB are in), and only the first kind is a moment when OpenSSL holds nothing."""
     data = pattern(3 * MIB, 40 + seed)
     rng = random.Random(seed)
-    old = _tls.set_open_from(64 * KIB)
 
     def script(peer: Peer, client: Client) -> None:
         wire = peer.records(data)
@@ -381,13 +394,7 @@ def test_a_takeover_amid_pieces_cut_as_a_proxy_cuts_them_loses_nothing(
         peer.raw.sendall(wire[at:])
         _close_notify(peer)
 
-    try:
-        out = _download(material, script)
-    finally:
-        _tls.set_open_from(old)
-    assert out.error is None and out.eof
-    assert (out.count, out.hash) == (len(data), hashlib.sha256(data).hexdigest())
-    assert out.opening[0]
+    _assert_whole(_download(material, script, open_from=64 * KIB), [data])
 
 
 class KeyUpdatesSeen:
@@ -657,7 +664,7 @@ def test_a_handshake_header_split_at_the_takeover_point_leaves_reading_to_openss
     ticket's rest would start mid-header)."""
     data = [pattern(300 * KIB + i, 90 + i) for i in range(2)]
     ticket = _ticket(300)
-    old = _tls.set_open_from(1)  # any data read: the pause below is the first chance
+    # open_from=1: any data read, so the pause below is the first chance
 
     def script(peer: Peer, client: Client) -> None:
         forge = peer.forge()
@@ -668,14 +675,7 @@ def test_a_handshake_header_split_at_the_takeover_point_leaves_reading_to_openss
         time.sleep(0.05)
         peer.raw.sendall(forge.data(data[1]) + forge.record(b"\x01\x00", kind=21))
 
-    try:
-        out = _download(material, script, forging_ctx)
-    finally:
-        _tls.set_open_from(old)
-    assert out.error is None and out.eof
-    assert out.count == sum(map(len, data))
-    assert out.hash == hashlib.sha256(b"".join(data)).hexdigest()
-    assert out.opening[0]
+    _assert_whole(_download(material, script, forging_ctx, open_from=1), data)
 
 
 def test_a_record_header_read_alone_at_the_takeover_point_leaves_reading_to_openssl(
@@ -685,7 +685,6 @@ def test_a_record_header_read_alone_at_the_takeover_point_leaves_reading_to_open
     taken the header out of its buffer (nothing is pending there) and waits for the body.
     Taking over there would lose the header; the takeover waits for a whole record."""
     data = [pattern(300 * KIB + i, 95 + i) for i in range(3)]
-    old = _tls.set_open_from(1)
 
     def script(peer: Peer, client: Client) -> None:
         forge = peer.forge()
@@ -699,14 +698,7 @@ def test_a_record_header_read_alone_at_the_takeover_point_leaves_reading_to_open
         time.sleep(0.05)
         peer.raw.sendall(forge.data(data[2]) + forge.record(b"\x01\x00", kind=21))
 
-    try:
-        out = _download(material, script, forging_ctx)
-    finally:
-        _tls.set_open_from(old)
-    assert out.error is None and out.eof
-    assert out.count == sum(map(len, data))
-    assert out.hash == hashlib.sha256(b"".join(data)).hexdigest()
-    assert out.opening[0]
+    _assert_whole(_download(material, script, forging_ctx, open_from=1), data)
 
 
 @pytest.mark.parametrize(
